@@ -1,0 +1,242 @@
+// Squeeze-and-Excitation on the CPU: fused_attn::se_forward / se_backward for
+// the CPU dispatch key.
+//
+// Bytes (DESIGN.md §4): the batch is walked in chunks of whole samples small
+// enough to stay in cache. For each chunk the forward pools, runs the
+// excitation for the chunk's samples at once, and rescales while the chunk is
+// still cached, so x comes from DRAM once: 2|x| (read x, write y). The backward
+// does the same with Σ dy·x, the excitation backward and dx: 3|x| (read dy and
+// x, write dx). Weight gradients are summed chunk by chunk in order.
+#include "../se.h"
+#include "se_cpu_isa.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+namespace fused_attn::cpu {
+
+namespace baseline {
+#include "se_cpu_decl.h"
+#include "se_cpu_kernels.h"
+}  // namespace baseline
+
+#if FUSED_ATTN_HAVE_AVX2_BUILD
+namespace avx2 {
+#include "se_cpu_decl.h"
+}  // namespace avx2
+#endif
+
+namespace {
+
+bool use_avx2() {
+#if FUSED_ATTN_HAVE_AVX2_BUILD
+  const char* forced = std::getenv("FUSED_ATTN_CPU_ISA");
+  if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return false;
+  static const bool supported =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return supported;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+struct Kernels {
+  decltype(&baseline::pool<T>) pool;
+  decltype(&baseline::scale<T>) scale;
+  decltype(&baseline::backward_reduce<T>) backward_reduce;
+  decltype(&baseline::backward_dx<T>) backward_dx;
+};
+
+template <typename T>
+Kernels<T> kernels() {
+#if FUSED_ATTN_HAVE_AVX2_BUILD
+  if (use_avx2()) return {&avx2::pool<T>, &avx2::scale<T>, &avx2::backward_reduce<T>, &avx2::backward_dx<T>};
+#endif
+  return {&baseline::pool<T>, &baseline::scale<T>, &baseline::backward_reduce<T>, &baseline::backward_dx<T>};
+}
+
+// Samples per chunk: as many as fit the cache budget (bytes of big tensors a
+// chunk touches), at least one. FUSED_ATTN_CPU_CHUNK_BYTES overrides the budget.
+int64_t chunk_samples(int64_t N, int64_t bytes_per_sample) {
+  int64_t budget = int64_t{8} << 20;
+  if (const char* env = std::getenv("FUSED_ATTN_CPU_CHUNK_BYTES")) {
+    const long long v = std::atoll(env);
+    if (v > 0) budget = v;
+  }
+  return std::clamp<int64_t>(budget / std::max<int64_t>(bytes_per_sample, 1), 1, std::max<int64_t>(N, 1));
+}
+
+struct Geometry {
+  at::Tensor x;          // contiguous in `format`
+  at::MemoryFormat format;
+  int64_t N, C, HW;
+  bool cl;               // rows are the C channels of a pixel
+};
+
+Geometry geometry(const at::Tensor& x_in) {
+  Geometry g;
+  g.format = x_in.suggest_memory_format();
+  g.x = x_in.contiguous(g.format);
+  g.N = x_in.size(0);
+  g.C = x_in.size(1);
+  g.HW = x_in.size(2) * x_in.size(3);
+  // With H·W == 1 both layouts are the same N×C matrix; its rows are pixels.
+  g.cl = g.format == at::MemoryFormat::ChannelsLast || g.HW == 1;
+  return g;
+}
+
+at::ScalarType acc_dtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor rows(const at::Tensor& t, int64_t n0, int64_t nb) { return t.numel() ? t.narrow(0, n0, nb) : t; }
+
+template <typename A>
+A* ptr_or_null(const at::Tensor& t, int64_t offset) {
+  return t.numel() ? t.data_ptr<A>() + offset : nullptr;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cpu(
+    const at::Tensor& x_in, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+    const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2, c10::string_view act_name,
+    c10::string_view gate_name, c10::string_view pool_name) {
+  check_se_args(x_in, w1, b1, w2, b2);
+  const Act act = parse_act(act_name);
+  const Gate gate = parse_gate(gate_name);
+  const Pool pool = parse_pool(pool_name);
+  TORCH_CHECK(x_in.device().is_cpu(), "fused_attn: se_forward_cpu got x on ", x_in.device());
+
+  const Geometry geo = geometry(x_in);
+  const int64_t N = geo.N, C = geo.C, HW = geo.HW;
+  const auto opts = x_in.options().dtype(acc_dtype(x_in));
+  const bool with_max = pool == Pool::AvgMax;
+  at::Tensor y = at::empty_like(geo.x);
+  at::Tensor pooled = at::empty({N, C}, opts);
+  at::Tensor maxv = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
+  at::Tensor hidden = at::empty({w2 ? N : 0, w2 ? w1.size(0) : 0}, opts);
+  at::Tensor logits = at::empty({N, C}, opts);
+  for (at::Tensor* t : {&y, &pooled, &maxv, &hidden, &logits}) maybe_poison(*t);
+  if (N == 0) return {y, pooled, maxv, hidden, logits};
+
+  const SeWeights w = se_weights(w1, b1, w2, b2, opts.dtype().toScalarType());
+  const int64_t chunk = chunk_samples(N, C * HW * static_cast<int64_t>(x_in.element_size()) * 2);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "se_forward_cpu", [&] {
+    using A = baseline::acc_t<scalar_t>;
+    const Kernels<scalar_t> k = kernels<scalar_t>();
+    const scalar_t* xp = geo.x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+      const int64_t nb = std::min(chunk, N - n0);
+      const int64_t off = n0 * C * HW;
+      at::Tensor p = pooled.narrow(0, n0, nb);
+      at::Tensor h = rows(hidden, n0, nb);
+      at::Tensor z = logits.narrow(0, n0, nb);
+      k.pool(xp + off, nb, C, HW, geo.cl, p.data_ptr<A>(), ptr_or_null<A>(maxv, n0 * C));
+      const at::Tensor g = se_excite_forward(p, w, act, gate, h, z);
+      k.scale(xp + off, yp + off, g.data_ptr<A>(), nb, C, HW, geo.cl);
+    }
+  });
+  return {y, pooled, maxv, hidden, logits};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backward_cpu(
+    const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& w1, const c10::optional<at::Tensor>& w2,
+    const at::Tensor& pooled, const at::Tensor& maxv, const at::Tensor& hidden, const at::Tensor& logits,
+    c10::string_view act_name, c10::string_view gate_name, c10::string_view pool_name, bool has_b1, bool has_b2) {
+  check_se_args(x_in, w1, c10::nullopt, w2, c10::nullopt);
+  TORCH_CHECK_VALUE(dy_in.sizes() == x_in.sizes(), "fused_attn: grad_y must have x's shape ", x_in.sizes(),
+                    ", got ", dy_in.sizes());
+  TORCH_CHECK_TYPE(dy_in.scalar_type() == x_in.scalar_type(), "fused_attn: grad_y has dtype ",
+                   dy_in.scalar_type(), " but x has ", x_in.scalar_type());
+  const Act act = parse_act(act_name);
+  const Gate gate = parse_gate(gate_name);
+  const Pool pool = parse_pool(pool_name);
+  const Geometry geo = geometry(x_in);
+  const int64_t N = geo.N, C = geo.C, HW = geo.HW;
+  const auto acc = acc_dtype(x_in);
+  const auto opts = x_in.options().dtype(acc);
+  const bool with_max = pool == Pool::AvgMax;
+  const bool two = w2.has_value();
+  auto check_saved = [&](const at::Tensor& t, const char* name, int64_t rows_, int64_t cols) {
+    TORCH_CHECK_VALUE(t.scalar_type() == acc && t.dim() == 2 && t.size(0) == rows_ && t.size(1) == cols &&
+                          t.is_contiguous(),
+                      "fused_attn: ", name, " must be a contiguous ", acc, " tensor of shape [", rows_, ", ", cols,
+                      "], got ", t.scalar_type(), " ", t.sizes());
+  };
+  check_saved(pooled, "pooled", N, C);
+  check_saved(logits, "logits", N, C);
+  check_saved(maxv, "maxv", with_max ? N : 0, with_max ? C : 0);
+  check_saved(hidden, "hidden", two ? N : 0, two ? w1.size(0) : 0);
+  const at::Tensor dy = dy_in.contiguous(geo.format);
+
+  at::Tensor dx = at::empty_like(geo.x);
+  maybe_poison(dx);
+  const SeWeights w = se_weights(w1, c10::nullopt, w2, c10::nullopt, acc);
+  SeWeightGrads grads;
+  grads.dw1 = at::zeros_like(w.w1);
+  if (has_b1) grads.db1 = at::zeros({w1.size(0)}, opts);
+  if (two) grads.dw2 = at::zeros_like(*w.w2);
+  if (two && has_b2) grads.db2 = at::zeros({C}, opts);
+
+  if (N > 0) {
+    at::Tensor s = at::empty({N, C}, opts);
+    at::Tensor cnt = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
+    // A chunk touches dy, x and dx.
+    const int64_t chunk = chunk_samples(N, C * HW * static_cast<int64_t>(x_in.element_size()) * 3);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "se_backward_cpu", [&] {
+      using A = baseline::acc_t<scalar_t>;
+      const Kernels<scalar_t> k = kernels<scalar_t>();
+      const scalar_t* xp = geo.x.data_ptr<scalar_t>();
+      const scalar_t* dyp = dy.data_ptr<scalar_t>();
+      scalar_t* dxp = dx.data_ptr<scalar_t>();
+      for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+        const int64_t nb = std::min(chunk, N - n0);
+        const int64_t off = n0 * C * HW;
+        const A* mp = ptr_or_null<A>(maxv, n0 * C);
+        at::Tensor sc = s.narrow(0, n0, nb);
+        k.backward_reduce(dyp + off, xp + off, mp, nb, C, HW, geo.cl, sc.data_ptr<A>(), ptr_or_null<A>(cnt, n0 * C));
+        const at::Tensor z = logits.narrow(0, n0, nb);
+        const at::Tensor g = se_gate(z, gate);
+        const at::Tensor dp =
+            se_excite_backward(sc, pooled.narrow(0, n0, nb), rows(hidden, n0, nb), z, g, w, act, gate, grads);
+        // Split dL/dp between the mean (spread over H·W) and the max (spread
+        // over the tied maxima, as torch.amax's gradient is).
+        const at::Tensor a = dp.mul((with_max ? 0.5 : 1.0) / static_cast<double>(HW)).contiguous();
+        const at::Tensor b = with_max ? dp.mul(0.5).div(cnt.narrow(0, n0, nb)).contiguous() : at::Tensor();
+        k.backward_dx(dyp + off, xp + off, dxp + off, g.data_ptr<A>(), a.data_ptr<A>(),
+                      with_max ? b.data_ptr<A>() : nullptr, mp, nb, C, HW, geo.cl);
+      }
+    });
+  }
+  const auto wdt = w1.options();
+  auto out = [&](const at::Tensor& t) { return t.defined() ? t.to(w1.scalar_type()) : at::empty({0}, wdt); };
+  return {dx, out(grads.dw1), out(grads.db1), out(grads.dw2), out(grads.db2)};
+}
+
+const char* isa_name() { return use_avx2() ? "avx2" : "baseline"; }
+
+TORCH_LIBRARY_IMPL(fused_attn, CPU, m) {
+  m.impl("se_forward", &se_forward_cpu);
+  m.impl("se_backward", &se_backward_cpu);
+}
+
+}  // namespace fused_attn::cpu

@@ -1,0 +1,54 @@
+// fused_attn's operator schemas and the Python module that loads them.
+//
+// Every backend registers its kernels for these schemas in its own file
+// (csrc/cpu/*, csrc/cuda/*); fake kernels and autograd are registered from
+// Python (fused_attn/ops/). There is no pybind11: importing fused_attn._C runs
+// the static registrations below, which is all the module is for.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/se_cpu_isa.h"
+#include "se.h"
+
+TORCH_LIBRARY(fused_attn, m) {
+  // Squeeze-and-Excitation. Returns (y, pooled, maxv, hidden, logits): the
+  // output and what the backward needs, all small except y. pooled, maxv,
+  // hidden and logits are in the accumulation dtype (float64 for float64 x,
+  // float32 otherwise); maxv is [0, 0] unless pool == "avgmax", hidden is
+  // [0, 0] for the one-layer (effective) SE, where fc2_weight is None.
+  m.def(
+      "se_forward(Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor? fc2_weight, Tensor? fc2_bias, "
+      "str act, str gate, str pool) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Returns (grad_x, grad_fc1_weight, grad_fc1_bias, grad_fc2_weight,
+  // grad_fc2_bias); a gradient whose parameter does not exist is a [0] tensor.
+  m.def(
+      "se_backward(Tensor grad_y, Tensor x, Tensor fc1_weight, Tensor? fc2_weight, Tensor pooled, Tensor maxv, "
+      "Tensor hidden, Tensor logits, str act, str gate, str pool, bool has_fc1_bias, bool has_fc2_bias) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+#ifndef FUSED_ATTN_WITH_CUDA
+namespace fused_attn {
+int cuda_compiled_version() { return 0; }
+const char* cuda_compiled_archs() { return ""; }
+}  // namespace fused_attn
+#endif
+
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT,
+      "_C",
+      "fused_attn's compiled kernels; importing it registers them with torch.library.",
+      -1,
+      nullptr,
+  };
+  PyObject* m = PyModule_Create(&module_def);
+  if (m == nullptr) return nullptr;
+  if (PyModule_AddIntConstant(m, "CUDA_VERSION", fused_attn::cuda_compiled_version()) < 0 ||
+      PyModule_AddStringConstant(m, "CUDA_ARCHS", fused_attn::cuda_compiled_archs()) < 0 ||
+      PyModule_AddStringConstant(m, "CPU_ISA", fused_attn::cpu::isa_name()) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
+}

@@ -1,0 +1,174 @@
+// The SE excitation on N×C tensors, shared by every compiled backend, and the
+// argument checks every backend runs before touching memory.
+#include "se.h"
+
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/gelu_backward.h>
+#include <ATen/ops/hardsigmoid.h>
+#include <ATen/ops/hardsigmoid_backward.h>
+#include <ATen/ops/hardswish.h>
+#include <ATen/ops/hardswish_backward.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/sigmoid_backward.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/silu_backward.h>
+#include <ATen/ops/threshold_backward.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <limits>
+
+namespace fused_attn {
+
+Act parse_act(c10::string_view name) {
+  if (name == "relu") return Act::ReLU;
+  if (name == "silu" || name == "swish") return Act::SiLU;
+  if (name == "gelu") return Act::GELU;
+  if (name == "gelu_tanh") return Act::GELUTanh;
+  if (name == "hard_swish") return Act::HardSwish;
+  TORCH_CHECK_VALUE(false, "fused_attn: act must be one of relu, silu, gelu, gelu_tanh, hard_swish; got '",
+                    std::string(name.data(), name.size()), "'");
+}
+
+Gate parse_gate(c10::string_view name) {
+  if (name == "sigmoid") return Gate::Sigmoid;
+  if (name == "hard_sigmoid") return Gate::HardSigmoid;
+  TORCH_CHECK_VALUE(false, "fused_attn: gate must be one of sigmoid, hard_sigmoid; got '",
+                    std::string(name.data(), name.size()), "'");
+}
+
+Pool parse_pool(c10::string_view name) {
+  if (name == "avg") return Pool::Avg;
+  if (name == "avgmax") return Pool::AvgMax;
+  TORCH_CHECK_VALUE(false, "fused_attn: pool must be one of avg, avgmax; got '",
+                    std::string(name.data(), name.size()), "'");
+}
+
+static void check_param(const at::Tensor& x, const at::Tensor& t, const char* name,
+                        std::initializer_list<int64_t> shape) {
+  TORCH_CHECK(t.device() == x.device(), "fused_attn: ", name, " is on ", t.device(),
+              " but x is on ", x.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "fused_attn: ", name, " has dtype ",
+                   t.scalar_type(), " but x has dtype ", x.scalar_type(),
+                   "; the weights must have the input's dtype");
+  TORCH_CHECK_VALUE(t.sizes().equals(shape), "fused_attn: ", name, " must have shape ",
+                    c10::IntArrayRef(shape), ", got ", t.sizes());
+}
+
+void check_se_args(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                   const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "fused_attn: x must be 4-D [N, C, H, W], got shape ", x.sizes());
+  const auto dt = x.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+                   "fused_attn: x must be float32, float64, float16 or bfloat16, got ", dt);
+  const int64_t C = x.size(1);
+  TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(1) == C, "fused_attn: fc1_weight must have shape [rd, ", C,
+                    "] for x with C=", C, ", got ", w1.sizes());
+  const int64_t rd = w1.size(0);
+  check_param(x, w1, "fc1_weight", {rd, C});
+  if (b1) check_param(x, *b1, "fc1_bias", {rd});
+  if (w2) {
+    check_param(x, *w2, "fc2_weight", {C, rd});
+    if (b2) check_param(x, *b2, "fc2_bias", {C});
+  } else {
+    TORCH_CHECK_VALUE(rd == C, "fused_attn: without fc2_weight (effective SE) fc1_weight must be [C, C] = [",
+                      C, ", ", C, "], got ", w1.sizes());
+    TORCH_CHECK_VALUE(!b2, "fused_attn: fc2_bias given without fc2_weight");
+  }
+}
+
+SeWeights se_weights(const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                     const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
+                     at::ScalarType acc) {
+  auto cvt = [acc](const at::Tensor& t) { return t.to(acc).contiguous(); };
+  SeWeights w;
+  w.w1 = cvt(w1);
+  if (b1) w.b1 = cvt(*b1);
+  if (w2) w.w2 = cvt(*w2);
+  if (b2) w.b2 = cvt(*b2);
+  return w;
+}
+
+// out = a @ w^T (+ b), written into `out`.
+static void linear_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
+                        const c10::optional<at::Tensor>& b) {
+  if (b) {
+    at::addmm_out(out, *b, a, w.t());
+  } else {
+    at::mm_out(out, a, w.t());
+  }
+}
+
+static at::Tensor apply_act(const at::Tensor& h, Act act) {
+  switch (act) {
+    case Act::ReLU: return at::relu(h);
+    case Act::SiLU: return at::silu(h);
+    case Act::GELU: return at::gelu(h, "none");
+    case Act::GELUTanh: return at::gelu(h, "tanh");
+    case Act::HardSwish: return at::hardswish(h);
+  }
+  TORCH_INTERNAL_ASSERT(false);
+}
+
+static at::Tensor act_backward(const at::Tensor& grad, const at::Tensor& h, Act act) {
+  switch (act) {
+    case Act::ReLU: return at::threshold_backward(grad, h, 0);
+    case Act::SiLU: return at::silu_backward(grad, h);
+    case Act::GELU: return at::gelu_backward(grad, h, "none");
+    case Act::GELUTanh: return at::gelu_backward(grad, h, "tanh");
+    case Act::HardSwish: return at::hardswish_backward(grad, h);
+  }
+  TORCH_INTERNAL_ASSERT(false);
+}
+
+at::Tensor se_excite_forward(const at::Tensor& p, const SeWeights& w, Act act, Gate gate,
+                             at::Tensor& hidden, at::Tensor& logits) {
+  if (w.two_layer()) {
+    linear_into(hidden, p, w.w1, w.b1);
+    linear_into(logits, apply_act(hidden, act), *w.w2, w.b2);
+  } else {
+    linear_into(logits, p, w.w1, w.b1);
+  }
+  return se_gate(logits, gate);
+}
+
+at::Tensor se_gate(const at::Tensor& logits, Gate gate) {
+  return gate == Gate::Sigmoid ? at::sigmoid(logits) : at::hardsigmoid(logits);
+}
+
+// acc (+)= a^T @ b, or the column sum of a.
+static void accumulate_mm(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
+  acc.addmm_(a.t(), b);
+}
+
+at::Tensor se_excite_backward(const at::Tensor& s, const at::Tensor& p, const at::Tensor& hidden,
+                              const at::Tensor& logits, const at::Tensor& gv, const SeWeights& w, Act act,
+                              Gate gate, SeWeightGrads& g) {
+  at::Tensor dz = gate == Gate::Sigmoid ? at::sigmoid_backward(s, gv) : at::hardsigmoid_backward(s, logits);
+  if (!w.two_layer()) {
+    accumulate_mm(g.dw1, dz, p);
+    if (g.db1.defined()) g.db1.add_(dz.sum(0));
+    return at::mm(dz, w.w1);
+  }
+  accumulate_mm(g.dw2, dz, apply_act(hidden, act));
+  if (g.db2.defined()) g.db2.add_(dz.sum(0));
+  at::Tensor dh = act_backward(at::mm(dz, *w.w2), hidden, act);
+  accumulate_mm(g.dw1, dh, p);
+  if (g.db1.defined()) g.db1.add_(dh.sum(0));
+  return at::mm(dh, w.w1);
+}
+
+bool poison_enabled() {
+  const char* v = std::getenv("FUSED_ATTN_DEBUG_POISON");
+  return v != nullptr && v[0] != '\0' && v[0] != '0';
+}
+
+void maybe_poison(at::Tensor& t) {
+  if (t.numel() > 0 && poison_enabled()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+}
+
+}  // namespace fused_attn

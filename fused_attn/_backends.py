@@ -1,0 +1,121 @@
+"""Which implementation runs an op, and why.
+
+Backends, in order of preference for each device:
+
+* CUDA tensors: ``cuda`` (hand-written kernels), ``triton``, ``reference``
+* CPU tensors:  ``cpu`` (C++ kernels), ``reference``
+
+``auto`` takes the first that can run. ``FUSED_ATTN_BACKEND`` (read at import)
+or the :func:`use_backend` context manager forces one; a forced backend that
+cannot run raises, naming the reason: it never falls back silently.
+"""
+import contextlib
+import dataclasses
+import os
+
+from . import _extension
+
+BACKENDS = ("cuda", "triton", "cpu", "reference")
+CHOICES = ("auto",) + BACKENDS
+_PREFERENCE = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendStatus:
+    """Whether a backend can run here: on which device types, or why not."""
+
+    name: str
+    devices: tuple
+    detail: str
+
+    @property
+    def available(self):
+        return bool(self.devices)
+
+    def __str__(self):
+        where = f"runs on {', '.join(self.devices)}" if self.devices else "unavailable"
+        return f"{self.name:<9} {where}: {self.detail}"
+
+
+def _cpu_status():
+    if not _extension.HAS_C:
+        return BackendStatus("cpu", (), _extension.LOAD_ERROR)
+    return BackendStatus("cpu", ("cpu",), f"C++ kernels ({_extension.CPU_ISA})")
+
+
+def _cuda_status():
+    if not _extension.HAS_C:
+        return BackendStatus("cuda", (), _extension.LOAD_ERROR)
+    if not _extension.CUDA_VERSION:
+        return BackendStatus("cuda", (), "the extension was built without CUDA (no toolkit or a CPU torch at build time)")
+    v = _extension.CUDA_VERSION
+    built = f"built with CUDA {v // 1000}.{v % 1000 // 10} for sm {_extension.CUDA_ARCHS}"
+    # The CUDA kernels for SE are the next milestone (issue 3); until they are
+    # registered the compiled CUDA part only reports how it was built.
+    return BackendStatus("cuda", (), f"{built}, but no CUDA kernels are registered yet")
+
+
+def _triton_status():
+    return BackendStatus("triton", (), "no Triton kernels are registered yet")
+
+
+def _reference_status():
+    return BackendStatus("reference", ("cpu", "cuda"), "eager PyTorch (fused_attn.reference)")
+
+
+def _probe():
+    return {s.name: s for s in (_cuda_status(), _triton_status(), _cpu_status(), _reference_status())}
+
+
+# Computed once: availability does not change while the process runs, and
+# torch.compile traces plain dictionary lookups without graph breaks.
+_STATUS = _probe()
+
+
+def backends():
+    """``{name: BackendStatus}`` for every backend: where it runs or why it can't.
+
+    >>> for status in fused_attn.backends().values(): print(status)
+    """
+    return dict(_STATUS)
+
+
+def _validate(name):
+    if name not in CHOICES:
+        raise ValueError(f"fused_attn backend must be one of {CHOICES}, got {name!r}")
+    return name
+
+
+_ENV_CHOICE = _validate(os.environ.get("FUSED_ATTN_BACKEND", "auto") or "auto")
+_forced = []  # stack of use_backend() choices, innermost last
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Run the ops in this block on backend ``name`` (or ``"auto"``)."""
+    _forced.append(_validate(name))
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def current_choice():
+    """The requested backend: the innermost use_backend(), else FUSED_ATTN_BACKEND."""
+    return _forced[-1] if _forced else _ENV_CHOICE
+
+
+def resolve(device_type):
+    """The backend that runs an op on tensors of ``device_type``, or raises."""
+    choice = current_choice()
+    if choice == "auto":
+        for name in _PREFERENCE.get(device_type, ("reference",)):
+            if device_type in _STATUS[name].devices:
+                return name
+        return "reference"
+    status = _STATUS[choice]
+    if choice == "reference" or device_type in status.devices:
+        return choice
+    why = status.detail if not status.available else f"it runs on {', '.join(status.devices)} only"
+    raise RuntimeError(f"fused_attn backend {choice!r} was requested but cannot run on {device_type} tensors: {why}")
+

@@ -1,0 +1,53 @@
+"""The public functions, one per attention block."""
+import torch
+
+from . import _backends, reference
+from .ops import se as _se
+
+
+def _as_matrix(w, name):
+    """Accept a Linear weight [out, in] or a 1×1 conv weight [out, in, 1, 1]."""
+    if w is None or not isinstance(w, torch.Tensor):
+        return w
+    if w.dim() == 4 and w.shape[2] == 1 and w.shape[3] == 1:
+        return w.flatten(1)
+    if w.dim() != 2:
+        raise ValueError(f"{name} must be [out, in] or [out, in, 1, 1], got shape {list(w.shape)}")
+    return w
+
+
+def squeeze_excitation(x, fc1_weight, fc1_bias=None, fc2_weight=None, fc2_bias=None, *,
+                       act="relu", gate="sigmoid", pool="avg"):
+    """Squeeze-and-Excitation, fused: one pass to pool, one to rescale.
+
+    Args:
+        x: [N, C, H, W], float32 / float64 / float16 / bfloat16, NCHW or
+            channels_last (the output keeps the input's memory format).
+        fc1_weight: [rd, C] or [rd, C, 1, 1]; fc1_bias: [rd] or None.
+        fc2_weight: [C, rd] or [C, rd, 1, 1]; fc2_bias: [C] or None.
+            ``fc2_weight=None`` is the one-layer "effective SE" (timm
+            ``EffectiveSEModule``): fc1_weight is then [C, C].
+        act: hidden activation: "relu", "silu", "gelu", "gelu_tanh", "hard_swish".
+        gate: "sigmoid" or "hard_sigmoid" (``F.hardsigmoid``).
+        pool: "avg" (mean over H, W) or "avgmax" (0.5·mean + 0.5·max, timm's
+            ``add_maxpool``).
+
+    Returns:
+        [N, C, H, W] in x's dtype and memory format. Pooling and the
+        excitation accumulate in float32 (float64 for float64 inputs).
+
+    Equivalent to::
+
+        p = x.mean((2, 3))                                   # pool="avg"
+        p = 0.5 * p + 0.5 * x.amax((2, 3))                   # pool="avgmax"
+        z = F.linear(act(F.linear(p, fc1_weight, fc1_bias)), fc2_weight, fc2_bias)
+        y = x * gate(z)[:, :, None, None]
+    """
+    _se.check_names(act, gate, pool)
+    w1 = _as_matrix(fc1_weight, "fc1_weight")
+    w2 = _as_matrix(fc2_weight, "fc2_weight")
+    _se.check_se_args(x, w1, fc1_bias, w2, fc2_bias)
+    backend = _backends.resolve(x.device.type)
+    if backend == "reference":
+        return reference.squeeze_excitation(x, w1, fc1_bias, w2, fc2_bias, act=act, gate=gate, pool=pool)
+    return _se.se_forward(x, w1, fc1_bias, w2, fc2_bias, act, gate, pool)[0]

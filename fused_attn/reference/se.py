@@ -1,0 +1,45 @@
+"""Squeeze-and-Excitation in eager PyTorch, every variant found in the wild.
+
+Covers timm ``SEModule`` (biases on/off, ``add_maxpool``, a norm after fc1),
+timm ``EffectiveSEModule`` (one layer), timm's EfficientNet / MobileNetV3
+``SqueezeExcite`` and torchvision ``ops.SqueezeExcitation``.
+"""
+import functools
+
+import torch
+import torch.nn.functional as F
+
+#: Hidden activations, by name.
+ACTIVATIONS = {
+    "relu": F.relu,
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": functools.partial(F.gelu, approximate="tanh"),
+    "hard_swish": F.hardswish,
+}
+#: Gates, by name. ``hard_sigmoid`` is ``F.hardsigmoid``: relu6(x + 3) / 6.
+GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid}
+#: Pooling: the spatial mean, or timm's ``add_maxpool`` mix 0.5·mean + 0.5·max.
+POOLS = ("avg", "avgmax")
+
+
+def squeeze_excitation(x, fc1_weight, fc1_bias=None, fc2_weight=None, fc2_bias=None, *,
+                       act="relu", gate="sigmoid", pool="avg", norm=None):
+    """y = x · gate(fc2(act(norm(fc1(pool(x)))))), broadcast over H and W.
+
+    x: [N, C, H, W]. fc1_weight: [rd, C] (or [rd, C, 1, 1]); fc2_weight: [C, rd].
+    ``fc2_weight=None`` is the one-layer effective SE: y = x · gate(fc1(pool(x))),
+    with fc1_weight [C, C]. ``norm`` (a module taking [N, rd, 1, 1], e.g. a
+    BatchNorm2d) sits between fc1 and the activation, as in timm's rexnet.
+    """
+    p = x.mean((2, 3))
+    if pool == "avgmax":
+        p = 0.5 * p + 0.5 * x.amax((2, 3))
+    elif pool != "avg":
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    z = F.linear(p, fc1_weight.flatten(1), fc1_bias)
+    if fc2_weight is not None:
+        if norm is not None:
+            z = norm(z[:, :, None, None]).flatten(1)
+        z = F.linear(ACTIVATIONS[act](z), fc2_weight.flatten(1), fc2_bias)
+    return x * GATES[gate](z)[:, :, None, None]

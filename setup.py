@@ -1,0 +1,92 @@
+"""Builds fused_attn._C: the C++ CPU kernels, plus the CUDA sources when a CUDA
+toolkit and a CUDA build of torch are both present.
+
+Environment:
+  FORCE_CUDA=1          build the CUDA sources even if torch sees no toolkit/GPU
+  FUSED_ATTN_NO_CUDA=1  CPU-only build even where CUDA is available
+  TORCH_CUDA_ARCH_LIST  GPU architectures, e.g. "9.0" (torch's default otherwise)
+  DEBUG=1               -O0 -g
+  MAX_JOBS              parallel compile jobs (ninja)
+"""
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+
+def _find_cuda_home():
+    """torch takes the toolkit root to be the parent of the `nvcc` on PATH; when
+    that nvcc is a wrapper script (as /usr/local/bin/nvcc is on our CI machine)
+    the guess has no headers or libraries. Accept a root only if it has the
+    runtime header, trying the standard location next."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates.append("/usr/local/cuda")
+    for root in candidates:
+        if os.path.isfile(os.path.join(root, "include", "cuda_runtime_api.h")):
+            os.environ["CUDA_HOME"] = root
+            return
+
+
+_find_cuda_home()
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
+
+
+def _default_arch_list():
+    """With no GPU visible and TORCH_CUDA_ARCH_LIST unset, torch cannot pick
+    architectures (CI builds on a machine without a GPU): build for the ones
+    this torch itself ships kernels for, with PTX for the newest."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST") or torch.cuda.device_count() > 0:
+        return None
+    archs = [a[len("sm_"):] for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
+    archs = [f"{a[:-1]}.{a[-1]}" for a in archs if a.isdigit()]
+    return ";".join(archs) + "+PTX" if archs else None
+
+
+def extension():
+    debug = _flag("DEBUG")
+    want_cuda = not _flag("FUSED_ATTN_NO_CUDA") and (
+        _flag("FORCE_CUDA") or (torch.version.cuda is not None and CUDA_HOME is not None)
+    )
+    cxx = ["-O0", "-g"] if debug else ["-O3"]
+    cxx += ["-fvisibility=hidden"]  # the C++ standard is the one torch asks for
+    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    macros = [("Py_LIMITED_API", "0x030A0000")]
+    kwargs = dict(py_limited_api=True, define_macros=macros)
+    if want_cuda:
+        sources += _sources("csrc/cuda/*.cu")
+        macros.append(("FUSED_ATTN_WITH_CUDA", None))
+        nvcc = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
+        default_archs = _default_arch_list()
+        if default_archs:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = default_archs
+        print(f"fused_attn: building CPU + CUDA (torch {torch.__version__}, CUDA {torch.version.cuda}, "
+              f"toolkit {CUDA_HOME}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '<torch default>')})")
+        return CUDAExtension("fused_attn._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
+    why = ("FUSED_ATTN_NO_CUDA is set" if _flag("FUSED_ATTN_NO_CUDA")
+           else "torch is a CPU build" if torch.version.cuda is None else "no CUDA toolkit found (CUDA_HOME)")
+    print(f"fused_attn: building CPU only ({why}; torch {torch.__version__})")
+    return CppExtension("fused_attn._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
+
+
+setup(
+    packages=find_packages(include=["fused_attn", "fused_attn.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)
