@@ -96,10 +96,13 @@ if HAS_C:
         check_names(act, gate, pool)
         torch._check(dy.shape == x.shape, lambda: f"grad_y must have x's shape {list(x.shape)}, got {list(dy.shape)}")
         dx = torch.empty_like(x.contiguous(memory_format=suggest_memory_format(x)))
-        empty = w1.new_empty((0,))
-        return (dx, torch.empty_like(w1), w1.new_empty((w1.shape[0],)) if has_b1 else empty,
-                torch.empty_like(w2) if w2 is not None else empty,
-                w1.new_empty((x.shape[1],)) if (has_b2 and w2 is not None) else empty)
+
+        def grad_like(exists, shape):  # a [0] tensor stands for "no such parameter"
+            return w1.new_empty(shape if exists else (0,))
+
+        return (dx, grad_like(True, w1.shape), grad_like(has_b1, (w1.shape[0],)),
+                grad_like(w2 is not None, None if w2 is None else w2.shape),
+                grad_like(has_b2 and w2 is not None, (x.shape[1],)))
 
     def _setup_context(ctx, inputs, output):
         x, w1, b1, w2, b2, act, gate, pool = inputs

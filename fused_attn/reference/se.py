@@ -30,16 +30,25 @@ def squeeze_excitation(x, fc1_weight, fc1_bias=None, fc2_weight=None, fc2_bias=N
     x: [N, C, H, W]. fc1_weight: [rd, C] (or [rd, C, 1, 1]); fc2_weight: [C, rd].
     ``fc2_weight=None`` is the one-layer effective SE: y = x · gate(fc1(pool(x))),
     with fc1_weight [C, C]. ``norm`` (a module taking [N, rd, 1, 1], e.g. a
-    BatchNorm2d) sits between fc1 and the activation, as in timm's rexnet.
+    BatchNorm2d) sits between fc1 and the activation, as in timm's rexnet; it
+    runs in x's dtype, as it does in the module it comes from.
+
+    As the contract asks of every backend, pooling and the excitation run in
+    float32 (float64 for float64 x) and y is rounded to x's dtype once.
     """
-    p = x.mean((2, 3))
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    p = x.mean((2, 3), dtype=acc)
     if pool == "avgmax":
-        p = 0.5 * p + 0.5 * x.amax((2, 3))
+        p = 0.5 * p + 0.5 * x.amax((2, 3)).to(acc)
     elif pool != "avg":
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-    z = F.linear(p, fc1_weight.flatten(1), fc1_bias)
+
+    def linear(v, w, b):
+        return F.linear(v, w.flatten(1).to(acc), None if b is None else b.to(acc))
+
+    z = linear(p, fc1_weight, fc1_bias)
     if fc2_weight is not None:
         if norm is not None:
-            z = norm(z[:, :, None, None]).flatten(1)
-        z = F.linear(ACTIVATIONS[act](z), fc2_weight.flatten(1), fc2_bias)
-    return x * GATES[gate](z)[:, :, None, None]
+            z = norm(z[:, :, None, None].to(x.dtype)).flatten(1).to(acc)
+        z = linear(ACTIVATIONS[act](z), fc2_weight, fc2_bias)
+    return (x * GATES[gate](z)[:, :, None, None]).to(x.dtype)

@@ -1,0 +1,137 @@
+"""fused_attn.squeeze_excitation against the reference, on every CPU backend."""
+import pytest
+import torch
+
+import fused_attn
+from fused_attn import _extension
+
+from .utils import (DTYPES, FORMATS, SHAPES, VARIANTS, SEVariant, assert_close, cpu_backends, ids,
+                    reference64, se_kwargs, se_sample)
+
+# The C++ backend runs twice: with the ISA build this CPU picks (AVX2 here),
+# and forced to the baseline build, so both compiled copies are checked.
+IMPLS = []
+for _name in cpu_backends():
+    IMPLS.append(_name)
+    if _name == "cpu" and _extension.CPU_ISA != "baseline":
+        IMPLS.append("cpu-baseline")
+
+
+@pytest.fixture(params=IMPLS)
+def backend(request, monkeypatch):
+    name = request.param
+    if name == "cpu-baseline":
+        monkeypatch.setenv("FUSED_ATTN_CPU_ISA", "baseline")
+        name = "cpu"
+    with fused_attn.use_backend(name):
+        yield name
+
+
+def run_se(x, w1, b1, w2, b2, variant):
+    return fused_attn.squeeze_excitation(x, w1, b1, w2, b2, **se_kwargs(variant))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids(VARIANTS))
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES, ids=ids(SHAPES))
+def test_forward_backward_match_reference(backend, shape, dtype, memory_format, variant):
+    inputs = se_sample(shape, dtype, memory_format, variant, seed=hash(shape) % 1000, requires_grad=True)
+    y = run_se(*inputs, variant)
+    assert y.dtype == dtype and y.shape == inputs[0].shape
+    assert y.is_contiguous(memory_format=memory_format)
+    y_ref, leaves = reference64(*inputs, variant)
+    assert_close(y, y_ref, dtype)
+
+    dy = torch.randn(y.shape, dtype=torch.float64).to(dtype).to(memory_format=memory_format)
+    wrt = [t for t in inputs if t is not None]
+    grads = torch.autograd.grad(y, wrt, dy)
+    grads_ref = torch.autograd.grad(y_ref, [t for t in leaves if t is not None], dy.double())
+    for name, g, g_ref, t in zip(("x", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"), grads, grads_ref, wrt):
+        assert g.dtype == dtype and g.shape == t.shape, name
+        assert_close(g, g_ref, dtype, grad=True)
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_non_contiguous_inputs(backend, memory_format):
+    """A sliced x and a dy in the other memory format give the same results."""
+    variant = SEVariant(act="silu", pool="avgmax")
+    x, w1, b1, w2, b2 = se_sample((3, 24, 11, 10), torch.float32, memory_format, variant, seed=3)
+    x = x[:, ::2, 1:, :-1].detach().requires_grad_()   # C=12, strided
+    C = x.shape[1]
+    w1, w2, b2 = w1[:, :C].contiguous(), w2[:C].contiguous(), b2[:C].contiguous()
+    y = run_se(x, w1, b1, w2, b2, variant)
+    y_ref, leaves = reference64(x, w1, b1, w2, b2, variant)
+    assert_close(y, y_ref, torch.float32)
+    other = torch.channels_last if memory_format == torch.contiguous_format else torch.contiguous_format
+    dy = torch.randn(y.shape).to(memory_format=other)
+    (gx,) = torch.autograd.grad(y, [x], dy)
+    (gx_ref,) = torch.autograd.grad(y_ref, [leaves[0]], dy.double())
+    assert_close(gx, gx_ref, torch.float32, grad=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_max_ties_split_gradient_like_amax(backend, dtype, memory_format):
+    """Tied maxima share the max-pool gradient evenly, as torch.amax does."""
+    variant = SEVariant(pool="avgmax")
+    x, w1, b1, w2, b2 = se_sample((2, 5, 6, 6), dtype, memory_format, variant, seed=11)
+    x = (x.detach().float() * 2).round().clamp(-3, 3).to(dtype).to(memory_format=memory_format)
+    x.requires_grad_()  # values in {-3..3}: every channel has several tied maxima
+    y = run_se(x, w1, b1, w2, b2, variant)
+    y_ref, leaves = reference64(x, w1, b1, w2, b2, variant)
+    assert_close(y, y_ref, dtype)
+    dy = torch.randn(y.shape).to(dtype)
+    (gx,) = torch.autograd.grad(y, [x], dy)
+    (gx_ref,) = torch.autograd.grad(y_ref, [leaves[0]], dy.double())
+    assert_close(gx, gx_ref, dtype, grad=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("variant", [VARIANTS[1], VARIANTS[3], VARIANTS[5], VARIANTS[6]], ids=str)
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_gradcheck_float64(backend, variant, memory_format, seed):
+    inputs = se_sample((2, 6, 3, 5), torch.float64, memory_format, variant, seed=seed, requires_grad=True)
+    wrt = [t for t in inputs if t is not None]
+
+    def f(*args):
+        it = iter(args)
+        full = [None if t is None else next(it) for t in inputs]
+        return run_se(*full, variant)
+
+    assert torch.autograd.gradcheck(f, wrt, eps=1e-6, atol=1e-7)
+
+
+def test_deterministic(backend):
+    variant = SEVariant(act="silu", pool="avgmax")
+    for memory_format in FORMATS:
+        inputs = se_sample((4, 96, 20, 20), torch.float32, memory_format, variant, seed=5, requires_grad=True)
+        wrt = [t for t in inputs if t is not None]
+        dy = torch.randn(inputs[0].shape)
+        runs = []
+        for _ in range(2):
+            y = run_se(*inputs, variant)
+            runs.append([y] + list(torch.autograd.grad(y, wrt, dy)))
+        for a, b in zip(*runs):
+            assert torch.equal(a, b)
+
+
+def test_cpu_chunking_does_not_change_results(monkeypatch):
+    """The CPU backend walks the batch in cache-sized chunks of samples; one
+    sample per chunk and the whole batch in one chunk must agree."""
+    if "cpu" not in cpu_backends():
+        pytest.skip("C++ extension not built")
+    variant = SEVariant(pool="avgmax")
+    inputs = se_sample((6, 40, 9, 9), torch.float32, torch.channels_last, variant, seed=8, requires_grad=True)
+    wrt = [t for t in inputs if t is not None]
+    dy = torch.randn(inputs[0].shape)
+    results = []
+    for budget in ("1", str(1 << 30)):
+        monkeypatch.setenv("FUSED_ATTN_CPU_CHUNK_BYTES", budget)
+        with fused_attn.use_backend("cpu"):
+            y = run_se(*inputs, variant)
+            results.append([y] + list(torch.autograd.grad(y, wrt, dy)))
+    # Per-sample passes are the same; the chunk's matmuls (and the order the
+    # weight gradients are summed in) change, so agreement is to fp32 rounding.
+    for a, b in zip(*results):
+        assert_close(a, b, torch.float32, grad=True)

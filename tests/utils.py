@@ -1,0 +1,122 @@
+"""Shared inputs and tolerances for the op tests."""
+import dataclasses
+import itertools
+
+import torch
+
+import fused_attn
+
+# Tolerances are data, per dtype. Outputs are compared with the float64
+# reference evaluated on the same (rounded) inputs, so these bound the fused
+# kernel's own error: fp32 accumulation plus one rounding to the output dtype.
+TOL = {
+    torch.float64: dict(atol=1e-10, rtol=1e-10),
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+}
+# Gradients are sums over N·H·W (weights) or of two terms (dx); their atol is
+# relative to the largest magnitude of the reference gradient.
+GRAD_TOL = {
+    torch.float64: dict(atol=1e-10, rtol=1e-9),
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float16: dict(atol=4e-3, rtol=4e-3),
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+}
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+FORMATS = (torch.contiguous_format, torch.channels_last)
+
+# (N, C, H, W): odd sizes, C = 1, 3, 1001, H·W = 1, 7×7, 13×17, N = 1, 5.
+SHAPES = [
+    (1, 1, 1, 1),
+    (2, 1, 13, 17),
+    (5, 3, 7, 7),
+    (1, 3, 1, 9),
+    (2, 1001, 1, 1),
+    (1, 1001, 7, 7),
+    (5, 37, 13, 17),
+    (3, 64, 7, 7),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class SEVariant:
+    act: str = "relu"
+    gate: str = "sigmoid"
+    pool: str = "avg"
+    bias: bool = True
+    effective: bool = False
+
+    def __str__(self):
+        kind = "ese" if self.effective else f"se-{self.act}"
+        return f"{kind}-{self.gate}-{self.pool}-{'bias' if self.bias else 'nobias'}"
+
+
+VARIANTS = [
+    SEVariant(),                                            # timm SEModule, torchvision, RegNetY
+    SEVariant(act="silu"),                                  # EfficientNet
+    SEVariant(gate="hard_sigmoid"),                         # MobileNetV3
+    SEVariant(act="gelu", pool="avgmax", bias=False),
+    SEVariant(act="gelu_tanh", gate="hard_sigmoid"),
+    SEVariant(act="hard_swish", pool="avgmax"),
+    SEVariant(effective=True, gate="hard_sigmoid"),         # timm EffectiveSEModule
+    SEVariant(effective=True, pool="avgmax", bias=False),
+]
+
+
+def reduced(C):
+    return max(1, C // 16)
+
+
+def se_sample(shape, dtype, memory_format=torch.contiguous_format, variant=SEVariant(), *,
+              seed=0, requires_grad=False, device="cpu"):
+    """x and the SE weights, random (never zeros), logits of order one."""
+    g = torch.Generator().manual_seed(seed)
+    N, C, H, W = shape
+    rd = C if variant.effective else reduced(C)
+
+    def rand(*size, scale=1.0):
+        t = (torch.randn(*size, generator=g, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
+        return t.requires_grad_(requires_grad)
+
+    x = rand(N, C, H, W)
+    x = x.detach().to(memory_format=memory_format).requires_grad_(requires_grad)
+    w1 = rand(rd, C, scale=C ** -0.5)
+    b1 = rand(rd, scale=0.5) if variant.bias else None
+    if variant.effective:
+        w2 = b2 = None
+    else:
+        w2 = rand(C, rd, scale=rd ** -0.5)
+        b2 = rand(C, scale=0.5) if variant.bias else None
+    return x, w1, b1, w2, b2
+
+
+def se_kwargs(variant):
+    return dict(act=variant.act, gate=variant.gate, pool=variant.pool)
+
+
+def reference64(x, w1, b1, w2, b2, variant):
+    """The reference in float64 on the same inputs, with leaves requiring grad."""
+    leaves = [None if t is None else t.detach().double().requires_grad_() for t in (x, w1, b1, w2, b2)]
+    y = fused_attn.reference.squeeze_excitation(*leaves, **se_kwargs(variant))
+    return y, leaves
+
+
+def assert_close(actual, expected, dtype, *, grad=False):
+    tol = (GRAD_TOL if grad else TOL)[dtype]
+    expected = expected.to(torch.float64)
+    atol = tol["atol"] * (max(1.0, expected.abs().max().item()) if grad and expected.numel() else 1.0)
+    torch.testing.assert_close(actual.to(torch.float64), expected, atol=atol, rtol=tol["rtol"])
+
+
+def cpu_backends():
+    """Backends that can run on CPU tensors here: the ones under test."""
+    return [name for name, s in fused_attn.backends().items() if "cpu" in s.devices]
+
+
+def ids(values):
+    return [str(v) for v in values]
+
+
+def product(*lists):
+    return list(itertools.product(*lists))
