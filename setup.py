@@ -64,10 +64,13 @@ def extension():
         _flag("FORCE_CUDA") or (torch.version.cuda is not None and CUDA_HOME is not None)
     )
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-fvisibility=hidden"]  # the C++ standard is the one torch asks for
+    # The C++ standard is the one torch asks for. -fopenmp: at::parallel_for is
+    # an inline template that runs serially unless the extension itself is
+    # compiled with OpenMP (torch's libgomp is already loaded when _C is).
+    cxx += ["-fvisibility=hidden", "-fopenmp"]
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     macros = [("Py_LIMITED_API", "0x030A0000")]
-    kwargs = dict(py_limited_api=True, define_macros=macros)
+    kwargs = dict(py_limited_api=True, define_macros=macros, extra_link_args=["-fopenmp"])
     if want_cuda:
         sources += _sources("csrc/cuda/*.cu")
         macros.append(("FUSED_ATTN_WITH_CUDA", None))

@@ -20,18 +20,31 @@
 constexpr int64_t kBlock = 64;           // lanes per block
 constexpr int64_t kTaskElems = 1 << 14;  // elements per parallel task, at least
 
-// ---- conversion of one block (n <= kBlock elements) to and from acc_t ------
+// ---- access to one block (n <= kBlock elements) in acc_t -------------------
+// load_block returns a pointer to the block's values in acc_t: the source
+// itself when no conversion is needed, else `buf` filled with the converted
+// values. out_block / store_block do the same for writing: compute into
+// out_block(dst, buf), then store_block(that pointer, dst, n), which only
+// converts (and is a no-op for float and double).
 
-inline void load_block(const float* s, float* d, int64_t n) { std::memcpy(d, s, n * sizeof(float)); }
-inline void load_block(const double* s, double* d, int64_t n) { std::memcpy(d, s, n * sizeof(double)); }
-inline void store_block(const float* s, float* d, int64_t n) { std::memcpy(d, s, n * sizeof(float)); }
-inline void store_block(const double* s, double* d, int64_t n) { std::memcpy(d, s, n * sizeof(double)); }
+inline const float* load_block(const float* s, float*, int64_t) { return s; }
+inline const double* load_block(const double* s, double*, int64_t) { return s; }
+inline float* out_block(float* d, float*) { return d; }
+inline double* out_block(double* d, double*) { return d; }
+inline float* out_block(c10::BFloat16*, float* buf) { return buf; }
+inline float* out_block(c10::Half*, float* buf) { return buf; }
+inline void store_block(const float*, float*, int64_t) {}
+inline void store_block(const double*, double*, int64_t) {}
 
-inline void load_block(const c10::BFloat16* s, float* d, int64_t n) {
+inline void store_block(const float* s, c10::BFloat16* d, int64_t n);
+inline void store_block(const float* s, c10::Half* d, int64_t n);
+
+inline const float* load_block(const c10::BFloat16* s, float* d, int64_t n) {
   const uint16_t* u = reinterpret_cast<const uint16_t*>(s);
   uint32_t bits[kBlock];
   for (int64_t j = 0; j < n; ++j) bits[j] = static_cast<uint32_t>(u[j]) << 16;
   std::memcpy(d, bits, n * sizeof(float));
+  return d;
 }
 
 // Round to nearest even, NaN to the canonical quiet NaN: c10::BFloat16's rule.
@@ -47,7 +60,7 @@ inline void store_block(const float* s, c10::BFloat16* d, int64_t n) {
   std::memcpy(d, out, n * sizeof(uint16_t));
 }
 
-inline void load_block(const c10::Half* s, float* d, int64_t n) {
+inline const float* load_block(const c10::Half* s, float* d, int64_t n) {
   int64_t j = 0;
 #ifdef FUSED_ATTN_F16C
   for (; j + 8 <= n; j += 8) {
@@ -57,6 +70,7 @@ inline void load_block(const c10::Half* s, float* d, int64_t n) {
 #else
   for (; j < n; ++j) d[j] = static_cast<float>(s[j]);
 #endif
+  return d;
 }
 
 inline void store_block(const float* s, c10::Half* d, int64_t n) {
@@ -73,90 +87,239 @@ inline void store_block(const float* s, c10::Half* d, int64_t n) {
 #endif
 }
 
+// Non-temporal ("streaming") stores of one block: the output goes to memory
+// without first being read into the cache (no read-for-ownership) and without
+// evicting the input chunk that is about to be read again. Used for outputs
+// too large to be cache-resident for the next layer anyway. Only the AVX2
+// build streams; the baseline build stores normally.
+inline void stream_bytes(void* dst, const void* src, int64_t bytes) {
+#ifdef FUSED_ATTN_F16C
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  const int64_t head = std::min<int64_t>(bytes, (32 - reinterpret_cast<uintptr_t>(d) % 32) % 32);
+  std::memcpy(d, s, head);
+  int64_t i = head;
+  for (; i + 32 <= bytes; i += 32) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+  }
+  std::memcpy(d + i, s + i, bytes - i);
+#else
+  std::memcpy(dst, src, bytes);
+#endif
+}
+
+template <typename T, typename A>
+inline void stream_block(const A* s, T* d, int64_t n) {
+  if constexpr (std::is_same_v<T, A>) {
+    stream_bytes(d, s, n * sizeof(T));
+  } else {
+    T tmp[kBlock];
+    store_block(s, tmp, n);
+    stream_bytes(d, tmp, n * sizeof(T));
+  }
+}
+
+// Orders this thread's streaming stores before whatever reads the output next.
+inline void stream_fence() {
+#ifdef FUSED_ATTN_F16C
+  _mm_sfence();
+#endif
+}
+
 // max that propagates NaN, as torch.amax does.
 template <typename A> inline A max_nan(A m, A v) { return (v > m || v != v) ? v : m; }
 
-// Fixed-order pairwise sum / max of the kBlock lanes.
-template <typename A> inline A lanes_sum(A* a) {
-  for (int64_t w = kBlock / 2; w > 0; w /= 2)
+// Fixed-order pairwise sum / max of L lanes.
+template <int64_t L, typename A> inline A lanes_sum(A* a) {
+  for (int64_t w = L / 2; w > 0; w /= 2)
     for (int64_t j = 0; j < w; ++j) a[j] += a[j + w];
   return a[0];
 }
-template <typename A> inline A lanes_max(A* a) {
-  for (int64_t w = kBlock / 2; w > 0; w /= 2)
+template <int64_t L, typename A> inline A lanes_max(A* a) {
+  for (int64_t w = L / 2; w > 0; w /= 2)
     for (int64_t j = 0; j < w; ++j) a[j] = max_nan(a[j], a[j + w]);
   return a[0];
 }
 
-inline int64_t grain_rows(int64_t row_len) { return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(row_len, 1)); }
+// Writes the block computed by `fill(o)` to dst, streaming it when `nt`.
+template <typename T, typename A, typename Fill>
+inline void write_block(T* dst, int64_t n, bool nt, A* buf, Fill&& fill) {
+  if (nt) {
+    fill(buf);
+    stream_block(buf, dst, n);
+  } else {
+    A* o = out_block(dst, buf);
+    fill(o);
+    store_block(o, dst, n);
+  }
+}
 
-// channels_last reductions split each sample's H·W rows into segments of a
-// size fixed by the shape; each task sums whole rows of its segment into its
-// own partial vector and the partials are added in segment order.
-inline int64_t cl_segment_rows(int64_t C) { return grain_rows(C); }
+// ---- units of work ----------------------------------------------------------
+// A pass is made of "read units" (pooling, or Σ dy·x in the backward: they
+// only read the big tensors) and "write units" (the rescale, or dx: they write
+// one). Each unit's result depends on the shape alone, never on which thread
+// runs it or what runs beside it.
+//
+// NCHW read unit: one row (n, c), reduced over H·W with L lanes: 8 or 16 for
+// short rows (less tree to fold per row), 64 otherwise.
+// channels_last read unit: a segment of one sample's pixel rows, of a length
+// fixed by C, summed into its own partial vector; the partials are added in
+// segment order afterwards (finish_*).
+inline int64_t cl_segment_rows(int64_t C) { return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(C, 1)); }
 
-// ---- forward --------------------------------------------------------------
-
-// pooled[n, c] = mean(x[n, c]) or 0.5·mean + 0.5·max; maxv[n, c] = max when
-// `maxv` is not null. x holds `nb` samples.
-template <typename T>
-void pool(const T* x, int64_t nb, int64_t C, int64_t HW, bool cl, acc_t<T>* pooled, acc_t<T>* maxv) {
+// Calls body(values, n) for each block of a row of `len` elements, with
+// `values` in acc_t. Full blocks pass n as a compile-time constant, so their
+// loops compile to straight vector code; only the last, partial block loops
+// over a run-time count.
+template <int64_t L, typename T, typename Body>
+inline void for_blocks(const T* row, int64_t len, Body&& body) {
   using A = acc_t<T>;
+  A buf[L];
+  int64_t i = 0;
+  for (; i + L <= len; i += L) body(load_block(row + i, buf, L), std::integral_constant<int64_t, L>{});
+  if (i < len) body(load_block(row + i, buf, len - i), len - i);
+}
+
+// The same over two rows read in step (dy and x).
+template <int64_t L, typename T, typename Body>
+inline void for_blocks2(const T* row_a, const T* row_b, int64_t len, Body&& body) {
+  using A = acc_t<T>;
+  A buf_a[L], buf_b[L];
+  int64_t i = 0;
+  for (; i + L <= len; i += L)
+    body(load_block(row_a + i, buf_a, L), load_block(row_b + i, buf_b, L), std::integral_constant<int64_t, L>{});
+  if (i < len) body(load_block(row_a + i, buf_a, len - i), load_block(row_b + i, buf_b, len - i), len - i);
+}
+
+template <int64_t L, typename T>
+void pool_row(const T* row, int64_t HW, bool want_max, acc_t<T>& sum, acc_t<T>& mx) {
+  using A = acc_t<T>;
+  A s[L], m[L];
+  std::fill(s, s + L, A(0));
+  std::fill(m, m + L, -std::numeric_limits<A>::infinity());
+  for_blocks<L>(row, HW, [&](const A* v, auto n) {
+    for (int64_t j = 0; j < n; ++j) s[j] += v[j];
+    if (want_max)
+      for (int64_t j = 0; j < n; ++j) m[j] = max_nan(m[j], v[j]);
+  });
+  sum = lanes_sum<L>(s);
+  mx = want_max ? lanes_max<L>(m) : A(0);
+}
+
+template <int64_t L, typename T>
+void reduce_row(const T* dy, const T* x, int64_t HW, const acc_t<T>* maxv, acc_t<T>& s_out, acc_t<T>& k_out) {
+  using A = acc_t<T>;
+  A s[L], k[L];
+  std::fill(s, s + L, A(0));
+  std::fill(k, k + L, A(0));
+  const A m = maxv ? *maxv : A(0);
+  for_blocks2<L>(dy, x, HW, [&](const A* vd, const A* vx, auto n) {
+    for (int64_t j = 0; j < n; ++j) s[j] += vd[j] * vx[j];
+    if (maxv)
+      for (int64_t j = 0; j < n; ++j) k[j] += vx[j] == m ? A(1) : A(0);
+  });
+  s_out = lanes_sum<L>(s);
+  k_out = maxv ? lanes_sum<L>(k) : A(0);
+}
+
+// Runs write units [0, nw) and read units [0, nr) in one parallel region,
+// interleaved within each task in proportion to their sizes, so that the read
+// stream (the next chunk) and the write stream (this chunk's output) are in
+// flight together, as they are in a copy.
+template <typename WriteUnit, typename ReadUnit>
+void interleaved(int64_t nw, int64_t w_elems, WriteUnit&& write_unit, int64_t nr, int64_t r_elems,
+                 ReadUnit&& read_unit) {
+  const int64_t total = nw * w_elems + nr * r_elems;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(std::max(nw, nr), total / kTaskElems));
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      int64_t a = nw * p / parts, a1 = nw * (p + 1) / parts;
+      int64_t b = nr * p / parts, b1 = nr * (p + 1) / parts;
+      const int64_t a0 = a, b0 = b;
+      while (a < a1 || b < b1) {
+        if (b >= b1 || (a < a1 && (a - a0) * w_elems <= (b - b0) * r_elems)) {
+          write_unit(a++);
+        } else {
+          read_unit(b++);
+        }
+      }
+    }
+    stream_fence();
+  });
+}
+
+// ---- forward ------------------------------------------------------------------
+
+template <typename T>
+void forward_pass(const ScaleJob<T>& sj, const PoolJob<T>& pj, int64_t C, int64_t HW, bool cl, bool nt) {
+  using A = acc_t<T>;
+  const bool want_max = pj.maxv != nullptr;
   const A inv_hw = A(1) / A(HW);
-  const bool want_max = maxv != nullptr;
   auto finish = [&](int64_t r, A sum, A mx) {
     const A mean = sum * inv_hw;
     if (want_max) {
-      maxv[r] = mx;
-      pooled[r] = A(0.5) * mean + A(0.5) * mx;
+      pj.maxv[r] = mx;
+      pj.pooled[r] = A(0.5) * mean + A(0.5) * mx;
     } else {
-      pooled[r] = mean;
+      pj.pooled[r] = mean;
     }
   };
   if (!cl) {
-    at::parallel_for(0, nb * C, grain_rows(HW), [&](int64_t r0, int64_t r1) {
-      A buf[kBlock], s[kBlock], m[kBlock];
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* row = x + r * HW;
-        std::fill(s, s + kBlock, A(0));
-        std::fill(m, m + kBlock, -std::numeric_limits<A>::infinity());
-        for (int64_t i = 0; i < HW; i += kBlock) {
-          const int64_t n = std::min(kBlock, HW - i);
-          load_block(row + i, buf, n);
-          for (int64_t j = 0; j < n; ++j) s[j] += buf[j];
-          if (want_max)
-            for (int64_t j = 0; j < n; ++j) m[j] = max_nan(m[j], buf[j]);
-        }
-        finish(r, lanes_sum(s), want_max ? lanes_max(m) : A(0));
-      }
-    });
+    auto scale_row = [&](int64_t r) {
+      const A gr = sj.g[r];
+      A obuf[kBlock];
+      int64_t i = 0;
+      for_blocks<kBlock>(sj.x + r * HW, HW, [&](const A* v, auto n) {
+        write_block(sj.y + r * HW + i, n, nt, obuf, [&](A* o) {
+          for (int64_t j = 0; j < n; ++j) o[j] = v[j] * gr;
+        });
+        i += n;
+      });
+    };
+    auto pool_unit = [&](int64_t r) {
+      A sum, mx;
+      if (HW < 64) pool_row<8>(pj.x + r * HW, HW, want_max, sum, mx);
+      else if (HW < 256) pool_row<16>(pj.x + r * HW, HW, want_max, sum, mx);
+      else pool_row<kBlock>(pj.x + r * HW, HW, want_max, sum, mx);
+      finish(r, sum, mx);
+    };
+    interleaved(sj.nb * C, HW, scale_row, pj.nb * C, HW, pool_unit);
     return;
   }
   const int64_t seg = cl_segment_rows(C);
   const int64_t nseg = (HW + seg - 1) / seg;
-  std::vector<A> psum(nb * nseg * C);
-  std::vector<A> pmax(want_max ? nb * nseg * C : 0);
-  at::parallel_for(0, nb * nseg, 1, [&](int64_t t0, int64_t t1) {
-    A buf[kBlock];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / nseg, hw0 = (t % nseg) * seg, hw1 = std::min(HW, hw0 + seg);
-      A* s = psum.data() + t * C;
-      A* m = want_max ? pmax.data() + t * C : nullptr;
-      std::fill(s, s + C, A(0));
-      if (want_max) std::fill(m, m + C, -std::numeric_limits<A>::infinity());
-      for (int64_t hw = hw0; hw < hw1; ++hw) {
-        const T* row = x + (n * HW + hw) * C;
-        for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
-          const int64_t k = std::min(kBlock, C - c0);
-          load_block(row + c0, buf, k);
-          for (int64_t j = 0; j < k; ++j) s[c0 + j] += buf[j];
-          if (want_max)
-            for (int64_t j = 0; j < k; ++j) m[c0 + j] = max_nan(m[c0 + j], buf[j]);
-        }
-      }
+  std::vector<A> psum(pj.nb * nseg * C);
+  std::vector<A> pmax(want_max ? pj.nb * nseg * C : 0);
+  auto scale_row = [&](int64_t r) {  // pixel row r = n·HW + hw
+    const A* gn = sj.g + (r / HW) * C;
+    A obuf[kBlock];
+    int64_t c0 = 0;
+    for_blocks<kBlock>(sj.x + r * C, C, [&](const A* v, auto k) {
+      write_block(sj.y + r * C + c0, k, nt, obuf, [&](A* o) {
+        for (int64_t j = 0; j < k; ++j) o[j] = v[j] * gn[c0 + j];
+      });
+      c0 += k;
+    });
+  };
+  auto pool_unit = [&](int64_t t) {  // segment t of sample t / nseg
+    const int64_t n = t / nseg, hw0 = (t % nseg) * seg, hw1 = std::min(HW, hw0 + seg);
+    A* s = psum.data() + t * C;
+    A* m = want_max ? pmax.data() + t * C : nullptr;
+    std::fill(s, s + C, A(0));
+    if (want_max) std::fill(m, m + C, -std::numeric_limits<A>::infinity());
+    for (int64_t hw = hw0; hw < hw1; ++hw) {
+      int64_t c0 = 0;
+      for_blocks<kBlock>(pj.x + (n * HW + hw) * C, C, [&](const A* v, auto k) {
+        for (int64_t j = 0; j < k; ++j) s[c0 + j] += v[j];
+        if (want_max)
+          for (int64_t j = 0; j < k; ++j) m[c0 + j] = max_nan(m[c0 + j], v[j]);
+        c0 += k;
+      });
     }
-  });
-  at::parallel_for(0, nb * C, grain_rows(nseg), [&](int64_t r0, int64_t r1) {
+  };
+  interleaved(sj.nb * HW, C, scale_row, pj.nb * nseg, seg * C, pool_unit);
+  if (pj.nb == 0) return;
+  at::parallel_for(0, pj.nb * C, std::max<int64_t>(1, kTaskElems / nseg), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / C, c = r % C;
       A sum = 0, mx = -std::numeric_limits<A>::infinity();
@@ -169,95 +332,93 @@ void pool(const T* x, int64_t nb, int64_t C, int64_t HW, bool cl, acc_t<T>* pool
   });
 }
 
-// y[n, c, hw] = x[n, c, hw] · g[n, c].
-template <typename T>
-void scale(const T* x, T* y, const acc_t<T>* g, int64_t nb, int64_t C, int64_t HW, bool cl) {
-  using A = acc_t<T>;
-  if (!cl) {
-    at::parallel_for(0, nb * C, grain_rows(HW), [&](int64_t r0, int64_t r1) {
-      A buf[kBlock];
-      for (int64_t r = r0; r < r1; ++r) {
-        const A gr = g[r];
-        for (int64_t i = 0; i < HW; i += kBlock) {
-          const int64_t n = std::min(kBlock, HW - i);
-          load_block(x + r * HW + i, buf, n);
-          for (int64_t j = 0; j < n; ++j) buf[j] *= gr;
-          store_block(buf, y + r * HW + i, n);
-        }
-      }
-    });
-    return;
-  }
-  at::parallel_for(0, nb * HW, grain_rows(C), [&](int64_t r0, int64_t r1) {
-    A buf[kBlock];
-    for (int64_t r = r0; r < r1; ++r) {
-      const A* gn = g + (r / HW) * C;
-      for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
-        const int64_t k = std::min(kBlock, C - c0);
-        load_block(x + r * C + c0, buf, k);
-        for (int64_t j = 0; j < k; ++j) buf[j] *= gn[c0 + j];
-        store_block(buf, y + r * C + c0, k);
-      }
-    }
-  });
-}
+// ---- backward -----------------------------------------------------------------
 
-// ---- backward -------------------------------------------------------------
-
-// s[n, c] = Σ_hw dy·x; cnt[n, c] = #{hw : x == maxv[n, c]} when maxv is not null.
+// Write units: dx = dy·g + a (+ b where x == maxv), coefficients per (n, c):
+// a = dL/dp · (avg weight) / HW, b = dL/dp · (max weight) / count of maxima.
+// Read units: s = Σ_hw dy·x and cnt = #{x == maxv} per (n, c).
 template <typename T>
-void backward_reduce(const T* dy, const T* x, const acc_t<T>* maxv, int64_t nb, int64_t C, int64_t HW,
-                     bool cl, acc_t<T>* s_out, acc_t<T>* cnt_out) {
+void backward_pass(const DxJob<T>& dj, const ReduceJob<T>& rj, int64_t C, int64_t HW, bool cl, bool nt) {
   using A = acc_t<T>;
-  const bool want_cnt = maxv != nullptr;
+  const bool dx_max = dj.maxv != nullptr;
+  const bool want_cnt = rj.maxv != nullptr;
   if (!cl) {
-    at::parallel_for(0, nb * C, grain_rows(HW), [&](int64_t r0, int64_t r1) {
-      A bx[kBlock], bd[kBlock], s[kBlock], k[kBlock];
-      for (int64_t r = r0; r < r1; ++r) {
-        std::fill(s, s + kBlock, A(0));
-        std::fill(k, k + kBlock, A(0));
-        const A m = want_cnt ? maxv[r] : A(0);
-        for (int64_t i = 0; i < HW; i += kBlock) {
-          const int64_t n = std::min(kBlock, HW - i);
-          load_block(x + r * HW + i, bx, n);
-          load_block(dy + r * HW + i, bd, n);
-          for (int64_t j = 0; j < n; ++j) s[j] += bd[j] * bx[j];
-          if (want_cnt)
-            for (int64_t j = 0; j < n; ++j) k[j] += bx[j] == m ? A(1) : A(0);
-        }
-        s_out[r] = lanes_sum(s);
-        if (want_cnt) cnt_out[r] = lanes_sum(k);
-      }
-    });
+    auto dx_row = [&](int64_t r) {
+      const A gr = dj.g[r], ar = dj.a[r];
+      const A m = dx_max ? dj.maxv[r] : A(0), br = dx_max ? dj.b[r] : A(0);
+      A obuf[kBlock];
+      const int64_t off = r * HW;
+      int64_t i = 0;
+      auto body = [&](const A* vd, const A* vx, auto n) {
+        write_block(dj.dx + off + i, n, nt, obuf, [&](A* o) {
+          if (dx_max) {
+            for (int64_t j = 0; j < n; ++j) o[j] = vd[j] * gr + ar + (vx[j] == m ? br : A(0));
+          } else {
+            for (int64_t j = 0; j < n; ++j) o[j] = vd[j] * gr + ar;
+          }
+        });
+        i += n;
+      };
+      if (dx_max) for_blocks2<kBlock>(dj.dy + off, dj.x + off, HW, body);
+      else for_blocks<kBlock>(dj.dy + off, HW, [&](const A* vd, auto n) { body(vd, vd, n); });
+    };
+    auto reduce_unit = [&](int64_t r) {
+      A k = 0;
+      const A* m = want_cnt ? rj.maxv + r : nullptr;
+      if (HW < 64) reduce_row<8>(rj.dy + r * HW, rj.x + r * HW, HW, m, rj.s[r], k);
+      else if (HW < 256) reduce_row<16>(rj.dy + r * HW, rj.x + r * HW, HW, m, rj.s[r], k);
+      else reduce_row<kBlock>(rj.dy + r * HW, rj.x + r * HW, HW, m, rj.s[r], k);
+      if (want_cnt) rj.cnt[r] = k;
+    };
+    interleaved(dj.nb * C, HW, dx_row, rj.nb * C, 2 * HW, reduce_unit);
     return;
   }
   const int64_t seg = cl_segment_rows(C);
   const int64_t nseg = (HW + seg - 1) / seg;
-  std::vector<A> ps(nb * nseg * C);
-  std::vector<A> pk(want_cnt ? nb * nseg * C : 0);
-  at::parallel_for(0, nb * nseg, 1, [&](int64_t t0, int64_t t1) {
-    A bx[kBlock], bd[kBlock];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / nseg, hw0 = (t % nseg) * seg, hw1 = std::min(HW, hw0 + seg);
-      A* s = ps.data() + t * C;
-      A* k = want_cnt ? pk.data() + t * C : nullptr;
-      const A* m = want_cnt ? maxv + n * C : nullptr;
-      std::fill(s, s + C, A(0));
-      if (want_cnt) std::fill(k, k + C, A(0));
-      for (int64_t hw = hw0; hw < hw1; ++hw) {
-        const int64_t off = (n * HW + hw) * C;
-        for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
-          const int64_t w = std::min(kBlock, C - c0);
-          load_block(x + off + c0, bx, w);
-          load_block(dy + off + c0, bd, w);
-          for (int64_t j = 0; j < w; ++j) s[c0 + j] += bd[j] * bx[j];
-          if (want_cnt)
-            for (int64_t j = 0; j < w; ++j) k[c0 + j] += bx[j] == m[c0 + j] ? A(1) : A(0);
+  std::vector<A> ps(rj.nb * nseg * C);
+  std::vector<A> pk(want_cnt ? rj.nb * nseg * C : 0);
+  auto dx_row = [&](int64_t r) {
+    const int64_t nC = (r / HW) * C;
+    A obuf[kBlock];
+    int64_t c0 = 0;
+    auto body = [&](const A* vd, const A* vx, auto w) {
+      const A* gn = dj.g + nC + c0;
+      const A* an = dj.a + nC + c0;
+      write_block(dj.dx + r * C + c0, w, nt, obuf, [&](A* o) {
+        if (dx_max) {
+          const A* mn = dj.maxv + nC + c0;
+          const A* bn = dj.b + nC + c0;
+          for (int64_t j = 0; j < w; ++j) o[j] = vd[j] * gn[j] + an[j] + (vx[j] == mn[j] ? bn[j] : A(0));
+        } else {
+          for (int64_t j = 0; j < w; ++j) o[j] = vd[j] * gn[j] + an[j];
         }
-      }
+      });
+      c0 += w;
+    };
+    if (dx_max) for_blocks2<kBlock>(dj.dy + r * C, dj.x + r * C, C, body);
+    else for_blocks<kBlock>(dj.dy + r * C, C, [&](const A* vd, auto w) { body(vd, vd, w); });
+  };
+  auto reduce_unit = [&](int64_t t) {
+    const int64_t n = t / nseg, hw0 = (t % nseg) * seg, hw1 = std::min(HW, hw0 + seg);
+    A* s = ps.data() + t * C;
+    A* k = want_cnt ? pk.data() + t * C : nullptr;
+    const A* m = want_cnt ? rj.maxv + n * C : nullptr;
+    std::fill(s, s + C, A(0));
+    if (want_cnt) std::fill(k, k + C, A(0));
+    for (int64_t hw = hw0; hw < hw1; ++hw) {
+      const int64_t off = (n * HW + hw) * C;
+      int64_t c0 = 0;
+      for_blocks2<kBlock>(rj.dy + off, rj.x + off, C, [&](const A* vd, const A* vx, auto w) {
+        for (int64_t j = 0; j < w; ++j) s[c0 + j] += vd[j] * vx[j];
+        if (want_cnt)
+          for (int64_t j = 0; j < w; ++j) k[c0 + j] += vx[j] == m[c0 + j] ? A(1) : A(0);
+        c0 += w;
+      });
     }
-  });
-  at::parallel_for(0, nb * C, grain_rows(nseg), [&](int64_t r0, int64_t r1) {
+  };
+  interleaved(dj.nb * HW, C, dx_row, rj.nb * nseg, 2 * seg * C, reduce_unit);
+  if (rj.nb == 0) return;
+  at::parallel_for(0, rj.nb * C, std::max<int64_t>(1, kTaskElems / nseg), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / C, c = r % C;
       A s = 0, k = 0;
@@ -265,68 +426,15 @@ void backward_reduce(const T* dy, const T* x, const acc_t<T>* maxv, int64_t nb, 
         s += ps[(n * nseg + g) * C + c];
         if (want_cnt) k += pk[(n * nseg + g) * C + c];
       }
-      s_out[r] = s;
-      if (want_cnt) cnt_out[r] = k;
+      rj.s[r] = s;
+      if (want_cnt) rj.cnt[r] = k;
     }
   });
 }
 
-// dx = dy·g + a (+ b where x == maxv), all coefficients per (n, c):
-// a = dL/dp · (avg weight) / HW, b = dL/dp · (max weight) / count of maxima.
-template <typename T>
-void backward_dx(const T* dy, const T* x, T* dx, const acc_t<T>* g, const acc_t<T>* a, const acc_t<T>* b,
-                 const acc_t<T>* maxv, int64_t nb, int64_t C, int64_t HW, bool cl) {
-  using A = acc_t<T>;
-  const bool use_max = maxv != nullptr;
-  if (!cl) {
-    at::parallel_for(0, nb * C, grain_rows(HW), [&](int64_t r0, int64_t r1) {
-      A bx[kBlock], bd[kBlock];
-      for (int64_t r = r0; r < r1; ++r) {
-        const A gr = g[r], ar = a[r];
-        for (int64_t i = 0; i < HW; i += kBlock) {
-          const int64_t n = std::min(kBlock, HW - i);
-          load_block(dy + r * HW + i, bd, n);
-          for (int64_t j = 0; j < n; ++j) bd[j] = bd[j] * gr + ar;
-          if (use_max) {
-            const A m = maxv[r], br = b[r];
-            load_block(x + r * HW + i, bx, n);
-            for (int64_t j = 0; j < n; ++j) bd[j] += bx[j] == m ? br : A(0);
-          }
-          store_block(bd, dx + r * HW + i, n);
-        }
-      }
-    });
-    return;
-  }
-  at::parallel_for(0, nb * HW, grain_rows(C), [&](int64_t r0, int64_t r1) {
-    A bx[kBlock], bd[kBlock];
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t nC = (r / HW) * C;
-      for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
-        const int64_t w = std::min(kBlock, C - c0);
-        const A* gn = g + nC + c0;
-        const A* an = a + nC + c0;
-        load_block(dy + r * C + c0, bd, w);
-        for (int64_t j = 0; j < w; ++j) bd[j] = bd[j] * gn[j] + an[j];
-        if (use_max) {
-          const A* mn = maxv + nC + c0;
-          const A* bn = b + nC + c0;
-          load_block(x + r * C + c0, bx, w);
-          for (int64_t j = 0; j < w; ++j) bd[j] += bx[j] == mn[j] ? bn[j] : A(0);
-        }
-        store_block(bd, dx + r * C + c0, w);
-      }
-    }
-  });
-}
-
-#define FUSED_ATTN_INSTANTIATE(T)                                                                          \
-  template void pool<T>(const T*, int64_t, int64_t, int64_t, bool, acc_t<T>*, acc_t<T>*);               \
-  template void scale<T>(const T*, T*, const acc_t<T>*, int64_t, int64_t, int64_t, bool);               \
-  template void backward_reduce<T>(const T*, const T*, const acc_t<T>*, int64_t, int64_t, int64_t, bool, \
-                                   acc_t<T>*, acc_t<T>*);                                                \
-  template void backward_dx<T>(const T*, const T*, T*, const acc_t<T>*, const acc_t<T>*, const acc_t<T>*, \
-                               const acc_t<T>*, int64_t, int64_t, int64_t, bool);
+#define FUSED_ATTN_INSTANTIATE(T)                                                                 \
+  template void forward_pass<T>(const ScaleJob<T>&, const PoolJob<T>&, int64_t, int64_t, bool, bool); \
+  template void backward_pass<T>(const DxJob<T>&, const ReduceJob<T>&, int64_t, int64_t, bool, bool);
 FUSED_ATTN_INSTANTIATE(float)
 FUSED_ATTN_INSTANTIATE(double)
 FUSED_ATTN_INSTANTIATE(c10::Half)

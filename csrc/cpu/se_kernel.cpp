@@ -9,6 +9,7 @@
 // x, write dx). Weight gradients are summed chunk by chunk in order.
 #include "../se.h"
 #include "se_cpu_isa.h"
+#include "se_cpu_jobs.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -26,6 +27,7 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace fused_attn::cpu {
@@ -57,18 +59,16 @@ bool use_avx2() {
 
 template <typename T>
 struct Kernels {
-  decltype(&baseline::pool<T>) pool;
-  decltype(&baseline::scale<T>) scale;
-  decltype(&baseline::backward_reduce<T>) backward_reduce;
-  decltype(&baseline::backward_dx<T>) backward_dx;
+  decltype(&baseline::forward_pass<T>) forward;
+  decltype(&baseline::backward_pass<T>) backward;
 };
 
 template <typename T>
 Kernels<T> kernels() {
 #if FUSED_ATTN_HAVE_AVX2_BUILD
-  if (use_avx2()) return {&avx2::pool<T>, &avx2::scale<T>, &avx2::backward_reduce<T>, &avx2::backward_dx<T>};
+  if (use_avx2()) return {&avx2::forward_pass<T>, &avx2::backward_pass<T>};
 #endif
-  return {&baseline::pool<T>, &baseline::scale<T>, &baseline::backward_reduce<T>, &baseline::backward_dx<T>};
+  return {&baseline::forward_pass<T>, &baseline::backward_pass<T>};
 }
 
 // Samples per chunk: as many as fit the cache budget (bytes of big tensors a
@@ -80,6 +80,16 @@ int64_t chunk_samples(int64_t N, int64_t bytes_per_sample) {
     if (v > 0) budget = v;
   }
   return std::clamp<int64_t>(budget / std::max<int64_t>(bytes_per_sample, 1), 1, std::max<int64_t>(N, 1));
+}
+
+// Stream outputs to memory (non-temporal stores) when they are this large or
+// larger: too big to stay cached for the next layer, and writing them through
+// the cache would evict the chunk being rescaled. FUSED_ATTN_CPU_STREAM_BYTES
+// overrides (0: always, a huge value: never).
+bool stream_output(int64_t bytes) {
+  int64_t threshold = int64_t{16} << 20;
+  if (const char* env = std::getenv("FUSED_ATTN_CPU_STREAM_BYTES")) threshold = std::atoll(env);
+  return bytes >= threshold;
 }
 
 struct Geometry {
@@ -138,21 +148,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
 
   const SeWeights w = se_weights(w1, b1, w2, b2, opts.dtype().toScalarType());
   const int64_t chunk = chunk_samples(N, C * HW * static_cast<int64_t>(x_in.element_size()) * 2);
+  const bool nt = stream_output(y.nbytes());
 
+  // Software pipeline over chunks: chunk k is rescaled in the same parallel
+  // pass that pools chunk k + 1.
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "se_forward_cpu", [&] {
-    using A = baseline::acc_t<scalar_t>;
+    using A = acc_t<scalar_t>;
+    using Pool = PoolJob<scalar_t>;
+    using Scale = ScaleJob<scalar_t>;
     const Kernels<scalar_t> k = kernels<scalar_t>();
     const scalar_t* xp = geo.x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
+    auto pool_job = [&](int64_t n0) {
+      if (n0 >= N) return Pool{};
+      return Pool{xp + n0 * C * HW, std::min(chunk, N - n0), pooled.data_ptr<A>() + n0 * C,
+                  ptr_or_null<A>(maxv, n0 * C)};
+    };
+    k.forward(Scale{}, pool_job(0), C, HW, geo.cl, nt);
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
       const int64_t nb = std::min(chunk, N - n0);
-      const int64_t off = n0 * C * HW;
-      at::Tensor p = pooled.narrow(0, n0, nb);
       at::Tensor h = rows(hidden, n0, nb);
       at::Tensor z = logits.narrow(0, n0, nb);
-      k.pool(xp + off, nb, C, HW, geo.cl, p.data_ptr<A>(), ptr_or_null<A>(maxv, n0 * C));
-      const at::Tensor g = se_excite_forward(p, w, act, gate, h, z);
-      k.scale(xp + off, yp + off, g.data_ptr<A>(), nb, C, HW, geo.cl);
+      const at::Tensor g = se_excite_forward(pooled.narrow(0, n0, nb), w, act, gate, h, z);
+      const int64_t off = n0 * C * HW;
+      k.forward(Scale{xp + off, yp + off, g.data_ptr<A>(), nb}, pool_job(n0 + chunk), C, HW, geo.cl, nt);
     }
   });
   return {y, pooled, maxv, hidden, logits};
@@ -202,28 +221,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
     at::Tensor cnt = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
     // A chunk touches dy, x and dx.
     const int64_t chunk = chunk_samples(N, C * HW * static_cast<int64_t>(x_in.element_size()) * 3);
+    const bool nt = stream_output(dx.nbytes());
+    // The same pipeline as the forward: dx of chunk k and Σ dy·x of chunk
+    // k + 1 in one pass.
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "se_backward_cpu", [&] {
-      using A = baseline::acc_t<scalar_t>;
+      using A = acc_t<scalar_t>;
+      using Reduce = ReduceJob<scalar_t>;
+      using Dx = DxJob<scalar_t>;
       const Kernels<scalar_t> k = kernels<scalar_t>();
       const scalar_t* xp = geo.x.data_ptr<scalar_t>();
       const scalar_t* dyp = dy.data_ptr<scalar_t>();
       scalar_t* dxp = dx.data_ptr<scalar_t>();
+      auto reduce_job = [&](int64_t n0) {
+        if (n0 >= N) return Reduce{};
+        const int64_t off = n0 * C * HW;
+        return Reduce{dyp + off, xp + off, ptr_or_null<A>(maxv, n0 * C), std::min(chunk, N - n0),
+                      s.data_ptr<A>() + n0 * C, ptr_or_null<A>(cnt, n0 * C)};
+      };
+      k.backward(Dx{}, reduce_job(0), C, HW, geo.cl, nt);
       for (int64_t n0 = 0; n0 < N; n0 += chunk) {
         const int64_t nb = std::min(chunk, N - n0);
         const int64_t off = n0 * C * HW;
-        const A* mp = ptr_or_null<A>(maxv, n0 * C);
-        at::Tensor sc = s.narrow(0, n0, nb);
-        k.backward_reduce(dyp + off, xp + off, mp, nb, C, HW, geo.cl, sc.data_ptr<A>(), ptr_or_null<A>(cnt, n0 * C));
         const at::Tensor z = logits.narrow(0, n0, nb);
         const at::Tensor g = se_gate(z, gate);
         const at::Tensor dp =
-            se_excite_backward(sc, pooled.narrow(0, n0, nb), rows(hidden, n0, nb), z, g, w, act, gate, grads);
+            se_excite_backward(s.narrow(0, n0, nb), pooled.narrow(0, n0, nb), rows(hidden, n0, nb), z, g, w, act,
+                               gate, grads);
         // Split dL/dp between the mean (spread over H·W) and the max (spread
         // over the tied maxima, as torch.amax's gradient is).
         const at::Tensor a = dp.mul((with_max ? 0.5 : 1.0) / static_cast<double>(HW)).contiguous();
         const at::Tensor b = with_max ? dp.mul(0.5).div(cnt.narrow(0, n0, nb)).contiguous() : at::Tensor();
-        k.backward_dx(dyp + off, xp + off, dxp + off, g.data_ptr<A>(), a.data_ptr<A>(),
-                      with_max ? b.data_ptr<A>() : nullptr, mp, nb, C, HW, geo.cl);
+        const Dx job{dyp + off, xp + off, dxp + off, g.data_ptr<A>(), a.data_ptr<A>(),
+                     with_max ? b.data_ptr<A>() : nullptr, ptr_or_null<A>(maxv, n0 * C), nb};
+        k.backward(job, reduce_job(n0 + chunk), C, HW, geo.cl, nt);
       }
     });
   }

@@ -2,6 +2,7 @@
 // se_kernel.cpp when the CPU has them). Torch headers come first, outside the
 // target region, so no torch code is compiled for AVX2.
 #include "se_cpu_isa.h"
+#include "se_cpu_jobs.h"
 
 #if FUSED_ATTN_HAVE_AVX2_BUILD
 #include <ATen/Parallel.h>
@@ -11,7 +12,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #pragma GCC push_options
