@@ -10,28 +10,17 @@ Environment:
 """
 import glob
 import os
-import shutil
+import sys
 
 from setuptools import find_packages, setup
 
 
-def _find_cuda_home():
-    """torch takes the toolkit root to be the parent of the `nvcc` on PATH; when
-    that nvcc is a wrapper script (as /usr/local/bin/nvcc is on our CI machine)
-    the guess has no headers or libraries. Accept a root only if it has the
-    runtime header, trying the standard location next."""
-    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
-        return
-    nvcc = shutil.which("nvcc")
-    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
-    candidates.append("/usr/local/cuda")
-    for root in candidates:
-        if os.path.isfile(os.path.join(root, "include", "cuda_runtime_api.h")):
-            os.environ["CUDA_HOME"] = root
-            return
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tools.build_env import default_arch_list, find_cuda_home  # noqa: E402
 
-
-_find_cuda_home()
+# Before torch.utils.cpp_extension reads it.
+if find_cuda_home() and not os.environ.get("CUDA_HOME"):
+    os.environ["CUDA_HOME"] = find_cuda_home()
 
 import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -45,17 +34,6 @@ def _flag(name):
 
 def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
-
-
-def _default_arch_list():
-    """With no GPU visible and TORCH_CUDA_ARCH_LIST unset, torch cannot pick
-    architectures (CI builds on a machine without a GPU): build for the ones
-    this torch itself ships kernels for, with PTX for the newest."""
-    if os.environ.get("TORCH_CUDA_ARCH_LIST") or torch.cuda.device_count() > 0:
-        return None
-    archs = [a[len("sm_"):] for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
-    archs = [f"{a[:-1]}.{a[-1]}" for a in archs if a.isdigit()]
-    return ";".join(archs) + "+PTX" if archs else None
 
 
 def extension():
@@ -75,7 +53,7 @@ def extension():
         sources += _sources("csrc/cuda/*.cu")
         macros.append(("FUSED_ATTN_WITH_CUDA", None))
         nvcc = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
-        default_archs = _default_arch_list()
+        default_archs = default_arch_list(torch)
         if default_archs:
             os.environ["TORCH_CUDA_ARCH_LIST"] = default_archs
         print(f"fused_attn: building CPU + CUDA (torch {torch.__version__}, CUDA {torch.version.cuda}, "

@@ -174,7 +174,7 @@ inline int64_t cl_segment_rows(int64_t C) { return std::max<int64_t>(1, kTaskEle
 template <int64_t L, typename T, typename Body>
 inline void for_blocks(const T* row, int64_t len, Body&& body) {
   using A = acc_t<T>;
-  A buf[L];
+  A buf[kBlock];  // kBlock, not L: the converting loads fill up to kBlock
   int64_t i = 0;
   for (; i + L <= len; i += L) body(load_block(row + i, buf, L), std::integral_constant<int64_t, L>{});
   if (i < len) body(load_block(row + i, buf, len - i), len - i);
@@ -184,42 +184,82 @@ inline void for_blocks(const T* row, int64_t len, Body&& body) {
 template <int64_t L, typename T, typename Body>
 inline void for_blocks2(const T* row_a, const T* row_b, int64_t len, Body&& body) {
   using A = acc_t<T>;
-  A buf_a[L], buf_b[L];
+  A buf_a[kBlock], buf_b[kBlock];
   int64_t i = 0;
   for (; i + L <= len; i += L)
     body(load_block(row_a + i, buf_a, L), load_block(row_b + i, buf_b, L), std::integral_constant<int64_t, L>{});
   if (i < len) body(load_block(row_a + i, buf_a, len - i), load_block(row_b + i, buf_b, len - i), len - i);
 }
 
-template <int64_t L, typename T>
-void pool_row(const T* row, int64_t HW, bool want_max, acc_t<T>& sum, acc_t<T>& mx) {
+// Full blocks accumulate in L lanes (kept in registers: their loops have a
+// compile-time trip count); the partial last block goes to a scalar that is
+// added after the lanes are folded. Both orders are fixed by the shape.
+template <int64_t L, bool kMax, typename T>
+inline void pool_row(const T* row, int64_t HW, acc_t<T>& sum, acc_t<T>& mx) {
   using A = acc_t<T>;
-  A s[L], m[L];
+  constexpr A kLowest = -std::numeric_limits<A>::infinity();
+  A s[L], m[L], buf[kBlock];
   std::fill(s, s + L, A(0));
-  std::fill(m, m + L, -std::numeric_limits<A>::infinity());
-  for_blocks<L>(row, HW, [&](const A* v, auto n) {
-    for (int64_t j = 0; j < n; ++j) s[j] += v[j];
-    if (want_max)
-      for (int64_t j = 0; j < n; ++j) m[j] = max_nan(m[j], v[j]);
-  });
-  sum = lanes_sum<L>(s);
-  mx = want_max ? lanes_max<L>(m) : A(0);
+  if (kMax) std::fill(m, m + L, kLowest);
+  int64_t i = 0;
+  for (; i + L <= HW; i += L) {
+    const A* v = load_block(row + i, buf, L);
+    for (int64_t j = 0; j < L; ++j) s[j] += v[j];
+    if (kMax)
+      for (int64_t j = 0; j < L; ++j) m[j] = max_nan(m[j], v[j]);
+  }
+  A tail_s = 0, tail_m = kLowest;
+  if (i < HW) {
+    const A* v = load_block(row + i, buf, HW - i);
+    for (int64_t j = 0; j < HW - i; ++j) {
+      tail_s += v[j];
+      if (kMax) tail_m = max_nan(tail_m, v[j]);
+    }
+  }
+  sum = lanes_sum<L>(s) + tail_s;
+  mx = kMax ? max_nan(lanes_max<L>(m), tail_m) : A(0);
 }
 
-template <int64_t L, typename T>
-void reduce_row(const T* dy, const T* x, int64_t HW, const acc_t<T>* maxv, acc_t<T>& s_out, acc_t<T>& k_out) {
+// pool_row with the lane count for this row length.
+template <bool kMax, typename T>
+inline void pool_row_any(const T* row, int64_t HW, acc_t<T>& sum, acc_t<T>& mx) {
+  if (HW < 64) pool_row<8, kMax>(row, HW, sum, mx);
+  else if (HW < 256) pool_row<16, kMax>(row, HW, sum, mx);
+  else pool_row<kBlock, kMax>(row, HW, sum, mx);
+}
+
+template <int64_t L, bool kCnt, typename T>
+inline void reduce_row(const T* dy, const T* x, int64_t HW, acc_t<T> m, acc_t<T>& s_out, acc_t<T>& k_out) {
   using A = acc_t<T>;
-  A s[L], k[L];
+  A s[L], k[L], bd[kBlock], bx[kBlock];
   std::fill(s, s + L, A(0));
-  std::fill(k, k + L, A(0));
-  const A m = maxv ? *maxv : A(0);
-  for_blocks2<L>(dy, x, HW, [&](const A* vd, const A* vx, auto n) {
-    for (int64_t j = 0; j < n; ++j) s[j] += vd[j] * vx[j];
-    if (maxv)
-      for (int64_t j = 0; j < n; ++j) k[j] += vx[j] == m ? A(1) : A(0);
-  });
-  s_out = lanes_sum<L>(s);
-  k_out = maxv ? lanes_sum<L>(k) : A(0);
+  if (kCnt) std::fill(k, k + L, A(0));
+  int64_t i = 0;
+  for (; i + L <= HW; i += L) {
+    const A* vd = load_block(dy + i, bd, L);
+    const A* vx = load_block(x + i, bx, L);
+    for (int64_t j = 0; j < L; ++j) s[j] += vd[j] * vx[j];
+    if (kCnt)
+      for (int64_t j = 0; j < L; ++j) k[j] += vx[j] == m ? A(1) : A(0);
+  }
+  A tail_s = 0, tail_k = 0;
+  if (i < HW) {
+    const A* vd = load_block(dy + i, bd, HW - i);
+    const A* vx = load_block(x + i, bx, HW - i);
+    for (int64_t j = 0; j < HW - i; ++j) {
+      tail_s += vd[j] * vx[j];
+      if (kCnt) tail_k += vx[j] == m ? A(1) : A(0);
+    }
+  }
+  s_out = lanes_sum<L>(s) + tail_s;
+  k_out = kCnt ? lanes_sum<L>(k) + tail_k : A(0);
+}
+
+template <bool kCnt, typename T>
+inline void reduce_row_any(const T* dy, const T* x, int64_t HW, acc_t<T> m, acc_t<T>& s_out, acc_t<T>& k_out) {
+  if (HW < 64) reduce_row<8, kCnt>(dy, x, HW, m, s_out, k_out);
+  else if (HW < 256) reduce_row<16, kCnt>(dy, x, HW, m, s_out, k_out);
+  else reduce_row<kBlock, kCnt>(dy, x, HW, m, s_out, k_out);
 }
 
 // Runs write units [0, nw) and read units [0, nr) in one parallel region,
@@ -278,9 +318,8 @@ void forward_pass(const ScaleJob<T>& sj, const PoolJob<T>& pj, int64_t C, int64_
     };
     auto pool_unit = [&](int64_t r) {
       A sum, mx;
-      if (HW < 64) pool_row<8>(pj.x + r * HW, HW, want_max, sum, mx);
-      else if (HW < 256) pool_row<16>(pj.x + r * HW, HW, want_max, sum, mx);
-      else pool_row<kBlock>(pj.x + r * HW, HW, want_max, sum, mx);
+      if (want_max) pool_row_any<true>(pj.x + r * HW, HW, sum, mx);
+      else pool_row_any<false>(pj.x + r * HW, HW, sum, mx);
       finish(r, sum, mx);
     };
     interleaved(sj.nb * C, HW, scale_row, pj.nb * C, HW, pool_unit);
@@ -364,10 +403,8 @@ void backward_pass(const DxJob<T>& dj, const ReduceJob<T>& rj, int64_t C, int64_
     };
     auto reduce_unit = [&](int64_t r) {
       A k = 0;
-      const A* m = want_cnt ? rj.maxv + r : nullptr;
-      if (HW < 64) reduce_row<8>(rj.dy + r * HW, rj.x + r * HW, HW, m, rj.s[r], k);
-      else if (HW < 256) reduce_row<16>(rj.dy + r * HW, rj.x + r * HW, HW, m, rj.s[r], k);
-      else reduce_row<kBlock>(rj.dy + r * HW, rj.x + r * HW, HW, m, rj.s[r], k);
+      if (want_cnt) reduce_row_any<true>(rj.dy + r * HW, rj.x + r * HW, HW, rj.maxv[r], rj.s[r], k);
+      else reduce_row_any<false>(rj.dy + r * HW, rj.x + r * HW, HW, A(0), rj.s[r], k);
       if (want_cnt) rj.cnt[r] = k;
     };
     interleaved(dj.nb * C, HW, dx_row, rj.nb * C, 2 * HW, reduce_unit);
