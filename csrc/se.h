@@ -4,11 +4,11 @@
 //   z = W2·act(W1·p + b1) + b2        N×C   (one-layer "effective SE": z = W1·p + b1)
 //   y = x · gate(z)[:, :, None, None]
 //
-// The big-tensor passes (pool, rescale, their backward) are per backend
-// (csrc/cpu, csrc/cuda). The excitation works on N×C tensors only, so it is
-// written once here with ATen ops in the accumulation dtype (float, or double
-// for double inputs) and computed for a whole batch (or chunk of samples) at a
-// time: the weights are read once per batch, not once per sample.
+// Each backend (csrc/cpu, csrc/cuda) implements the big-tensor passes (pool,
+// rescale, their backward) and the excitation on N×C tensors, which it
+// computes for a whole batch or chunk of samples at a time (a GEMM: the
+// weights are read once per chunk, not once per sample), in the accumulation
+// dtype: float, or double for double inputs.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -43,31 +43,10 @@ SeWeights se_weights(const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                      const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
                      at::ScalarType acc_dtype);
 
-// Weight gradients accumulated across chunks of samples, in the accumulation
-// dtype. Undefined where the weight does not exist.
-struct SeWeightGrads {
-  at::Tensor dw1, db1, dw2, db2;
-};
-
 // Validates x and the weights (rank, shapes that chain to C, dtype, device) and
 // raises with a message naming the argument. Shared by every backend.
 void check_se_args(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                    const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2);
-
-// p: [B, C] pooled input (accumulation dtype). Writes the pre-activation
-// `hidden` [B, rd] (two-layer only) and the pre-gate `logits` [B, C] into the
-// given slices and returns gate(logits) [B, C].
-at::Tensor se_excite_forward(const at::Tensor& p, const SeWeights& w, Act act, Gate gate,
-                             at::Tensor& hidden, at::Tensor& logits);
-
-// gate(logits), recomputed in the backward from the saved logits.
-at::Tensor se_gate(const at::Tensor& logits, Gate gate);
-
-// s: [B, C] = Σ_hw dy·x; g = se_gate(logits). Returns dL/dp [B, C]; adds this
-// chunk's weight gradients into `grads` (a fixed order: deterministic).
-at::Tensor se_excite_backward(const at::Tensor& s, const at::Tensor& p, const at::Tensor& hidden,
-                              const at::Tensor& logits, const at::Tensor& g, const SeWeights& w, Act act,
-                              Gate gate, SeWeightGrads& grads);
 
 // Debug aid for tests: when FUSED_ATTN_DEBUG_POISON is set, freshly allocated
 // outputs are filled with NaN before a kernel writes them, so an element the

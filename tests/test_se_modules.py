@@ -78,8 +78,10 @@ def test_from_module_matches_source(source, memory_format, training, backend):
     assert y.is_contiguous(memory_format=memory_format)
     assert_close(y, y_src, torch.float64)
     assert len(g) == len(g_src)
+    # The source modules' float64 gradients are ATen's, whose CPU
+    # hardsigmoid_backward multiplies by a float32 1/6: 2e-8 relative.
     for a, b in zip(g, g_src):
-        assert_close(a, b, torch.float64, grad=True)
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7 * max(1.0, b.abs().max().item()))
     # BatchNorm running statistics move exactly as the source module's do.
     for (name, b_fused), (_, b_src) in zip(fused.named_buffers(), src.named_buffers()):
         torch.testing.assert_close(b_fused, b_src, msg=name)

@@ -9,6 +9,7 @@
 // x, write dx). Weight gradients are summed chunk by chunk in order.
 #include "../se.h"
 #include "se_cpu_isa.h"
+#include "se_excite.h"
 #include "se_cpu_jobs.h"
 
 #include <ATen/Dispatch.h>
@@ -164,12 +165,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
       return Pool{xp + n0 * C * HW, std::min(chunk, N - n0), pooled.data_ptr<A>() + n0 * C,
                   ptr_or_null<A>(maxv, n0 * C)};
     };
+    at::Tensor gates = at::empty({std::min(chunk, N), C}, opts);
     k.forward(Scale{}, pool_job(0), C, HW, geo.cl, nt);
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
       const int64_t nb = std::min(chunk, N - n0);
       at::Tensor h = rows(hidden, n0, nb);
       at::Tensor z = logits.narrow(0, n0, nb);
-      const at::Tensor g = se_excite_forward(pooled.narrow(0, n0, nb), w, act, gate, h, z);
+      at::Tensor g = gates.narrow(0, 0, nb);
+      excite_forward(w, act, gate, pooled.narrow(0, n0, nb), h, z, g);
       const int64_t off = n0 * C * HW;
       k.forward(Scale{xp + off, yp + off, g.data_ptr<A>(), nb}, pool_job(n0 + chunk), C, HW, geo.cl, nt);
     }
@@ -210,12 +213,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   at::Tensor dx = at::empty_like(geo.x);
   maybe_poison(dx);
   const SeWeights w = se_weights(w1, c10::nullopt, w2, c10::nullopt, acc);
-  SeWeightGrads grads;
-  grads.dw1 = at::zeros_like(w.w1);
-  if (has_b1) grads.db1 = at::zeros({w1.size(0)}, opts);
-  if (two) grads.dw2 = at::zeros_like(*w.w2);
-  if (two && has_b2) grads.db2 = at::zeros({C}, opts);
-
+  const int64_t rd = w1.size(0);
+  at::Tensor dz = at::zeros({N, C}, opts);          // dL/dlogits, every sample: for the weight gradients
+  at::Tensor dh = at::zeros({two ? N : 0, rd}, opts);  // dL/dhidden
   if (N > 0) {
     at::Tensor s = at::empty({N, C}, opts);
     at::Tensor cnt = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
@@ -239,26 +239,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
                       s.data_ptr<A>() + n0 * C, ptr_or_null<A>(cnt, n0 * C)};
       };
       k.backward(Dx{}, reduce_job(0), C, HW, geo.cl, nt);
+      const int64_t max_nb = std::min(chunk, N);
+      at::Tensor gates = at::empty({max_nb, C}, opts), dps = at::empty({max_nb, C}, opts);
       for (int64_t n0 = 0; n0 < N; n0 += chunk) {
         const int64_t nb = std::min(chunk, N - n0);
         const int64_t off = n0 * C * HW;
-        const at::Tensor z = logits.narrow(0, n0, nb);
-        const at::Tensor g = se_gate(z, gate);
-        const at::Tensor dp =
-            se_excite_backward(s.narrow(0, n0, nb), pooled.narrow(0, n0, nb), rows(hidden, n0, nb), z, g, w, act,
-                               gate, grads);
+        at::Tensor g = gates.narrow(0, 0, nb), dp = dps.narrow(0, 0, nb);
+        at::Tensor dz_c = dz.narrow(0, n0, nb), dh_c = rows(dh, n0, nb);
+        excite_backward(w, act, gate, s.narrow(0, n0, nb), rows(hidden, n0, nb), logits.narrow(0, n0, nb), g, dz_c,
+                        dh_c, dp);
         // Split dL/dp between the mean (spread over H·W) and the max (spread
         // over the tied maxima, as torch.amax's gradient is).
-        const at::Tensor a = dp.mul((with_max ? 0.5 : 1.0) / static_cast<double>(HW)).contiguous();
-        const at::Tensor b = with_max ? dp.mul(0.5).div(cnt.narrow(0, n0, nb)).contiguous() : at::Tensor();
+        const at::Tensor a = dp.mul((with_max ? 0.5 : 1.0) / static_cast<double>(HW));
+        const at::Tensor b = with_max ? dp.mul(0.5).div_(cnt.narrow(0, n0, nb)) : at::Tensor();
         const Dx job{dyp + off, xp + off, dxp + off, g.data_ptr<A>(), a.data_ptr<A>(),
                      with_max ? b.data_ptr<A>() : nullptr, ptr_or_null<A>(maxv, n0 * C), nb};
         k.backward(job, reduce_job(n0 + chunk), C, HW, geo.cl, nt);
       }
     });
   }
-  const auto wdt = w1.options();
-  auto out = [&](const at::Tensor& t) { return t.defined() ? t.to(w1.scalar_type()) : at::empty({0}, wdt); };
+  const ExciteWeightGrads grads = excite_weight_grads(w, act, pooled, hidden, dz, dh, has_b1, has_b2 && two);
+  auto out = [&](const at::Tensor& t) {
+    return t.defined() ? t.to(w1.scalar_type()).contiguous() : at::empty({0}, w1.options());
+  };
   return {dx, out(grads.dw1), out(grads.db1), out(grads.dw2), out(grads.db2)};
 }
 

@@ -1,22 +1,8 @@
-// The SE excitation on N×C tensors, shared by every compiled backend, and the
-// argument checks every backend runs before touching memory.
+// What every SE backend shares: parsing the variant names, the argument checks
+// run before any memory is touched, the weights in the accumulation dtype.
 #include "se.h"
 
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/gelu.h>
-#include <ATen/ops/gelu_backward.h>
-#include <ATen/ops/hardsigmoid.h>
-#include <ATen/ops/hardsigmoid_backward.h>
-#include <ATen/ops/hardswish.h>
-#include <ATen/ops/hardswish_backward.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/relu.h>
-#include <ATen/ops/sigmoid.h>
-#include <ATen/ops/sigmoid_backward.h>
-#include <ATen/ops/silu.h>
-#include <ATen/ops/silu_backward.h>
-#include <ATen/ops/threshold_backward.h>
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
@@ -91,75 +77,6 @@ SeWeights se_weights(const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
   if (w2) w.w2 = cvt(*w2);
   if (b2) w.b2 = cvt(*b2);
   return w;
-}
-
-// out = a @ w^T (+ b), written into `out`.
-static void linear_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& w,
-                        const c10::optional<at::Tensor>& b) {
-  if (b) {
-    at::addmm_out(out, *b, a, w.t());
-  } else {
-    at::mm_out(out, a, w.t());
-  }
-}
-
-static at::Tensor apply_act(const at::Tensor& h, Act act) {
-  switch (act) {
-    case Act::ReLU: return at::relu(h);
-    case Act::SiLU: return at::silu(h);
-    case Act::GELU: return at::gelu(h, "none");
-    case Act::GELUTanh: return at::gelu(h, "tanh");
-    case Act::HardSwish: return at::hardswish(h);
-  }
-  TORCH_INTERNAL_ASSERT(false);
-}
-
-static at::Tensor act_backward(const at::Tensor& grad, const at::Tensor& h, Act act) {
-  switch (act) {
-    case Act::ReLU: return at::threshold_backward(grad, h, 0);
-    case Act::SiLU: return at::silu_backward(grad, h);
-    case Act::GELU: return at::gelu_backward(grad, h, "none");
-    case Act::GELUTanh: return at::gelu_backward(grad, h, "tanh");
-    case Act::HardSwish: return at::hardswish_backward(grad, h);
-  }
-  TORCH_INTERNAL_ASSERT(false);
-}
-
-at::Tensor se_excite_forward(const at::Tensor& p, const SeWeights& w, Act act, Gate gate,
-                             at::Tensor& hidden, at::Tensor& logits) {
-  if (w.two_layer()) {
-    linear_into(hidden, p, w.w1, w.b1);
-    linear_into(logits, apply_act(hidden, act), *w.w2, w.b2);
-  } else {
-    linear_into(logits, p, w.w1, w.b1);
-  }
-  return se_gate(logits, gate);
-}
-
-at::Tensor se_gate(const at::Tensor& logits, Gate gate) {
-  return gate == Gate::Sigmoid ? at::sigmoid(logits) : at::hardsigmoid(logits);
-}
-
-// acc (+)= a^T @ b, or the column sum of a.
-static void accumulate_mm(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
-  acc.addmm_(a.t(), b);
-}
-
-at::Tensor se_excite_backward(const at::Tensor& s, const at::Tensor& p, const at::Tensor& hidden,
-                              const at::Tensor& logits, const at::Tensor& gv, const SeWeights& w, Act act,
-                              Gate gate, SeWeightGrads& g) {
-  at::Tensor dz = gate == Gate::Sigmoid ? at::sigmoid_backward(s, gv) : at::hardsigmoid_backward(s, logits);
-  if (!w.two_layer()) {
-    accumulate_mm(g.dw1, dz, p);
-    if (g.db1.defined()) g.db1.add_(dz.sum(0));
-    return at::mm(dz, w.w1);
-  }
-  accumulate_mm(g.dw2, dz, apply_act(hidden, act));
-  if (g.db2.defined()) g.db2.add_(dz.sum(0));
-  at::Tensor dh = act_backward(at::mm(dz, *w.w2), hidden, act);
-  accumulate_mm(g.dw1, dh, p);
-  if (g.db1.defined()) g.db1.add_(dh.sum(0));
-  return at::mm(dh, w.w1);
 }
 
 bool poison_enabled() {

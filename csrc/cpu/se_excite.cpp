@@ -1,0 +1,156 @@
+// The SE excitation on the CPU: N×C and N×rd tensors only.
+//
+// The two matrix products per direction go to ATen (BLAS); the activations,
+// gates and their derivatives are plain loops here, one call per chunk of
+// samples instead of a dozen small ATen ops (each costs microseconds of
+// dispatch and allocation, which at small H·W rivals the whole pass over x).
+// The formulas are PyTorch's (aten/src/ATen/native/cpu/Activation.cpp).
+#include "se_excite.h"
+
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace fused_attn::cpu {
+namespace {
+
+template <typename A>
+A sigmoid(A z) {
+  return A(1) / (A(1) + std::exp(-z));
+}
+
+template <typename A>
+A act_forward(Act act, A h) {
+  switch (act) {
+    case Act::ReLU: return h > A(0) ? h : (h != h ? h : A(0));
+    case Act::SiLU: return h * sigmoid(h);
+    case Act::GELU: return A(0.5) * h * (A(1) + std::erf(h * A(M_SQRT1_2)));
+    case Act::GELUTanh: {
+      const A inner = A(M_SQRT2 * M_2_SQRTPI * 0.5) * (h + A(0.044715) * h * h * h);
+      return A(0.5) * h * (A(1) + std::tanh(inner));
+    }
+    case Act::HardSwish: return h * std::min(std::max(h + A(3), A(0)), A(6)) / A(6);
+  }
+  return h;
+}
+
+// d act(h) / dh, times grad.
+template <typename A>
+A act_backward(Act act, A grad, A h) {
+  switch (act) {
+    case Act::ReLU: return h <= A(0) ? A(0) : grad;
+    case Act::SiLU: {
+      const A s = sigmoid(h);
+      return grad * s * (A(1) + h * (A(1) - s));
+    }
+    case Act::GELU: {
+      const A cdf = A(0.5) * (A(1) + std::erf(h * A(M_SQRT1_2)));
+      const A pdf = std::exp(A(-0.5) * h * h) * A(M_2_SQRTPI * M_SQRT1_2 * 0.5);
+      return grad * (cdf + h * pdf);
+    }
+    case Act::GELUTanh: {
+      const A beta = A(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = A(0.044715);
+      const A t = std::tanh(beta * (h + kappa * h * h * h));
+      const A left = A(0.5) * h, right = A(1) + t;
+      return grad * (A(0.5) * right + left * (A(1) - t * t) * beta * (A(1) + A(3) * kappa * h * h));
+    }
+    case Act::HardSwish:
+      return h < A(-3) ? A(0) : (h <= A(3) ? grad * (h / A(3) + A(0.5)) : grad);
+  }
+  return grad;
+}
+
+template <typename A>
+A gate_forward(Gate gate, A z) {
+  return gate == Gate::Sigmoid ? sigmoid(z) : std::min(std::max(z + A(3), A(0)), A(6)) / A(6);
+}
+
+// d gate(z) / dz, times grad; g = gate(z).
+template <typename A>
+A gate_backward(Gate gate, A grad, A z, A g) {
+  if (gate == Gate::Sigmoid) return grad * (A(1) - g) * g;
+  return (z > A(-3) && z < A(3)) ? grad / A(6) : A(0);
+}
+
+template <typename A, typename F>
+void map_into(at::Tensor& out, const at::Tensor& in, F&& f) {
+  const A* src = in.data_ptr<A>();
+  A* dst = out.data_ptr<A>();
+  const int64_t n = in.numel();
+  for (int64_t i = 0; i < n; ++i) dst[i] = f(src[i], i);
+}
+
+void linear_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, const std::optional<at::Tensor>& b) {
+  if (b) at::addmm_out(out, *b, a, w.t());
+  else at::mm_out(out, a, w.t());
+}
+
+template <typename A>
+void forward_impl(const SeWeights& w, Act act, Gate gate, const at::Tensor& p, at::Tensor& hidden, at::Tensor& logits,
+                  at::Tensor& g) {
+  if (w.two_layer()) {
+    linear_into(hidden, p, w.w1, w.b1);
+    at::Tensor a = at::empty_like(hidden);
+    map_into<A>(a, hidden, [act](A h, int64_t) { return act_forward(act, h); });
+    linear_into(logits, a, *w.w2, w.b2);
+  } else {
+    linear_into(logits, p, w.w1, w.b1);
+  }
+  map_into<A>(g, logits, [gate](A z, int64_t) { return gate_forward(gate, z); });
+}
+
+template <typename A>
+void backward_impl(const SeWeights& w, Act act, Gate gate, const at::Tensor& s, const at::Tensor& hidden,
+                   const at::Tensor& logits, at::Tensor& g, at::Tensor& dz, at::Tensor& dh, at::Tensor& dp) {
+  map_into<A>(g, logits, [gate](A z, int64_t) { return gate_forward(gate, z); });
+  const A* sp = s.data_ptr<A>();
+  const A* gp = g.data_ptr<A>();
+  map_into<A>(dz, logits, [&](A z, int64_t i) { return gate_backward(gate, sp[i], z, gp[i]); });
+  if (!w.two_layer()) {
+    at::mm_out(dp, dz, w.w1);
+    return;
+  }
+  at::mm_out(dh, dz, *w.w2);  // dL/da, turned into dL/dh in place
+  const A* hp = hidden.data_ptr<A>();
+  map_into<A>(dh, dh, [&](A da, int64_t i) { return act_backward(act, da, hp[i]); });
+  at::mm_out(dp, dh, w.w1);
+}
+
+}  // namespace
+
+void excite_forward(const SeWeights& w, Act act, Gate gate, const at::Tensor& p, at::Tensor& hidden,
+                    at::Tensor& logits, at::Tensor& g) {
+  if (p.scalar_type() == at::kDouble) forward_impl<double>(w, act, gate, p, hidden, logits, g);
+  else forward_impl<float>(w, act, gate, p, hidden, logits, g);
+}
+
+void excite_backward(const SeWeights& w, Act act, Gate gate, const at::Tensor& s, const at::Tensor& hidden,
+                     const at::Tensor& logits, at::Tensor& g, at::Tensor& dz, at::Tensor& dh, at::Tensor& dp) {
+  if (s.scalar_type() == at::kDouble) backward_impl<double>(w, act, gate, s, hidden, logits, g, dz, dh, dp);
+  else backward_impl<float>(w, act, gate, s, hidden, logits, g, dz, dh, dp);
+}
+
+ExciteWeightGrads excite_weight_grads(const SeWeights& w, Act act, const at::Tensor& pooled,
+                                      const at::Tensor& hidden, const at::Tensor& dz, const at::Tensor& dh,
+                                      bool has_b1, bool has_b2) {
+  ExciteWeightGrads out;
+  // The layer whose output gradient is dz reads `a` (two-layer: act(hidden)).
+  const at::Tensor& d_first = w.two_layer() ? dh : dz;
+  out.dw1 = at::mm(d_first.t(), pooled);
+  if (has_b1) out.db1 = d_first.sum(0);
+  if (w.two_layer()) {
+    at::Tensor a = at::empty_like(hidden);
+    if (hidden.scalar_type() == at::kDouble) map_into<double>(a, hidden, [act](double h, int64_t) { return act_forward(act, h); });
+    else map_into<float>(a, hidden, [act](float h, int64_t) { return act_forward(act, h); });
+    out.dw2 = at::mm(dz.t(), a);
+    if (has_b2) out.db2 = dz.sum(0);
+  }
+  return out;
+}
+
+}  // namespace fused_attn::cpu
