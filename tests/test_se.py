@@ -135,3 +135,27 @@ def test_cpu_chunking_does_not_change_results(monkeypatch):
     # weight gradients are summed in) change, so agreement is to fp32 rounding.
     for a, b in zip(*results):
         assert_close(a, b, torch.float32, grad=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_cpu_streaming_stores(monkeypatch, dtype, memory_format):
+    """Large outputs whose rows are whole cache lines are written with
+    non-temporal stores; force that path on small shapes (rows of 64 and 128
+    bytes, and a row length that is not a multiple of the vector width)."""
+    if "cpu" not in cpu_backends():
+        pytest.skip("C++ extension not built")
+    monkeypatch.setenv("FUSED_ATTN_CPU_STREAM_BYTES", "0")
+    variant = SEVariant(act="silu", pool="avgmax")
+    for shape in [(3, 32, 8, 8), (2, 96, 4, 16), (2, 64, 12, 12)]:
+        inputs = se_sample(shape, dtype, memory_format, variant, seed=9, requires_grad=True)
+        with fused_attn.use_backend("cpu"):
+            y = run_se(*inputs, variant)
+        y_ref, leaves = reference64(*inputs, variant)
+        assert_close(y, y_ref, dtype)
+        dy = torch.randn(y.shape).to(dtype).to(memory_format=memory_format)
+        wrt = [t for t in inputs if t is not None]
+        grads = torch.autograd.grad(y, wrt, dy)
+        grads_ref = torch.autograd.grad(y_ref, [t for t in leaves if t is not None], dy.double())
+        for g, g_ref in zip(grads, grads_ref):
+            assert_close(g, g_ref, dtype, grad=True)
