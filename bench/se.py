@@ -15,8 +15,9 @@ For every row: the median time (with quartiles) of
 for the forward (no_grad) and for forward+backward (dx and every weight
 gradient), and the fused output's error against the float64 reference.
 
-Timing: warm-up, then repetitions until both 15 runs and 0.5 s are reached;
-median and quartiles. Inputs rotate through enough copies (1 GiB or more) that
+Timing: warm-up, then 7 rounds in which the providers take turns (each at
+least 5 runs and 0.15 s per round, so drift in the machine's speed hits them
+alike); median and quartiles of all runs. Inputs rotate through enough copies (1 GiB or more) that
 large shapes are not cache-warm. Results go to stdout and to
 bench/results/<device>/se_<mode>.{json,md}.
 """
@@ -59,20 +60,30 @@ def eager_se(x, w1, b1, w2, b2, act, gate):
     return x * EAGER_GATE[gate](s)
 
 
-def measure(fn, n_inputs, *, min_reps=15, min_seconds=0.5, max_reps=2000):
-    """Median and quartiles (ms) of fn(i), i rotating over range(n_inputs)."""
-    for i in range(min(3, n_inputs)):
-        fn(i)
-    times = []
-    start = time.perf_counter()
+def measure(providers, n_inputs, *, rounds=7, min_reps=5, min_seconds=0.15):
+    """{name: median and quartiles (ms)} of each fn(i), i rotating over
+    range(n_inputs). The providers take turns, a short burst each per round,
+    so drift in the machine's speed (other tenants of a VM) hits them alike."""
+    times = {name: [] for name in providers}
+    for fn in providers.values():  # warm-up
+        for i in range(min(3, n_inputs)):
+            fn(i)
     i = 0
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_seconds):
-        t0 = time.perf_counter()
-        fn(i % n_inputs)
-        times.append(time.perf_counter() - t0)
-        i += 1
-    q = statistics.quantiles(times, n=4)
-    return {"median_ms": q[1] * 1e3, "q1_ms": q[0] * 1e3, "q3_ms": q[2] * 1e3, "reps": len(times)}
+    for _ in range(rounds):
+        for name, fn in providers.items():
+            start = time.perf_counter()
+            reps = 0
+            while reps < min_reps or time.perf_counter() - start < min_seconds:
+                t0 = time.perf_counter()
+                fn(i % n_inputs)
+                times[name].append(time.perf_counter() - t0)
+                i += 1
+                reps += 1
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=4)
+        out[name] = {"median_ms": q[1] * 1e3, "q1_ms": q[0] * 1e3, "q3_ms": q[2] * 1e3, "reps": len(ts)}
+    return out
 
 
 def run_case(N, C, H, rd, act, gate, dtype, memory_format, backward):
@@ -110,10 +121,12 @@ def run_case(N, C, H, rd, act, gate, dtype, memory_format, backward):
         for o in outs:
             o.zero_()  # touch every page before timing
         with torch.no_grad():
-            row["copy"] = measure(lambda i: outs[i].copy_(xs[i]), n_inputs)
-            row["mlp"] = measure(mlp, 1)
-            row["eager"] = measure(lambda i: eager_se(xs[i], *params, **kw), n_inputs)
-            row["fused"] = measure(lambda i: fused_attn.squeeze_excitation(xs[i], *params, **kw), n_inputs)
+            row.update(measure({
+                "copy": lambda i: outs[i].copy_(xs[i]),
+                "mlp": mlp,
+                "eager": lambda i: eager_se(xs[i], *params, **kw),
+                "fused": lambda i: fused_attn.squeeze_excitation(xs[i], *params, **kw),
+            }, n_inputs))
         del outs
     else:
         # forward + backward: dx and every weight gradient. The floor is the
@@ -134,10 +147,12 @@ def run_case(N, C, H, rd, act, gate, dtype, memory_format, backward):
         outs = [torch.empty_like(x) for x in xs]
         for o in outs:
             o.zero_()
-        row["copy"] = measure(lambda i: outs[i].copy_(xs[i]), n_inputs)
-        row["mlp"] = measure(mlp, 1)
-        row["eager"] = measure(step(eager_se), n_inputs)
-        row["fused"] = measure(step(fused_attn.squeeze_excitation), n_inputs)
+        row.update(measure({
+            "copy": lambda i: outs[i].copy_(xs[i]),
+            "mlp": mlp,
+            "eager": step(eager_se),
+            "fused": step(fused_attn.squeeze_excitation),
+        }, n_inputs))
         for x in xs:
             x.requires_grad_(False)
     row["floor_ms"] = row["copy"]["median_ms"] + row["mlp"]["median_ms"]
