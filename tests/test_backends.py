@@ -103,7 +103,7 @@ def test_without_the_extension_the_package_imports_and_explains():
                 fused_attn.squeeze_excitation(x, w1, None, w2, None)
             except RuntimeError as e:
                 print("raised:", e)
-    """)
+    """, FUSED_ATTN_BACKEND="auto")
     assert r.returncode == 0, r.stderr
     assert "pip install --no-build-isolation" in r.stdout
     assert "raised: fused_attn backend 'cpu' was requested" in r.stdout
