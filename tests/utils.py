@@ -1,6 +1,5 @@
 """Shared inputs and tolerances for the op tests."""
 import dataclasses
-import itertools
 
 import torch
 
@@ -116,7 +115,3 @@ def cpu_backends():
 
 def ids(values):
     return [str(v) for v in values]
-
-
-def product(*lists):
-    return list(itertools.product(*lists))

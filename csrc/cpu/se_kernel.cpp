@@ -3,10 +3,12 @@
 //
 // Bytes (DESIGN.md §4): the batch is walked in chunks of whole samples small
 // enough to stay in cache. For each chunk the forward pools, runs the
-// excitation for the chunk's samples at once, and rescales while the chunk is
-// still cached, so x comes from DRAM once: 2|x| (read x, write y). The backward
-// does the same with Σ dy·x, the excitation backward and dx: 3|x| (read dy and
-// x, write dx). Weight gradients are summed chunk by chunk in order.
+// excitation for the chunk's samples at once (se_excite.cpp), and rescales
+// while the chunk is still cached, so x comes from DRAM once: 2|x| (read x,
+// write y). The backward does the same with Σ dy·x, the excitation backward and
+// dx: 3|x| (read dy and x, write dx); the weight gradients are formed once for
+// the whole batch at the end. Chunk k's writing pass runs together with chunk
+// k + 1's reading pass (se_cpu_kernels.h: interleaved).
 #include "../se.h"
 #include "se_cpu_isa.h"
 #include "se_excite.h"
@@ -17,7 +19,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -119,6 +120,7 @@ struct Geometry {
   at::MemoryFormat format;
   int64_t N, C, HW;
   bool cl;               // rows are the C channels of a pixel
+  int64_t row() const { return cl ? C : HW; }  // elements per contiguous row
 };
 
 Geometry geometry(const at::Tensor& x_in) {
@@ -170,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
 
   const SeWeights w = se_weights(w1, b1, w2, b2, opts.dtype().toScalarType());
   const int64_t chunk = chunk_samples(N, C * HW * static_cast<int64_t>(x_in.element_size()) * 2);
-  const bool nt = stream_output(y, geo.cl ? C : HW);
+  const bool nt = stream_output(y, geo.row());
 
   // Software pipeline over chunks: chunk k is rescaled in the same parallel
   // pass that pools chunk k + 1.
@@ -242,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
     at::Tensor cnt = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
     // A chunk touches dy, x and dx.
     const int64_t chunk = chunk_samples(N, C * HW * static_cast<int64_t>(x_in.element_size()) * 3);
-    const bool nt = stream_output(dx, geo.cl ? C : HW);
+    const bool nt = stream_output(dx, geo.row());
     // The same pipeline as the forward: dx of chunk k and Σ dy·x of chunk
     // k + 1 in one pass.
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "se_backward_cpu", [&] {
