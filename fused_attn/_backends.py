@@ -3,7 +3,8 @@
 Backends, in order of preference for each device:
 
 * CUDA tensors: ``cuda`` (hand-written kernels), ``triton``, ``reference``
-* CPU tensors:  ``cpu`` (C++ kernels), ``reference``
+* CPU tensors:  ``cpu`` (C++ kernels), ``reference``; ``triton`` only when
+  forced and ``TRITON_INTERPRET=1`` (the interpreter is for tests, not speed)
 
 ``auto`` takes the first that can run. ``FUSED_ATTN_BACKEND`` (read at import)
 or the :func:`use_backend` context manager forces one; a forced backend that
@@ -56,7 +57,24 @@ def _cuda_status():
 
 
 def _triton_status():
-    return BackendStatus("triton", (), "no Triton kernels are registered yet")
+    import torch
+
+    from . import triton as fa_triton
+
+    if not fa_triton.AVAILABLE:
+        return BackendStatus("triton", (), fa_triton.ERROR)
+    import triton
+
+    devices = []
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if fa_triton.INTERPRET:
+        devices.append("cpu")
+    if not devices:
+        return BackendStatus("triton", (), f"triton {triton.__version__} is installed but there is no GPU "
+                                           "(set TRITON_INTERPRET=1 to run the kernels on CPU tensors, slowly)")
+    mode = ", interpreted on CPU tensors (TRITON_INTERPRET=1)" if fa_triton.INTERPRET else ""
+    return BackendStatus("triton", tuple(devices), f"Triton kernels (triton {triton.__version__}){mode}")
 
 
 def _reference_status():

@@ -50,4 +50,5 @@ def squeeze_excitation(x, fc1_weight, fc1_bias=None, fc2_weight=None, fc2_bias=N
     backend = _backends.resolve(x.device.type)
     if backend == "reference":
         return reference.squeeze_excitation(x, w1, fc1_bias, w2, fc2_bias, act=act, gate=gate, pool=pool)
-    return _se.se_forward(x, w1, fc1_bias, w2, fc2_bias, act, gate, pool)[0]
+    op = torch.ops.fused_attn.se_forward_triton if backend == "triton" else torch.ops.fused_attn.se_forward
+    return op(x, w1, fc1_bias, w2, fc2_bias, act, gate, pool)[0]

@@ -1,12 +1,19 @@
 import os
 
 # Every compiled kernel fills its freshly allocated outputs with NaN before
-# writing them (csrc/se_excite.cpp: maybe_poison), so an element a kernel
+# writing them (csrc/se_common.cpp: maybe_poison; fused_attn/triton/se.py), so an element a kernel
 # forgets to write fails the comparison instead of passing by luck.
 os.environ.setdefault("FUSED_ATTN_DEBUG_POISON", "1")
 
+# Without a GPU, the Triton kernels run on CPU tensors in Triton's interpreter
+# (it must be set before triton is imported), so the whole CPU matrix covers
+# them too. With a GPU they run compiled, on CUDA tensors.
+import torch  # noqa: E402  (does not import triton)
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -55,12 +55,29 @@ def test_forced_cpu_runs_the_cpp_kernels_and_reference_does_not():
         assert ("fused_attn::se_forward" in {e.name for e in prof.events()}) == expect_op, backend
 
 
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("backend", [n for n, s in fused_attn.backends().items() if "cpu" not in s.devices])
 def test_forced_backend_that_cannot_run_raises(backend):
     x, w1, b1, w2, b2 = se_sample((1, 4, 2, 2), torch.float32)
     with fused_attn.use_backend(backend):
         with pytest.raises(RuntimeError, match=f"backend '{backend}' was requested but cannot run on cpu"):
             fused_attn.squeeze_excitation(x, w1, b1, w2, b2)
+
+
+def test_triton_runs_on_cpu_only_under_the_interpreter():
+    r = _run_python("""
+        import torch, fused_attn
+        status = fused_attn.backends()["triton"]
+        print("cpu" in status.devices, status.detail)
+        x = torch.randn(1, 4, 2, 2); w1 = torch.randn(4, 4)
+        with fused_attn.use_backend("triton"):
+            try:
+                fused_attn.squeeze_excitation(x, w1, None, None, None)
+            except RuntimeError as e:
+                print("raised:", e)
+    """, TRITON_INTERPRET="0", CUDA_VISIBLE_DEVICES="")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("False"), r.stdout
+    assert "raised: fused_attn backend 'triton' was requested but cannot run on cpu" in r.stdout
 
 
 def test_use_backend_nests_and_restores():

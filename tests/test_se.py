@@ -91,7 +91,9 @@ def test_max_ties_split_gradient_like_amax(backend, dtype, memory_format):
 @pytest.mark.parametrize("variant", [VARIANTS[1], VARIANTS[3], VARIANTS[5], VARIANTS[6]], ids=str)
 @pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
 def test_gradcheck_float64(backend, variant, memory_format, seed):
-    inputs = se_sample((2, 6, 3, 5), torch.float64, memory_format, variant, seed=seed, requires_grad=True)
+    # Triton's interpreter launches slowly; gradcheck launches ~2 per input element.
+    shape = (1, 5, 2, 3) if backend == "triton" else (2, 6, 3, 5)
+    inputs = se_sample(shape, torch.float64, memory_format, variant, seed=seed, requires_grad=True)
     wrt = [t for t in inputs if t is not None]
 
     def f(*args):

@@ -92,3 +92,51 @@ def test_compiled_graph_calls_the_op():
     assert any("fused_attn.se_forward" in t for t in targets), targets
     y_ref, _ = reference64(*inputs, variant)
     assert_close(y, y_ref, torch.float32)
+
+
+# ---- the Triton ops: opcheck and torch.compile need real GPU tensors --------
+# (Under TRITON_INTERPRET=1 the Triton ops run eagerly on CPU tensors, which
+# test_se.py checks across the whole matrix, but fake-tensor tracing of a
+# triton_op needs a device Triton compiles for.)
+
+def _triton_on_gpu():
+    status = fused_attn.backends()["triton"]
+    return "cuda" in status.devices
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}")
+def test_opcheck_triton_ops_on_gpu(case):
+    if not _triton_on_gpu():
+        pytest.skip(fused_attn.backends()["triton"].detail)
+    shape, dtype, fmt, variant = case
+    inputs = se_sample(shape, dtype, fmt, variant, seed=1, requires_grad=True, device="cuda")
+    args = (*inputs, variant.act, variant.gate, variant.pool)
+    torch.library.opcheck(torch.ops.fused_attn.se_forward_triton.default, args)
+    with torch.no_grad():
+        _, pooled, maxv, hidden, logits = torch.ops.fused_attn.se_forward_triton(*args)
+    x, w1, b1, w2, b2 = [None if t is None else t.detach() for t in inputs]
+    torch.library.opcheck(torch.ops.fused_attn.se_backward_triton.default,
+                          (torch.randn_like(x), x, w1, w2, pooled, maxv, hidden, logits, variant.act, variant.gate,
+                           variant.pool, b1 is not None, b2 is not None))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_compile_fullgraph_triton_on_gpu(memory_format):
+    if not _triton_on_gpu():
+        pytest.skip(fused_attn.backends()["triton"].detail)
+    torch._dynamo.reset()
+    block = _Block(16).cuda().to(memory_format=memory_format)
+    compiled = torch.compile(block, fullgraph=True)
+    with fused_attn.use_backend("triton"):
+        for step in range(3):
+            x = torch.randn(2, 16, 9, 7, device="cuda").to(memory_format=memory_format).requires_grad_()
+            with torch._dynamo.config.patch(error_on_recompile=step > 0):
+                y = compiled(x)
+            y_eager = block(x)
+            assert_close(y, y_eager, torch.float32)
+            params = [x] + list(block.parameters())
+            dy = torch.randn_like(y)
+            for g, g_eager in zip(torch.autograd.grad(y, params, dy), torch.autograd.grad(y_eager, params, dy)):
+                assert_close(g, g_eager, torch.float32, grad=True)

@@ -69,11 +69,6 @@ def acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def se_forward(x, w1, b1, w2, b2, act, gate, pool):
-    """Calls the op: returns (y, pooled, maxv, hidden, logits)."""
-    return torch.ops.fused_attn.se_forward(x, w1, b1, w2, b2, act, gate, pool)
-
-
 if HAS_C:
 
     @torch.library.register_fake("fused_attn::se_forward")
@@ -104,19 +99,30 @@ if HAS_C:
                 grad_like(w2 is not None, None if w2 is None else w2.shape),
                 grad_like(has_b2 and w2 is not None, (x.shape[1],)))
 
-    def _setup_context(ctx, inputs, output):
-        x, w1, b1, w2, b2, act, gate, pool = inputs
-        _, pooled, maxv, hidden, logits = output
-        ctx.save_for_backward(x, w1, w2, pooled, maxv, hidden, logits)
-        ctx.variant = (act, gate, pool, b1 is not None, b2 is not None)
-        ctx.mark_non_differentiable(pooled, maxv, hidden, logits)
 
-    def _backward(ctx, dy, *_unused):
+
+def _setup_context(ctx, inputs, output):
+    x, w1, b1, w2, b2, act, gate, pool = inputs
+    _, pooled, maxv, hidden, logits = output
+    ctx.save_for_backward(x, w1, w2, pooled, maxv, hidden, logits)
+    ctx.variant = (act, gate, pool, b1 is not None, b2 is not None)
+    ctx.mark_non_differentiable(pooled, maxv, hidden, logits)
+
+
+def register_se_autograd(forward_op, backward_op):
+    """Autograd for an SE forward op (the C++ one, or a backend's own with the
+    same signature): its backward is ``backward_op``."""
+
+    def backward(ctx, dy, *_unused):
         x, w1, w2, pooled, maxv, hidden, logits = ctx.saved_tensors
         act, gate, pool, has_b1, has_b2 = ctx.variant
-        dx, dw1, db1, dw2, db2 = torch.ops.fused_attn.se_backward(
-            dy, x, w1, w2, pooled, maxv, hidden, logits, act, gate, pool, has_b1, has_b2)
+        dx, dw1, db1, dw2, db2 = backward_op(dy, x, w1, w2, pooled, maxv, hidden, logits, act, gate, pool,
+                                             has_b1, has_b2)
         return (dx, dw1, db1 if has_b1 else None, dw2 if w2 is not None else None,
                 db2 if has_b2 else None, None, None, None)
 
-    torch.library.register_autograd("fused_attn::se_forward", _backward, setup_context=_setup_context)
+    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
+
+
+if HAS_C:
+    register_se_autograd("fused_attn::se_forward", torch.ops.fused_attn.se_backward)

@@ -1,5 +1,18 @@
-"""Triton kernels (the GPU fallback when the CUDA extension is not built).
+"""Triton kernels: the GPU fallback when the CUDA extension is not built, and
+what runs on non-NVIDIA GPUs Triton supports. Under ``TRITON_INTERPRET=1``
+they also run on CPU tensors (slowly): that is how CI tests them.
 
-Empty for now: the SE Triton kernels are issue 3. ``fused_attn.backends()``
-reports the Triton backend as unavailable until they land.
+``AVAILABLE`` says whether the kernels could be loaded, ``ERROR`` why not.
 """
+import os
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+try:
+    from . import se  # noqa: F401  (registers fused_attn::se_forward_triton / se_backward_triton)
+except ImportError as exc:  # triton not installed, or too old for this torch
+    AVAILABLE = False
+    ERROR = f"triton could not be imported ({exc})"
+else:
+    AVAILABLE = True
+    ERROR = ""

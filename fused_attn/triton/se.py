@@ -1,0 +1,250 @@
+"""Squeeze-and-Excitation in Triton: the GPU fallback when the CUDA extension is
+not built (and the path on non-NVIDIA GPUs Triton supports).
+
+Two phases, three launches per direction:
+
+    forward:  pool (read x)  ->  excitation on [N, C] (torch, fp32)  ->  rescale (read x, write y)
+    backward: Σ dy·x and tie counts (read dy, x)  ->  excitation backward (torch)  ->  dx (read dy [, x], write dx)
+
+3|x| forward and 4|x| backward (DESIGN.md §4, "two-phase fused"). Tiles are
+[BLOCK_C, BLOCK_HW] over one sample, addressed through the strides of x, so
+NCHW and channels_last are handled by the same kernels without a layout
+conversion (hw = h·W + w works for both dense layouts). Offsets are int64.
+Pooling accumulates in fp32 (fp64 for fp64 inputs); y is rounded once.
+
+The ops are ``torch.library.triton_op``s, so ``torch.compile`` sees the kernels
+(no graph break). Under ``TRITON_INTERPRET=1`` they also run on CPU tensors,
+which is how CI checks them.
+"""
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ..ops.se import acc_dtype, register_se_autograd
+from ..reference.se import ACTIVATIONS, GATES
+
+_BLOCK_C = 16
+_BLOCK_HW = 128
+# As in the C++ backends: FUSED_ATTN_DEBUG_POISON=1 fills outputs with NaN
+# before the kernels write them (the tests set it).
+_POISON = os.environ.get("FUSED_ATTN_DEBUG_POISON", "0") not in ("", "0")
+
+
+def _new_output(like):
+    out = torch.empty_like(like)
+    return out.fill_(float("nan")) if _POISON else out
+
+
+@triton.jit
+def _pool_kernel(x_ptr, pooled_ptr, maxv_ptr, C, HW, stride_n, stride_c, stride_hw, inv_hw,
+                 WITH_MAX: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    # pooled[n, c] = mean_hw x (or 0.5·mean + 0.5·max); maxv[n, c] = max_hw x.
+    n = tl.program_id(0).to(tl.int64)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    row = x_ptr + n * stride_n + offs_c[:, None].to(tl.int64) * stride_c
+    acc = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
+    mx = tl.full([BLOCK_C, BLOCK_HW], float("-inf"), ACC)
+    for hw0 in range(0, HW, BLOCK_HW):
+        offs_hw = hw0 + tl.arange(0, BLOCK_HW)
+        mask = mask_c[:, None] & (offs_hw[None, :] < HW)
+        v = tl.load(row + offs_hw[None, :].to(tl.int64) * stride_hw, mask=mask, other=0.0).to(ACC)
+        acc += v
+        if WITH_MAX:
+            # NaN propagates, as torch.amax's does.
+            mx = tl.where(mask, tl.maximum(mx, v, propagate_nan=tl.PropagateNan.ALL), mx)
+    mean = tl.sum(acc, axis=1) * inv_hw
+    if WITH_MAX:
+        m = tl.max(mx, axis=1)
+        # tl.max does not propagate NaN; torch.amax does.
+        has_nan = tl.max(tl.where(mx != mx, 1, 0), axis=1) > 0
+        m = tl.where(has_nan, float("nan"), m)
+        tl.store(maxv_ptr + n * C + offs_c, m, mask=mask_c)
+        mean = 0.5 * mean + 0.5 * m
+    tl.store(pooled_ptr + n * C + offs_c, mean, mask=mask_c)
+
+
+@triton.jit
+def _scale_kernel(x_ptr, g_ptr, y_ptr, C, HW, stride_n, stride_c, stride_hw,
+                  ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    # y = x · g[n, c]; y has x's strides.
+    n = tl.program_id(0).to(tl.int64)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_hw = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mask_c = offs_c < C
+    mask = mask_c[:, None] & (offs_hw[None, :] < HW)
+    g = tl.load(g_ptr + n * C + offs_c, mask=mask_c, other=0.0)
+    off = n * stride_n + offs_c[:, None].to(tl.int64) * stride_c + offs_hw[None, :].to(tl.int64) * stride_hw
+    v = tl.load(x_ptr + off, mask=mask, other=0.0).to(ACC)
+    tl.store(y_ptr + off, (v * g[:, None]).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _reduce_kernel(dy_ptr, x_ptr, maxv_ptr, s_ptr, cnt_ptr, C, HW, stride_n, stride_c, stride_hw,
+                   WITH_MAX: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    # s[n, c] = Σ_hw dy·x; cnt[n, c] = #{hw : x == maxv[n, c]}.
+    n = tl.program_id(0).to(tl.int64)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    base = n * stride_n + offs_c[:, None].to(tl.int64) * stride_c
+    acc = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
+    cnt = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
+    if WITH_MAX:
+        m = tl.load(maxv_ptr + n * C + offs_c, mask=mask_c, other=0.0)
+    for hw0 in range(0, HW, BLOCK_HW):
+        offs_hw = hw0 + tl.arange(0, BLOCK_HW)
+        mask = mask_c[:, None] & (offs_hw[None, :] < HW)
+        off = base + offs_hw[None, :].to(tl.int64) * stride_hw
+        x = tl.load(x_ptr + off, mask=mask, other=0.0).to(ACC)
+        dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(ACC)
+        acc += dy * x
+        if WITH_MAX:
+            cnt += tl.where(mask & (x == m[:, None]), 1.0, 0.0)
+    tl.store(s_ptr + n * C + offs_c, tl.sum(acc, axis=1), mask=mask_c)
+    if WITH_MAX:
+        tl.store(cnt_ptr + n * C + offs_c, tl.sum(cnt, axis=1), mask=mask_c)
+
+
+@triton.jit
+def _dx_kernel(dy_ptr, x_ptr, dx_ptr, g_ptr, a_ptr, b_ptr, maxv_ptr, C, HW, stride_n, stride_c, stride_hw,
+               WITH_MAX: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    # dx = dy·g + a (+ b where x == maxv), coefficients per (n, c).
+    n = tl.program_id(0).to(tl.int64)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_hw = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mask_c = offs_c < C
+    mask = mask_c[:, None] & (offs_hw[None, :] < HW)
+    nc = n * C + offs_c
+    g = tl.load(g_ptr + nc, mask=mask_c, other=0.0)
+    a = tl.load(a_ptr + nc, mask=mask_c, other=0.0)
+    off = n * stride_n + offs_c[:, None].to(tl.int64) * stride_c + offs_hw[None, :].to(tl.int64) * stride_hw
+    dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(ACC)
+    dx = dy * g[:, None] + a[:, None]
+    if WITH_MAX:
+        b = tl.load(b_ptr + nc, mask=mask_c, other=0.0)
+        m = tl.load(maxv_ptr + nc, mask=mask_c, other=0.0)
+        x = tl.load(x_ptr + off, mask=mask, other=0.0).to(ACC)
+        dx += tl.where(x == m[:, None], b[:, None], 0.0)
+    tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def _tl_acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _dense(x):
+    """x contiguous in its suggested memory format, and its (n, c, hw) strides."""
+    from torch._prims_common import suggest_memory_format
+
+    x = x.contiguous(memory_format=suggest_memory_format(x))
+    return x, (x.stride(0), x.stride(1), x.stride(3))
+
+
+def _linear(v, w, b):
+    return torch.addmm(b, v, w.t()) if b is not None else v @ w.t()
+
+
+# ---- derivatives of the activations and gates, PyTorch's definitions ---------
+
+def _act_backward(act, grad, h):
+    if act == "relu":
+        return torch.where(h > 0, grad, torch.zeros_like(grad))
+    if act == "silu":
+        return torch.ops.aten.silu_backward(grad, h)
+    if act == "gelu":
+        return torch.ops.aten.gelu_backward(grad, h, approximate="none")
+    if act == "gelu_tanh":
+        return torch.ops.aten.gelu_backward(grad, h, approximate="tanh")
+    return torch.ops.aten.hardswish_backward(grad, h)
+
+
+def _gate_backward(gate, grad, z, g):
+    if gate == "sigmoid":
+        return grad * (1 - g) * g
+    # Written out: ATen's CPU hardsigmoid_backward uses a float32 1/6.
+    return torch.where((z > -3) & (z < 3), grad / 6, torch.zeros_like(grad))
+
+
+@triton_op("fused_attn::se_forward_triton", mutates_args=())
+def se_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[torch.Tensor],
+               fc2_weight: Optional[torch.Tensor], fc2_bias: Optional[torch.Tensor], act: str, gate: str,
+               pool: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same contract as ``fused_attn::se_forward``: (y, pooled, maxv, hidden, logits)."""
+    N, C, H, W = x.shape
+    HW = H * W
+    acc = acc_dtype(x.dtype)
+    with_max = pool == "avgmax"
+    x, (sn, sc, shw) = _dense(x)
+    pooled = x.new_empty((N, C), dtype=acc)
+    maxv = x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
+    y = _new_output(x)
+    if N > 0 and C > 0:
+        grid = (N, triton.cdiv(C, _BLOCK_C))
+        wrap_triton(_pool_kernel)[grid](x, pooled, maxv, C, HW, sn, sc, shw, 1.0 / HW, WITH_MAX=with_max,
+                                        ACC=_tl_acc(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    w1 = fc1_weight.to(acc)
+    b1 = None if fc1_bias is None else fc1_bias.to(acc)
+    if fc2_weight is not None:
+        hidden = _linear(pooled, w1, b1)
+        b2 = None if fc2_bias is None else fc2_bias.to(acc)
+        logits = _linear(ACTIVATIONS[act](hidden), fc2_weight.to(acc), b2)
+    else:
+        hidden = x.new_empty((0, 0), dtype=acc)
+        logits = _linear(pooled, w1, b1)
+    g = GATES[gate](logits).contiguous()
+    if N > 0 and C > 0 and HW > 0:
+        grid = (N, triton.cdiv(C, _BLOCK_C), triton.cdiv(HW, _BLOCK_HW))
+        wrap_triton(_scale_kernel)[grid](x, g, y, C, HW, sn, sc, shw, ACC=_tl_acc(x.dtype),
+                                         BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    return y, pooled, maxv, hidden.contiguous(), logits.contiguous()
+
+
+@triton_op("fused_attn::se_backward_triton", mutates_args=())
+def se_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tensor, fc2_weight: Optional[torch.Tensor],
+                pooled: torch.Tensor, maxv: torch.Tensor, hidden: torch.Tensor, logits: torch.Tensor, act: str,
+                gate: str, pool: str, has_fc1_bias: bool, has_fc2_bias: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same contract as ``fused_attn::se_backward``."""
+    N, C, H, W = x.shape
+    HW = H * W
+    acc = acc_dtype(x.dtype)
+    with_max = pool == "avgmax"
+    x, (sn, sc, shw) = _dense(x)
+    # dy in x's dense layout, whatever layout it came in.
+    dy = grad_y if grad_y.stride() == x.stride() else torch.empty_like(x).copy_(grad_y)
+    s = x.new_empty((N, C), dtype=acc)
+    cnt = x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
+    if N > 0 and C > 0:
+        grid = (N, triton.cdiv(C, _BLOCK_C))
+        wrap_triton(_reduce_kernel)[grid](dy, x, maxv, s, cnt, C, HW, sn, sc, shw, WITH_MAX=with_max,
+                                          ACC=_tl_acc(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    w1 = fc1_weight.to(acc)
+    g = GATES[gate](logits)
+    dz = _gate_backward(gate, s, logits, g)
+    empty = fc1_weight.new_empty((0,))
+    if fc2_weight is not None:
+        w2 = fc2_weight.to(acc)
+        dw2 = (dz.t() @ ACTIVATIONS[act](hidden)).to(fc1_weight.dtype)
+        db2 = dz.sum(0).to(fc1_weight.dtype) if has_fc2_bias else empty.clone()
+        d_first = _act_backward(act, dz @ w2, hidden)
+    else:
+        dw2, db2 = empty.clone(), empty.clone()
+        d_first = dz
+    dw1 = (d_first.t() @ pooled).to(fc1_weight.dtype)
+    db1 = d_first.sum(0).to(fc1_weight.dtype) if has_fc1_bias else empty.clone()
+    dp = d_first @ w1
+    a = (dp * ((0.5 if with_max else 1.0) / HW)).contiguous()
+    b = (dp * 0.5 / cnt).contiguous() if with_max else a
+    dx = _new_output(x)
+    if N > 0 and C > 0 and HW > 0:
+        grid = (N, triton.cdiv(C, _BLOCK_C), triton.cdiv(HW, _BLOCK_HW))
+        wrap_triton(_dx_kernel)[grid](dy, x, dx, g.contiguous(), a, b, maxv, C, HW, sn, sc, shw, WITH_MAX=with_max,
+                                      ACC=_tl_acc(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    return dx, dw1, db1, dw2, db2
+
+
+register_se_autograd("fused_attn::se_forward_triton", torch.ops.fused_attn.se_backward_triton)
