@@ -10,9 +10,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 try:
     from . import se  # noqa: F401  (registers fused_attn::se_forward_triton / se_backward_triton)
-except ImportError as exc:  # triton not installed, or too old for this torch
+except Exception as exc:  # not installed, too old for this torch, or broken: never fatal
     AVAILABLE = False
-    ERROR = f"triton could not be imported ({exc})"
+    ERROR = f"the Triton kernels could not be loaded ({type(exc).__name__}: {exc})"
 else:
     AVAILABLE = True
     ERROR = ""
