@@ -52,15 +52,16 @@ class _Block(torch.nn.Module):
         return self.se(torch.relu(self.conv(x)))
 
 
-@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
-def test_compile_fullgraph_no_recompile(memory_format):
+def check_compile_fullgraph(backend, device, memory_format):
+    """A block using the op compiles with fullgraph=True, does not recompile
+    for new values of the same shape, and matches eager in value and gradient."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    block = _Block(16).to(memory_format=memory_format)
+    block = _Block(16).to(device=device, memory_format=memory_format)
     compiled = torch.compile(block, fullgraph=True)
-    with fused_attn.use_backend("cpu"):
-        for step in range(3):  # new values, same shapes: no recompilation allowed
-            x = torch.randn(2, 16, 9, 7).to(memory_format=memory_format).requires_grad_()
+    with fused_attn.use_backend(backend):
+        for step in range(3):
+            x = torch.randn(2, 16, 9, 7, device=device).to(memory_format=memory_format).requires_grad_()
             with torch._dynamo.config.patch(error_on_recompile=step > 0):
                 y = compiled(x)
             y_eager = block(x)
@@ -69,6 +70,11 @@ def test_compile_fullgraph_no_recompile(memory_format):
             dy = torch.randn_like(y)
             for g, g_eager in zip(torch.autograd.grad(y, params, dy), torch.autograd.grad(y_eager, params, dy)):
                 assert_close(g, g_eager, torch.float32, grad=True)
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_compile_fullgraph_no_recompile(memory_format):
+    check_compile_fullgraph("cpu", "cpu", memory_format)
 
 
 def test_compiled_graph_calls_the_op():
@@ -126,17 +132,4 @@ def test_opcheck_triton_ops_on_gpu(case):
 def test_compile_fullgraph_triton_on_gpu(memory_format):
     if not _triton_on_gpu():
         pytest.skip(fused_attn.backends()["triton"].detail)
-    torch._dynamo.reset()
-    block = _Block(16).cuda().to(memory_format=memory_format)
-    compiled = torch.compile(block, fullgraph=True)
-    with fused_attn.use_backend("triton"):
-        for step in range(3):
-            x = torch.randn(2, 16, 9, 7, device="cuda").to(memory_format=memory_format).requires_grad_()
-            with torch._dynamo.config.patch(error_on_recompile=step > 0):
-                y = compiled(x)
-            y_eager = block(x)
-            assert_close(y, y_eager, torch.float32)
-            params = [x] + list(block.parameters())
-            dy = torch.randn_like(y)
-            for g, g_eager in zip(torch.autograd.grad(y, params, dy), torch.autograd.grad(y_eager, params, dy)):
-                assert_close(g, g_eager, torch.float32, grad=True)
+    check_compile_fullgraph("triton", "cuda", memory_format)
