@@ -100,7 +100,6 @@ if HAS_C:
                 grad_like(has_b2 and w2 is not None, (x.shape[1],)))
 
 
-
 def _setup_context(ctx, inputs, output):
     x, w1, b1, w2, b2, act, gate, pool = inputs
     _, pooled, maxv, hidden, logits = output
