@@ -2,7 +2,6 @@
 // run before any memory is touched, the weights in the accumulation dtype.
 #include "se.h"
 
-#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <cstdlib>

@@ -160,8 +160,7 @@ inline void write_block(T* dst, int64_t n, bool nt, A* buf, Fill&& fill) {
 // one). Each unit's result depends on the shape alone, never on which thread
 // runs it or what runs beside it.
 //
-// NCHW read unit: one row (n, c), reduced over H·W with L lanes: 8 or 16 for
-// short rows (less tree to fold per row), 64 otherwise.
+// NCHW read unit: one row (n, c), reduced over H·W with L lanes (with_lanes).
 // channels_last read unit: a segment of one sample's pixel rows, of a length
 // fixed by C, summed into its own partial vector; the partials are added in
 // segment order afterwards (finish_*).
@@ -220,12 +219,13 @@ inline void pool_row(const T* row, int64_t HW, acc_t<T>& sum, acc_t<T>& mx) {
   mx = kMax ? max_nan(lanes_max<L>(m), tail_m) : A(0);
 }
 
-// pool_row with the lane count for this row length.
-template <bool kMax, typename T>
-inline void pool_row_any(const T* row, int64_t HW, acc_t<T>& sum, acc_t<T>& mx) {
-  if (HW < 64) pool_row<8, kMax>(row, HW, sum, mx);
-  else if (HW < 256) pool_row<16, kMax>(row, HW, sum, mx);
-  else pool_row<kBlock, kMax>(row, HW, sum, mx);
+// Calls f(std::integral_constant<int64_t, L>) with the lane count for rows of
+// length HW: 8 or 16 for short rows (less tree to fold per row), kBlock else.
+template <typename F>
+inline void with_lanes(int64_t HW, F&& f) {
+  if (HW < 64) f(std::integral_constant<int64_t, 8>{});
+  else if (HW < 256) f(std::integral_constant<int64_t, 16>{});
+  else f(std::integral_constant<int64_t, kBlock>{});
 }
 
 template <int64_t L, bool kCnt, typename T>
@@ -253,13 +253,6 @@ inline void reduce_row(const T* dy, const T* x, int64_t HW, acc_t<T> m, acc_t<T>
   }
   s_out = lanes_sum<L>(s) + tail_s;
   k_out = kCnt ? lanes_sum<L>(k) + tail_k : A(0);
-}
-
-template <bool kCnt, typename T>
-inline void reduce_row_any(const T* dy, const T* x, int64_t HW, acc_t<T> m, acc_t<T>& s_out, acc_t<T>& k_out) {
-  if (HW < 64) reduce_row<8, kCnt>(dy, x, HW, m, s_out, k_out);
-  else if (HW < 256) reduce_row<16, kCnt>(dy, x, HW, m, s_out, k_out);
-  else reduce_row<kBlock, kCnt>(dy, x, HW, m, s_out, k_out);
 }
 
 // Runs write units [0, nw) and read units [0, nr) in one parallel region,
@@ -318,8 +311,10 @@ void forward_pass(const ScaleJob<T>& sj, const PoolJob<T>& pj, int64_t C, int64_
     };
     auto pool_unit = [&](int64_t r) {
       A sum, mx;
-      if (want_max) pool_row_any<true>(pj.x + r * HW, HW, sum, mx);
-      else pool_row_any<false>(pj.x + r * HW, HW, sum, mx);
+      with_lanes(HW, [&](auto lanes) {
+        if (want_max) pool_row<lanes, true>(pj.x + r * HW, HW, sum, mx);
+        else pool_row<lanes, false>(pj.x + r * HW, HW, sum, mx);
+      });
       finish(r, sum, mx);
     };
     interleaved(sj.nb * C, HW, scale_row, pj.nb * C, HW, pool_unit);
@@ -403,8 +398,10 @@ void backward_pass(const DxJob<T>& dj, const ReduceJob<T>& rj, int64_t C, int64_
     };
     auto reduce_unit = [&](int64_t r) {
       A k = 0;
-      if (want_cnt) reduce_row_any<true>(rj.dy + r * HW, rj.x + r * HW, HW, rj.maxv[r], rj.s[r], k);
-      else reduce_row_any<false>(rj.dy + r * HW, rj.x + r * HW, HW, A(0), rj.s[r], k);
+      with_lanes(HW, [&](auto lanes) {
+        if (want_cnt) reduce_row<lanes, true>(rj.dy + r * HW, rj.x + r * HW, HW, rj.maxv[r], rj.s[r], k);
+        else reduce_row<lanes, false>(rj.dy + r * HW, rj.x + r * HW, HW, A(0), rj.s[r], k);
+      });
       if (want_cnt) rj.cnt[r] = k;
     };
     interleaved(dj.nb * C, HW, dx_row, rj.nb * C, 2 * HW, reduce_unit);

@@ -8,10 +8,8 @@
 #include "se_excite.h"
 
 #include <ATen/ops/addmm.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>
@@ -90,14 +88,20 @@ void linear_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, cons
   else at::mm_out(out, a, w.t());
 }
 
+// act(hidden), elementwise, in hidden's (accumulation) dtype.
+at::Tensor activate(const at::Tensor& hidden, Act act) {
+  at::Tensor a = at::empty_like(hidden);
+  if (hidden.scalar_type() == at::kDouble) map_into<double>(a, hidden, [act](double h, int64_t) { return act_forward(act, h); });
+  else map_into<float>(a, hidden, [act](float h, int64_t) { return act_forward(act, h); });
+  return a;
+}
+
 template <typename A>
 void forward_impl(const SeWeights& w, Act act, Gate gate, const at::Tensor& p, at::Tensor& hidden, at::Tensor& logits,
                   at::Tensor& g) {
   if (w.two_layer()) {
     linear_into(hidden, p, w.w1, w.b1);
-    at::Tensor a = at::empty_like(hidden);
-    map_into<A>(a, hidden, [act](A h, int64_t) { return act_forward(act, h); });
-    linear_into(logits, a, *w.w2, w.b2);
+    linear_into(logits, activate(hidden, act), *w.w2, w.b2);
   } else {
     linear_into(logits, p, w.w1, w.b1);
   }
@@ -139,15 +143,12 @@ ExciteWeightGrads excite_weight_grads(const SeWeights& w, Act act, const at::Ten
                                       const at::Tensor& hidden, const at::Tensor& dz, const at::Tensor& dh,
                                       bool has_b1, bool has_b2) {
   ExciteWeightGrads out;
-  // The layer whose output gradient is dz reads `a` (two-layer: act(hidden)).
+  // fc1's output gradient: dL/dhidden with two layers, dL/dlogits with one.
   const at::Tensor& d_first = w.two_layer() ? dh : dz;
   out.dw1 = at::mm(d_first.t(), pooled);
   if (has_b1) out.db1 = d_first.sum(0);
   if (w.two_layer()) {
-    at::Tensor a = at::empty_like(hidden);
-    if (hidden.scalar_type() == at::kDouble) map_into<double>(a, hidden, [act](double h, int64_t) { return act_forward(act, h); });
-    else map_into<float>(a, hidden, [act](float h, int64_t) { return act_forward(act, h); });
-    out.dw2 = at::mm(dz.t(), a);
+    out.dw2 = at::mm(dz.t(), activate(hidden, act));
     if (has_b2) out.db2 = dz.sum(0);
   }
   return out;
