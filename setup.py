@@ -50,7 +50,7 @@ def extension():
     macros = [("Py_LIMITED_API", "0x030A0000")]
     kwargs = dict(py_limited_api=True, define_macros=macros, extra_link_args=["-fopenmp"])
     if want_cuda:
-        sources += _sources("csrc/cuda/*.cu")
+        sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
         macros.append(("FUSED_ATTN_WITH_CUDA", None))
         nvcc = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
         default_archs = default_arch_list(torch)

@@ -48,6 +48,28 @@ SeWeights se_weights(const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
 void check_se_args(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                    const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2);
 
+// The backward's saved tensors: accumulation dtype, [rows, cols], contiguous.
+// Raises naming the argument; shared by every backend.
+void check_se_backward_args(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1,
+                            const c10::optional<at::Tensor>& w2, const at::Tensor& pooled, const at::Tensor& maxv,
+                            const at::Tensor& hidden, const at::Tensor& logits, Pool pool);
+
+// The accumulation dtype: double for double x, float otherwise.
+at::ScalarType acc_dtype(const at::Tensor& x);
+
+// x as the kernels see it: dense in its suggested memory format, either N
+// rows of C·HW (NCHW: C rows of HW per sample) or N·HW rows of C
+// (channels_last, and any layout when H·W == 1, where both are the same N×C
+// matrix).
+struct Geometry {
+  at::Tensor x;          // contiguous in `format`
+  at::MemoryFormat format;
+  int64_t N, C, HW;
+  bool cl;               // rows are the C channels of a pixel
+  int64_t row() const { return cl ? C : HW; }  // elements per contiguous row
+};
+Geometry geometry(const at::Tensor& x);
+
 // Debug aid for tests: when FUSED_ATTN_DEBUG_POISON is set, freshly allocated
 // outputs are filled with NaN before a kernel writes them, so an element the
 // kernel forgets to write shows up as a mismatch.

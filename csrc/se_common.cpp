@@ -78,6 +78,46 @@ SeWeights se_weights(const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
   return w;
 }
 
+void check_se_backward_args(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1,
+                            const c10::optional<at::Tensor>& w2, const at::Tensor& pooled, const at::Tensor& maxv,
+                            const at::Tensor& hidden, const at::Tensor& logits, Pool pool) {
+  check_se_args(x, w1, c10::nullopt, w2, c10::nullopt);
+  TORCH_CHECK_VALUE(dy.sizes() == x.sizes(), "fused_attn: grad_y must have x's shape ", x.sizes(), ", got ",
+                    dy.sizes());
+  TORCH_CHECK_TYPE(dy.scalar_type() == x.scalar_type(), "fused_attn: grad_y has dtype ", dy.scalar_type(),
+                   " but x has ", x.scalar_type());
+  TORCH_CHECK(dy.device() == x.device(), "fused_attn: grad_y is on ", dy.device(), " but x is on ", x.device());
+  const int64_t N = x.size(0), C = x.size(1);
+  const bool with_max = pool == Pool::AvgMax;
+  const bool two = w2.has_value();
+  const at::ScalarType acc = acc_dtype(x);
+  auto check_saved = [&](const at::Tensor& t, const char* name, int64_t rows, int64_t cols) {
+    TORCH_CHECK_VALUE(t.scalar_type() == acc && t.dim() == 2 && t.size(0) == rows && t.size(1) == cols &&
+                          t.is_contiguous() && t.device() == x.device(),
+                      "fused_attn: ", name, " must be a contiguous ", acc, " tensor of shape [", rows, ", ", cols,
+                      "] on ", x.device(), ", got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
+  };
+  check_saved(pooled, "pooled", N, C);
+  check_saved(logits, "logits", N, C);
+  check_saved(maxv, "maxv", with_max ? N : 0, with_max ? C : 0);
+  check_saved(hidden, "hidden", two ? N : 0, two ? w1.size(0) : 0);
+}
+
+at::ScalarType acc_dtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+Geometry geometry(const at::Tensor& x) {
+  Geometry g;
+  g.format = x.suggest_memory_format();
+  g.x = x.contiguous(g.format);
+  g.N = x.size(0);
+  g.C = x.size(1);
+  g.HW = x.size(2) * x.size(3);
+  g.cl = g.format == at::MemoryFormat::ChannelsLast || g.HW == 1;
+  return g;
+}
+
 bool poison_enabled() {
   const char* v = std::getenv("FUSED_ATTN_DEBUG_POISON");
   return v != nullptr && v[0] != '\0' && v[0] != '0';

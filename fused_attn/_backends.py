@@ -49,11 +49,13 @@ def _cuda_status():
         return BackendStatus("cuda", (), _extension.LOAD_ERROR)
     if not _extension.CUDA_VERSION:
         return BackendStatus("cuda", (), "the extension was built without CUDA (no toolkit or a CPU torch at build time)")
+    import torch
+
     v = _extension.CUDA_VERSION
-    built = f"built with CUDA {v // 1000}.{v % 1000 // 10} for sm {_extension.CUDA_ARCHS}"
-    # The CUDA kernels for SE are the next milestone (issue 3); until they are
-    # registered the compiled CUDA part only reports how it was built.
-    return BackendStatus("cuda", (), f"{built}, but no CUDA kernels are registered yet")
+    built = f"CUDA kernels built with CUDA {v // 1000}.{v % 1000 // 10} for sm {_extension.CUDA_ARCHS}"
+    if not torch.cuda.is_available():
+        return BackendStatus("cuda", (), f"{built}, but no CUDA device is visible")
+    return BackendStatus("cuda", ("cuda",), built)
 
 
 def _triton_status():

@@ -5,8 +5,8 @@ import torch
 import fused_attn
 from fused_attn import _extension
 
-from .utils import (DTYPES, FORMATS, SHAPES, VARIANTS, SEVariant, assert_close, cpu_backends, ids,
-                    reference64, se_kwargs, se_sample)
+from .utils import (DTYPES, FORMATS, SHAPES, VARIANTS, SEVariant, assert_close, check_se_against_reference,
+                    cpu_backends, ids, reference64, se_kwargs, se_sample)
 
 # The C++ backend runs twice: with the ISA build this CPU picks (AVX2 here),
 # and forced to the baseline build, so both compiled copies are checked.
@@ -36,20 +36,7 @@ def run_se(x, w1, b1, w2, b2, variant):
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids(DTYPES))
 @pytest.mark.parametrize("shape", SHAPES, ids=ids(SHAPES))
 def test_forward_backward_match_reference(backend, shape, dtype, memory_format, variant):
-    inputs = se_sample(shape, dtype, memory_format, variant, seed=hash(shape) % 1000, requires_grad=True)
-    y = run_se(*inputs, variant)
-    assert y.dtype == dtype and y.shape == inputs[0].shape
-    assert y.is_contiguous(memory_format=memory_format)
-    y_ref, leaves = reference64(*inputs, variant)
-    assert_close(y, y_ref, dtype)
-
-    dy = torch.randn(y.shape, dtype=torch.float64).to(dtype).to(memory_format=memory_format)
-    wrt = [t for t in inputs if t is not None]
-    grads = torch.autograd.grad(y, wrt, dy)
-    grads_ref = torch.autograd.grad(y_ref, [t for t in leaves if t is not None], dy.double())
-    for name, g, g_ref, t in zip(("x", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"), grads, grads_ref, wrt):
-        assert g.dtype == dtype and g.shape == t.shape, name
-        assert_close(g, g_ref, dtype, grad=True)
+    check_se_against_reference(shape, dtype, memory_format, variant, seed=hash(shape) % 1000)
 
 
 @pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])

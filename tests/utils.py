@@ -108,6 +108,27 @@ def assert_close(actual, expected, dtype, *, grad=False):
     torch.testing.assert_close(actual.to(torch.float64), expected, atol=atol, rtol=tol["rtol"])
 
 
+def check_se_against_reference(shape, dtype, memory_format, variant, *, device="cpu", seed=0):
+    """Forward and every gradient of fused_attn.squeeze_excitation (on the
+    backend in force) against the float64 reference on the same inputs."""
+    inputs = se_sample(shape, dtype, memory_format, variant, seed=seed, requires_grad=True, device=device)
+    y = fused_attn.squeeze_excitation(*inputs, **se_kwargs(variant))
+    assert y.dtype == dtype and y.shape == inputs[0].shape and y.device == inputs[0].device
+    assert y.is_contiguous(memory_format=memory_format)
+    y_ref, leaves = reference64(*inputs, variant)
+    assert_close(y, y_ref, dtype)
+
+    g = torch.Generator().manual_seed(seed + 1)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    dy = dy.to(memory_format=memory_format)
+    wrt = [t for t in inputs if t is not None]
+    grads = torch.autograd.grad(y, wrt, dy)
+    grads_ref = torch.autograd.grad(y_ref, [t for t in leaves if t is not None], dy.double())
+    for name, gr, g_ref, t in zip(("x", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"), grads, grads_ref, wrt):
+        assert gr.dtype == dtype and gr.shape == t.shape, name
+        assert_close(gr, g_ref, dtype, grad=True)
+
+
 def cpu_backends():
     """Backends that can run on CPU tensors here: the ones under test."""
     return [name for name, s in fused_attn.backends().items() if "cpu" in s.devices]

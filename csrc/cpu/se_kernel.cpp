@@ -115,30 +115,6 @@ bool stream_output(const at::Tensor& out, int64_t row_elems) {
   return whole_lines && static_cast<int64_t>(out.nbytes()) >= threshold;
 }
 
-struct Geometry {
-  at::Tensor x;          // contiguous in `format`
-  at::MemoryFormat format;
-  int64_t N, C, HW;
-  bool cl;               // rows are the C channels of a pixel
-  int64_t row() const { return cl ? C : HW; }  // elements per contiguous row
-};
-
-Geometry geometry(const at::Tensor& x_in) {
-  Geometry g;
-  g.format = x_in.suggest_memory_format();
-  g.x = x_in.contiguous(g.format);
-  g.N = x_in.size(0);
-  g.C = x_in.size(1);
-  g.HW = x_in.size(2) * x_in.size(3);
-  // With H·W == 1 both layouts are the same N×C matrix; its rows are pixels.
-  g.cl = g.format == at::MemoryFormat::ChannelsLast || g.HW == 1;
-  return g;
-}
-
-at::ScalarType acc_dtype(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 at::Tensor rows(const at::Tensor& t, int64_t n0, int64_t nb) { return t.numel() ? t.narrow(0, n0, nb) : t; }
 
 template <typename A>
@@ -207,30 +183,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
     const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& w1, const c10::optional<at::Tensor>& w2,
     const at::Tensor& pooled, const at::Tensor& maxv, const at::Tensor& hidden, const at::Tensor& logits,
     c10::string_view act_name, c10::string_view gate_name, c10::string_view pool_name, bool has_b1, bool has_b2) {
-  check_se_args(x_in, w1, c10::nullopt, w2, c10::nullopt);
-  TORCH_CHECK_VALUE(dy_in.sizes() == x_in.sizes(), "fused_attn: grad_y must have x's shape ", x_in.sizes(),
-                    ", got ", dy_in.sizes());
-  TORCH_CHECK_TYPE(dy_in.scalar_type() == x_in.scalar_type(), "fused_attn: grad_y has dtype ",
-                   dy_in.scalar_type(), " but x has ", x_in.scalar_type());
+  const Pool pool = parse_pool(pool_name);
+  check_se_backward_args(dy_in, x_in, w1, w2, pooled, maxv, hidden, logits, pool);
   const Act act = parse_act(act_name);
   const Gate gate = parse_gate(gate_name);
-  const Pool pool = parse_pool(pool_name);
   const Geometry geo = geometry(x_in);
   const int64_t N = geo.N, C = geo.C, HW = geo.HW;
   const auto acc = acc_dtype(x_in);
   const auto opts = x_in.options().dtype(acc);
   const bool with_max = pool == Pool::AvgMax;
   const bool two = w2.has_value();
-  auto check_saved = [&](const at::Tensor& t, const char* name, int64_t rows_, int64_t cols) {
-    TORCH_CHECK_VALUE(t.scalar_type() == acc && t.dim() == 2 && t.size(0) == rows_ && t.size(1) == cols &&
-                          t.is_contiguous(),
-                      "fused_attn: ", name, " must be a contiguous ", acc, " tensor of shape [", rows_, ", ", cols,
-                      "], got ", t.scalar_type(), " ", t.sizes());
-  };
-  check_saved(pooled, "pooled", N, C);
-  check_saved(logits, "logits", N, C);
-  check_saved(maxv, "maxv", with_max ? N : 0, with_max ? C : 0);
-  check_saved(hidden, "hidden", two ? N : 0, two ? w1.size(0) : 0);
   const at::Tensor dy = dy_in.contiguous(geo.format);
 
   at::Tensor dx = at::empty_like(geo.x);

@@ -1,0 +1,222 @@
+// Squeeze-and-Excitation on CUDA: fused_attn::se_forward / se_backward for the
+// CUDA dispatch key. The torch glue around the kernels of se_forward.cu /
+// se_backward.cu: argument checks, the device guard and current stream, the
+// output allocation, and the excitation on [N, C] tensors.
+//
+// Two phases (DESIGN.md §4): forward 3|x| (pool reads x; the rescale reads x
+// and writes y), backward 4|x| (Σ dy·x reads dy and x; dx reads dy — and x
+// only for the avg+max pool — and writes dx). The excitation runs once per
+// batch as GEMMs over all N samples (cuBLAS through ATen, on the current
+// stream), so the weights are read once, not once per sample. Nothing here
+// synchronizes with the host, so the ops can be captured in CUDA graphs.
+// (c10/cuda only, not ATen/cuda/CUDAContext.h, which needs the cuSPARSE and
+// cuBLAS headers that a minimal CUDA toolkit lacks.)
+#include "../se.h"
+#include "se_cuda.h"
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+namespace fused_attn::cuda {
+namespace {
+
+DType dtype_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::F32;
+    case at::kDouble: return DType::F64;
+    case at::kHalf: return DType::F16;
+    case at::kBFloat16: return DType::BF16;
+    default: TORCH_CHECK_TYPE(false, "fused_attn: unsupported dtype ", t);
+  }
+}
+
+int sm_count(int device) {
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+SePass base_pass(const Geometry& geo) {
+  SePass p;
+  p.dtype = dtype_of(geo.x.scalar_type());
+  p.N = geo.N;
+  p.C = geo.C;
+  p.HW = geo.HW;
+  p.channels_last = geo.cl;
+  p.sm_count = sm_count(geo.x.get_device());
+  p.x = geo.x.const_data_ptr();
+  return p;
+}
+
+const void* ptr_or_null(const at::Tensor& t) { return t.defined() && t.numel() ? t.const_data_ptr() : nullptr; }
+
+at::Tensor activate(Act act, const at::Tensor& h) {
+  switch (act) {
+    case Act::ReLU: return at::relu(h);
+    case Act::SiLU: return at::silu(h);
+    case Act::GELU: return at::gelu(h, "none");
+    case Act::GELUTanh: return at::gelu(h, "tanh");
+    case Act::HardSwish: return at::hardswish(h);
+  }
+  TORCH_CHECK(false, "fused_attn: unknown activation");
+}
+
+// dL/dh from dL/dact(h).
+at::Tensor activate_backward(Act act, const at::Tensor& grad, const at::Tensor& h) {
+  switch (act) {
+    case Act::ReLU: return at::threshold_backward(grad, h, 0);
+    case Act::SiLU: return at::silu_backward(grad, h);
+    case Act::GELU: return at::gelu_backward(grad, h, "none");
+    case Act::GELUTanh: return at::gelu_backward(grad, h, "tanh");
+    case Act::HardSwish: return at::hardswish_backward(grad, h);
+  }
+  TORCH_CHECK(false, "fused_attn: unknown activation");
+}
+
+at::Tensor gate_forward(Gate gate, const at::Tensor& z) {
+  return gate == Gate::Sigmoid ? at::sigmoid(z) : at::hardsigmoid(z);
+}
+
+// dL/dz from dL/dg, g = gate(z). The hard-sigmoid's slope is written out as
+// 1/6 in the accumulation dtype (the reference's definition).
+at::Tensor gate_backward(Gate gate, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g) {
+  if (gate == Gate::Sigmoid) return grad * g * (1 - g);
+  return at::where(z.gt(-3).logical_and_(z.lt(3)), grad / 6, at::zeros_like(grad));
+}
+
+// out = v·wᵀ (+ b), into a preallocated output.
+void linear_into(at::Tensor& out, const at::Tensor& v, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
+  if (b) {
+    at::addmm_out(out, *b, v, w.t());
+  } else {
+    at::mm_out(out, v, w.t());
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cuda(
+    const at::Tensor& x_in, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+    const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2, c10::string_view act_name,
+    c10::string_view gate_name, c10::string_view pool_name) {
+  check_se_args(x_in, w1, b1, w2, b2);
+  const Act act = parse_act(act_name);
+  const Gate gate = parse_gate(gate_name);
+  const Pool pool = parse_pool(pool_name);
+  TORCH_CHECK(x_in.is_cuda(), "fused_attn: se_forward_cuda got x on ", x_in.device());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+
+  const Geometry geo = geometry(x_in);
+  const int64_t N = geo.N, C = geo.C;
+  const auto opts = x_in.options().dtype(acc_dtype(x_in));
+  const bool with_max = pool == Pool::AvgMax;
+  at::Tensor y = at::empty_like(geo.x);
+  at::Tensor pooled = at::empty({N, C}, opts);
+  at::Tensor maxv = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
+  at::Tensor hidden = at::empty({w2 ? N : 0, w2 ? w1.size(0) : 0}, opts);
+  at::Tensor logits = at::empty({N, C}, opts);
+  for (at::Tensor* t : {&y, &pooled, &maxv, &hidden, &logits}) maybe_poison(*t);
+  if (N == 0) return {y, pooled, maxv, hidden, logits};
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  SePass p = base_pass(geo);
+  p.sum = pooled.data_ptr();
+  p.ext = with_max ? maxv.data_ptr() : nullptr;
+  C10_CUDA_CHECK(se_pool(p, stream));
+
+  const SeWeights w = se_weights(w1, b1, w2, b2, opts.dtype().toScalarType());
+  if (w.two_layer()) {
+    linear_into(hidden, pooled, w.w1, w.b1);
+    linear_into(logits, activate(act, hidden), *w.w2, w.b2);
+  } else {
+    linear_into(logits, pooled, w.w1, w.b1);
+  }
+  const at::Tensor g = gate_forward(gate, logits).contiguous();
+
+  SePass s = base_pass(geo);
+  s.out = y.data_ptr();
+  s.g = g.const_data_ptr();
+  C10_CUDA_CHECK(se_scale(s, stream));
+  return {y, pooled, maxv, hidden, logits};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backward_cuda(
+    const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& w1, const c10::optional<at::Tensor>& w2,
+    const at::Tensor& pooled, const at::Tensor& maxv, const at::Tensor& hidden, const at::Tensor& logits,
+    c10::string_view act_name, c10::string_view gate_name, c10::string_view pool_name, bool has_b1, bool has_b2) {
+  const Pool pool = parse_pool(pool_name);
+  check_se_backward_args(dy_in, x_in, w1, w2, pooled, maxv, hidden, logits, pool);
+  const Act act = parse_act(act_name);
+  const Gate gate = parse_gate(gate_name);
+  TORCH_CHECK(x_in.is_cuda(), "fused_attn: se_backward_cuda got x on ", x_in.device());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+
+  const Geometry geo = geometry(x_in);
+  const int64_t N = geo.N, C = geo.C, HW = geo.HW;
+  const auto acc = acc_dtype(x_in);
+  const auto opts = x_in.options().dtype(acc);
+  const bool with_max = pool == Pool::AvgMax;
+  const at::Tensor dy = dy_in.contiguous(geo.format);
+  at::Tensor dx = at::empty_like(geo.x);
+  maybe_poison(dx);
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor s = at::empty({N, C}, opts);
+  at::Tensor cnt = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
+  maybe_poison(s);
+  maybe_poison(cnt);
+  SePass r = base_pass(geo);
+  r.dy = dy.const_data_ptr();
+  r.sum = s.data_ptr();
+  r.ext = with_max ? cnt.data_ptr() : nullptr;
+  r.maxv = with_max ? maxv.const_data_ptr() : nullptr;
+  if (N > 0) C10_CUDA_CHECK(se_reduce(r, stream));
+
+  // The excitation backward for the whole batch: dz = dL/dlogits, then
+  // through the MLP to dL/dpooled, and the weight gradients (one GEMM each).
+  const SeWeights w = se_weights(w1, c10::nullopt, w2, c10::nullopt, acc);
+  const at::Tensor g = gate_forward(gate, logits);
+  const at::Tensor dz = gate_backward(gate, s, logits, g);
+  at::Tensor dw1, db1, dw2, db2, d_first;
+  if (w.two_layer()) {
+    dw2 = dz.t().mm(activate(act, hidden));
+    if (has_b2) db2 = dz.sum(0);
+    d_first = activate_backward(act, dz.mm(*w.w2), hidden);
+  } else {
+    d_first = dz;
+  }
+  dw1 = d_first.t().mm(pooled);
+  if (has_b1) db1 = d_first.sum(0);
+  const at::Tensor dp = d_first.mm(w.w1);
+  // dL/dpooled spread back over H·W: the mean's share to every element, the
+  // max's share split between the tied maxima (as torch.amax's gradient is).
+  const at::Tensor coef_a = (dp * ((with_max ? 0.5 : 1.0) / static_cast<double>(HW))).contiguous();
+  const at::Tensor coef_b = with_max ? (dp * 0.5 / cnt).contiguous() : at::Tensor();
+  const at::Tensor gc = g.contiguous();
+
+  SePass d = base_pass(geo);
+  d.dy = dy.const_data_ptr();
+  d.out = dx.data_ptr();
+  d.g = gc.const_data_ptr();
+  d.a = coef_a.const_data_ptr();
+  d.b = ptr_or_null(coef_b);
+  d.maxv = with_max ? maxv.const_data_ptr() : nullptr;
+  if (N > 0) C10_CUDA_CHECK(se_dx(d, stream));
+
+  auto out = [&](const at::Tensor& t) {
+    return t.defined() ? t.to(w1.scalar_type()).contiguous() : at::empty({0}, w1.options());
+  };
+  return {dx, out(dw1), out(db1), out(dw2), out(db2)};
+}
+
+TORCH_LIBRARY_IMPL(fused_attn, CUDA, m) {
+  m.impl("se_forward", &se_forward_cuda);
+  m.impl("se_backward", &se_backward_cuda);
+}
+
+}  // namespace fused_attn::cuda

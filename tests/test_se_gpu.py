@@ -1,0 +1,218 @@
+"""SE on CUDA tensors: every GPU backend (the CUDA kernels, Triton) against the
+reference over the whole matrix, plus what only a GPU has: vectorized and
+unaligned accesses, CUDA graph capture and replay, streams, 64-bit indexing.
+Skipped without a GPU (conftest.py); bench/gpu_check.sh runs it on one."""
+import pytest
+import torch
+
+import fused_attn
+
+from .test_se_ops import OPCHECK_CASES, check_compile_fullgraph
+from .utils import (DTYPES, FORMATS, SHAPES, VARIANTS, SEVariant, assert_close, check_se_against_reference, ids,
+                    reference64, se_kwargs, se_sample)
+
+pytestmark = pytest.mark.gpu
+
+GPU_BACKENDS = ("cuda", "triton")
+
+# Beyond the odd shapes: rows that take the 16-byte path in one layout or both
+# (H·W and C multiples of 8), several blocks of channels in channels_last, and
+# a ResNet-50 site.
+GPU_SHAPES = SHAPES + [(4, 256, 14, 14), (2, 96, 8, 8), (3, 520, 9, 9), (2, 64, 56, 56)]
+
+
+@pytest.fixture(params=GPU_BACKENDS)
+def backend(request):
+    name = request.param
+    status = fused_attn.backends()[name]
+    if "cuda" not in status.devices:
+        pytest.skip(status.detail)
+    with fused_attn.use_backend(name):
+        yield name
+
+
+def run_se(inputs, variant):
+    return fused_attn.squeeze_excitation(*inputs, **se_kwargs(variant))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids(VARIANTS))
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids(DTYPES))
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=ids(GPU_SHAPES))
+def test_forward_backward_match_reference(backend, shape, dtype, memory_format, variant):
+    check_se_against_reference(shape, dtype, memory_format, variant, device="cuda", seed=hash(shape) % 1000)
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_unaligned_and_strided_inputs(backend, dtype, memory_format):
+    """x starting one element past a 16-byte boundary (the scalar path), a
+    sliced x, and dy in the other layout."""
+    variant = SEVariant(act="silu", pool="avgmax")
+    x, w1, b1, w2, b2 = se_sample((3, 32, 8, 8), dtype, memory_format, variant, seed=3, device="cuda")
+    flat = torch.empty(x.numel() + 1, dtype=dtype, device="cuda")
+    shifted = flat[1:].view(x.permute(0, 2, 3, 1).shape if memory_format == torch.channels_last else x.shape)
+    if memory_format == torch.channels_last:
+        shifted = shifted.permute(0, 3, 1, 2)
+    shifted.copy_(x)
+    assert shifted.data_ptr() % 16 != 0 and shifted.is_contiguous(memory_format=memory_format)
+    for xin in (shifted, x[:, ::2, 1:, :-1]):
+        xin = xin.detach().requires_grad_()
+        C = xin.shape[1]
+        ws = (w1[:, :C].contiguous(), b1, w2[:C].contiguous(), b2[:C].contiguous())
+        y = run_se((xin, *ws), variant)
+        y_ref, leaves = reference64(xin, *ws, variant)
+        assert_close(y, y_ref, dtype)
+        other = torch.channels_last if memory_format == torch.contiguous_format else torch.contiguous_format
+        dy = torch.randn(y.shape, device="cuda").to(dtype).to(memory_format=other)
+        (gx,) = torch.autograd.grad(y, [xin], dy)
+        (gx_ref,) = torch.autograd.grad(y_ref, [leaves[0]], dy.double())
+        assert_close(gx, gx_ref, dtype, grad=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_max_ties_split_gradient_like_amax(backend, dtype, memory_format):
+    variant = SEVariant(pool="avgmax")
+    x, w1, b1, w2, b2 = se_sample((2, 16, 8, 8), dtype, memory_format, variant, seed=11, device="cuda")
+    x = (x.float() * 2).round().clamp(-3, 3).to(dtype).to(memory_format=memory_format).requires_grad_()
+    y = run_se((x, w1, b1, w2, b2), variant)
+    y_ref, leaves = reference64(x, w1, b1, w2, b2, variant)
+    assert_close(y, y_ref, dtype)
+    dy = torch.randn(y.shape, device="cuda").to(dtype)
+    (gx,) = torch.autograd.grad(y, [x], dy)
+    (gx_ref,) = torch.autograd.grad(y_ref, [leaves[0]], dy.double())
+    assert_close(gx, gx_ref, dtype, grad=True)
+
+
+@pytest.mark.parametrize("variant", [VARIANTS[1], VARIANTS[3], VARIANTS[6]], ids=str)
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_gradcheck_float64(backend, variant, memory_format):
+    inputs = se_sample((2, 6, 3, 5), torch.float64, memory_format, variant, seed=2, requires_grad=True,
+                       device="cuda")
+    wrt = [t for t in inputs if t is not None]
+
+    def f(*args):
+        it = iter(args)
+        return run_se([None if t is None else next(it) for t in inputs], variant)
+
+    assert torch.autograd.gradcheck(f, wrt, eps=1e-6, atol=1e-7)
+
+
+def _forward_backward(inputs, variant, dy):
+    y = run_se(inputs, variant)
+    wrt = [t for t in inputs if t is not None]
+    return [y] + list(torch.autograd.grad(y, wrt, dy))
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_deterministic(backend, memory_format):
+    variant = SEVariant(act="silu", pool="avgmax")
+    inputs = se_sample((8, 256, 28, 28), torch.float32, memory_format, variant, seed=5, requires_grad=True,
+                       device="cuda")
+    dy = torch.randn(inputs[0].shape, device="cuda").to(memory_format=memory_format)
+    first = _forward_backward(inputs, variant, dy)
+    for _ in range(3):
+        for a, b in zip(first, _forward_backward(inputs, variant, dy)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_cuda_graph_capture_and_replay(backend, memory_format):
+    """Forward and forward+backward captured in a CUDA graph, replayed on new
+    inputs copied into the static ones, match eager (no host sync, no
+    allocation outside the caching allocator: capture would fail)."""
+    variant = SEVariant(act="silu", pool="avgmax")
+    static = se_sample((4, 64, 14, 14), torch.float32, memory_format, variant, seed=6, requires_grad=True,
+                       device="cuda")
+    static_dy = torch.randn(static[0].shape, device="cuda").to(memory_format=memory_format)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up (Triton compiles, cuBLAS handles) outside the capture
+        for _ in range(2):
+            _forward_backward(static, variant, static_dy)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = _forward_backward(static, variant, static_dy)
+    for seed in (7, 8):
+        fresh = se_sample((4, 64, 14, 14), torch.float32, memory_format, variant, seed=seed, device="cuda")
+        with torch.no_grad():
+            for s, f in zip(static, fresh):
+                s.copy_(f)
+            static_dy.copy_(torch.randn_like(static_dy))
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = _forward_backward(static, variant, static_dy)
+        for a, b in zip(static_out, eager):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_runs_on_the_current_stream_and_device(backend):
+    """Work queued on a side stream sees the op's results after a sync of
+    that stream only (the kernels went to the current stream)."""
+    variant = SEVariant()
+    inputs = se_sample((8, 128, 28, 28), torch.float32, torch.contiguous_format, variant, seed=9, device="cuda")
+    expected = run_se(inputs, variant)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        got = run_se(inputs, variant)
+    side.synchronize()
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}")
+def test_opcheck_cuda(case):
+    if "cuda" not in fused_attn.backends()["cuda"].devices:
+        pytest.skip(fused_attn.backends()["cuda"].detail)
+    shape, dtype, fmt, variant = case
+    inputs = se_sample(shape, dtype, fmt, variant, seed=1, requires_grad=True, device="cuda")
+    args = (*inputs, variant.act, variant.gate, variant.pool)
+    torch.library.opcheck(torch.ops.fused_attn.se_forward.default, args)
+    with torch.no_grad():
+        _, pooled, maxv, hidden, logits = torch.ops.fused_attn.se_forward(*args)
+    x, w1, b1, w2, b2 = [None if t is None else t.detach() for t in inputs]
+    torch.library.opcheck(torch.ops.fused_attn.se_backward.default,
+                          (torch.randn_like(x), x, w1, w2, pooled, maxv, hidden, logits, variant.act, variant.gate,
+                           variant.pool, b1 is not None, b2 is not None))
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_compile_fullgraph_cuda(memory_format):
+    if "cuda" not in fused_attn.backends()["cuda"].devices:
+        pytest.skip(fused_attn.backends()["cuda"].detail)
+    check_compile_fullgraph("cuda", "cuda", memory_format)
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_64bit_indexing(backend, memory_format):
+    """x with more than 2**31 elements (bf16, 4.3 GB): offsets past int32 are
+    right. Checked on the last samples' channels, where they are largest."""
+    N, C, H, W = 2, 64, 4100, 4100     # 2.15e9 elements
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip(f"needs 24 GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn((N, C, H, W), generator=g, device="cuda", dtype=torch.bfloat16)
+    x = x.to(memory_format=memory_format)
+    w1 = torch.randn(16, C, device="cuda", dtype=torch.bfloat16) * C ** -0.5
+    w2 = torch.randn(C, 16, device="cuda", dtype=torch.bfloat16) * 0.25
+    x.requires_grad_()
+    y = fused_attn.squeeze_excitation(x, w1, None, w2, None)
+    dy = torch.ones_like(y)
+    (gx,) = torch.autograd.grad(y, [x], dy)
+    # The gate per (n, c), from an independent float64 pool, then spot checks
+    # of y = x·g and of dx in the last sample.
+    p = x.detach().mean((2, 3), dtype=torch.float64)
+    z = torch.relu(p @ w1.double().t()) @ w2.double().t()
+    gate = torch.sigmoid(z)
+    xs, ys, gxs = x.detach()[-1, :, -8:, -8:].double(), y[-1, :, -8:, -8:].double(), gx[-1, :, -8:, -8:].double()
+    torch.testing.assert_close(ys, xs * gate[-1, :, None, None], atol=2e-2, rtol=2e-2)
+    # dL/dp = Σ_hw x (dy = 1), through the gate and the MLP, spread over H·W.
+    s = x.detach().sum((2, 3), dtype=torch.float64)
+    dz = s * gate * (1 - gate)
+    hid = p @ w1.double().t()
+    dp = ((dz @ w2.double()) * (hid > 0)) @ w1.double()
+    expected = gate[-1, :, None, None] + dp[-1, :, None, None] / (H * W)
+    torch.testing.assert_close(gxs, expected.expand_as(gxs), atol=2e-2, rtol=2e-2)
