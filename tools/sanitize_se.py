@@ -1,0 +1,44 @@
+"""A small SE forward + backward on CUDA tensors over every variant, dtype and
+layout, for compute-sanitizer (bench/gpu_check.sh runs it under memcheck and
+racecheck). Shapes are small — the sanitizer is slow — but cover both the
+16-byte and the scalar paths, tails, and several blocks per sample.
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python tools/sanitize_se.py [backend]
+"""
+import sys
+
+import torch
+
+import fused_attn
+
+SHAPES = [(2, 3, 5, 7), (2, 40, 8, 8), (1, 264, 4, 4)]
+VARIANTS = [dict(act="relu", gate="sigmoid", pool="avg", bias=True, effective=False),
+            dict(act="silu", gate="hard_sigmoid", pool="avgmax", bias=False, effective=False),
+            dict(act="relu", gate="sigmoid", pool="avgmax", bias=True, effective=True)]
+
+
+def main(backend="cuda"):
+    torch.manual_seed(0)
+    checked = 0
+    with fused_attn.use_backend(backend):
+        for shape in SHAPES:
+            N, C, H, W = shape
+            for v in VARIANTS:
+                rd = C if v["effective"] else max(1, C // 4)
+                for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+                    for fmt in (torch.contiguous_format, torch.channels_last):
+                        x = torch.randn(shape, device="cuda", dtype=dtype).to(memory_format=fmt).requires_grad_()
+                        w1 = torch.randn(rd, C, device="cuda", dtype=dtype, requires_grad=True)
+                        b1 = torch.randn(rd, device="cuda", dtype=dtype, requires_grad=True) if v["bias"] else None
+                        w2 = None if v["effective"] else torch.randn(C, rd, device="cuda", dtype=dtype,
+                                                                     requires_grad=True)
+                        y = fused_attn.squeeze_excitation(x, w1, b1, w2, None, act=v["act"], gate=v["gate"],
+                                                          pool=v["pool"])
+                        y.backward(torch.randn_like(y))
+                        checked += 1
+    torch.cuda.synchronize()
+    print(f"sanitize_se: {checked} forward+backward runs on backend {backend!r}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
