@@ -13,6 +13,7 @@
 #include "se_cpu_isa.h"
 #include "se_excite.h"
 #include "se_cpu_jobs.h"
+#include "channel_gate.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -124,6 +125,87 @@ A* ptr_or_null(const at::Tensor& t, int64_t offset) {
 
 }  // namespace
 
+void gate_forward_cpu(const Geometry& geo, at::Tensor& y, at::Tensor& pooled, at::Tensor& maxv,
+                      const ExciteForward& excite) {
+  const int64_t N = geo.N, C = geo.C, HW = geo.HW;
+  if (N == 0) return;
+  const at::Tensor& x = geo.x;
+  const auto opts = pooled.options();
+  const int64_t chunk = chunk_samples(N, C * HW * static_cast<int64_t>(x.element_size()) * 2);
+  const bool nt = stream_output(y, geo.row());
+  // Software pipeline over chunks: chunk k is rescaled in the same parallel
+  // pass that pools chunk k + 1.
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gate_forward_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    using Pool = PoolJob<scalar_t>;
+    using Scale = ScaleJob<scalar_t>;
+    const Kernels<scalar_t> k = kernels<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    auto pool_job = [&](int64_t n0) {
+      if (n0 >= N) return Pool{};
+      return Pool{xp + n0 * C * HW, std::min(chunk, N - n0), pooled.data_ptr<A>() + n0 * C,
+                  ptr_or_null<A>(maxv, n0 * C)};
+    };
+    at::Tensor gates = at::empty({std::min(chunk, N), C}, opts);
+    k.forward(Scale{}, pool_job(0), C, HW, geo.cl, nt);
+    for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+      const int64_t nb = std::min(chunk, N - n0);
+      at::Tensor g = gates.narrow(0, 0, nb);
+      excite(n0, nb, g);
+      const int64_t off = n0 * C * HW;
+      k.forward(Scale{xp + off, yp + off, g.data_ptr<A>(), nb}, pool_job(n0 + chunk), C, HW, geo.cl, nt);
+    }
+  });
+}
+
+void gate_backward_cpu(const Geometry& geo, const at::Tensor& dy, const at::Tensor& maxv, at::Tensor& dx,
+                       const ExciteBackward& excite) {
+  const int64_t N = geo.N, C = geo.C, HW = geo.HW;
+  if (N == 0) return;
+  const at::Tensor& x = geo.x;
+  const bool with_max = maxv.numel() > 0;
+  const auto opts = x.options().dtype(acc_dtype(x));
+  at::Tensor s = at::empty({N, C}, opts);
+  at::Tensor cnt = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
+  // A chunk touches dy, x and dx.
+  const int64_t chunk = chunk_samples(N, C * HW * static_cast<int64_t>(x.element_size()) * 3);
+  const bool nt = stream_output(dx, geo.row());
+  // The same pipeline as the forward: dx of chunk k and Σ dy·x of chunk
+  // k + 1 in one pass.
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gate_backward_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    using Reduce = ReduceJob<scalar_t>;
+    using Dx = DxJob<scalar_t>;
+    const Kernels<scalar_t> k = kernels<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* dyp = dy.data_ptr<scalar_t>();
+    scalar_t* dxp = dx.data_ptr<scalar_t>();
+    auto reduce_job = [&](int64_t n0) {
+      if (n0 >= N) return Reduce{};
+      const int64_t off = n0 * C * HW;
+      return Reduce{dyp + off, xp + off, ptr_or_null<A>(maxv, n0 * C), std::min(chunk, N - n0),
+                    s.data_ptr<A>() + n0 * C, ptr_or_null<A>(cnt, n0 * C)};
+    };
+    k.backward(Dx{}, reduce_job(0), C, HW, geo.cl, nt);
+    const int64_t max_nb = std::min(chunk, N);
+    at::Tensor gates = at::empty({max_nb, C}, opts), dps = at::empty({max_nb, C}, opts);
+    for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+      const int64_t nb = std::min(chunk, N - n0);
+      const int64_t off = n0 * C * HW;
+      at::Tensor g = gates.narrow(0, 0, nb), dp = dps.narrow(0, 0, nb);
+      excite(n0, nb, s.narrow(0, n0, nb), g, dp);
+      // Split dL/dp between the mean (spread over H·W) and the max (spread
+      // over the tied maxima, as torch.amax's gradient is).
+      const at::Tensor a = dp.mul((with_max ? 0.5 : 1.0) / static_cast<double>(HW));
+      const at::Tensor b = with_max ? dp.mul(0.5).div_(cnt.narrow(0, n0, nb)) : at::Tensor();
+      const Dx job{dyp + off, xp + off, dxp + off, g.data_ptr<A>(), a.data_ptr<A>(),
+                   with_max ? b.data_ptr<A>() : nullptr, ptr_or_null<A>(maxv, n0 * C), nb};
+      k.backward(job, reduce_job(n0 + chunk), C, HW, geo.cl, nt);
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forward_cpu(
     const at::Tensor& x_in, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
     const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2, c10::string_view act_name,
@@ -135,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   TORCH_CHECK(x_in.device().is_cpu(), "fused_attn: se_forward_cpu got x on ", x_in.device());
 
   const Geometry geo = geometry(x_in);
-  const int64_t N = geo.N, C = geo.C, HW = geo.HW;
+  const int64_t N = geo.N, C = geo.C;
   const auto opts = x_in.options().dtype(acc_dtype(x_in));
   const bool with_max = pool == Pool::AvgMax;
   at::Tensor y = at::empty_like(geo.x);
@@ -147,34 +229,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   if (N == 0) return {y, pooled, maxv, hidden, logits};
 
   const SeWeights w = se_weights(w1, b1, w2, b2, opts.dtype().toScalarType());
-  const int64_t chunk = chunk_samples(N, C * HW * static_cast<int64_t>(x_in.element_size()) * 2);
-  const bool nt = stream_output(y, geo.row());
-
-  // Software pipeline over chunks: chunk k is rescaled in the same parallel
-  // pass that pools chunk k + 1.
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "se_forward_cpu", [&] {
-    using A = acc_t<scalar_t>;
-    using Pool = PoolJob<scalar_t>;
-    using Scale = ScaleJob<scalar_t>;
-    const Kernels<scalar_t> k = kernels<scalar_t>();
-    const scalar_t* xp = geo.x.data_ptr<scalar_t>();
-    scalar_t* yp = y.data_ptr<scalar_t>();
-    auto pool_job = [&](int64_t n0) {
-      if (n0 >= N) return Pool{};
-      return Pool{xp + n0 * C * HW, std::min(chunk, N - n0), pooled.data_ptr<A>() + n0 * C,
-                  ptr_or_null<A>(maxv, n0 * C)};
-    };
-    at::Tensor gates = at::empty({std::min(chunk, N), C}, opts);
-    k.forward(Scale{}, pool_job(0), C, HW, geo.cl, nt);
-    for (int64_t n0 = 0; n0 < N; n0 += chunk) {
-      const int64_t nb = std::min(chunk, N - n0);
-      at::Tensor h = rows(hidden, n0, nb);
-      at::Tensor z = logits.narrow(0, n0, nb);
-      at::Tensor g = gates.narrow(0, 0, nb);
-      excite_forward(w, act, gate, pooled.narrow(0, n0, nb), h, z, g);
-      const int64_t off = n0 * C * HW;
-      k.forward(Scale{xp + off, yp + off, g.data_ptr<A>(), nb}, pool_job(n0 + chunk), C, HW, geo.cl, nt);
-    }
+  gate_forward_cpu(geo, y, pooled, maxv, [&](int64_t n0, int64_t nb, at::Tensor& g) {
+    at::Tensor h = rows(hidden, n0, nb);
+    at::Tensor z = logits.narrow(0, n0, nb);
+    excite_forward(w, act, gate, pooled.narrow(0, n0, nb), h, z, g);
   });
   return {y, pooled, maxv, hidden, logits};
 }
@@ -187,11 +245,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   check_se_backward_args(dy_in, x_in, w1, w2, pooled, maxv, hidden, logits, pool);
   const Act act = parse_act(act_name);
   const Gate gate = parse_gate(gate_name);
+  TORCH_CHECK(x_in.device().is_cpu(), "fused_attn: se_backward_cpu got x on ", x_in.device());
   const Geometry geo = geometry(x_in);
-  const int64_t N = geo.N, C = geo.C, HW = geo.HW;
+  const int64_t N = geo.N, C = geo.C;
   const auto acc = acc_dtype(x_in);
   const auto opts = x_in.options().dtype(acc);
-  const bool with_max = pool == Pool::AvgMax;
   const bool two = w2.has_value();
   const at::Tensor dy = dy_in.contiguous(geo.format);
 
@@ -199,50 +257,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   maybe_poison(dx);
   const SeWeights w = se_weights(w1, c10::nullopt, w2, c10::nullopt, acc);
   const int64_t rd = w1.size(0);
-  at::Tensor dz = at::zeros({N, C}, opts);          // dL/dlogits, every sample: for the weight gradients
+  at::Tensor dz = at::zeros({N, C}, opts);             // dL/dlogits, every sample: for the weight gradients
   at::Tensor dh = at::zeros({two ? N : 0, rd}, opts);  // dL/dhidden
-  if (N > 0) {
-    at::Tensor s = at::empty({N, C}, opts);
-    at::Tensor cnt = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
-    // A chunk touches dy, x and dx.
-    const int64_t chunk = chunk_samples(N, C * HW * static_cast<int64_t>(x_in.element_size()) * 3);
-    const bool nt = stream_output(dx, geo.row());
-    // The same pipeline as the forward: dx of chunk k and Σ dy·x of chunk
-    // k + 1 in one pass.
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "se_backward_cpu", [&] {
-      using A = acc_t<scalar_t>;
-      using Reduce = ReduceJob<scalar_t>;
-      using Dx = DxJob<scalar_t>;
-      const Kernels<scalar_t> k = kernels<scalar_t>();
-      const scalar_t* xp = geo.x.data_ptr<scalar_t>();
-      const scalar_t* dyp = dy.data_ptr<scalar_t>();
-      scalar_t* dxp = dx.data_ptr<scalar_t>();
-      auto reduce_job = [&](int64_t n0) {
-        if (n0 >= N) return Reduce{};
-        const int64_t off = n0 * C * HW;
-        return Reduce{dyp + off, xp + off, ptr_or_null<A>(maxv, n0 * C), std::min(chunk, N - n0),
-                      s.data_ptr<A>() + n0 * C, ptr_or_null<A>(cnt, n0 * C)};
-      };
-      k.backward(Dx{}, reduce_job(0), C, HW, geo.cl, nt);
-      const int64_t max_nb = std::min(chunk, N);
-      at::Tensor gates = at::empty({max_nb, C}, opts), dps = at::empty({max_nb, C}, opts);
-      for (int64_t n0 = 0; n0 < N; n0 += chunk) {
-        const int64_t nb = std::min(chunk, N - n0);
-        const int64_t off = n0 * C * HW;
-        at::Tensor g = gates.narrow(0, 0, nb), dp = dps.narrow(0, 0, nb);
-        at::Tensor dz_c = dz.narrow(0, n0, nb), dh_c = rows(dh, n0, nb);
-        excite_backward(w, act, gate, s.narrow(0, n0, nb), rows(hidden, n0, nb), logits.narrow(0, n0, nb), g, dz_c,
-                        dh_c, dp);
-        // Split dL/dp between the mean (spread over H·W) and the max (spread
-        // over the tied maxima, as torch.amax's gradient is).
-        const at::Tensor a = dp.mul((with_max ? 0.5 : 1.0) / static_cast<double>(HW));
-        const at::Tensor b = with_max ? dp.mul(0.5).div_(cnt.narrow(0, n0, nb)) : at::Tensor();
-        const Dx job{dyp + off, xp + off, dxp + off, g.data_ptr<A>(), a.data_ptr<A>(),
-                     with_max ? b.data_ptr<A>() : nullptr, ptr_or_null<A>(maxv, n0 * C), nb};
-        k.backward(job, reduce_job(n0 + chunk), C, HW, geo.cl, nt);
-      }
-    });
-  }
+  gate_backward_cpu(geo, dy, maxv, dx, [&](int64_t n0, int64_t nb, const at::Tensor& s, at::Tensor& g, at::Tensor& dp) {
+    at::Tensor dz_c = dz.narrow(0, n0, nb), dh_c = rows(dh, n0, nb);
+    excite_backward(w, act, gate, s, rows(hidden, n0, nb), logits.narrow(0, n0, nb), g, dz_c, dh_c, dp);
+  });
   const ExciteWeightGrads grads = excite_weight_grads(w, act, pooled, hidden, dz, dh, has_b1, has_b2 && two);
   auto out = [&](const at::Tensor& t) {
     return t.defined() ? t.to(w1.scalar_type()).contiguous() : at::empty({0}, w1.options());

@@ -1,0 +1,33 @@
+// The big-tensor passes every channel gate shares on the CPU (SE, ECA):
+// pool → excitation on [N, C] → rescale, and Σ dy·x → excitation backward →
+// dx, walked in cache-sized chunks of whole samples (se_kernel.cpp). Each op
+// supplies only its excitation, per chunk.
+#pragma once
+
+#include "../se.h"
+
+#include <cstdint>
+#include <functional>
+
+namespace fused_attn::cpu {
+
+// Fills g [nb, C] (the gate of samples n0 .. n0 + nb, accumulation dtype)
+// from the pooled rows of those samples, which are final when it is called.
+using ExciteForward = std::function<void(int64_t n0, int64_t nb, at::Tensor& g)>;
+// From s = Σ_hw dy·x [nb, C] of samples n0 .. n0 + nb: fills g (the gate) and
+// dp = dL/dpooled [nb, C].
+using ExciteBackward =
+    std::function<void(int64_t n0, int64_t nb, const at::Tensor& s, at::Tensor& g, at::Tensor& dp)>;
+
+// y = x · g. pooled [N, C] (acc dtype) receives the pool: mean, or
+// 0.5·mean + 0.5·max with maxv [N, C] receiving the max when maxv is not
+// empty. y is dense like geo.x.
+void gate_forward_cpu(const Geometry& geo, at::Tensor& y, at::Tensor& pooled, at::Tensor& maxv,
+                      const ExciteForward& excite);
+
+// dx = dy·g + dL/dpooled spread over H·W (the max's share over its tied
+// maxima when maxv is not empty). dy is dense like geo.x.
+void gate_backward_cpu(const Geometry& geo, const at::Tensor& dy, const at::Tensor& maxv, at::Tensor& dx,
+                       const ExciteBackward& excite);
+
+}  // namespace fused_attn::cpu
