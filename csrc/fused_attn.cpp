@@ -25,6 +25,15 @@ TORCH_LIBRARY(fused_attn, m) {
       "se_backward(Tensor grad_y, Tensor x, Tensor fc1_weight, Tensor? fc2_weight, Tensor pooled, Tensor maxv, "
       "Tensor hidden, Tensor logits, str act, str gate, str pool, bool has_fc1_bias, bool has_fc2_bias) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Efficient Channel Attention. conv_weight is [k] (k odd), conv_bias [1].
+  // Returns (y, pooled, logits); pooled and logits [N, C] in the
+  // accumulation dtype.
+  m.def("eca_forward(Tensor x, Tensor conv_weight, Tensor? conv_bias, str padding, str gate) -> (Tensor, Tensor, Tensor)");
+  // Returns (grad_x, grad_conv_weight, grad_conv_bias); grad_conv_bias is a
+  // [0] tensor when there is no bias.
+  m.def(
+      "eca_backward(Tensor grad_y, Tensor x, Tensor conv_weight, Tensor pooled, Tensor logits, str padding, "
+      "str gate, bool has_bias) -> (Tensor, Tensor, Tensor)");
 }
 
 #ifndef FUSED_ATTN_WITH_CUDA

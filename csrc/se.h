@@ -70,6 +70,12 @@ struct Geometry {
 };
 Geometry geometry(const at::Tensor& x);
 
+// The gates on [N, C] tensors, in ATen ops (any device): g = gate(z), and
+// dL/dz from dL/dg. The hard-sigmoid's slope is written out as 1/6 in z's
+// dtype (the reference's definition).
+at::Tensor gate_forward(Gate gate, const at::Tensor& z);
+at::Tensor gate_backward(Gate gate, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g);
+
 // Debug aid for tests: when FUSED_ATTN_DEBUG_POISON is set, freshly allocated
 // outputs are filled with NaN before a kernel writes them, so an element the
 // kernel forgets to write shows up as a mismatch.

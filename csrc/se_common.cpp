@@ -2,6 +2,13 @@
 // run before any memory is touched, the weights in the accumulation dtype.
 #include "se.h"
 
+#include <ATen/ops/div.h>
+#include <ATen/ops/hardsigmoid.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/neg.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
@@ -116,6 +123,15 @@ Geometry geometry(const at::Tensor& x) {
   g.HW = x.size(2) * x.size(3);
   g.cl = g.format == at::MemoryFormat::ChannelsLast || g.HW == 1;
   return g;
+}
+
+at::Tensor gate_forward(Gate gate, const at::Tensor& z) {
+  return gate == Gate::Sigmoid ? at::sigmoid(z) : at::hardsigmoid(z);
+}
+
+at::Tensor gate_backward(Gate gate, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g) {
+  if (gate == Gate::Sigmoid) return grad.mul(g).mul_(g.neg().add_(1));
+  return at::where(z.gt(-3).logical_and_(z.lt(3)), grad.div(6), at::zeros_like(grad));
 }
 
 bool poison_enabled() {

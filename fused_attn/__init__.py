@@ -1,6 +1,7 @@
 """fused_attn: fused kernels for the channel-attention blocks of CNNs.
 
     y = fused_attn.squeeze_excitation(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    y = fused_attn.efficient_channel_attention(x, conv_weight, padding="zeros")
     se = fused_attn.nn.SqueezeExcite.from_module(timm_or_torchvision_se_module)
 
 ``fused_attn.backends()`` tells which implementations can run here;
@@ -9,10 +10,10 @@
 from . import _extension, ops, reference
 from . import nn  # noqa: F401  (fused_attn.nn.SqueezeExcite)
 from ._backends import BACKENDS, backends, current_choice, use_backend
-from .functional import squeeze_excitation
+from .functional import efficient_channel_attention, squeeze_excitation
 
 HAS_C = _extension.HAS_C
 
 __version__ = "0.1.0"
-__all__ = ["BACKENDS", "HAS_C", "backends", "current_choice", "nn", "ops", "reference",
-           "squeeze_excitation", "use_backend"]
+__all__ = ["BACKENDS", "HAS_C", "backends", "current_choice", "efficient_channel_attention", "nn", "ops",
+           "reference", "squeeze_excitation", "use_backend"]

@@ -2,6 +2,7 @@
 import torch
 
 from . import _backends, reference
+from .ops import eca as _eca
 from .ops import se as _se
 
 
@@ -52,3 +53,41 @@ def squeeze_excitation(x, fc1_weight, fc1_bias=None, fc2_weight=None, fc2_bias=N
         return reference.squeeze_excitation(x, w1, fc1_bias, w2, fc2_bias, act=act, gate=gate, pool=pool)
     op = torch.ops.fused_attn.se_forward_triton if backend == "triton" else torch.ops.fused_attn.se_forward
     return op(x, w1, fc1_bias, w2, fc2_bias, act, gate, pool)[0]
+
+
+def efficient_channel_attention(x, conv_weight, conv_bias=None, *, padding="zeros", gate="sigmoid"):
+    """Efficient Channel Attention (ECA / CECA), fused: one pass to pool, one to rescale.
+
+    Args:
+        x: [N, C, H, W], float32 / float64 / float16 / bfloat16, NCHW or
+            channels_last (the output keeps the input's memory format).
+        conv_weight: [k] or [1, 1, k] (a ``Conv1d(1, 1, k)`` weight), k odd.
+        conv_bias: [1] or None (timm ``CecaModule`` with ``act_layer``).
+        padding: "zeros" (timm ``EcaModule``, official ``eca_layer``) or
+            "circular" (timm ``CecaModule``; wraps modulo C, so C < k works).
+        gate: "sigmoid" or "hard_sigmoid".
+
+    Returns:
+        [N, C, H, W] in x's dtype and memory format; pooling and the
+        convolution accumulate in float32 (float64 for float64 inputs).
+
+    Equivalent to::
+
+        k = conv_weight.numel(); pad = (k - 1) // 2
+        p = x.mean((2, 3))[:, None, :]                              # [N, 1, C]
+        p = F.pad(p, (pad, pad), mode="constant" or "circular")
+        z = F.conv1d(p, conv_weight.view(1, 1, k), conv_bias)[:, 0]  # [N, C]
+        y = x * gate(z)[:, :, None, None]
+    """
+    _eca.check_eca_names(padding, gate)
+    w = conv_weight
+    if isinstance(w, torch.Tensor) and w.dim() == 3:
+        if w.shape[0] != 1 or w.shape[1] != 1:
+            raise ValueError(f"conv_weight must be [k] or [1, 1, k], got shape {list(w.shape)}")
+        w = w.reshape(-1)
+    _eca.check_eca_args(x, w, conv_bias)
+    backend = _backends.resolve(x.device.type)
+    if backend == "reference":
+        return reference.efficient_channel_attention(x, w, conv_bias, padding=padding, gate=gate)
+    op = torch.ops.fused_attn.eca_forward_triton if backend == "triton" else torch.ops.fused_attn.eca_forward
+    return op(x, w, conv_bias, padding, gate)[0]

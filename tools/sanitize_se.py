@@ -1,4 +1,4 @@
-"""A small SE forward + backward on CUDA tensors over every variant, dtype and
+"""Small SE and ECA forwards + backwards on CUDA tensors over every variant, dtype and
 layout, for compute-sanitizer (bench/gpu_check.sh runs it under memcheck and
 racecheck). Shapes are small — the sanitizer is slow — but cover both the
 16-byte and the scalar paths, tails, and several blocks per sample.
@@ -36,8 +36,17 @@ def main(backend="cuda"):
                                                           pool=v["pool"])
                         y.backward(torch.randn_like(y))
                         checked += 1
+        for shape in SHAPES:
+            for padding, k in (("zeros", 3), ("circular", 9)):
+                for dtype in (torch.float32, torch.bfloat16):
+                    for fmt in (torch.contiguous_format, torch.channels_last):
+                        x = torch.randn(shape, device="cuda", dtype=dtype).to(memory_format=fmt).requires_grad_()
+                        w = torch.randn(k, device="cuda", dtype=dtype, requires_grad=True)
+                        y = fused_attn.efficient_channel_attention(x, w, padding=padding)
+                        y.backward(torch.randn_like(y))
+                        checked += 1
     torch.cuda.synchronize()
-    print(f"sanitize_se: {checked} forward+backward runs on backend {backend!r}")
+    print(f"sanitize_se: {checked} forward+backward runs (SE and ECA) on backend {backend!r}")
 
 
 if __name__ == "__main__":

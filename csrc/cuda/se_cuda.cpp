@@ -10,50 +10,19 @@
 // stream), so the weights are read once, not once per sample. Nothing here
 // synchronizes with the host, so the ops can be captured in CUDA graphs.
 // (c10/cuda only, not ATen/cuda/CUDAContext.h, which needs the cuSPARSE and
-// cuBLAS headers that a minimal CUDA toolkit lacks.)
+// cuBLAS headers that a minimal CUDA toolkit lacks.) The passes over x are
+// channel_gate.h's, shared with ECA.
 #include "../se.h"
-#include "se_cuda.h"
+#include "channel_gate.h"
 
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <tuple>
 
 namespace fused_attn::cuda {
 namespace {
-
-DType dtype_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::F32;
-    case at::kDouble: return DType::F64;
-    case at::kHalf: return DType::F16;
-    case at::kBFloat16: return DType::BF16;
-    default: TORCH_CHECK_TYPE(false, "fused_attn: unsupported dtype ", t);
-  }
-}
-
-int sm_count(int device) {
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
-
-SePass base_pass(const Geometry& geo) {
-  SePass p;
-  p.dtype = dtype_of(geo.x.scalar_type());
-  p.N = geo.N;
-  p.C = geo.C;
-  p.HW = geo.HW;
-  p.channels_last = geo.cl;
-  p.sm_count = sm_count(geo.x.get_device());
-  p.x = geo.x.const_data_ptr();
-  return p;
-}
-
-const void* ptr_or_null(const at::Tensor& t) { return t.defined() && t.numel() ? t.const_data_ptr() : nullptr; }
 
 at::Tensor activate(Act act, const at::Tensor& h) {
   switch (act) {
@@ -76,17 +45,6 @@ at::Tensor activate_backward(Act act, const at::Tensor& grad, const at::Tensor& 
     case Act::HardSwish: return at::hardswish_backward(grad, h);
   }
   TORCH_CHECK(false, "fused_attn: unknown activation");
-}
-
-at::Tensor gate_forward(Gate gate, const at::Tensor& z) {
-  return gate == Gate::Sigmoid ? at::sigmoid(z) : at::hardsigmoid(z);
-}
-
-// dL/dz from dL/dg, g = gate(z). The hard-sigmoid's slope is written out as
-// 1/6 in the accumulation dtype (the reference's definition).
-at::Tensor gate_backward(Gate gate, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g) {
-  if (gate == Gate::Sigmoid) return grad * g * (1 - g);
-  return at::where(z.gt(-3).logical_and_(z.lt(3)), grad / 6, at::zeros_like(grad));
 }
 
 // out = v·wᵀ (+ b), into a preallocated output.
@@ -123,11 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   for (at::Tensor* t : {&y, &pooled, &maxv, &hidden, &logits}) maybe_poison(*t);
   if (N == 0) return {y, pooled, maxv, hidden, logits};
 
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  SePass p = base_pass(geo);
-  p.sum = pooled.data_ptr();
-  p.ext = with_max ? maxv.data_ptr() : nullptr;
-  C10_CUDA_CHECK(se_pool(p, stream));
+  pool_pass(geo, pooled, maxv);
 
   const SeWeights w = se_weights(w1, b1, w2, b2, opts.dtype().toScalarType());
   if (w.two_layer()) {
@@ -138,10 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   }
   const at::Tensor g = gate_forward(gate, logits).contiguous();
 
-  SePass s = base_pass(geo);
-  s.out = y.data_ptr();
-  s.g = g.const_data_ptr();
-  C10_CUDA_CHECK(se_scale(s, stream));
+  scale_pass(geo, g, y);
   return {y, pooled, maxv, hidden, logits};
 }
 
@@ -157,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   const c10::cuda::CUDAGuard guard(x_in.device());
 
   const Geometry geo = geometry(x_in);
-  const int64_t N = geo.N, C = geo.C, HW = geo.HW;
+  const int64_t N = geo.N, C = geo.C;
   const auto acc = acc_dtype(x_in);
   const auto opts = x_in.options().dtype(acc);
   const bool with_max = pool == Pool::AvgMax;
@@ -165,17 +116,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   at::Tensor dx = at::empty_like(geo.x);
   maybe_poison(dx);
 
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor s = at::empty({N, C}, opts);
   at::Tensor cnt = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
   maybe_poison(s);
   maybe_poison(cnt);
-  SePass r = base_pass(geo);
-  r.dy = dy.const_data_ptr();
-  r.sum = s.data_ptr();
-  r.ext = with_max ? cnt.data_ptr() : nullptr;
-  r.maxv = with_max ? maxv.const_data_ptr() : nullptr;
-  if (N > 0) C10_CUDA_CHECK(se_reduce(r, stream));
+  if (N > 0) reduce_pass(geo, dy, maxv, s, cnt);
 
   // The excitation backward for the whole batch: dz = dL/dlogits, then
   // through the MLP to dL/dpooled, and the weight gradients (one GEMM each).
@@ -193,20 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   dw1 = d_first.t().mm(pooled);
   if (has_b1) db1 = d_first.sum(0);
   const at::Tensor dp = d_first.mm(w.w1);
-  // dL/dpooled spread back over H·W: the mean's share to every element, the
-  // max's share split between the tied maxima (as torch.amax's gradient is).
-  const at::Tensor coef_a = (dp * ((with_max ? 0.5 : 1.0) / static_cast<double>(HW))).contiguous();
-  const at::Tensor coef_b = with_max ? (dp * 0.5 / cnt).contiguous() : at::Tensor();
-  const at::Tensor gc = g.contiguous();
-
-  SePass d = base_pass(geo);
-  d.dy = dy.const_data_ptr();
-  d.out = dx.data_ptr();
-  d.g = gc.const_data_ptr();
-  d.a = coef_a.const_data_ptr();
-  d.b = ptr_or_null(coef_b);
-  d.maxv = with_max ? maxv.const_data_ptr() : nullptr;
-  if (N > 0) C10_CUDA_CHECK(se_dx(d, stream));
+  if (N > 0) input_grad_pass(geo, dy, g, dp, maxv, cnt, dx);
 
   auto out = [&](const at::Tensor& t) {
     return t.defined() ? t.to(w1.scalar_type()).contiguous() : at::empty({0}, w1.options());

@@ -277,7 +277,9 @@ void launch_apply_v(const SePass& p, cudaStream_t stream) {
 
 template <typename T, bool BWD>
 cudaError_t launch_reduce(const SePass& p, cudaStream_t stream) {
-  if (p.N * p.C * p.HW == 0) return cudaSuccess;
+  // H·W == 0 still writes every (n, c): the mean of nothing is NaN (0/0), as
+  // torch's is, and the sums are 0.
+  if (p.N * p.C == 0) return cudaSuccess;
   const bool with_max = p.ext != nullptr;
   const bool vec = can_vectorize<T>(p, {p.x, BWD ? p.dy : nullptr});
   if (with_max) {

@@ -136,7 +136,7 @@ def _tl_acc(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _dense(x):
+def dense(x):
     """x contiguous in its suggested memory format, and its (n, c, hw) strides."""
     from torch._prims_common import suggest_memory_format
 
@@ -162,11 +162,67 @@ def _act_backward(act, grad, h):
     return torch.ops.aten.hardswish_backward(grad, h)
 
 
-def _gate_backward(gate, grad, z, g):
+def gate_backward(gate, grad, z, g):
     if gate == "sigmoid":
         return grad * (1 - g) * g
     # Written out: ATen's CPU hardsigmoid_backward uses a float32 1/6.
     return torch.where((z > -3) & (z < 3), grad / 6, torch.zeros_like(grad))
+
+
+# ---- the passes over the big tensors, shared with ECA (triton/eca.py) -------
+# Each takes x dense (``dense``) with its (n, c, hw) strides.
+
+def pool_pass(x, strides, with_max):
+    """pooled [N, C] (mean, or 0.5·mean + 0.5·max) and maxv ([0, 0] unless with_max)."""
+    N, C, H, W = x.shape
+    acc = acc_dtype(x.dtype)
+    pooled = x.new_empty((N, C), dtype=acc)
+    maxv = x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
+    if N > 0 and C > 0:
+        grid = (N, triton.cdiv(C, _BLOCK_C))
+        inv_hw = 1.0 / (H * W) if H * W else float("nan")  # the mean of nothing is NaN, as torch's is
+        wrap_triton(_pool_kernel)[grid](x, pooled, maxv, C, H * W, *strides, inv_hw, WITH_MAX=with_max,
+                                        ACC=_tl_acc(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    return pooled, maxv
+
+
+def scale_pass(x, strides, g):
+    """y = x · g[:, :, None, None], in x's layout."""
+    N, C, H, W = x.shape
+    y = _new_output(x)
+    if x.numel() > 0:
+        grid = (N, triton.cdiv(C, _BLOCK_C), triton.cdiv(H * W, _BLOCK_HW))
+        wrap_triton(_scale_kernel)[grid](x, g.contiguous(), y, C, H * W, *strides, ACC=_tl_acc(x.dtype),
+                                         BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    return y
+
+
+def reduce_pass(grad_y, x, strides, maxv, with_max):
+    """dy in x's layout, s = Σ_hw dy·x and cnt = #{x == maxv} ([0, 0] unless with_max)."""
+    N, C, H, W = x.shape
+    acc = acc_dtype(x.dtype)
+    dy = grad_y if grad_y.stride() == x.stride() else torch.empty_like(x).copy_(grad_y)
+    s = x.new_empty((N, C), dtype=acc)
+    cnt = x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
+    if N > 0 and C > 0:
+        grid = (N, triton.cdiv(C, _BLOCK_C))
+        wrap_triton(_reduce_kernel)[grid](dy, x, maxv, s, cnt, C, H * W, *strides, WITH_MAX=with_max,
+                                          ACC=_tl_acc(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    return dy, s, cnt
+
+
+def input_grad_pass(dy, x, strides, g, dp, maxv, cnt, with_max):
+    """dx = dy·g + dp spread over H·W (the max's half over the tied maxima)."""
+    N, C, H, W = x.shape
+    HW = H * W
+    a = (dp * ((0.5 if with_max else 1.0) / HW)).contiguous()
+    b = (dp * 0.5 / cnt).contiguous() if with_max else a
+    dx = _new_output(x)
+    if x.numel() > 0:
+        grid = (N, triton.cdiv(C, _BLOCK_C), triton.cdiv(HW, _BLOCK_HW))
+        wrap_triton(_dx_kernel)[grid](dy, x, dx, g.contiguous(), a, b, maxv, C, HW, *strides, WITH_MAX=with_max,
+                                      ACC=_tl_acc(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    return dx
 
 
 @triton_op("fused_attn::se_forward_triton", mutates_args=())
@@ -174,18 +230,9 @@ def se_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[tor
                fc2_weight: Optional[torch.Tensor], fc2_bias: Optional[torch.Tensor], act: str, gate: str,
                pool: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same contract as ``fused_attn::se_forward``: (y, pooled, maxv, hidden, logits)."""
-    N, C, H, W = x.shape
-    HW = H * W
     acc = acc_dtype(x.dtype)
-    with_max = pool == "avgmax"
-    x, (sn, sc, shw) = _dense(x)
-    pooled = x.new_empty((N, C), dtype=acc)
-    maxv = x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
-    y = _new_output(x)
-    if N > 0 and C > 0:
-        grid = (N, triton.cdiv(C, _BLOCK_C))
-        wrap_triton(_pool_kernel)[grid](x, pooled, maxv, C, HW, sn, sc, shw, 1.0 / HW, WITH_MAX=with_max,
-                                        ACC=_tl_acc(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    x, strides = dense(x)
+    pooled, maxv = pool_pass(x, strides, pool == "avgmax")
     w1 = fc1_weight.to(acc)
     b1 = None if fc1_bias is None else fc1_bias.to(acc)
     if fc2_weight is not None:
@@ -195,11 +242,7 @@ def se_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[tor
     else:
         hidden = x.new_empty((0, 0), dtype=acc)
         logits = _linear(pooled, w1, b1)
-    g = GATES[gate](logits).contiguous()
-    if N > 0 and C > 0 and HW > 0:
-        grid = (N, triton.cdiv(C, _BLOCK_C), triton.cdiv(HW, _BLOCK_HW))
-        wrap_triton(_scale_kernel)[grid](x, g, y, C, HW, sn, sc, shw, ACC=_tl_acc(x.dtype),
-                                         BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    y = scale_pass(x, strides, GATES[gate](logits))
     return y, pooled, maxv, hidden.contiguous(), logits.contiguous()
 
 
@@ -209,22 +252,13 @@ def se_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tensor,
                 gate: str, pool: str, has_fc1_bias: bool, has_fc2_bias: bool
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same contract as ``fused_attn::se_backward``."""
-    N, C, H, W = x.shape
-    HW = H * W
     acc = acc_dtype(x.dtype)
     with_max = pool == "avgmax"
-    x, (sn, sc, shw) = _dense(x)
-    # dy in x's dense layout, whatever layout it came in.
-    dy = grad_y if grad_y.stride() == x.stride() else torch.empty_like(x).copy_(grad_y)
-    s = x.new_empty((N, C), dtype=acc)
-    cnt = x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
-    if N > 0 and C > 0:
-        grid = (N, triton.cdiv(C, _BLOCK_C))
-        wrap_triton(_reduce_kernel)[grid](dy, x, maxv, s, cnt, C, HW, sn, sc, shw, WITH_MAX=with_max,
-                                          ACC=_tl_acc(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    x, strides = dense(x)
+    dy, s, cnt = reduce_pass(grad_y, x, strides, maxv, with_max)
     w1 = fc1_weight.to(acc)
     g = GATES[gate](logits)
-    dz = _gate_backward(gate, s, logits, g)
+    dz = gate_backward(gate, s, logits, g)
     empty = fc1_weight.new_empty((0,))
     if fc2_weight is not None:
         w2 = fc2_weight.to(acc)
@@ -236,14 +270,7 @@ def se_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tensor,
         d_first = dz
     dw1 = (d_first.t() @ pooled).to(fc1_weight.dtype)
     db1 = d_first.sum(0).to(fc1_weight.dtype) if has_fc1_bias else empty.clone()
-    dp = d_first @ w1
-    a = (dp * ((0.5 if with_max else 1.0) / HW)).contiguous()
-    b = (dp * 0.5 / cnt).contiguous() if with_max else a
-    dx = _new_output(x)
-    if N > 0 and C > 0 and HW > 0:
-        grid = (N, triton.cdiv(C, _BLOCK_C), triton.cdiv(HW, _BLOCK_HW))
-        wrap_triton(_dx_kernel)[grid](dy, x, dx, g.contiguous(), a, b, maxv, C, HW, sn, sc, shw, WITH_MAX=with_max,
-                                      ACC=_tl_acc(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    dx = input_grad_pass(dy, x, strides, g, d_first @ w1, maxv, cnt, with_max)
     return dx, dw1, db1, dw2, db2
 
 

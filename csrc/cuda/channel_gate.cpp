@@ -1,0 +1,100 @@
+// The shared channel-gate passes on CUDA (channel_gate.h).
+#include "channel_gate.h"
+
+#include "se_cuda.h"
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/div.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <array>
+#include <atomic>
+
+namespace fused_attn::cuda {
+namespace {
+
+DType dtype_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::F32;
+    case at::kDouble: return DType::F64;
+    case at::kHalf: return DType::F16;
+    case at::kBFloat16: return DType::BF16;
+    default: TORCH_CHECK_TYPE(false, "fused_attn: unsupported dtype ", t);
+  }
+}
+
+// Multiprocessors per device, read once per device.
+int sm_count(int device) {
+  static std::array<std::atomic<int>, 64> cache{};
+  if (device >= 0 && device < static_cast<int>(cache.size())) {
+    if (const int known = cache[device].load(std::memory_order_relaxed)) return known;
+  }
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  if (device >= 0 && device < static_cast<int>(cache.size())) cache[device].store(count, std::memory_order_relaxed);
+  return count;
+}
+
+SePass base_pass(const Geometry& geo) {
+  SePass p;
+  p.dtype = dtype_of(geo.x.scalar_type());
+  p.N = geo.N;
+  p.C = geo.C;
+  p.HW = geo.HW;
+  p.channels_last = geo.cl;
+  p.sm_count = sm_count(geo.x.get_device());
+  p.x = geo.x.const_data_ptr();
+  return p;
+}
+
+void* ptr_or_null(at::Tensor& t) { return t.numel() ? t.data_ptr() : nullptr; }
+const void* ptr_or_null(const at::Tensor& t) { return t.defined() && t.numel() ? t.const_data_ptr() : nullptr; }
+
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+}  // namespace
+
+void pool_pass(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv) {
+  SePass p = base_pass(geo);
+  p.sum = pooled.data_ptr();
+  p.ext = ptr_or_null(maxv);
+  C10_CUDA_CHECK(se_pool(p, stream()));
+}
+
+void scale_pass(const Geometry& geo, const at::Tensor& g, at::Tensor& y) {
+  SePass p = base_pass(geo);
+  p.out = y.data_ptr();
+  p.g = g.const_data_ptr();
+  C10_CUDA_CHECK(se_scale(p, stream()));
+}
+
+void reduce_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor& maxv, at::Tensor& s, at::Tensor& cnt) {
+  SePass p = base_pass(geo);
+  p.dy = dy.const_data_ptr();
+  p.sum = s.data_ptr();
+  p.ext = ptr_or_null(cnt);
+  p.maxv = ptr_or_null(maxv);
+  C10_CUDA_CHECK(se_reduce(p, stream()));
+}
+
+void input_grad_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor& g, const at::Tensor& dp,
+                const at::Tensor& maxv, const at::Tensor& cnt, at::Tensor& dx) {
+  const bool with_max = maxv.numel() > 0;
+  // dL/dpooled spread back over H·W: the mean's share to every element, the
+  // max's share split between the tied maxima (as torch.amax's gradient is).
+  const at::Tensor a = dp.mul((with_max ? 0.5 : 1.0) / static_cast<double>(geo.HW)).contiguous();
+  const at::Tensor b = with_max ? dp.mul(0.5).div(cnt).contiguous() : at::Tensor();
+  const at::Tensor gc = g.contiguous();
+  SePass p = base_pass(geo);
+  p.dy = dy.const_data_ptr();
+  p.out = dx.data_ptr();
+  p.g = gc.const_data_ptr();
+  p.a = a.const_data_ptr();
+  p.b = ptr_or_null(b);
+  p.maxv = ptr_or_null(maxv);
+  C10_CUDA_CHECK(se_dx(p, stream()));
+}
+
+}  // namespace fused_attn::cuda

@@ -1,0 +1,24 @@
+// The big-tensor passes every channel gate shares on CUDA (SE, ECA), as torch
+// glue over the kernels of se_forward.cu / se_backward.cu: each launches one
+// kernel on the current stream of x's device (the caller holds a device
+// guard), checks the launch, and neither synchronizes nor allocates outside
+// the caching allocator.
+#pragma once
+
+#include "../se.h"
+
+namespace fused_attn::cuda {
+
+// pooled [N, C] = mean_hw x, or 0.5·mean + 0.5·max with maxv [N, C] = max
+// (when maxv is not empty). Accumulation dtype.
+void pool_pass(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv);
+// y = x · g, g [N, C] contiguous in the accumulation dtype; y dense like geo.x.
+void scale_pass(const Geometry& geo, const at::Tensor& g, at::Tensor& y);
+// s = Σ_hw dy·x, and cnt = #{x == maxv} when maxv is not empty.
+void reduce_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor& maxv, at::Tensor& s, at::Tensor& cnt);
+// dx = dy·g + dL/dpooled spread over H·W: dp / HW to every element (half of
+// it with a max term, whose other half goes to the cnt tied maxima).
+void input_grad_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor& g, const at::Tensor& dp,
+                const at::Tensor& maxv, const at::Tensor& cnt, at::Tensor& dx);
+
+}  // namespace fused_attn::cuda
