@@ -53,13 +53,23 @@ class SqueezeExcite(nn.Module):
         self.bn = norm_layer(rd_channels, **dd) if norm_layer is not None else None
         self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=bias, **dd)
 
+    #: Role ("fc", "fc1", "bn", "fc2") → attribute name, where from_module kept
+    #: the original module's names (timm's EfficientNet SE: conv_reduce,
+    #: conv_expand), so the state_dict keys stay the original's.
+    _roles = {}
+
+    def part(self, role):
+        """The submodule playing ``role`` ("fc", "fc1", "bn", "fc2"), or None."""
+        return self._modules.get(self._roles.get(role, role))
+
     def extra_repr(self):
         return f"act={self.act!r}, gate={self.gate!r}, pool={self.pool!r}, effective={self.effective}"
 
     def _fc1(self):
         """fc1's weight and bias with an eval-mode BatchNorm folded in."""
-        w, b = self.fc1.weight.flatten(1), self.fc1.bias
-        bn = self.bn
+        fc1 = self.part("fc1")
+        w, b = fc1.weight.flatten(1), fc1.bias
+        bn = self.part("bn")
         if bn is None:
             return w, b
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else torch.rsqrt(bn.running_var + bn.eps)
@@ -70,19 +80,21 @@ class SqueezeExcite(nn.Module):
 
     def forward(self, x):
         if self.effective:
-            return F_fa.squeeze_excitation(x, self.fc.weight, self.fc.bias, gate=self.gate, pool=self.pool)
-        bn = self.bn
+            fc = self.part("fc")
+            return F_fa.squeeze_excitation(x, fc.weight, fc.bias, gate=self.gate, pool=self.pool)
+        bn, fc1, fc2 = self.part("bn"), self.part("fc1"), self.part("fc2")
         if bn is not None and (bn.training or not bn.track_running_stats):
             return reference.squeeze_excitation(
-                x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                x, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
                 act=self.act, gate=self.gate, pool=self.pool, norm=bn)
         w1, b1 = self._fc1()
-        return F_fa.squeeze_excitation(x, w1, b1, self.fc2.weight, self.fc2.bias,
+        return F_fa.squeeze_excitation(x, w1, b1, fc2.weight, fc2.bias,
                                        act=self.act, gate=self.gate, pool=self.pool)
 
     @classmethod
     def from_module(cls, m):
-        """An equivalent fused module sharing ``m``'s parameters (and buffers).
+        """An equivalent fused module sharing ``m``'s parameters (and buffers),
+        under ``m``'s own attribute names, so its ``state_dict`` has ``m``'s keys.
 
         Accepts timm ``SEModule`` (also rexnet's, with BatchNorm) and
         ``EffectiveSEModule``, timm's EfficientNet / MobileNetV3
@@ -95,9 +107,15 @@ class SqueezeExcite(nn.Module):
         nn.Module.__init__(fused)
         fused.act, fused.gate, fused.pool = fields["act"], fields["gate"], fields["pool"]
         fused.effective = "fc" in fields
-        for name in ("fc", "fc1", "bn", "fc2"):
-            if name in fields:
-                setattr(fused, name, fields[name])
+        roles = {}
+        for role in ("fc", "fc1", "bn", "fc2"):
+            if role in fields:
+                name = fields["names"].get(role, role)
+                setattr(fused, name, fields[role])
+                if name != role:
+                    roles[role] = name
+        if roles:
+            fused._roles = roles
         fused.train(m.training)
         return fused
 
@@ -110,8 +128,9 @@ def _describe(m):
     """The parts of a known SE module: convs, norm, act / gate / pool names."""
     kind = f"{type(m).__module__}.{type(m).__qualname__}"
     if isinstance(m, SqueezeExcite):
-        out = {"act": m.act, "gate": m.gate, "pool": m.pool}
-        out.update({n: getattr(m, n) for n in ("fc", "fc1", "bn", "fc2") if hasattr(m, n)})
+        out = {"act": m.act, "gate": m.gate, "pool": m.pool, "names": dict(m._roles)}
+        roles = ("fc",) if m.effective else ("fc1", "bn", "fc2")
+        out.update({role: m.part(role) for role in roles})
         return out
     names = set(dict(m.named_children()))
     if {"fc1", "fc2", "act", "gate"} <= names:                     # timm SEModule (and SqueezeExciteCl)
@@ -128,7 +147,8 @@ def _describe(m):
         out = {"fc": m.fc, "act": "relu", "gate": gate_name(m.gate, kind), "pool": _pool_of(m)}
     elif {"conv_reduce", "act1", "conv_expand", "gate"} <= names:  # timm EfficientNet / MobileNetV3
         out = {"fc1": m.conv_reduce, "fc2": m.conv_expand, "bn": None, "act": activation_name(m.act1, kind),
-               "gate": gate_name(m.gate, kind), "pool": "avg"}
+               "gate": gate_name(m.gate, kind), "pool": "avg",
+               "names": {"fc1": "conv_reduce", "fc2": "conv_expand"}}
     elif {"avgpool", "fc1", "fc2", "activation", "scale_activation"} <= names:  # torchvision
         if not (isinstance(m.avgpool, nn.AdaptiveAvgPool2d) and m.avgpool.output_size in (1, (1, 1))):
             raise ValueError(f"{kind}: avgpool must be AdaptiveAvgPool2d(1), got {m.avgpool}")
@@ -140,6 +160,7 @@ def _describe(m):
     else:
         raise TypeError(f"{kind} is not a Squeeze-and-Excitation module fused_attn knows "
                         f"(children: {sorted(names)})")
+    out.setdefault("names", {})
     for conv_name in ("fc", "fc1", "fc2"):
         if conv_name in out and not _is_pointwise(out[conv_name]):
             raise ValueError(f"{kind}: {conv_name} must be a 1x1 Conv2d with stride 1, no padding, "
