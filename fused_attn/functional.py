@@ -17,6 +17,21 @@ def _as_matrix(w, name):
     return w
 
 
+def _autocast_weights(x, *weights):
+    """Under autocast, a layer's input arrives in the autocast dtype while the
+    block's parameters stay float32; eager PyTorch casts them for its 1×1
+    convs. Do the same (the cast is differentiable, so the float32 parameters
+    get their gradients): the weights take x's dtype when autocast is on for
+    x's device and x is of lower precision. Outside autocast a mismatch is an
+    error, raised by the argument checks."""
+    if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float16, torch.bfloat16):
+        return weights
+    if not torch.is_autocast_enabled(x.device.type):
+        return weights
+    return tuple(w.to(x.dtype) if isinstance(w, torch.Tensor) and w.is_floating_point() and w.dtype != x.dtype
+                 else w for w in weights)
+
+
 def squeeze_excitation(x, fc1_weight, fc1_bias=None, fc2_weight=None, fc2_bias=None, *,
                        act="relu", gate="sigmoid", pool="avg"):
     """Squeeze-and-Excitation, fused: one pass to pool, one to rescale.
@@ -43,8 +58,12 @@ def squeeze_excitation(x, fc1_weight, fc1_bias=None, fc2_weight=None, fc2_bias=N
         p = 0.5 * p + 0.5 * x.amax((2, 3))                   # pool="avgmax"
         z = F.linear(act(F.linear(p, fc1_weight, fc1_bias)), fc2_weight, fc2_bias)
         y = x * gate(z)[:, :, None, None]
+
+    Under ``torch.autocast`` a float16 / bfloat16 x may come with float32
+    weights (they are cast to x's dtype, as eager's 1×1 convs do).
     """
     _se.check_names(act, gate, pool)
+    fc1_weight, fc1_bias, fc2_weight, fc2_bias = _autocast_weights(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     w1 = _as_matrix(fc1_weight, "fc1_weight")
     w2 = _as_matrix(fc2_weight, "fc2_weight")
     _se.check_se_args(x, w1, fc1_bias, w2, fc2_bias)
@@ -52,7 +71,8 @@ def squeeze_excitation(x, fc1_weight, fc1_bias=None, fc2_weight=None, fc2_bias=N
     if backend == "reference":
         return reference.squeeze_excitation(x, w1, fc1_bias, w2, fc2_bias, act=act, gate=gate, pool=pool)
     op = torch.ops.fused_attn.se_forward_triton if backend == "triton" else torch.ops.fused_attn.se_forward
-    return op(x, w1, fc1_bias, w2, fc2_bias, act, gate, pool)[0]
+    with _se.no_autocast(x.device.type):
+        return op(x, w1, fc1_bias, w2, fc2_bias, act, gate, pool)[0]
 
 
 def efficient_channel_attention(x, conv_weight, conv_bias=None, *, padding="zeros", gate="sigmoid"):
@@ -80,6 +100,7 @@ def efficient_channel_attention(x, conv_weight, conv_bias=None, *, padding="zero
         y = x * gate(z)[:, :, None, None]
     """
     _eca.check_eca_names(padding, gate)
+    conv_weight, conv_bias = _autocast_weights(x, conv_weight, conv_bias)
     w = conv_weight
     if isinstance(w, torch.Tensor) and w.dim() == 3:
         if w.shape[0] != 1 or w.shape[1] != 1:
@@ -90,4 +111,5 @@ def efficient_channel_attention(x, conv_weight, conv_bias=None, *, padding="zero
     if backend == "reference":
         return reference.efficient_channel_attention(x, w, conv_bias, padding=padding, gate=gate)
     op = torch.ops.fused_attn.eca_forward_triton if backend == "triton" else torch.ops.fused_attn.eca_forward
-    return op(x, w, conv_bias, padding, gate)[0]
+    with _se.no_autocast(x.device.type):
+        return op(x, w, conv_bias, padding, gate)[0]

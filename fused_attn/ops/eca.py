@@ -13,7 +13,7 @@ from torch._prims_common import suggest_memory_format
 from .._extension import HAS_C
 from ..reference.eca import PADDINGS
 from ..reference.se import GATES
-from .se import FLOAT_DTYPES, _check_param, acc_dtype
+from .se import FLOAT_DTYPES, _check_param, acc_dtype, no_autocast
 
 
 def check_eca_names(padding, gate):
@@ -77,7 +77,8 @@ def register_eca_autograd(forward_op, backward_op):
     def backward(ctx, dy, *_unused):
         x, w, pooled, logits = ctx.saved_tensors
         padding, gate, has_bias = ctx.variant
-        dx, dw, db = backward_op(dy, x, w, pooled, logits, padding, gate, has_bias)
+        with no_autocast(x.device.type):
+            dx, dw, db = backward_op(dy, x, w, pooled, logits, padding, gate, has_bias)
         return dx, dw, db if has_bias else None, None, None
 
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)

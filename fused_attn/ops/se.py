@@ -5,6 +5,8 @@
 the argument checks shared by every entry point, the fake kernels that let
 ``torch.compile`` and ``torch.export`` trace the ops, and the autograd formula.
 """
+import contextlib
+
 import torch
 from torch._prims_common import suggest_memory_format
 
@@ -64,6 +66,16 @@ def check_se_args(x, w1, b1, w2, b2):
             raise ValueError("fc2_bias given without fc2_weight")
 
 
+def no_autocast(device_type):
+    """The ops choose their own precisions (fp32 accumulation; outputs in x's
+    dtype): ATen calls inside a kernel must not be re-cast by an enclosing
+    ``torch.autocast``, in the forward or in the backward. (A no-op context
+    when autocast is off, so traced graphs stay plain.)"""
+    if not torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
+
 def acc_dtype(dtype):
     """The dtype pooling and the excitation accumulate in."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -115,8 +127,9 @@ def register_se_autograd(forward_op, backward_op):
     def backward(ctx, dy, *_unused):
         x, w1, w2, pooled, maxv, hidden, logits = ctx.saved_tensors
         act, gate, pool, has_b1, has_b2 = ctx.variant
-        dx, dw1, db1, dw2, db2 = backward_op(dy, x, w1, w2, pooled, maxv, hidden, logits, act, gate, pool,
-                                             has_b1, has_b2)
+        with no_autocast(x.device.type):
+            dx, dw1, db1, dw2, db2 = backward_op(dy, x, w1, w2, pooled, maxv, hidden, logits, act, gate, pool,
+                                                 has_b1, has_b2)
         return (dx, dw1, db1 if has_b1 else None, dw2 if w2 is not None else None,
                 db2 if has_b2 else None, None, None, None)
 

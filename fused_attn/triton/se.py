@@ -137,11 +137,19 @@ def _tl_acc(dtype):
 
 
 def dense(x):
-    """x contiguous in its suggested memory format, and its (n, c, hw) strides."""
+    """x dense in its suggested memory format, and the (n, c, hw) strides of
+    that layout. The strides are derived from the shape, not read from x: a
+    tensor with size-1 dimensions counts as contiguous whatever strides those
+    dimensions report (e.g. [1, 1, 2, 1] with strides (2, 2, 1, 2)), and
+    x.stride(3) is then not the step between pixels (the fuzz test found it)."""
     from torch._prims_common import suggest_memory_format
 
-    x = x.contiguous(memory_format=suggest_memory_format(x))
-    return x, (x.stride(0), x.stride(1), x.stride(3))
+    fmt = suggest_memory_format(x)
+    x = x.contiguous(memory_format=fmt)
+    _, C, H, W = x.shape
+    if fmt == torch.channels_last:
+        return x, (H * W * C, 1, C)
+    return x, (C * H * W, H * W, 1)
 
 
 def _linear(v, w, b):
@@ -201,7 +209,8 @@ def reduce_pass(grad_y, x, strides, maxv, with_max):
     """dy in x's layout, s = Σ_hw dy·x and cnt = #{x == maxv} ([0, 0] unless with_max)."""
     N, C, H, W = x.shape
     acc = acc_dtype(x.dtype)
-    dy = grad_y if grad_y.stride() == x.stride() else torch.empty_like(x).copy_(grad_y)
+    fmt = torch.contiguous_format if strides == (C * H * W, H * W, 1) else torch.channels_last
+    dy = grad_y if grad_y.is_contiguous(memory_format=fmt) else torch.empty_like(x).copy_(grad_y)
     s = x.new_empty((N, C), dtype=acc)
     cnt = x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
     if N > 0 and C > 0:

@@ -1,0 +1,425 @@
+"""Works where models run, and refuses bad input clearly (SE and ECA, every
+CPU backend): autocast, torch.export, torch.compile of a converted timm model
+(fullgraph, dynamic batch), DDP, deterministic mode, non-contiguous views,
+N = 0, NaN / Inf, large fp16 / bf16 magnitudes, and bad arguments."""
+import copy
+import os
+import tempfile
+
+import pytest
+import torch
+from torch import nn
+
+import fused_attn
+
+from .utils import TOL, assert_close, cpu_backends
+
+BACKENDS = [b for b in cpu_backends()]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    with fused_attn.use_backend(request.param):
+        yield request.param
+
+
+def _block(C=32, memory_format=torch.contiguous_format):
+    """conv → fused SE → conv → fused ECA: the pattern of a real network."""
+    torch.manual_seed(0)
+    block = nn.Sequential(
+        nn.Conv2d(8, C, 3, padding=1), nn.ReLU(),
+        fused_attn.nn.SqueezeExcite(C, rd_channels=8, act="silu", pool="avgmax"),
+        nn.Conv2d(C, C, 1),
+        fused_attn.nn.EfficientChannelAttention(C, padding="circular", bias=True),
+    )
+    return block.to(memory_format=memory_format)
+
+
+def _eager_twin(block):
+    """The same block with eager reference modules (same parameters)."""
+    se, eca = block[2], block[4]
+
+    class EagerSE(nn.Module):
+        def forward(self, x):
+            return fused_attn.reference.squeeze_excitation(
+                x, se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias, act=se.act, gate=se.gate, pool=se.pool)
+
+    class EagerECA(nn.Module):
+        def forward(self, x):
+            return fused_attn.reference.efficient_channel_attention(x, eca.conv.weight, eca.conv.bias,
+                                                                    padding=eca.padding, gate=eca.gate)
+
+    return nn.Sequential(block[0], block[1], EagerSE(), block[3], EagerECA())
+
+
+# ---- autocast ------------------------------------------------------------------
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
+def test_autocast_cpu_bf16_takes_and_returns_what_eager_does(backend, memory_format):
+    """Under autocast the convs hand the blocks bf16 activations while their
+    parameters stay fp32: the fused ops accept that (as eager does), return
+    bf16 like eager, and give the fp32 parameters fp32 gradients."""
+    block = _block(memory_format=memory_format)
+    eager = _eager_twin(block)
+    x = torch.randn(2, 8, 9, 7).to(memory_format=memory_format)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(x)
+        y_ref = eager(x)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    assert_close(y.float(), y_ref.float(), torch.bfloat16)
+    params = list(block.parameters())
+    grads = torch.autograd.grad(y.float().sum(), params)
+    grads_ref = torch.autograd.grad(y_ref.float().sum(), params)
+    for g, g_ref in zip(grads, grads_ref):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, g_ref, atol=5e-2 * max(1.0, g_ref.abs().max().item()), rtol=5e-2)
+
+
+def test_mismatched_dtypes_outside_autocast_are_refused():
+    x = torch.randn(2, 8, 4, 4, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="fc1_weight has dtype torch.float32 but x has dtype torch.bfloat16"):
+        fused_attn.squeeze_excitation(x, torch.randn(2, 8), None, torch.randn(8, 2), None)
+
+
+# ---- torch.export and torch.compile ----------------------------------------------
+
+@pytest.mark.skipif(not fused_attn.HAS_C, reason="export traces the compiled ops")
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
+def test_export_runs_and_keeps_the_ops(memory_format):
+    block = _block(memory_format=memory_format).eval()
+    x = torch.randn(2, 8, 9, 7).to(memory_format=memory_format)
+    with fused_attn.use_backend("cpu"):
+        exported = torch.export.export(block, (x,))
+        targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+        assert any("fused_attn.se_forward" in t for t in targets), targets
+        assert any("fused_attn.eca_forward" in t for t in targets), targets
+        x2 = torch.randn(2, 8, 9, 7).to(memory_format=memory_format)
+        y = exported.module()(x2)
+    assert y.is_contiguous(memory_format=memory_format)
+    assert_close(y, _eager_twin(block)(x2), torch.float32)
+
+
+@pytest.mark.skipif(not fused_attn.HAS_C, reason="needs the compiled ops")
+def test_compile_converted_timm_model_fullgraph_and_dynamic_batch():
+    """A converted timm model traces whole (fullgraph=True: no graph break),
+    does not recompile for new inputs of the same shape, takes a dynamic
+    batch, and matches eager in outputs and gradients. aot_eager: dynamo and
+    AOT autograd through the fake kernels, without code generation (the
+    Inductor path is covered on a block in test_se_ops / test_eca)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("seresnet18", num_classes=10)
+    model.layer4[1].se = timm.layers.EcaModule(512)     # an ECA block too
+    model, report = fused_attn.convert(model.eval())
+    assert report.total == 8
+    torch._dynamo.reset()
+    with fused_attn.use_backend("cpu"):
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        for step in range(2):
+            x = torch.randn(2, 3, 32, 32).requires_grad_()
+            with torch._dynamo.config.patch(error_on_recompile=step > 0):
+                y = compiled(x)
+            y_eager = model(x)
+            assert_close(y, y_eager, torch.float32)
+            g, = torch.autograd.grad(y.sum(), [x])
+            g_eager, = torch.autograd.grad(y_eager.sum(), [x])
+            assert_close(g, g_eager, torch.float32, grad=True)
+        torch._dynamo.reset()
+        dynamic = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+        for n in (2, 3, 5):
+            x = torch.randn(n, 3, 32, 32)
+            assert_close(dynamic(x), model(x), torch.float32)
+
+
+# ---- DDP -------------------------------------------------------------------------
+
+def _ddp_model():
+    """A small CNN with timm's SE and ECA blocks and BatchNorm, well
+    conditioned enough (batch 8 per process) for fp32 training runs to stay
+    comparable: whole timm networks at tiny batches amplify rounding-level
+    differences chaotically (see test_convert.py)."""
+    timm = __import__("timm")
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), timm.layers.SEModule(32, rd_channels=8),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(), timm.layers.EcaModule(64),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 4))
+
+
+def _ddp_worker(rank, world, init_file, out_dir, convert):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model = _ddp_model()
+    if convert:
+        model, report = fused_attn.convert(model)
+        assert report.total == 2, report
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(100 + rank)
+    for _ in range(3):
+        x = torch.randn(8, 3, 16, 16, generator=g)
+        target = torch.randint(0, 4, (8,), generator=g)
+        loss = torch.nn.functional.cross_entropy(ddp(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if rank == 0:
+        torch.save(model.state_dict(), os.path.join(out_dir, f"{'fused' if convert else 'eager'}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not fused_attn.HAS_C, reason="needs the compiled ops")
+def test_ddp_training_matches_unconverted():
+    """Three SGD steps under DistributedDataParallel (gloo, 2 processes, CPU):
+    the converted model ends where the unconverted one does."""
+    pytest.importorskip("timm")
+    import torch.multiprocessing as mp
+
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for convert in (False, True):
+            init_file = os.path.join(tmp, f"init-{convert}")
+            mp.spawn(_ddp_worker, args=(2, init_file, tmp, convert), nprocs=2, join=True)
+        eager = torch.load(os.path.join(tmp, "eager.pt"))
+        fused = torch.load(os.path.join(tmp, "fused.pt"))
+    assert list(eager) == list(fused)
+    for k in eager:
+        if eager[k].is_floating_point():
+            torch.testing.assert_close(fused[k], eager[k], atol=1e-4, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+
+
+# ---- determinism, layouts, sizes, special values -----------------------------------
+
+def _both_ops(x, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C = x.shape[1]
+    w1 = (torch.randn(max(1, C // 4), C, generator=g) * C ** -0.5).to(x.dtype)
+    w2 = (torch.randn(C, max(1, C // 4), generator=g) * 0.5).to(x.dtype)
+    b1 = torch.randn(max(1, C // 4), generator=g).to(x.dtype)
+    wc = torch.randn(5, generator=g).to(x.dtype)
+    se = fused_attn.squeeze_excitation(x, w1, b1, w2, None, act="silu", pool="avgmax")
+    eca = fused_attn.efficient_channel_attention(x, wc, padding="circular")
+    with fused_attn.use_backend("reference"):
+        se_ref = fused_attn.squeeze_excitation(x, w1, b1, w2, None, act="silu", pool="avgmax")
+        eca_ref = fused_attn.efficient_channel_attention(x, wc, padding="circular")
+    return (se, eca), (se_ref, eca_ref)
+
+
+def test_deterministic_algorithms_mode(backend):
+    """Under torch.use_deterministic_algorithms(True) the ops run (nothing
+    they call is refused) and two runs agree bitwise."""
+    x = torch.randn(3, 40, 9, 11).requires_grad_()
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(2):
+            outs, _ = _both_ops(x)
+            runs.append([o.detach() for o in outs] + list(torch.autograd.grad(sum(o.sum() for o in outs), [x])))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_permuted_views_neither_nchw_nor_channels_last(backend):
+    base = torch.randn(2, 9, 13, 24)
+    x = base.permute(0, 2, 1, 3)[:, ::2]           # [2, 7, 9, 24]: C strided by 2·24, H by 24·... no dense layout
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    x = x.requires_grad_()
+    outs, refs = _both_ops(x)
+    for o, r in zip(outs, refs):
+        assert_close(o, r, torch.float32)
+        g, = torch.autograd.grad(o.sum(), [x])
+        g_ref, = torch.autograd.grad(r.sum(), [x])
+        assert_close(g, g_ref, torch.float32, grad=True)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 1), (1, 3, 1, 4), (2, 1, 1, 1)], ids=str)
+def test_size_one_dims_with_arbitrary_strides(backend, shape):
+    """Found by the fuzz test (Triton read pixels through x.stride(3)): a
+    transposed view with size-1 dimensions counts as contiguous whatever
+    strides those dimensions report, so strides must come from the layout."""
+    N, C, H, W = shape
+    x = torch.randn(N, C, W, H).transpose(2, 3)
+    assert x.shape == shape and x.is_contiguous()
+    x = x.requires_grad_()
+    outs, refs = _both_ops(x)
+    for o, r in zip(outs, refs):
+        assert_close(o, r, torch.float32)
+        g, = torch.autograd.grad(o.sum(), [x])
+        g_ref, = torch.autograd.grad(r.sum(), [x])
+        assert_close(g, g_ref, torch.float32, grad=True)
+
+
+def test_empty_batch_returns_empty(backend):
+    x = torch.randn(0, 16, 5, 5, requires_grad=True)
+    outs, _ = _both_ops(x)
+    for o in outs:
+        assert o.shape == x.shape
+        g, = torch.autograd.grad(o.sum(), [x])
+        assert g.shape == x.shape
+
+
+def test_nan_and_inf_propagate_like_the_reference(backend):
+    x = torch.randn(2, 12, 5, 5)
+    x[0, 3, 2, 2] = float("nan")
+    x[1, 7, 0, 1] = float("inf")
+    x[1, 8, 4, 4] = float("-inf")
+    outs, refs = _both_ops(x)
+    for o, r in zip(outs, refs):
+        torch.testing.assert_close(o, r, equal_nan=True, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, big", [(torch.float16, 6e4), (torch.bfloat16, 3e38)], ids=["fp16", "bf16"])
+def test_large_magnitudes_give_no_nan_where_the_reference_has_none(backend, dtype, big):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(2, 16, 6, 6, generator=g) * 2 - 1) * big
+    x = x.to(dtype)
+    outs, refs = _both_ops(x)
+    # (At ±3e38 a float32 sum over H·W overflows: the reference's mean is
+    # ±inf / NaN there too, and so must ours be — no more, no fewer.)
+    for o, r in zip(outs, refs):
+        assert torch.equal(torch.isnan(o), torch.isnan(r))
+        torch.testing.assert_close(o.float(), r.float(), atol=0, rtol=TOL[dtype]["rtol"] * 2, equal_nan=True)
+
+
+# ---- bad input -------------------------------------------------------------------------
+
+def _se_args(**over):
+    args = dict(x=torch.randn(2, 8, 4, 4), w1=torch.randn(2, 8), b1=torch.randn(2), w2=torch.randn(8, 2),
+                b2=torch.randn(8), act="relu", gate="sigmoid", pool="avg")
+    args.update(over)
+    return args
+
+
+SE_BAD = [
+    (dict(x=torch.randn(2, 8, 4)), ValueError, "x must be 4-D"),
+    (dict(x=torch.randn(2, 9, 4, 4)), ValueError, r"fc1_weight must have shape \[rd, 9\]"),
+    (dict(w2=torch.randn(8, 3)), ValueError, r"fc2_weight must have shape \[8, 2\]"),
+    (dict(b1=torch.randn(3)), ValueError, r"fc1_bias must have shape \[2\]"),
+    (dict(b2=torch.randn(7)), ValueError, r"fc2_bias must have shape \[8\]"),
+    (dict(w1=torch.randn(2, 8, dtype=torch.float64)), TypeError, "fc1_weight has dtype torch.float64"),
+    (dict(w2=torch.randn(8, 2, device="meta")), ValueError, "fc2_weight is on meta"),
+    (dict(x=torch.ones(2, 8, 4, 4, dtype=torch.int64)), TypeError, "x must be float32"),
+    (dict(x=torch.randn(2, 8, 4, 4, dtype=torch.complex64)), TypeError, "x must be float32"),
+    (dict(act="tanh"), ValueError, "act must be one of"),
+    (dict(gate="relu"), ValueError, "gate must be one of"),
+    (dict(pool="max"), ValueError, "pool must be one of"),
+    (dict(w2=None, b2=None), ValueError, r"effective SE\) fc1_weight must be \[C, C\]"),
+]
+
+
+@pytest.mark.parametrize("over, exc, match", SE_BAD, ids=[m for _, _, m in SE_BAD])
+def test_se_bad_input_raises_naming_the_argument_and_touches_nothing(backend, over, exc, match):
+    args = _se_args(**over)
+    before = {k: v.clone() for k, v in args.items() if isinstance(v, torch.Tensor) and v.device.type != "meta"}
+    with pytest.raises(exc, match=match):
+        fused_attn.squeeze_excitation(args["x"], args["w1"], args["b1"], args["w2"], args["b2"], act=args["act"],
+                                      gate=args["gate"], pool=args["pool"])
+    for k, v in before.items():
+        assert torch.equal(args[k], v), k
+
+
+def test_module_state_untouched_after_bad_input(backend):
+    se = fused_attn.nn.SqueezeExcite(8, rd_channels=2)
+    eca = fused_attn.nn.EfficientChannelAttention(kernel_size=3)
+    state = copy.deepcopy({**se.state_dict(), **{f"eca.{k}": v for k, v in eca.state_dict().items()}})
+    for m in (se, eca):
+        with pytest.raises(ValueError):
+            m(torch.randn(2, 8, 4))
+    with pytest.raises(ValueError, match="fc1_weight"):
+        se(torch.randn(2, 9, 4, 4))
+    after = {**se.state_dict(), **{f"eca.{k}": v for k, v in eca.state_dict().items()}}
+    assert all(torch.equal(state[k], after[k]) for k in state)
+
+
+# ---- fuzzing ---------------------------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+# CI draws this many examples per op on the C++ backend (fewer under the slow
+# Triton interpreter); FUSED_ATTN_FUZZ_EXAMPLES raises it for longer runs.
+FUZZ_EXAMPLES = int(os.environ.get("FUSED_ATTN_FUZZ_EXAMPLES", "300"))
+
+
+@st.composite
+def _fuzz_case(draw, small):
+    N = draw(st.integers(1, 4 if small else 9))
+    C = draw(st.integers(1, 24 if small else 300))
+    H = draw(st.integers(1, 8 if small else 40))
+    W = draw(st.integers(1, 8 if small else 40))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]))
+    layout = draw(st.sampled_from(["nchw", "cl", "sliced", "permuted"]))
+    seed = draw(st.integers(0, 2**16))
+    return N, C, H, W, dtype, layout, seed
+
+
+def _fuzz_input(N, C, H, W, dtype, layout, seed):
+    g = torch.Generator().manual_seed(seed)
+    if layout == "sliced":
+        x = torch.randn(N, 2 * C, H + 1, W, generator=g)[:, ::2, 1:]
+    elif layout == "permuted":
+        x = torch.randn(N, C, W, H, generator=g).transpose(2, 3)
+    else:
+        x = torch.randn(N, C, H, W, generator=g)
+        if layout == "cl":
+            x = x.contiguous(memory_format=torch.channels_last)
+    return x.to(dtype).requires_grad_(), g
+
+
+def _check_fuzz(case, op):
+    N, C, H, W, dtype, layout, seed = case
+    x, g = _fuzz_input(*case)
+    if op == "se":
+        kw = dict(act=["relu", "silu", "gelu", "gelu_tanh", "hard_swish"][seed % 5],
+                  gate=["sigmoid", "hard_sigmoid"][seed % 2], pool=["avg", "avgmax"][(seed // 2) % 2])
+        effective = seed % 7 == 0
+        rd = C if effective else max(1, C // (1 + seed % 16))
+        w1 = (torch.randn(rd, C, generator=g) * C ** -0.5).to(dtype).requires_grad_()
+        b1 = torch.randn(rd, generator=g).to(dtype).requires_grad_() if seed % 3 else None
+        w2 = None if effective else (torch.randn(C, rd, generator=g) * rd ** -0.5).to(dtype).requires_grad_()
+        b2 = torch.randn(C, generator=g).to(dtype).requires_grad_() if (seed % 5 and not effective) else None
+        args = [x, w1, b1, w2, b2]
+
+        def f(*a):
+            return fused_attn.squeeze_excitation(*a, **kw)
+    else:
+        k = [1, 3, 5, 7, 9][seed % 5]
+        kw = dict(padding=["zeros", "circular"][seed % 2], gate=["sigmoid", "hard_sigmoid"][(seed // 2) % 2])
+        wc = (torch.randn(k, generator=g) * 3 / k).to(dtype).requires_grad_()
+        bc = torch.randn(1, generator=g).to(dtype).requires_grad_() if seed % 3 == 0 else None
+        args = [x, wc, bc]
+
+        def f(*a):
+            return fused_attn.efficient_channel_attention(*a, **kw)
+    y = f(*args)
+    with fused_attn.use_backend("reference"):
+        leaves = [None if a is None else a.detach().double().requires_grad_() for a in args]
+        y_ref = f(*leaves)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert_close(y, y_ref, dtype)
+    dy = torch.randn(y.shape, generator=g).to(dtype)
+    wrt = [a for a in args if a is not None]
+    for gr, g_ref in zip(torch.autograd.grad(y, wrt, dy),
+                         torch.autograd.grad(y_ref, [a for a in leaves if a is not None], dy.double())):
+        assert_close(gr, g_ref, dtype, grad=True)
+
+
+@pytest.mark.parametrize("op", ["se", "eca"])
+def test_fuzz_against_reference(backend, op):
+    if backend == "reference":
+        pytest.skip("the reference is the oracle")
+    small = backend == "triton"   # the interpreter: smaller shapes, a third of the examples
+    examples = max(1, FUZZ_EXAMPLES // 3) if small else FUZZ_EXAMPLES
+
+    @hypothesis.settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(_fuzz_case(small))
+    def run(case):
+        _check_fuzz(case, op)
+
+    run()
