@@ -1,7 +1,7 @@
 # fused_attn developer commands. Each target creates .venv and installs what it
 # needs, so `make bench` and `make test` work on a fresh clone.
 #
-#   make bench   set up, build, run the SE benchmark (fused vs eager vs copy)
+#   make bench   set up, build, run the SE and ECA benchmarks (fused vs eager vs copy)
 #   make test    set up, build, run the whole test suite
 #   make build   (re)build the extension in place
 #   make cmake   build the extension with CMake and smoke-test the library
@@ -33,6 +33,7 @@ build: venv
 
 bench: build
 	$(PY) -m bench.se $(BENCH_ARGS)
+	$(PY) -m bench.eca $(BENCH_ARGS)
 
 test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -36,6 +36,9 @@ import torch.nn.functional as F
 import fused_attn
 
 ROTATE_BYTES = 1 << 30
+# How long each provider is timed (--smoke shortens it: the tests run the
+# benchmark code on a tiny grid to check it works, not to time anything).
+TIMING = dict(rounds=7, min_reps=5, min_seconds=0.15)
 
 # (C, H, rd, act, gate): the SE sites of the networks people train.
 RESNET50 = [(256, 56, 16, "relu", "sigmoid"), (512, 28, 32, "relu", "sigmoid"),
@@ -60,10 +63,13 @@ def eager_se(x, w1, b1, w2, b2, act, gate):
     return x * EAGER_GATE[gate](s)
 
 
-def measure(providers, n_inputs, *, rounds=7, min_reps=5, min_seconds=0.15):
+def measure(providers, n_inputs, *, rounds=None, min_reps=None, min_seconds=None):
     """{name: median and quartiles (ms)} of each fn(i), i rotating over
     range(n_inputs). The providers take turns, a short burst each per round,
     so drift in the machine's speed (other tenants of a VM) hits them alike."""
+    rounds = rounds or TIMING["rounds"]
+    min_reps = min_reps or TIMING["min_reps"]
+    min_seconds = TIMING["min_seconds"] if min_seconds is None else min_seconds
     times = {name: [] for name in providers}
     for fn in providers.values():  # warm-up
         for i in range(min(3, n_inputs)):
@@ -81,7 +87,7 @@ def measure(providers, n_inputs, *, rounds=7, min_reps=5, min_seconds=0.15):
                 reps += 1
     out = {}
     for name, ts in times.items():
-        q = statistics.quantiles(ts, n=4)
+        q = statistics.quantiles(ts, n=4, method="inclusive")
         out[name] = {"median_ms": q[1] * 1e3, "q1_ms": q[0] * 1e3, "q3_ms": q[2] * 1e3, "reps": len(ts)}
     return out
 
@@ -177,7 +183,20 @@ def environment():
     }
 
 
+def use_smoke_settings():
+    """--smoke: a tiny grid, timed briefly, inputs not rotated."""
+    global ROTATE_BYTES
+    ROTATE_BYTES = 0
+    TIMING.update(rounds=1, min_reps=2, min_seconds=0.0)
+
+
 def cases(mode):
+    if mode == "smoke":
+        for backward in (False, True):
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                yield "smoke", dict(N=2, C=32, H=6, rd=8, act="silu", gate="hard_sigmoid", dtype=torch.float32,
+                                    memory_format=fmt, backward=backward)
+        return
     sites = [("resnet50", s) for s in RESNET50]
     batches, dtypes = [8], [torch.float32]
     if mode == "full":
@@ -211,10 +230,14 @@ def main(argv=None):
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_const", dest="mode", const="quick", help="the default")
     mode.add_argument("--full", action="store_const", dest="mode", const="full")
+    mode.add_argument("--smoke", action="store_const", dest="mode", const="smoke",
+                      help="a tiny grid, briefly timed: checks the benchmark runs (the tests use it)")
     parser.add_argument("--out", default=None, help="results folder (default bench/results/<device>)")
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args(argv)
     args.mode = args.mode or "quick"
+    if args.mode == "smoke":
+        use_smoke_settings()
 
     env = environment()
     print(f"# {env['cpu']}: {env['threads']} threads, torch {env['torch']}, backend {env['backend']} "

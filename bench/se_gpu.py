@@ -56,7 +56,7 @@ def measure(providers, n_inputs, *, rounds=5, reps=20):
             times[name].extend(s.elapsed_time(e) for s, e in events)
     out = {}
     for name, ts in times.items():
-        q = statistics.quantiles(ts, n=4)
+        q = statistics.quantiles(ts, n=4, method="inclusive")
         out[name] = {"median_ms": q[1], "q1_ms": q[0], "q3_ms": q[2], "reps": len(ts)}
     return out
 
