@@ -4,6 +4,7 @@
 #include "se_cuda.h"
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/div.h>
 #include <c10/cuda/CUDAException.h>
@@ -54,12 +55,24 @@ const void* ptr_or_null(const at::Tensor& t) { return t.defined() && t.numel() ?
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
+// Sizes the split of H·W for a reduction pass and allocates its workspace
+// (from the caching allocator: graph-capture safe). The workspace is returned
+// so it lives until the launches are queued.
+at::Tensor split_reduction(SePass& p, const Geometry& geo, bool backward) {
+  p.segments = se_reduce_segments(p, backward);
+  if (p.segments == 1) return at::Tensor();
+  at::Tensor workspace = at::empty({2 * geo.N * geo.C * p.segments}, geo.x.options().dtype(acc_dtype(geo.x)));
+  p.partials = workspace.data_ptr();
+  return workspace;
+}
+
 }  // namespace
 
 void pool_pass(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv) {
   SePass p = base_pass(geo);
   p.sum = pooled.data_ptr();
   p.ext = ptr_or_null(maxv);
+  const at::Tensor workspace = split_reduction(p, geo, false);
   C10_CUDA_CHECK(se_pool(p, stream()));
 }
 
@@ -76,6 +89,7 @@ void reduce_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor& ma
   p.sum = s.data_ptr();
   p.ext = ptr_or_null(cnt);
   p.maxv = ptr_or_null(maxv);
+  const at::Tensor workspace = split_reduction(p, geo, true);
   C10_CUDA_CHECK(se_reduce(p, stream()));
 }
 

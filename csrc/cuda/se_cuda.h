@@ -28,6 +28,15 @@ struct SePass {
   bool channels_last = false;
   int sm_count = 1;             // multiprocessors of the device, for grid sizes
 
+  // The reductions (se_pool, se_reduce) split H·W into `segments` pieces
+  // when N·C alone would leave the GPU idle (few samples or channels, large
+  // H·W). Each piece writes a partial to `partials` ([N·C, segments] × 2 in
+  // the accumulation type: sums, then max / counts), and a second small
+  // kernel combines them in a fixed order: deterministic for a given device.
+  // se_reduce_segments says how many; the caller allocates the workspace.
+  int64_t segments = 1;
+  void* partials = nullptr;
+
   const void* x = nullptr;
   const void* dy = nullptr;     // backward passes
   void* out = nullptr;          // y (se_scale) or dx (se_dx)
@@ -42,6 +51,11 @@ struct SePass {
   const void* b = nullptr;      // se_dx: added where x == maxv
   const void* maxv = nullptr;   // se_reduce / se_dx: the forward's max; null unless avg+max
 };
+
+// The number of H·W segments se_pool (backward = false) or se_reduce
+// (backward = true) will use for this pass (1: no workspace needed). Depends
+// on N, C, HW, the layout, the dtype, sm_count and the pointers' alignment.
+int64_t se_reduce_segments(const SePass& p, bool backward);
 
 // pooled = mean_hw x, or 0.5·mean + 0.5·max with ext = max (ext set).
 cudaError_t se_pool(const SePass& p, cudaStream_t stream);

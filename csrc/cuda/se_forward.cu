@@ -3,6 +3,23 @@
 
 namespace fused_attn::cuda {
 
+namespace {
+template <typename T>
+int64_t segments_of(const SePass& p, bool backward) {
+  return backward ? reduce_segments<T, true>(p) : reduce_segments<T, false>(p);
+}
+}  // namespace
+
+int64_t se_reduce_segments(const SePass& p, bool backward) {
+  switch (p.dtype) {
+    case DType::F32: return segments_of<float>(p, backward);
+    case DType::F64: return segments_of<double>(p, backward);
+    case DType::F16: return segments_of<__half>(p, backward);
+    case DType::BF16: return segments_of<__nv_bfloat16>(p, backward);
+  }
+  return 1;
+}
+
 cudaError_t se_pool(const SePass& p, cudaStream_t stream) {
   return dispatch_dtype(p.dtype, [&](auto tag) { return launch_reduce<decltype(tag), false>(p, stream); });
 }

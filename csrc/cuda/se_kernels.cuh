@@ -83,6 +83,18 @@ struct Partial {
     sum += other_sum;
     if constexpr (WITH_MAX) ext = BWD ? ext + other_ext : nan_max(ext, other_ext);
   }
+  // Stores this piece's partial for row nc (segment seg), or, with one
+  // segment, the final result.
+  __device__ __forceinline__ void finish_or_store(const SePass& p, int64_t nc, int64_t seg) const {
+    if (p.segments == 1) {
+      finish(p, nc);
+      return;
+    }
+    A* part = static_cast<A*>(p.partials);
+    const int64_t rows = p.N * p.C;
+    part[nc * p.segments + seg] = sum;
+    part[rows * p.segments + nc * p.segments + seg] = ext;
+  }
   // Writes the (n, c) = nc results.
   __device__ __forceinline__ void finish(const SePass& p, int64_t nc) const {
     A* out_sum = static_cast<A*>(p.sum);
@@ -105,25 +117,30 @@ struct Partial {
 constexpr int kThreads = 256;
 
 // NCHW: each (n, c) is a contiguous row of HW elements, reduced by one warp
-// (lane l takes the accesses l, l + 32, ...; then a butterfly over the warp).
+// (lane l takes the accesses l, l + 32, ...; then a butterfly over the warp),
+// or, with p.segments > 1, by one warp per segment of the row (segments are
+// whole multiples of 32·V elements, so every access stays aligned).
 // V > 1 needs HW % V == 0 and 16-byte aligned rows.
 template <typename T, bool BWD, bool WITH_MAX, int V>
-__global__ void __launch_bounds__(kThreads) reduce_rows_kernel(const SePass p) {
+__global__ void __launch_bounds__(kThreads) reduce_rows_kernel(const SePass p, const int64_t seg_len) {
   using A = acc_t<T>;
   const T* __restrict__ x = static_cast<const T*>(p.x);
   const T* __restrict__ dy = static_cast<const T*>(p.dy);
   const A* __restrict__ maxv = static_cast<const A*>(p.maxv);
   const int lane = threadIdx.x & 31;
-  const int64_t rows = p.N * p.C;
+  const int64_t items = p.N * p.C * p.segments;
   const int64_t HW = p.HW;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5); r < rows; r += warps) {
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5); item < items;
+       item += warps) {
+    const int64_t r = item / p.segments, seg = item - r * p.segments;
+    const int64_t begin = seg * seg_len, end = begin + seg_len < HW ? begin + seg_len : HW;
     const A mref = (BWD && WITH_MAX) ? maxv[r] : A(0);
     Partial<A, BWD, WITH_MAX> acc;
     const T* xr = x + r * HW;
     const T* dyr = BWD ? dy + r * HW : nullptr;
 #pragma unroll 2
-    for (int64_t i = static_cast<int64_t>(lane) * V; i < HW; i += 32 * V) {
+    for (int64_t i = begin + static_cast<int64_t>(lane) * V; i < end; i += 32 * V) {
       const Pack<T, V> xv = load_pack<T, V>(xr + i);
       Pack<T, V> dv;
       if constexpr (BWD) dv = load_pack<T, V>(dyr + i);
@@ -136,7 +153,23 @@ __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(const SePass p) {
       const A e = __shfl_xor_sync(0xffffffffu, acc.ext, offset);
       acc.merge(s, e);
     }
-    if (lane == 0) acc.finish(p, r);
+    if (lane == 0) acc.finish_or_store(p, r, seg);
+  }
+}
+
+// Combines the segments' partials of every row in order 0, 1, ... and writes
+// the results (one thread per row).
+template <typename A, bool BWD, bool WITH_MAX>
+__global__ void __launch_bounds__(kThreads) combine_partials_kernel(const SePass p) {
+  const A* part = static_cast<const A*>(p.partials);
+  const int64_t rows = p.N * p.C, S = p.segments;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * kThreads) {
+    Partial<A, BWD, WITH_MAX> acc;
+    acc.sum = part[r * S];
+    acc.ext = part[rows * S + r * S];
+    for (int64_t s = 1; s < S; ++s) acc.merge(part[r * S + s], part[rows * S + r * S + s]);
+    acc.finish(p, r);
   }
 }
 
@@ -148,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(const SePass p) {
 constexpr int kColsX = 32, kColsY = 8;
 
 template <typename T, bool BWD, bool WITH_MAX, int V>
-__global__ void __launch_bounds__(kColsX * kColsY) reduce_cols_kernel(const SePass p) {
+__global__ void __launch_bounds__(kColsX * kColsY) reduce_cols_kernel(const SePass p, const int64_t seg_len) {
   using A = acc_t<T>;
   __shared__ A part_sum[kColsY][kColsX * V];
   __shared__ A part_ext[kColsY][kColsX * V];
@@ -159,6 +192,9 @@ __global__ void __launch_bounds__(kColsX * kColsY) reduce_cols_kernel(const SePa
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * kColsX + tx) * V;
   const bool active = c0 < C;
+  // blockIdx.z: the segment of pixels [begin, end) this block reduces.
+  const int64_t seg = blockIdx.z;
+  const int64_t begin = seg * seg_len, end = begin + seg_len < HW ? begin + seg_len : HW;
   for (int64_t n = blockIdx.y; n < p.N; n += gridDim.y) {
     Partial<A, BWD, WITH_MAX> acc[V];
     A mref[V];
@@ -168,7 +204,7 @@ __global__ void __launch_bounds__(kColsX * kColsY) reduce_cols_kernel(const SePa
       const T* xs = x + n * HW * C + c0;
       const T* dys = BWD ? dy + n * HW * C + c0 : nullptr;
 #pragma unroll 2
-      for (int64_t hw = ty; hw < HW; hw += kColsY) {
+      for (int64_t hw = begin + ty; hw < end; hw += kColsY) {
         const Pack<T, V> xv = load_pack<T, V>(xs + hw * C);
         Pack<T, V> dv;
         if constexpr (BWD) dv = load_pack<T, V>(dys + hw * C);
@@ -187,7 +223,7 @@ __global__ void __launch_bounds__(kColsX * kColsY) reduce_cols_kernel(const SePa
       for (int k = 0; k < V; ++k) {
         Partial<A, BWD, WITH_MAX> total = acc[k];
         for (int j = 1; j < kColsY; ++j) total.merge(part_sum[j][tx * V + k], part_ext[j][tx * V + k]);
-        total.finish(p, n * C + c0 + k);
+        total.finish_or_store(p, n * C + c0 + k, seg);
       }
     }
     __syncthreads();  // the partials are rewritten for the next sample
@@ -257,14 +293,46 @@ bool can_vectorize(const SePass& p, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
+// Segments of H·W for a reduction: enough work items to fill the GPU (about
+// 64 warps per multiprocessor for NCHW, 8 blocks of 256 threads for
+// channels_last), each segment still long enough to be worth a launch slot.
+template <typename T>
+int64_t segments_for(const SePass& p, int V) {
+  if (p.N * p.C == 0 || p.HW == 0) return 1;
+  int64_t want = 1;
+  if (!p.channels_last) {
+    const int64_t target = int64_t{p.sm_count} * 64, rows = p.N * p.C;
+    if (rows < target / 2) want = std::min(ceil_div(target, rows), ceil_div(p.HW, int64_t{32} * V * 4));
+  } else {
+    const int64_t target = int64_t{p.sm_count} * 8, blocks = ceil_div(p.C, kColsX * V) * p.N;
+    if (blocks < target / 2) want = std::min(ceil_div(target, blocks), ceil_div(p.HW, int64_t{kColsY} * 4));
+  }
+  want = std::max<int64_t>(1, std::min<int64_t>(want, 65535));
+  // Whole multiples of an access round, then as few segments as that allows.
+  const int64_t unit = p.channels_last ? 1 : int64_t{32} * V;
+  const int64_t seg_len = ceil_div(ceil_div(p.HW, want), unit) * unit;
+  return ceil_div(p.HW, seg_len);
+}
+
 template <typename T, bool BWD, bool WITH_MAX, int V>
 void launch_reduce_v(const SePass& p, cudaStream_t stream) {
+  // Segment length: H·W / segments rounded up to whole access rounds (32·V
+  // elements for NCHW, so every access stays aligned); as segments_for chose
+  // it, every segment is non-empty.
+  const int64_t unit = p.channels_last ? 1 : int64_t{32} * V;
+  const int64_t seg_len = ceil_div(ceil_div(p.HW == 0 ? 1 : p.HW, p.segments), unit) * unit;
   if (!p.channels_last) {
-    const int64_t blocks = std::min<int64_t>(ceil_div(p.N * p.C, kThreads / 32), int64_t{p.sm_count} * 64);
-    reduce_rows_kernel<T, BWD, WITH_MAX, V><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
+    const int64_t items = p.N * p.C * p.segments;
+    const int64_t blocks = std::min<int64_t>(ceil_div(items, kThreads / 32), int64_t{p.sm_count} * 64);
+    reduce_rows_kernel<T, BWD, WITH_MAX, V><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p, seg_len);
   } else {
-    const dim3 grid(static_cast<unsigned>(ceil_div(p.C, kColsX * V)), static_cast<unsigned>(std::min<int64_t>(p.N, 65535)));
-    reduce_cols_kernel<T, BWD, WITH_MAX, V><<<grid, dim3(kColsX, kColsY), 0, stream>>>(p);
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.C, kColsX * V)),
+                    static_cast<unsigned>(std::min<int64_t>(p.N, 65535)), static_cast<unsigned>(p.segments));
+    reduce_cols_kernel<T, BWD, WITH_MAX, V><<<grid, dim3(kColsX, kColsY), 0, stream>>>(p, seg_len);
+  }
+  if (p.segments > 1) {
+    const int64_t blocks = std::min<int64_t>(ceil_div(p.N * p.C, kThreads), int64_t{p.sm_count} * 32);
+    combine_partials_kernel<acc_t<T>, BWD, WITH_MAX><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
   }
 }
 
@@ -276,12 +344,25 @@ void launch_apply_v(const SePass& p, cudaStream_t stream) {
 }
 
 template <typename T, bool BWD>
+bool reduce_vectorizes(const SePass& p) {
+  return can_vectorize<T>(p, {p.x, BWD ? p.dy : nullptr});
+}
+
+template <typename T, bool BWD>
+int64_t reduce_segments(const SePass& p) {
+  return segments_for<T>(p, reduce_vectorizes<T, BWD>(p) ? kVec<T> : 1);
+}
+
+template <typename T, bool BWD>
 cudaError_t launch_reduce(const SePass& p, cudaStream_t stream) {
   // H·W == 0 still writes every (n, c): the mean of nothing is NaN (0/0), as
   // torch's is, and the sums are 0.
   if (p.N * p.C == 0) return cudaSuccess;
+  if (p.segments != reduce_segments<T, BWD>(p) || (p.segments > 1 && p.partials == nullptr)) {
+    return cudaErrorInvalidValue;  // the caller must size the workspace with se_reduce_segments
+  }
   const bool with_max = p.ext != nullptr;
-  const bool vec = can_vectorize<T>(p, {p.x, BWD ? p.dy : nullptr});
+  const bool vec = reduce_vectorizes<T, BWD>(p);
   if (with_max) {
     vec ? launch_reduce_v<T, BWD, true, kVec<T>>(p, stream) : launch_reduce_v<T, BWD, true, 1>(p, stream);
   } else {
