@@ -7,6 +7,8 @@
 // The formulas are PyTorch's (aten/src/ATen/native/cpu/Activation.cpp).
 #include "se_excite.h"
 
+#include "gate_math.h"
+
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
@@ -16,11 +18,6 @@
 
 namespace fused_attn::cpu {
 namespace {
-
-template <typename A>
-A sigmoid(A z) {
-  return A(1) / (A(1) + std::exp(-z));
-}
 
 template <typename A>
 A act_forward(Act act, A h) {
@@ -63,18 +60,6 @@ A act_backward(Act act, A grad, A h) {
   return grad;
 }
 
-template <typename A>
-A gate_forward(Gate gate, A z) {
-  return gate == Gate::Sigmoid ? sigmoid(z) : std::min(std::max(z + A(3), A(0)), A(6)) / A(6);
-}
-
-// d gate(z) / dz, times grad; g = gate(z).
-template <typename A>
-A gate_backward(Gate gate, A grad, A z, A g) {
-  if (gate == Gate::Sigmoid) return grad * (A(1) - g) * g;
-  return (z > A(-3) && z < A(3)) ? grad / A(6) : A(0);
-}
-
 template <typename A, typename F>
 void map_into(at::Tensor& out, const at::Tensor& in, F&& f) {
   const A* src = in.data_ptr<A>();
@@ -105,16 +90,16 @@ void forward_impl(const SeWeights& w, Act act, Gate gate, const at::Tensor& p, a
   } else {
     linear_into(logits, p, w.w1, w.b1);
   }
-  map_into<A>(g, logits, [gate](A z, int64_t) { return gate_forward(gate, z); });
+  map_into<A>(g, logits, [gate](A z, int64_t) { return gate_value(gate, z); });
 }
 
 template <typename A>
 void backward_impl(const SeWeights& w, Act act, Gate gate, const at::Tensor& s, const at::Tensor& hidden,
                    const at::Tensor& logits, at::Tensor& g, at::Tensor& dz, at::Tensor& dh, at::Tensor& dp) {
-  map_into<A>(g, logits, [gate](A z, int64_t) { return gate_forward(gate, z); });
+  map_into<A>(g, logits, [gate](A z, int64_t) { return gate_value(gate, z); });
   const A* sp = s.data_ptr<A>();
   const A* gp = g.data_ptr<A>();
-  map_into<A>(dz, logits, [&](A z, int64_t i) { return gate_backward(gate, sp[i], z, gp[i]); });
+  map_into<A>(dz, logits, [&](A z, int64_t i) { return gate_grad(gate, sp[i], z, gp[i]); });
   if (!w.two_layer()) {
     at::mm_out(dp, dz, w.w1);
     return;
