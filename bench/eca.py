@@ -16,8 +16,6 @@ gradient), with the fused output's error against the float64 reference.
 Timing as in bench/se.py (rounds in turn, rotated inputs). Results:
 bench/results/<device>/eca_<mode>.{json,md}.
 """
-import argparse
-import json
 import math
 import os
 
@@ -26,6 +24,7 @@ import torch.nn.functional as F
 
 import fused_attn
 
+from . import common
 from . import se as _se
 from .se import environment, measure
 
@@ -119,16 +118,7 @@ def markdown(env, rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_const", dest="mode", const="quick", help="the default")
-    mode.add_argument("--full", action="store_const", dest="mode", const="full")
-    mode.add_argument("--smoke", action="store_const", dest="mode", const="smoke",
-                      help="a tiny grid, briefly timed: checks the benchmark runs (the tests use it)")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results/<device>)")
-    parser.add_argument("--no-save", action="store_true", help="print only")
-    args = parser.parse_args(argv)
-    args.mode = args.mode or "quick"
+    args = common.parser(__doc__).parse_args(argv)
     if args.mode == "smoke":
         _se.use_smoke_settings()
     env = environment()
@@ -148,15 +138,9 @@ def main(argv=None):
               f"{row['max_abs_err']:8.1e}  [{n}/{len(all_cases)}]", flush=True)
     if args.no_save:
         return rows
-    slug = "cpu-" + "-".join("".join(c if c.isalnum() else " " for c in env["cpu"].lower()).split())
-    slug += f"-{env['threads']}t"
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", slug)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"eca_{args.mode}.json"), "w") as f:
-        json.dump({"environment": env, "mode": args.mode, "rows": rows}, f, indent=1)
-    with open(os.path.join(out, f"eca_{args.mode}.md"), "w") as f:
-        f.write(markdown(env, rows))
-    print(f"# wrote {out}/eca_{args.mode}.json and .md")
+    path = common.write(args.out or os.path.join(common.RESULTS, common.cpu_folder(env)), f"eca_{args.mode}", env,
+                        args.mode, rows, markdown)
+    print(f"# wrote {path}.json and .md")
     return rows
 
 

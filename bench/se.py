@@ -21,9 +21,7 @@ alike); median and quartiles of all runs. Inputs rotate through enough copies (1
 large shapes are not cache-warm. Results go to stdout and to
 bench/results/<device>/se_<mode>.{json,md}.
 """
-import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -34,6 +32,8 @@ import torch
 import torch.nn.functional as F
 
 import fused_attn
+
+from . import common
 
 ROTATE_BYTES = 1 << 30
 # How long each provider is timed (--smoke shortens it: the tests run the
@@ -226,16 +226,7 @@ def markdown(env, rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_const", dest="mode", const="quick", help="the default")
-    mode.add_argument("--full", action="store_const", dest="mode", const="full")
-    mode.add_argument("--smoke", action="store_const", dest="mode", const="smoke",
-                      help="a tiny grid, briefly timed: checks the benchmark runs (the tests use it)")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results/<device>)")
-    parser.add_argument("--no-save", action="store_true", help="print only")
-    args = parser.parse_args(argv)
-    args.mode = args.mode or "quick"
+    args = common.parser(__doc__).parse_args(argv)
     if args.mode == "smoke":
         use_smoke_settings()
 
@@ -260,15 +251,9 @@ def main(argv=None):
               f"{row['max_abs_err']:8.1e}  [{k}/{len(all_cases)}]", flush=True)
     if args.no_save:
         return rows
-    slug = "cpu-" + "-".join("".join(c if c.isalnum() else " " for c in env["cpu"].lower()).split())
-    slug += f"-{env['threads']}t"
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", slug)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"se_{args.mode}.json"), "w") as f:
-        json.dump({"environment": env, "mode": args.mode, "rows": rows}, f, indent=1)
-    with open(os.path.join(out, f"se_{args.mode}.md"), "w") as f:
-        f.write(markdown(env, rows))
-    print(f"# wrote {out}/se_{args.mode}.json and .md")
+    path = common.write(args.out or os.path.join(common.RESULTS, common.cpu_folder(env)), f"se_{args.mode}", env,
+                        args.mode, rows, markdown)
+    print(f"# wrote {path}.json and .md")
     return rows
 
 

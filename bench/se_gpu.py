@@ -18,9 +18,7 @@ medians with quartiles. Each row is written as soon as it is measured
 (bench/results/<gpu>/se_gpu_<mode>.json and .md), so an interrupted run keeps
 what it measured.
 """
-import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -30,6 +28,7 @@ import torch
 
 import fused_attn
 
+from . import common
 from .se import EFFICIENTNET_B0, RESNET50, eager_se
 
 
@@ -129,7 +128,6 @@ def run_case(N, C, H, rd, act, gate, dtype, memory_format, backward, with_compil
         row[f"{b}_speedup_vs_eager"] = row["eager"]["median_ms"] / t
         if with_compile:
             row[f"{b}_speedup_vs_compile"] = row["compile"]["median_ms"] / t
-    del xs, outs
     return row
 
 
@@ -188,22 +186,15 @@ def markdown(env, rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_const", dest="mode", const="quick", help="the default")
-    mode.add_argument("--full", action="store_const", dest="mode", const="full")
+    parser = common.parser(__doc__, smoke=False)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results/<gpu>)")
     args = parser.parse_args(argv)
-    args.mode = args.mode or "quick"
     if not torch.cuda.is_available():
         raise SystemExit("bench.se_gpu needs a CUDA device (python -m bench.se measures the CPU)")
     torch._dynamo.config.cache_size_limit = 1024
 
     env = environment()
-    slug = "-".join("".join(c if c.isalnum() else " " for c in env["gpu"].lower()).split())
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", slug)
-    os.makedirs(out, exist_ok=True)
+    out = args.out or os.path.join(common.RESULTS, common.slug(env["gpu"]))
     print(f"# {env['gpu']} (sm {env['sm']}), torch {env['torch']}, CUDA {env['cuda']}, triton {env['triton']}")
     for s in fused_attn.backends().values():
         print(f"#   {s}")
@@ -219,11 +210,10 @@ def main(argv=None):
         ratios = [f"{b}/floor {row[f'{b}_vs_floor']:.2f}x" for b in env["fused_backends"]]
         print(f"{row['pass']:<8} {net:<16} {row['N']}x{row['C']}x{row['H']}x{row['W']} {row['dtype']:<9} "
               f"{row['layout']:<13} " + "  ".join(parts + ratios) + f"  [{k}/{len(all_cases)}]", flush=True)
-        with open(os.path.join(out, f"se_gpu_{args.mode}.json"), "w") as f:
-            json.dump({"environment": env, "mode": args.mode, "rows": rows}, f, indent=1)
-        with open(os.path.join(out, f"se_gpu_{args.mode}.md"), "w") as f:
-            f.write(markdown(env, rows))
-    print(f"# wrote {out}/se_gpu_{args.mode}.json and .md")
+        if not args.no_save:
+            path = common.write(out, f"se_gpu_{args.mode}", env, args.mode, rows, markdown)
+    if not args.no_save:
+        print(f"# wrote {path}.json and .md")
     return rows
 
 

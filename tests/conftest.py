@@ -25,3 +25,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _cpu_impls():
+    from .utils import cpu_impls
+
+    return cpu_impls()
+
+
+@pytest.fixture(params=_cpu_impls())
+def backend(request, monkeypatch):
+    """Every backend that runs on CPU tensors here, the C++ one twice (its
+    AVX2 build and, forced, its baseline build). Test modules that run other
+    backends (the GPU tests) define their own ``backend``."""
+    import fused_attn
+
+    name = request.param
+    if name == "cpu-baseline":
+        monkeypatch.setenv("FUSED_ATTN_CPU_ISA", "baseline")
+        name = "cpu"
+    with fused_attn.use_backend(name):
+        yield name

@@ -7,25 +7,8 @@ import torch
 from torch import nn
 
 import fused_attn
-from fused_attn import _extension
 
-from .utils import DTYPES, FORMATS, assert_close, cpu_backends, ids
-
-IMPLS = []
-for _name in cpu_backends():
-    IMPLS.append(_name)
-    if _name == "cpu" and _extension.CPU_ISA != "baseline":
-        IMPLS.append("cpu-baseline")
-
-
-@pytest.fixture(params=IMPLS)
-def backend(request, monkeypatch):
-    name = request.param
-    if name == "cpu-baseline":
-        monkeypatch.setenv("FUSED_ATTN_CPU_ISA", "baseline")
-        name = "cpu"
-    with fused_attn.use_backend(name):
-        yield name
+from .utils import DTYPES, FORMATS, assert_close, ids
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,28 +3,9 @@ import pytest
 import torch
 
 import fused_attn
-from fused_attn import _extension
 
 from .utils import (DTYPES, FORMATS, SHAPES, VARIANTS, SEVariant, assert_close, check_se_against_reference,
                     cpu_backends, ids, reference64, se_kwargs, se_sample)
-
-# The C++ backend runs twice: with the ISA build this CPU picks (AVX2 here),
-# and forced to the baseline build, so both compiled copies are checked.
-IMPLS = []
-for _name in cpu_backends():
-    IMPLS.append(_name)
-    if _name == "cpu" and _extension.CPU_ISA != "baseline":
-        IMPLS.append("cpu-baseline")
-
-
-@pytest.fixture(params=IMPLS)
-def backend(request, monkeypatch):
-    name = request.param
-    if name == "cpu-baseline":
-        monkeypatch.setenv("FUSED_ATTN_CPU_ISA", "baseline")
-        name = "cpu"
-    with fused_attn.use_backend(name):
-        yield name
 
 
 def run_se(x, w1, b1, w2, b2, variant):

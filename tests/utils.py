@@ -134,5 +134,20 @@ def cpu_backends():
     return [name for name, s in fused_attn.backends().items() if "cpu" in s.devices]
 
 
+def cpu_impls():
+    """cpu_backends(), with the C++ backend twice when this CPU picks its AVX2
+    build: "cpu" and "cpu-baseline" (FUSED_ATTN_CPU_ISA=baseline), so both
+    compiled copies are checked. The op tests' ``backend`` fixture
+    (conftest.py) runs over these."""
+    from fused_attn import _extension
+
+    impls = []
+    for name in cpu_backends():
+        impls.append(name)
+        if name == "cpu" and _extension.CPU_ISA != "baseline":
+            impls.append("cpu-baseline")
+    return impls
+
+
 def ids(values):
     return [str(v) for v in values]
