@@ -22,6 +22,18 @@ void check_eca_args(const at::Tensor& x, const at::Tensor& w, const c10::optiona
 void check_eca_backward_args(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
                              const at::Tensor& pooled, const at::Tensor& logits);
 
+// The outputs of eca_forward, allocated (and poisoned) the same way by every
+// backend: y dense like geo.x; pooled and logits [N, C] in the accumulation
+// dtype.
+struct EcaForwardOutputs {
+  at::Tensor y, pooled, logits;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> tuple() const { return {y, pooled, logits}; }
+};
+EcaForwardOutputs eca_forward_outputs(const Geometry& geo);
+
+// dL/dbias = Σ dz, as a [1] tensor in w's dtype; [0] when there is no bias.
+at::Tensor eca_bias_grad(const at::Tensor& dz, const at::Tensor& w, bool has_bias);
+
 // p [n, C] → z [n, C]; w [k] and b [1] in p's dtype. Circular padding wraps
 // modulo C (so C < k is fine: a channel may meet itself more than once).
 at::Tensor eca_logits(const at::Tensor& p, const at::Tensor& w, const c10::optional<at::Tensor>& b,

@@ -6,6 +6,8 @@
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/flip.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/mv.h>
@@ -56,6 +58,20 @@ void check_eca_backward_args(const at::Tensor& dy, const at::Tensor& x, const at
                       "fused_attn: ", name, " must be a contiguous ", acc, " tensor of shape [", x.size(0), ", ",
                       x.size(1), "] on ", x.device(), ", got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
   }
+}
+
+EcaForwardOutputs eca_forward_outputs(const Geometry& geo) {
+  const auto opts = geo.x.options().dtype(acc_dtype(geo.x));
+  EcaForwardOutputs out;
+  out.y = at::empty_like(geo.x);
+  out.pooled = at::empty({geo.N, geo.C}, opts);
+  out.logits = at::empty({geo.N, geo.C}, opts);
+  for (at::Tensor* t : {&out.y, &out.pooled, &out.logits}) maybe_poison(*t);
+  return out;
+}
+
+at::Tensor eca_bias_grad(const at::Tensor& dz, const at::Tensor& w, bool has_bias) {
+  return has_bias ? dz.sum().reshape({1}).to(w.scalar_type()) : at::empty({0}, w.options());
 }
 
 // [n, C] → [n, C, k] windows of the padded rows.

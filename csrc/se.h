@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <string>
+#include <tuple>
 
 namespace fused_attn {
 
@@ -75,6 +76,22 @@ Geometry geometry(const at::Tensor& x);
 // dtype (the reference's definition).
 at::Tensor gate_forward(Gate gate, const at::Tensor& z);
 at::Tensor gate_backward(Gate gate, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g);
+
+// The outputs of se_forward, allocated for every backend the same way (and
+// poisoned under FUSED_ATTN_DEBUG_POISON): y dense like geo.x; pooled and
+// logits [N, C]; maxv [N, C] only for the avg+max pool; hidden [N, rd] only
+// for the two-layer SE; all but y in the accumulation dtype.
+struct SeForwardOutputs {
+  at::Tensor y, pooled, maxv, hidden, logits;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tuple() const {
+    return {y, pooled, maxv, hidden, logits};
+  }
+};
+SeForwardOutputs se_forward_outputs(const Geometry& geo, const at::Tensor& w1, bool two_layer, Pool pool);
+
+// A weight gradient as the backward ops return it: in the weight's dtype,
+// or a [0] tensor when the parameter does not exist (t undefined).
+at::Tensor weight_grad_or_empty(const at::Tensor& t, const at::Tensor& like);
 
 // Debug aid for tests: when FUSED_ATTN_DEBUG_POISON is set, freshly allocated
 // outputs are filled with NaN before a kernel writes them, so an element the

@@ -3,6 +3,8 @@
 #include "se.h"
 
 #include <ATen/ops/div.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/hardsigmoid.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/neg.h>
@@ -132,6 +134,24 @@ at::Tensor gate_forward(Gate gate, const at::Tensor& z) {
 at::Tensor gate_backward(Gate gate, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g) {
   if (gate == Gate::Sigmoid) return grad.mul(g).mul_(g.neg().add_(1));
   return at::where(z.gt(-3).logical_and_(z.lt(3)), grad.div(6), at::zeros_like(grad));
+}
+
+SeForwardOutputs se_forward_outputs(const Geometry& geo, const at::Tensor& w1, bool two_layer, Pool pool) {
+  const int64_t N = geo.N, C = geo.C;
+  const auto opts = geo.x.options().dtype(acc_dtype(geo.x));
+  const bool with_max = pool == Pool::AvgMax;
+  SeForwardOutputs out;
+  out.y = at::empty_like(geo.x);
+  out.pooled = at::empty({N, C}, opts);
+  out.maxv = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
+  out.hidden = at::empty({two_layer ? N : 0, two_layer ? w1.size(0) : 0}, opts);
+  out.logits = at::empty({N, C}, opts);
+  for (at::Tensor* t : {&out.y, &out.pooled, &out.maxv, &out.hidden, &out.logits}) maybe_poison(*t);
+  return out;
+}
+
+at::Tensor weight_grad_or_empty(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() ? t.to(like.scalar_type()).contiguous() : at::empty({0}, like.options());
 }
 
 bool poison_enabled() {

@@ -102,28 +102,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_forward_cpu(const at::Tensor&
   const Gate gate = parse_gate(gate_name);
   TORCH_CHECK(x_in.device().is_cpu(), "fused_attn: eca_forward_cpu got x on ", x_in.device());
   const Geometry geo = geometry(x_in);
-  const int64_t N = geo.N, C = geo.C;
+  const int64_t C = geo.C;
   const auto acc = acc_dtype(x_in);
-  const auto opts = x_in.options().dtype(acc);
-  at::Tensor y = at::empty_like(geo.x);
-  at::Tensor pooled = at::empty({N, C}, opts);
-  at::Tensor logits = at::empty({N, C}, opts);
-  at::Tensor no_max = at::empty({0, 0}, opts);
-  for (at::Tensor* t : {&y, &pooled, &logits}) maybe_poison(*t);
+  EcaForwardOutputs out = eca_forward_outputs(geo);
+  at::Tensor no_max = at::empty({0, 0}, out.pooled.options());
   const at::Tensor wa = w.to(acc).contiguous();
   const double bias = b ? b->item<double>() : 0.0;
   const int64_t k = w.size(0);
-  gate_forward_cpu(geo, y, pooled, no_max, [&](int64_t n0, int64_t nb, at::Tensor& g) {
+  gate_forward_cpu(geo, out.y, out.pooled, no_max, [&](int64_t n0, int64_t nb, at::Tensor& g) {
     if (acc == at::kDouble) {
-      conv_gate_rows<double>(pooled.data_ptr<double>() + n0 * C, logits.data_ptr<double>() + n0 * C,
+      conv_gate_rows<double>(out.pooled.data_ptr<double>() + n0 * C, out.logits.data_ptr<double>() + n0 * C,
                              g.data_ptr<double>(), nb, C, wa.data_ptr<double>(), k, bias, padding, gate);
     } else {
-      conv_gate_rows<float>(pooled.data_ptr<float>() + n0 * C, logits.data_ptr<float>() + n0 * C,
+      conv_gate_rows<float>(out.pooled.data_ptr<float>() + n0 * C, out.logits.data_ptr<float>() + n0 * C,
                             g.data_ptr<float>(), nb, C, wa.data_ptr<float>(), k, static_cast<float>(bias), padding,
                             gate);
     }
   });
-  return {y, pooled, logits};
+  return out.tuple();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_backward_cpu(
@@ -161,9 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_backward_cpu(
     conv_weight_grad<float>(pooled.data_ptr<float>(), dz.data_ptr<float>(), dw_acc.data_ptr<float>(), N, C, k,
                             padding);
   }
-  const at::Tensor dw = dw_acc.to(w.scalar_type());
-  const at::Tensor db = has_bias ? dz.sum().reshape({1}).to(w.scalar_type()) : at::empty({0}, w.options());
-  return {dx, dw, db};
+  return {dx, dw_acc.to(w.scalar_type()), eca_bias_grad(dz, w, has_bias)};
 }
 
 TORCH_LIBRARY_IMPL(fused_attn, CPU, m) {

@@ -217,24 +217,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   TORCH_CHECK(x_in.device().is_cpu(), "fused_attn: se_forward_cpu got x on ", x_in.device());
 
   const Geometry geo = geometry(x_in);
-  const int64_t N = geo.N, C = geo.C;
-  const auto opts = x_in.options().dtype(acc_dtype(x_in));
-  const bool with_max = pool == Pool::AvgMax;
-  at::Tensor y = at::empty_like(geo.x);
-  at::Tensor pooled = at::empty({N, C}, opts);
-  at::Tensor maxv = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
-  at::Tensor hidden = at::empty({w2 ? N : 0, w2 ? w1.size(0) : 0}, opts);
-  at::Tensor logits = at::empty({N, C}, opts);
-  for (at::Tensor* t : {&y, &pooled, &maxv, &hidden, &logits}) maybe_poison(*t);
-  if (N == 0) return {y, pooled, maxv, hidden, logits};
+  SeForwardOutputs out = se_forward_outputs(geo, w1, w2.has_value(), pool);
+  if (geo.N == 0) return out.tuple();
 
-  const SeWeights w = se_weights(w1, b1, w2, b2, opts.dtype().toScalarType());
-  gate_forward_cpu(geo, y, pooled, maxv, [&](int64_t n0, int64_t nb, at::Tensor& g) {
-    at::Tensor h = rows(hidden, n0, nb);
-    at::Tensor z = logits.narrow(0, n0, nb);
-    excite_forward(w, act, gate, pooled.narrow(0, n0, nb), h, z, g);
+  const SeWeights w = se_weights(w1, b1, w2, b2, acc_dtype(x_in));
+  gate_forward_cpu(geo, out.y, out.pooled, out.maxv, [&](int64_t n0, int64_t nb, at::Tensor& g) {
+    at::Tensor h = rows(out.hidden, n0, nb);
+    at::Tensor z = out.logits.narrow(0, n0, nb);
+    excite_forward(w, act, gate, out.pooled.narrow(0, n0, nb), h, z, g);
   });
-  return {y, pooled, maxv, hidden, logits};
+  return out.tuple();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backward_cpu(
@@ -264,10 +256,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
     excite_backward(w, act, gate, s, rows(hidden, n0, nb), logits.narrow(0, n0, nb), g, dz_c, dh_c, dp);
   });
   const ExciteWeightGrads grads = excite_weight_grads(w, act, pooled, hidden, dz, dh, has_b1, has_b2 && two);
-  auto out = [&](const at::Tensor& t) {
-    return t.defined() ? t.to(w1.scalar_type()).contiguous() : at::empty({0}, w1.options());
-  };
-  return {dx, out(grads.dw1), out(grads.db1), out(grads.dw2), out(grads.db2)};
+  return {dx, weight_grad_or_empty(grads.dw1, w1), weight_grad_or_empty(grads.db1, w1),
+          weight_grad_or_empty(grads.dw2, w1), weight_grad_or_empty(grads.db2, w1)};
 }
 
 const char* isa_name() { return use_avx2() ? "avx2" : "baseline"; }

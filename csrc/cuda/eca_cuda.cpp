@@ -25,18 +25,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_forward_cuda(const at::Tensor
   const c10::cuda::CUDAGuard guard(x_in.device());
   const Geometry geo = geometry(x_in);
   const auto acc = acc_dtype(x_in);
-  const auto opts = x_in.options().dtype(acc);
-  at::Tensor y = at::empty_like(geo.x);
-  at::Tensor pooled = at::empty({geo.N, geo.C}, opts);
-  at::Tensor logits = at::empty({geo.N, geo.C}, opts);
-  at::Tensor no_max = at::empty({0, 0}, opts);
-  for (at::Tensor* t : {&y, &pooled, &logits}) maybe_poison(*t);
-  if (geo.N == 0) return {y, pooled, logits};
-  pool_pass(geo, pooled, no_max);
+  EcaForwardOutputs out = eca_forward_outputs(geo);
+  at::Tensor no_max = at::empty({0, 0}, out.pooled.options());
+  if (geo.N == 0) return out.tuple();
+  pool_pass(geo, out.pooled, no_max);
   const c10::optional<at::Tensor> ba = b ? c10::optional<at::Tensor>(b->to(acc)) : c10::nullopt;
-  logits.copy_(eca_logits(pooled, w.to(acc), ba, padding));
-  scale_pass(geo, gate_forward(gate, logits).contiguous(), y);
-  return {y, pooled, logits};
+  out.logits.copy_(eca_logits(out.pooled, w.to(acc), ba, padding));
+  scale_pass(geo, gate_forward(gate, out.logits).contiguous(), out.y);
+  return out.tuple();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_backward_cuda(
@@ -61,9 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_backward_cuda(
   const at::Tensor g = gate_forward(gate, logits);
   const at::Tensor dz = gate_backward(gate, s, logits, g);
   if (geo.N > 0) input_grad_pass(geo, dy, g, eca_input_grad(dz, wa, padding), no_max, no_max, dx);
-  const at::Tensor dw = eca_weight_grad(pooled, dz, w.size(0), padding).to(w.scalar_type());
-  const at::Tensor db = has_bias ? dz.sum().reshape({1}).to(w.scalar_type()) : at::empty({0}, w.options());
-  return {dx, dw, db};
+  return {dx, eca_weight_grad(pooled, dz, w.size(0), padding).to(w.scalar_type()), eca_bias_grad(dz, w, has_bias)};
 }
 
 TORCH_LIBRARY_IMPL(fused_attn, CUDA, m) {

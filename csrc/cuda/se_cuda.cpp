@@ -70,30 +70,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   const c10::cuda::CUDAGuard guard(x_in.device());
 
   const Geometry geo = geometry(x_in);
-  const int64_t N = geo.N, C = geo.C;
-  const auto opts = x_in.options().dtype(acc_dtype(x_in));
-  const bool with_max = pool == Pool::AvgMax;
-  at::Tensor y = at::empty_like(geo.x);
-  at::Tensor pooled = at::empty({N, C}, opts);
-  at::Tensor maxv = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
-  at::Tensor hidden = at::empty({w2 ? N : 0, w2 ? w1.size(0) : 0}, opts);
-  at::Tensor logits = at::empty({N, C}, opts);
-  for (at::Tensor* t : {&y, &pooled, &maxv, &hidden, &logits}) maybe_poison(*t);
-  if (N == 0) return {y, pooled, maxv, hidden, logits};
+  SeForwardOutputs out = se_forward_outputs(geo, w1, w2.has_value(), pool);
+  if (geo.N == 0) return out.tuple();
 
-  pool_pass(geo, pooled, maxv);
+  pool_pass(geo, out.pooled, out.maxv);
 
-  const SeWeights w = se_weights(w1, b1, w2, b2, opts.dtype().toScalarType());
+  const SeWeights w = se_weights(w1, b1, w2, b2, acc_dtype(x_in));
   if (w.two_layer()) {
-    linear_into(hidden, pooled, w.w1, w.b1);
-    linear_into(logits, activate(act, hidden), *w.w2, w.b2);
+    linear_into(out.hidden, out.pooled, w.w1, w.b1);
+    linear_into(out.logits, activate(act, out.hidden), *w.w2, w.b2);
   } else {
-    linear_into(logits, pooled, w.w1, w.b1);
+    linear_into(out.logits, out.pooled, w.w1, w.b1);
   }
-  const at::Tensor g = gate_forward(gate, logits).contiguous();
+  const at::Tensor g = gate_forward(gate, out.logits).contiguous();
 
-  scale_pass(geo, g, y);
-  return {y, pooled, maxv, hidden, logits};
+  scale_pass(geo, g, out.y);
+  return out.tuple();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backward_cuda(
@@ -140,10 +132,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   const at::Tensor dp = d_first.mm(w.w1);
   if (N > 0) input_grad_pass(geo, dy, g, dp, maxv, cnt, dx);
 
-  auto out = [&](const at::Tensor& t) {
-    return t.defined() ? t.to(w1.scalar_type()).contiguous() : at::empty({0}, w1.options());
-  };
-  return {dx, out(dw1), out(db1), out(dw2), out(db2)};
+  return {dx, weight_grad_or_empty(dw1, w1), weight_grad_or_empty(db1, w1), weight_grad_or_empty(dw2, w1),
+          weight_grad_or_empty(db2, w1)};
 }
 
 TORCH_LIBRARY_IMPL(fused_attn, CUDA, m) {
