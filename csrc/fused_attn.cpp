@@ -34,6 +34,31 @@ TORCH_LIBRARY(fused_attn, m) {
   m.def(
       "eca_backward(Tensor grad_y, Tensor x, Tensor conv_weight, Tensor pooled, Tensor logits, str padding, "
       "str gate, bool has_bias) -> (Tensor, Tensor, Tensor)");
+  // CBAM: channel gate (shared MLP on the spatial mean and max, or on their
+  // average when light), then spatial gate (k×k conv on the per-pixel channel
+  // mean and max of x1, BatchNorm, gate). spatial_weight is [2, k, k] in the
+  // order the module stacks its map ([mean, max], or [max, mean] when
+  // max_first), [1, k, k] when light. The BatchNorm normalizes with the
+  // running statistics when both are given, else with the batch's (the
+  // caller updates running statistics from bn_stats). Returns (y, pooled
+  // [2, N, C] (spatial mean, max of x), logits [N, C] (pre-gate), smap
+  // [2, N, H·W] (channel mean, max of x1), z [N, H·W] (conv output, pre-BN),
+  // bn_stats [2] (the mean and biased variance used)); all but y in the
+  // accumulation dtype.
+  m.def(
+      "cbam_forward(Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor fc2_weight, Tensor? fc2_bias, "
+      "Tensor spatial_weight, Tensor? bn_weight, Tensor? bn_bias, Tensor? bn_running_mean, "
+      "Tensor? bn_running_var, float bn_eps, str act, str gate, bool light, bool max_first) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Returns (grad_x, grad_fc1_weight, grad_fc1_bias, grad_fc2_weight,
+  // grad_fc2_bias, grad_spatial_weight, grad_bn_weight, grad_bn_bias); a [0]
+  // tensor where the parameter does not exist. bn_batch_stats: whether the
+  // forward normalized with the batch's statistics (their gradient flows).
+  m.def(
+      "cbam_backward(Tensor grad_y, Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor fc2_weight, "
+      "Tensor? fc2_bias, Tensor spatial_weight, Tensor? bn_weight, Tensor? bn_bias, Tensor pooled, Tensor logits, "
+      "Tensor smap, Tensor z, Tensor bn_stats, bool bn_batch_stats, float bn_eps, str act, str gate, bool light, "
+      "bool max_first) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 #ifndef FUSED_ATTN_WITH_CUDA

@@ -12,10 +12,10 @@ from . import _extension, ops, reference
 from . import nn  # noqa: F401  (fused_attn.nn.SqueezeExcite)
 from ._backends import BACKENDS, backends, current_choice, use_backend
 from .convert import convert, unconvert
-from .functional import efficient_channel_attention, squeeze_excitation
+from .functional import cbam, efficient_channel_attention, squeeze_excitation
 
 HAS_C = _extension.HAS_C
 
 __version__ = "0.1.0"
-__all__ = ["BACKENDS", "HAS_C", "backends", "convert", "current_choice", "efficient_channel_attention", "nn", "ops",
+__all__ = ["BACKENDS", "HAS_C", "backends", "cbam", "convert", "current_choice", "efficient_channel_attention", "nn", "ops",
            "reference", "squeeze_excitation", "unconvert", "use_backend"]

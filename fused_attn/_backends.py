@@ -125,17 +125,21 @@ def current_choice():
     return _forced[-1] if _forced else _ENV_CHOICE
 
 
-def resolve(device_type):
-    """The backend that runs an op on tensors of ``device_type``, or raises."""
+def resolve(device_type, missing=()):
+    """The backend that runs an op on tensors of ``device_type``, or raises.
+    ``missing``: {backend: why} for backends that lack this op (``auto`` skips
+    them; forcing one raises with the reason)."""
     choice = current_choice()
+    missing = dict(missing)
     if choice == "auto":
         for name in _PREFERENCE.get(device_type, ("reference",)):
-            if device_type in _STATUS[name].devices:
+            if device_type in _STATUS[name].devices and name not in missing:
                 return name
         return "reference"
     status = _STATUS[choice]
+    if choice in missing:
+        raise RuntimeError(f"fused_attn backend {choice!r} was requested but {missing[choice]}")
     if choice == "reference" or device_type in status.devices:
         return choice
     why = status.detail if not status.available else f"it runs on {', '.join(status.devices)} only"
     raise RuntimeError(f"fused_attn backend {choice!r} was requested but cannot run on {device_type} tensors: {why}")
-

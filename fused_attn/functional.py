@@ -2,6 +2,7 @@
 import torch
 
 from . import _backends, reference
+from .ops import cbam as _cbam
 from .ops import eca as _eca
 from .ops import se as _se
 
@@ -113,3 +114,109 @@ def efficient_channel_attention(x, conv_weight, conv_bias=None, *, padding="zero
     op = torch.ops.fused_attn.eca_forward_triton if backend == "triton" else torch.ops.fused_attn.eca_forward
     with _se.no_autocast(x.device.type):
         return op(x, w, conv_bias, padding, gate)[0]
+
+
+def _cbam_missing():
+    from . import triton as fa_triton
+
+    missing = {"cuda": "CBAM has no hand-written CUDA kernels yet (on CUDA tensors 'auto' runs it on 'triton')"}
+    if not hasattr(fa_triton, "cbam"):
+        missing["triton"] = "CBAM has no Triton kernels yet"
+    return missing
+
+
+# Backends without CBAM kernels (`auto` skips them), fixed at import.
+_CBAM_MISSING = _cbam_missing()
+
+
+def _bn_update(stats, running_mean, running_var, num_batches_tracked, momentum, count):
+    """Running statistics as nn.BatchNorm2d updates them in training: an
+    exponential average (or, with momentum None, the cumulative one) of the
+    batch mean and the unbiased batch variance."""
+    with torch.no_grad():
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+            if momentum is None:
+                momentum = 1.0 / float(num_batches_tracked)
+        if momentum is None:
+            momentum = 0.0
+        if running_mean is not None:
+            mean = stats[0].to(running_mean.dtype)
+            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        if running_var is not None:
+            var = (stats[1] * (count / max(count - 1, 1))).to(running_var.dtype)
+            running_var.mul_(1 - momentum).add_(var, alpha=momentum)
+
+
+def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, *, bn_weight=None, bn_bias=None,
+         bn_running_mean=None, bn_running_var=None, bn_num_batches_tracked=None, bn_training=False,
+         bn_momentum=0.1, bn_eps=1e-5, act="relu", gate="sigmoid", light=False, pool_order="mean_max"):
+    """CBAM (channel then spatial attention), fused.
+
+    Args:
+        x: [N, C, H, W], float32 / float64 / float16 / bfloat16, NCHW or
+            channels_last (the output keeps the input's memory format).
+        fc1_weight: [rd, C] or [rd, C, 1, 1]; fc1_bias: [rd] or None.
+        fc2_weight: [C, rd] or [C, rd, 1, 1]; fc2_bias: [C] or None (timm's
+            1×1 convs have none; the official ``nn.Linear`` layers do).
+        spatial_weight: [1, 2, k, k] ([1, 1, k, k] when ``light``), k odd.
+        bn_*: the spatial gate's ``BatchNorm2d(1)``: affine weight and bias
+            ([1] or None), running statistics and ``num_batches_tracked``
+            (updated in place when ``bn_training``, as the module updates
+            them), momentum and eps. Without running statistics the batch's
+            are always used.
+        act: the MLP's hidden activation ("relu", "silu", ...).
+        gate: "sigmoid" or "hard_sigmoid" (the light channel gate is always
+            sigmoid, as in timm).
+        light: timm ``LightCbamModule``: one MLP pass on 0.5·mean + 0.5·max,
+            a 1-channel spatial map 0.5·mean_c + 0.5·max_c.
+        pool_order: "mean_max" (timm) or "max_mean" (the official CBAM):
+            the spatial conv's input channel order.
+
+    Returns:
+        [N, C, H, W] in x's dtype and memory format. Pooling, the MLP, the
+        spatial map and the BatchNorm accumulate in float32 (float64 for
+        float64 inputs).
+
+    Equivalent to ``fused_attn.reference.cbam`` (same arguments)::
+
+        g  = gate(mlp(x.mean((2, 3))) + mlp(x.amax((2, 3))))      # mlp = fc2 ∘ act ∘ fc1
+        x1 = x * g[:, :, None, None]
+        m  = torch.stack([x1.mean(1), x1.amax(1)], 1)            # [max, mean] for pool_order="max_mean"
+        y  = x1 * gate(batch_norm(conv2d(m, spatial_weight, padding=k // 2)))
+    """
+    from .reference.cbam import POOL_ORDERS
+
+    _cbam.check_cbam_names(act, gate)
+    if pool_order not in POOL_ORDERS:
+        raise ValueError(f"pool_order must be one of {POOL_ORDERS}, got {pool_order!r}")
+    fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight = _autocast_weights(
+        x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight)
+    w1 = _as_matrix(fc1_weight, "fc1_weight")
+    w2 = _as_matrix(fc2_weight, "fc2_weight")
+    ws = spatial_weight
+    if isinstance(ws, torch.Tensor) and ws.dim() == 4:
+        if ws.shape[0] != 1:
+            raise ValueError(f"spatial_weight must be [1, maps, k, k] (one output channel), got {list(ws.shape)}")
+        ws = ws[0]
+    bn = (("bn_weight", bn_weight), ("bn_bias", bn_bias), ("bn_running_mean", bn_running_mean),
+          ("bn_running_var", bn_running_var))
+    _cbam.check_cbam_args(x, w1, fc1_bias, w2, fc2_bias, ws, light, bn)
+    backend = _backends.resolve(x.device.type, _CBAM_MISSING)
+    if backend == "reference":
+        return reference.cbam(x, w1, fc1_bias, w2, fc2_bias, ws.unsqueeze(0), bn_weight=bn_weight, bn_bias=bn_bias,
+                              bn_running_mean=bn_running_mean, bn_running_var=bn_running_var,
+                              bn_num_batches_tracked=bn_num_batches_tracked, bn_training=bn_training,
+                              bn_momentum=bn_momentum, bn_eps=bn_eps, act=act, gate=gate, light=light,
+                              pool_order=pool_order)
+    batch_stats = bn_training or bn_running_mean is None or bn_running_var is None
+    rm = None if batch_stats else bn_running_mean
+    rv = None if batch_stats else bn_running_var
+    op = torch.ops.fused_attn.cbam_forward_triton if backend == "triton" else torch.ops.fused_attn.cbam_forward
+    with _se.no_autocast(x.device.type):
+        y, _, _, _, _, stats = op(x, w1, fc1_bias, w2, fc2_bias, ws, bn_weight, bn_bias, rm, rv, float(bn_eps), act,
+                                  gate, light, pool_order == "max_mean")
+    if bn_training and (bn_running_mean is not None or bn_num_batches_tracked is not None):
+        _bn_update(stats, bn_running_mean, bn_running_var, bn_num_batches_tracked, bn_momentum,
+                   x.shape[0] * x.shape[2] * x.shape[3])
+    return y

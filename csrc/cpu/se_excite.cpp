@@ -19,47 +19,6 @@
 namespace fused_attn::cpu {
 namespace {
 
-template <typename A>
-A act_forward(Act act, A h) {
-  switch (act) {
-    case Act::ReLU: return h > A(0) ? h : (h != h ? h : A(0));
-    case Act::SiLU: return h * sigmoid(h);
-    case Act::GELU: return A(0.5) * h * (A(1) + std::erf(h * A(M_SQRT1_2)));
-    case Act::GELUTanh: {
-      const A inner = A(M_SQRT2 * M_2_SQRTPI * 0.5) * (h + A(0.044715) * h * h * h);
-      return A(0.5) * h * (A(1) + std::tanh(inner));
-    }
-    case Act::HardSwish: return h * std::min(std::max(h + A(3), A(0)), A(6)) / A(6);
-  }
-  return h;
-}
-
-// d act(h) / dh, times grad.
-template <typename A>
-A act_backward(Act act, A grad, A h) {
-  switch (act) {
-    case Act::ReLU: return h <= A(0) ? A(0) : grad;
-    case Act::SiLU: {
-      const A s = sigmoid(h);
-      return grad * s * (A(1) + h * (A(1) - s));
-    }
-    case Act::GELU: {
-      const A cdf = A(0.5) * (A(1) + std::erf(h * A(M_SQRT1_2)));
-      const A pdf = std::exp(A(-0.5) * h * h) * A(M_2_SQRTPI * M_SQRT1_2 * 0.5);
-      return grad * (cdf + h * pdf);
-    }
-    case Act::GELUTanh: {
-      const A beta = A(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = A(0.044715);
-      const A t = std::tanh(beta * (h + kappa * h * h * h));
-      const A left = A(0.5) * h, right = A(1) + t;
-      return grad * (A(0.5) * right + left * (A(1) - t * t) * beta * (A(1) + A(3) * kappa * h * h));
-    }
-    case Act::HardSwish:
-      return h < A(-3) ? A(0) : (h <= A(3) ? grad * (h / A(3) + A(0.5)) : grad);
-  }
-  return grad;
-}
-
 template <typename A, typename F>
 void map_into(at::Tensor& out, const at::Tensor& in, F&& f) {
   const A* src = in.data_ptr<A>();

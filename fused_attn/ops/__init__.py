@@ -1,5 +1,5 @@
 """fused_attn's custom operators: argument checks, fake kernels and autograd
 for the schemas defined in csrc/fused_attn.cpp."""
-from . import eca, se
+from . import cbam, eca, se
 
-__all__ = ["eca", "se"]
+__all__ = ["cbam", "eca", "se"]

@@ -1,0 +1,756 @@
+// CBAM on the CPU: fused_attn::cbam_forward / cbam_backward for the CPU
+// dispatch key.
+//
+//   channel gate   a = mlp(mean_hw x) + mlp(max_hw x)   (light: mlp(½mean + ½max))
+//                  g = gate(a)                          (light: sigmoid)        x1 = x·g
+//   spatial gate   m = [mean_c x1, max_c x1]            (light: ½mean + ½max)
+//                  z = conv_kxk(m),  s = gate(bn(z))                           y = x1·s
+//
+// Work is per sample (one thread per sample): its pooling, MLP, channel pool
+// of x1, convolution and rescale run back to back while the sample's slice is
+// in cache, so x comes from DRAM once and y goes back once (2|x|) when the
+// BatchNorm uses running statistics. With batch statistics the rescale waits
+// for every sample's z: x is read a second time (3|x|).
+//
+// The backward: Σ_c dy·x1 per pixel (→ the spatial gate's gradient, the
+// BatchNorm's batch reductions), then per sample dL/dm through the transposed
+// convolution, dL/dg = Σ_hw dx1·x per channel, the MLP backward, and dx. The
+// max pools send their gradient to every tied maximum in equal shares, as
+// PyTorch's amax does. The weight gradients are summed over samples in a
+// fixed order (deterministic whatever the thread count).
+//
+// x1 = x·g is rounded to x's dtype, as the modules' multiply rounds it, and
+// recomputed identically in the backward, so the ties found there are the
+// forward's.
+#include "../se.h"
+#include "gate_math.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+namespace fused_attn::cpu {
+namespace {
+
+// The variant and sizes every stage needs.
+struct Cbam {
+  int64_t N, C, HW, H, W, rd, k;
+  bool cl;                 // channels_last: a pixel's C channels are contiguous
+  bool light, max_first;
+  Act act;
+  Gate gate;
+  int64_t maps() const { return light ? 1 : 2; }
+  // Offset of (c, p) within one sample.
+  int64_t at(int64_t c, int64_t p) const { return cl ? p * C + c : c * HW + p; }
+};
+
+// out[r] = b[r] + Σ_c w[r, c]·v[c]  (w: [rows, cols], row-major). Eight
+// partial sums so the compiler can vectorize without reassociating.
+template <typename A>
+void matvec(const A* w, const A* b, const A* v, A* out, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const A* wr = w + r * cols;
+    A part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8)
+      for (int j = 0; j < 8; ++j) part[j] += wr[c + j] * v[c + j];
+    A acc = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; c < cols; ++c) acc += wr[c] * v[c];
+    out[r] = (b ? b[r] : A(0)) + acc;
+  }
+}
+
+// out[c] = Σ_r w[r, c]·v[r]  (the transpose of matvec, as axpys over rows).
+template <typename A>
+void matvec_t(const A* w, const A* v, A* out, int64_t rows, int64_t cols) {
+  std::fill(out, out + cols, A(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const A* wr = w + r * cols;
+    const A vr = v[r];
+    for (int64_t c = 0; c < cols; ++c) out[c] += wr[c] * vr;
+  }
+}
+
+// The weights in the accumulation dtype, contiguous; raw pointers for the loops.
+template <typename A>
+struct Weights {
+  at::Tensor w1, b1, w2, b2, ws;
+  A gamma = A(1), beta = A(0);
+  const A* pw1() const { return w1.data_ptr<A>(); }
+  const A* pb1() const { return b1.defined() ? b1.data_ptr<A>() : nullptr; }
+  const A* pw2() const { return w2.data_ptr<A>(); }
+  const A* pb2() const { return b2.defined() ? b2.data_ptr<A>() : nullptr; }
+  const A* pws() const { return ws.data_ptr<A>(); }
+};
+
+template <typename A>
+Weights<A> weights(at::ScalarType acc, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                   const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& ws,
+                   const c10::optional<at::Tensor>& bn_w, const c10::optional<at::Tensor>& bn_b) {
+  Weights<A> out;
+  out.w1 = w1.to(acc).contiguous();
+  out.w2 = w2.to(acc).contiguous();
+  if (b1) out.b1 = b1->to(acc).contiguous();
+  if (b2) out.b2 = b2->to(acc).contiguous();
+  out.ws = ws.to(acc).contiguous();
+  if (bn_w) out.gamma = static_cast<A>(bn_w->item<double>());
+  if (bn_b) out.beta = static_cast<A>(bn_b->item<double>());
+  return out;
+}
+
+// The channel gate's MLP for one sample: logits a [C] from the pooled mean and
+// max; pre [maps, rd] receives fc1's outputs (before the activation), h
+// [rd] scratch.
+template <typename A>
+void channel_logits(const Cbam& v, const Weights<A>& w, const A* mean, const A* mx, A* pre, A* h, A* a,
+                    A* tmp) {
+  if (v.light) {
+    for (int64_t c = 0; c < v.C; ++c) tmp[c] = A(0.5) * mean[c] + A(0.5) * mx[c];
+    matvec(w.pw1(), w.pb1(), tmp, pre, v.rd, v.C);
+    for (int64_t r = 0; r < v.rd; ++r) h[r] = act_forward(v.act, pre[r]);
+    matvec(w.pw2(), w.pb2(), h, a, v.C, v.rd);
+    return;
+  }
+  matvec(w.pw1(), w.pb1(), mean, pre, v.rd, v.C);
+  for (int64_t r = 0; r < v.rd; ++r) h[r] = act_forward(v.act, pre[r]);
+  matvec(w.pw2(), w.pb2(), h, a, v.C, v.rd);
+  matvec(w.pw1(), w.pb1(), mx, pre + v.rd, v.rd, v.C);
+  for (int64_t r = 0; r < v.rd; ++r) h[r] = act_forward(v.act, pre[v.rd + r]);
+  matvec(w.pw2(), w.pb2(), h, tmp, v.C, v.rd);
+  for (int64_t c = 0; c < v.C; ++c) a[c] += tmp[c];
+}
+
+template <typename A>
+inline A channel_gate_value(const Cbam& v, A a) {
+  return v.light ? sigmoid(a) : gate_value(v.gate, a);
+}
+
+// The conv's input maps of one sample from its channel mean and max.
+template <typename A>
+void conv_input(const Cbam& v, const A* cmean, const A* cmax, A* m) {
+  const int64_t HW = v.HW;
+  if (v.light) {
+    for (int64_t p = 0; p < HW; ++p) m[p] = A(0.5) * cmean[p] + A(0.5) * cmax[p];
+  } else {
+    std::copy(v.max_first ? cmax : cmean, (v.max_first ? cmax : cmean) + HW, m);
+    std::copy(v.max_first ? cmean : cmax, (v.max_first ? cmean : cmax) + HW, m + HW);
+  }
+}
+
+// z = conv_kxk(m), 'same' size, zero padding; m [maps, H, W], ws [maps, k, k].
+template <typename A>
+void conv2d(const Cbam& v, const A* m, const A* ws, A* z) {
+  const int64_t H = v.H, W = v.W, k = v.k, pad = (k - 1) / 2;
+  std::fill(z, z + v.HW, A(0));
+  for (int64_t ch = 0; ch < v.maps(); ++ch) {
+    const A* mc = m + ch * v.HW;
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < k; ++j) {
+        const A wt = ws[(ch * k + i) * k + j];
+        const int64_t dy = i - pad, dx = j - pad;
+        const int64_t y0 = std::max<int64_t>(0, -dy), y1 = std::min<int64_t>(H, H - dy);
+        const int64_t x0 = std::max<int64_t>(0, -dx), x1 = std::min<int64_t>(W, W - dx);
+        for (int64_t y = y0; y < y1; ++y) {
+          A* zr = z + y * W;
+          const A* mr = mc + (y + dy) * W + dx;
+          for (int64_t x = x0; x < x1; ++x) zr[x] += wt * mr[x];
+        }
+      }
+    }
+  }
+}
+
+// The transposed convolution: dm[ch] = Σ_{i,j} w[ch, i, j]·dz shifted back,
+// and dw[ch, i, j] += Σ_p dz[p]·m[ch, p shifted] (this sample's share).
+template <typename A>
+void conv2d_backward(const Cbam& v, const A* m, const A* ws, const A* dz, A* dm, A* dw) {
+  const int64_t H = v.H, W = v.W, k = v.k, pad = (k - 1) / 2;
+  std::fill(dm, dm + v.maps() * v.HW, A(0));
+  for (int64_t ch = 0; ch < v.maps(); ++ch) {
+    const A* mc = m + ch * v.HW;
+    A* dmc = dm + ch * v.HW;
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < k; ++j) {
+        const A wt = ws[(ch * k + i) * k + j];
+        const int64_t dy = i - pad, dx = j - pad;
+        const int64_t y0 = std::max<int64_t>(0, -dy), y1 = std::min<int64_t>(H, H - dy);
+        const int64_t x0 = std::max<int64_t>(0, -dx), x1 = std::min<int64_t>(W, W - dx);
+        A acc = A(0);
+        for (int64_t y = y0; y < y1; ++y) {
+          const A* dzr = dz + y * W;
+          const A* mr = mc + (y + dy) * W + dx;
+          A* dmr = dmc + (y + dy) * W + dx;
+          for (int64_t x = x0; x < x1; ++x) {
+            dmr[x] += wt * dzr[x];
+            acc += dzr[x] * mr[x];
+          }
+        }
+        dw[(ch * k + i) * k + j] += acc;
+      }
+    }
+  }
+}
+
+// Per-thread scratch, sized for one sample.
+template <typename A>
+struct Scratch {
+  std::vector<A> mean, mx, cnt, pre, h, a, g, tmp, dg, dpre, dh;
+  std::vector<A> cmean, cmax, ccnt, m, s, dm, dcmean, dcmax, dwsp;
+  explicit Scratch(const Cbam& v)
+      : mean(v.C), mx(v.C), cnt(v.C), pre(2 * v.rd), h(v.rd), a(v.C), g(v.C), tmp(v.C), dg(v.C), dpre(2 * v.rd),
+        dh(v.rd), cmean(v.HW), cmax(v.HW), ccnt(v.HW), m(2 * v.HW), s(v.HW), dm(2 * v.HW), dcmean(v.HW),
+        dcmax(v.HW), dwsp(2 * v.k * v.k) {}
+};
+
+// Spatial mean and max of one sample's x (per channel).
+template <typename T, typename A>
+void spatial_pool(const Cbam& v, const T* x, A* mean, A* mx) {
+  const A ninf = -std::numeric_limits<A>::infinity();
+  if (v.cl) {
+    std::fill(mean, mean + v.C, A(0));
+    std::fill(mx, mx + v.C, ninf);
+    for (int64_t p = 0; p < v.HW; ++p) {
+      const T* xr = x + p * v.C;
+      for (int64_t c = 0; c < v.C; ++c) {
+        const A xv = static_cast<A>(xr[c]);
+        mean[c] += xv;
+        mx[c] = std::max(mx[c], xv);
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < v.C; ++c) {
+      const T* xr = x + c * v.HW;
+      A sum = A(0), m = ninf;
+      for (int64_t p = 0; p < v.HW; ++p) {
+        const A xv = static_cast<A>(xr[p]);
+        sum += xv;
+        m = std::max(m, xv);
+      }
+      mean[c] = sum;
+      mx[c] = m;
+    }
+  }
+  const A inv = A(1) / static_cast<A>(v.HW);
+  for (int64_t c = 0; c < v.C; ++c) mean[c] *= inv;
+}
+
+template <typename T, typename A>
+inline A x1_of(T xv, A g) {
+  return static_cast<A>(static_cast<T>(static_cast<A>(xv) * g));
+}
+
+// Channel mean and max of x1 = x·g per pixel.
+template <typename T, typename A>
+void channel_pool(const Cbam& v, const T* x, const A* g, A* cmean, A* cmax) {
+  const A ninf = -std::numeric_limits<A>::infinity();
+  if (v.cl) {
+    for (int64_t p = 0; p < v.HW; ++p) {
+      const T* xr = x + p * v.C;
+      A sum = A(0), m = ninf;
+      for (int64_t c = 0; c < v.C; ++c) {
+        const A x1 = x1_of(xr[c], g[c]);
+        sum += x1;
+        m = std::max(m, x1);
+      }
+      cmean[p] = sum;
+      cmax[p] = m;
+    }
+  } else {
+    std::fill(cmean, cmean + v.HW, A(0));
+    std::fill(cmax, cmax + v.HW, ninf);
+    for (int64_t c = 0; c < v.C; ++c) {
+      const T* xr = x + c * v.HW;
+      const A gc = g[c];
+      for (int64_t p = 0; p < v.HW; ++p) {
+        const A x1 = x1_of(xr[p], gc);
+        cmean[p] += x1;
+        cmax[p] = std::max(cmax[p], x1);
+      }
+    }
+  }
+  const A inv = A(1) / static_cast<A>(v.C);
+  for (int64_t p = 0; p < v.HW; ++p) cmean[p] *= inv;
+}
+
+// y = x1·s.
+template <typename T, typename A>
+void rescale(const Cbam& v, const T* x, const A* g, const A* s, T* y) {
+  if (v.cl) {
+    for (int64_t p = 0; p < v.HW; ++p) {
+      const T* xr = x + p * v.C;
+      T* yr = y + p * v.C;
+      const A sp = s[p];
+      for (int64_t c = 0; c < v.C; ++c) yr[c] = static_cast<T>(x1_of(xr[c], g[c]) * sp);
+    }
+  } else {
+    for (int64_t c = 0; c < v.C; ++c) {
+      const T* xr = x + c * v.HW;
+      T* yr = y + c * v.HW;
+      const A gc = g[c];
+      for (int64_t p = 0; p < v.HW; ++p) yr[p] = static_cast<T>(x1_of(xr[p], gc) * s[p]);
+    }
+  }
+}
+
+// s = gate(γ·(z − μ)·invstd + β) for one sample.
+template <typename A>
+void spatial_gate(const Cbam& v, const A* z, A mu, A invstd, A gamma, A beta, A* s) {
+  for (int64_t p = 0; p < v.HW; ++p) s[p] = gate_value(v.gate, gamma * (z[p] - mu) * invstd + beta);
+}
+
+Cbam describe(const Geometry& geo, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& ws, bool light,
+              bool max_first, c10::string_view act, c10::string_view gate) {
+  Cbam v;
+  v.N = geo.N;
+  v.C = geo.C;
+  v.HW = geo.HW;
+  v.H = x.size(2);
+  v.W = x.size(3);
+  v.rd = w1.size(0);
+  v.k = ws.size(-1);
+  v.cl = geo.cl;
+  v.light = light;
+  v.max_first = max_first;
+  v.act = parse_act(act);
+  v.gate = parse_gate(gate);
+  return v;
+}
+
+void check_cbam_args(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                     const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& ws, bool light) {
+  check_se_args(x, w1, b1, w2, b2);
+  const int64_t maps = light ? 1 : 2;
+  TORCH_CHECK_VALUE(ws.dim() == 3 && ws.size(0) == maps && ws.size(1) == ws.size(2) && ws.size(1) % 2 == 1,
+                    "fused_attn: spatial_weight must have shape [", maps, ", k, k] with k odd, got ", ws.sizes());
+  TORCH_CHECK_TYPE(ws.scalar_type() == x.scalar_type(), "fused_attn: spatial_weight has dtype ", ws.scalar_type(),
+                   " but x has dtype ", x.scalar_type());
+  TORCH_CHECK(ws.device() == x.device(), "fused_attn: spatial_weight is on ", ws.device(), " but x is on ",
+              x.device());
+}
+
+void check_scalar_param(const c10::optional<at::Tensor>& t, const char* name) {
+  if (t) TORCH_CHECK_VALUE(t->numel() == 1, "fused_attn: ", name, " must have one element, got ", t->sizes());
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cbam_forward_cpu(
+    const at::Tensor& x_in, const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+    const c10::optional<at::Tensor>& b2, const at::Tensor& ws, const c10::optional<at::Tensor>& bn_w,
+    const c10::optional<at::Tensor>& bn_b, const c10::optional<at::Tensor>& bn_rm,
+    const c10::optional<at::Tensor>& bn_rv, double eps, c10::string_view act, c10::string_view gate, bool light,
+    bool max_first) {
+  check_cbam_args(x_in, w1, b1, w2, b2, ws, light);
+  for (const auto& [t, name] : {std::pair<const c10::optional<at::Tensor>&, const char*>{bn_w, "bn_weight"},
+                                {bn_b, "bn_bias"}, {bn_rm, "bn_running_mean"}, {bn_rv, "bn_running_var"}})
+    check_scalar_param(t, name);
+  TORCH_CHECK(x_in.device().is_cpu(), "fused_attn: cbam_forward_cpu got x on ", x_in.device());
+  const Geometry geo = geometry(x_in);
+  const Cbam v = describe(geo, x_in, w1, ws, light, max_first, act, gate);
+  const auto acc = acc_dtype(x_in);
+  const auto aopt = x_in.options().dtype(acc);
+  at::Tensor y = at::empty_like(geo.x);
+  maybe_poison(y);
+  at::Tensor pooled = at::empty({2, v.N, v.C}, aopt);
+  at::Tensor logits = at::empty({v.N, v.C}, aopt);
+  at::Tensor smap = at::empty({2, v.N, v.HW}, aopt);
+  at::Tensor z = at::empty({v.N, v.HW}, aopt);
+  at::Tensor stats = at::empty({2}, aopt);
+  const bool batch_stats = !(bn_rm && bn_rv);
+  if (v.N == 0 || v.C == 0 || v.HW == 0) {
+    pooled.zero_();
+    logits.zero_();
+    smap.zero_();
+    z.zero_();
+    stats.zero_();
+    if (v.HW == 0 || v.C == 0) stats.fill_(std::numeric_limits<double>::quiet_NaN());
+    return {y, pooled, logits, smap, z, stats};
+  }
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "cbam_forward_cpu", [&] {
+    using T = scalar_t;
+    using A = at::opmath_type<T>;
+    const Weights<A> w = weights<A>(acc, w1, b1, w2, b2, ws, bn_w, bn_b);
+    const T* xp = geo.x.data_ptr<T>();
+    T* yp = y.data_ptr<T>();
+    A* pm = pooled.data_ptr<A>();
+    A* lg = logits.data_ptr<A>();
+    A* sm = smap.data_ptr<A>();
+    A* zp = z.data_ptr<A>();
+    const int64_t slice = v.C * v.HW;
+    A mu = A(0), invstd = A(1);
+    if (!batch_stats) {
+      mu = static_cast<A>(bn_rm->item<double>());
+      invstd = static_cast<A>(1.0 / std::sqrt(bn_rv->item<double>() + eps));
+    }
+    // Everything up to z for samples [n0, n1); the rescale too unless it
+    // needs the whole batch's statistics.
+    at::parallel_for(0, v.N, 1, [&](int64_t n0, int64_t n1) {
+      Scratch<A> t(v);
+      for (int64_t n = n0; n < n1; ++n) {
+        const T* xs = xp + n * slice;
+        A* mean = pm + n * v.C;
+        A* mx = pm + (v.N + n) * v.C;
+        spatial_pool(v, xs, mean, mx);
+        A* a = lg + n * v.C;
+        channel_logits(v, w, mean, mx, t.pre.data(), t.h.data(), a, t.tmp.data());
+        for (int64_t c = 0; c < v.C; ++c) t.g[c] = channel_gate_value(v, a[c]);
+        A* cmean = sm + n * v.HW;
+        A* cmax = sm + (v.N + n) * v.HW;
+        channel_pool(v, xs, t.g.data(), cmean, cmax);
+        conv_input(v, cmean, cmax, t.m.data());
+        conv2d(v, t.m.data(), w.pws(), zp + n * v.HW);
+        if (!batch_stats) {
+          spatial_gate(v, zp + n * v.HW, mu, invstd, w.gamma, w.beta, t.s.data());
+          rescale(v, xs, t.g.data(), t.s.data(), yp + n * slice);
+        }
+      }
+    });
+    if (batch_stats) {
+      // Mean and biased variance of z over N·H·W, in double, two passes.
+      const int64_t count = v.N * v.HW;
+      double sum = 0;
+      for (int64_t i = 0; i < count; ++i) sum += static_cast<double>(zp[i]);
+      const double mean = sum / static_cast<double>(count);
+      double ss = 0;
+      for (int64_t i = 0; i < count; ++i) {
+        const double d = static_cast<double>(zp[i]) - mean;
+        ss += d * d;
+      }
+      const double var = ss / static_cast<double>(count);
+      mu = static_cast<A>(mean);
+      invstd = static_cast<A>(1.0 / std::sqrt(var + eps));
+      stats[0].fill_(mean);
+      stats[1].fill_(var);
+      at::parallel_for(0, v.N, 1, [&](int64_t n0, int64_t n1) {
+        std::vector<A> g(v.C), s(v.HW);
+        for (int64_t n = n0; n < n1; ++n) {
+          for (int64_t c = 0; c < v.C; ++c) g[c] = channel_gate_value(v, lg[n * v.C + c]);
+          spatial_gate(v, zp + n * v.HW, mu, invstd, w.gamma, w.beta, s.data());
+          rescale(v, xp + n * slice, g.data(), s.data(), yp + n * slice);
+        }
+      });
+    } else {
+      stats[0].fill_(bn_rm->item<double>());
+      stats[1].fill_(bn_rv->item<double>());
+    }
+  });
+  return {y, pooled, logits, smap, z, stats};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& w1,
+                  const c10::optional<at::Tensor>& b1, const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                  const at::Tensor& ws, const c10::optional<at::Tensor>& bn_w, const c10::optional<at::Tensor>& bn_b,
+                  const at::Tensor& pooled, const at::Tensor& logits, const at::Tensor& smap, const at::Tensor& z,
+                  const at::Tensor& stats, bool batch_stats, double eps, c10::string_view act,
+                  c10::string_view gate, bool light, bool max_first) {
+  check_cbam_args(x_in, w1, b1, w2, b2, ws, light);
+  TORCH_CHECK(x_in.device().is_cpu(), "fused_attn: cbam_backward_cpu got x on ", x_in.device());
+  TORCH_CHECK_VALUE(dy_in.sizes() == x_in.sizes() && dy_in.scalar_type() == x_in.scalar_type(),
+                    "fused_attn: grad_y must have x's shape and dtype");
+  const Geometry geo = geometry(x_in);
+  const Cbam v = describe(geo, x_in, w1, ws, light, max_first, act, gate);
+  const auto acc = acc_dtype(x_in);
+  const auto aopt = x_in.options().dtype(acc);
+  for (const auto& [t, name, rows, cols] :
+       {std::tuple<const at::Tensor&, const char*, int64_t, int64_t>{pooled, "pooled", 2 * v.N, v.C},
+        {logits, "logits", v.N, v.C}, {smap, "smap", 2 * v.N, v.HW}, {z, "z", v.N, v.HW}, {stats, "bn_stats", 1, 2}}) {
+    TORCH_CHECK_VALUE(t.scalar_type() == acc && t.is_contiguous() && t.numel() == rows * cols,
+                      "fused_attn: ", name, " must be a contiguous ", acc, " tensor of ", rows * cols,
+                      " elements, got ", t.scalar_type(), " ", t.sizes());
+  }
+  const at::Tensor dy = dy_in.contiguous(geo.format);
+  at::Tensor dx = at::empty_like(geo.x);
+  maybe_poison(dx);
+  const int64_t maps = v.maps();
+  // Per-sample rows the weight gradients are formed from after the loop.
+  at::Tensor da_all = at::zeros({v.N, v.C}, aopt);              // dL/da
+  at::Tensor hsum = at::zeros({v.N, v.rd}, aopt);               // Σ_branches act(pre)
+  at::Tensor dpre_all = at::zeros({maps, v.N, v.rd}, aopt);     // dL/dpre per branch
+  at::Tensor dws_part = at::zeros({v.N, maps, v.k, v.k}, aopt);
+  at::Tensor dbn = at::empty({v.N, v.HW}, aopt);                // dL/d(bn output)
+  at::Tensor ccnt = at::empty({v.N, v.HW}, aopt);               // ties of the channel max per pixel
+  double dgamma = 0, dbeta = 0;
+
+  if (v.N > 0 && v.C > 0 && v.HW > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "cbam_backward_cpu", [&] {
+      using T = scalar_t;
+      using A = at::opmath_type<T>;
+      const Weights<A> w = weights<A>(acc, w1, b1, w2, b2, ws, bn_w, bn_b);
+      const T* xp = geo.x.data_ptr<T>();
+      const T* dyp = dy.data_ptr<T>();
+      T* dxp = dx.data_ptr<T>();
+      const A* pm = pooled.data_ptr<A>();
+      const A* lg = logits.data_ptr<A>();
+      const A* sm = smap.data_ptr<A>();
+      const A* zp = z.data_ptr<A>();
+      A* dbnp = dbn.data_ptr<A>();
+      A* ccp = ccnt.data_ptr<A>();
+      const double st_mean = stats[0].item<double>(), st_var = stats[1].item<double>();
+      const A mu = static_cast<A>(st_mean);
+      const A invstd = static_cast<A>(1.0 / std::sqrt(st_var + eps));
+      const int64_t slice = v.C * v.HW;
+
+      // Phase 1, per sample: ds = Σ_c dy·x1 per pixel → dL/d(bn output); the
+      // ties of each pixel's channel max.
+      auto phase1 = [&](int64_t n, Scratch<A>& t) {
+        const T* xs = xp + n * slice;
+        const T* dys = dyp + n * slice;
+        const A* cmax = sm + (v.N + n) * v.HW;
+        for (int64_t c = 0; c < v.C; ++c) t.g[c] = channel_gate_value(v, lg[n * v.C + c]);
+        A* dsp = t.dm.data();  // scratch [HW]
+        A* cc = ccp + n * v.HW;
+        if (v.cl) {
+          for (int64_t p = 0; p < v.HW; ++p) {
+            const T* xr = xs + p * v.C;
+            const T* dr = dys + p * v.C;
+            A acc_s = A(0), cnt = A(0);
+            const A mp = cmax[p];
+            for (int64_t c = 0; c < v.C; ++c) {
+              const A x1 = x1_of(xr[c], t.g[c]);
+              acc_s += static_cast<A>(dr[c]) * x1;
+              cnt += x1 == mp ? A(1) : A(0);
+            }
+            dsp[p] = acc_s;
+            cc[p] = cnt;
+          }
+        } else {
+          std::fill(dsp, dsp + v.HW, A(0));
+          std::fill(cc, cc + v.HW, A(0));
+          for (int64_t c = 0; c < v.C; ++c) {
+            const T* xr = xs + c * v.HW;
+            const T* dr = dys + c * v.HW;
+            const A gc = t.g[c];
+            for (int64_t p = 0; p < v.HW; ++p) {
+              const A x1 = x1_of(xr[p], gc);
+              dsp[p] += static_cast<A>(dr[p]) * x1;
+              cc[p] += x1 == cmax[p] ? A(1) : A(0);
+            }
+          }
+        }
+        const A* zs = zp + n * v.HW;
+        for (int64_t p = 0; p < v.HW; ++p) {
+          const A bo = w.gamma * (zs[p] - mu) * invstd + w.beta;
+          dbnp[n * v.HW + p] = gate_grad(v.gate, dsp[p], bo, gate_value(v.gate, bo));
+        }
+      };
+
+      // Phase 2, per sample, once dz is known: the transposed convolution,
+      // dL/dg, the MLP backward and dx.
+      auto phase2 = [&](int64_t n, Scratch<A>& t, const A* dz) {
+        const T* xs = xp + n * slice;
+        const T* dys = dyp + n * slice;
+        T* dxs = dxp + n * slice;
+        const A* mean = pm + n * v.C;
+        const A* mx = pm + (v.N + n) * v.C;
+        const A* a = lg + n * v.C;
+        const A* cmean = sm + n * v.HW;
+        const A* cmax = sm + (v.N + n) * v.HW;
+        const A* cc = ccp + n * v.HW;
+        for (int64_t c = 0; c < v.C; ++c) t.g[c] = channel_gate_value(v, a[c]);
+        // s and the conv's input maps.
+        const A* zs = zp + n * v.HW;
+        for (int64_t p = 0; p < v.HW; ++p) t.s[p] = gate_value(v.gate, w.gamma * (zs[p] - mu) * invstd + w.beta);
+        conv_input(v, cmean, cmax, t.m.data());
+        std::fill(t.dwsp.begin(), t.dwsp.end(), A(0));
+        conv2d_backward(v, t.m.data(), w.pws(), dz, t.dm.data(), t.dwsp.data());
+        std::copy(t.dwsp.begin(), t.dwsp.begin() + maps * v.k * v.k, dws_part.data_ptr<A>() + n * maps * v.k * v.k);
+        // dL/dcmean (÷ C: each channel's share) and dL/dcmax (÷ ties).
+        const A invC = A(1) / static_cast<A>(v.C);
+        for (int64_t p = 0; p < v.HW; ++p) {
+          A dmean, dmax;
+          if (v.light) {
+            dmean = dmax = A(0.5) * t.dm[p];
+          } else {
+            dmean = t.dm[(v.max_first ? 1 : 0) * v.HW + p];
+            dmax = t.dm[(v.max_first ? 0 : 1) * v.HW + p];
+          }
+          t.dcmean[p] = dmean * invC;
+          t.dcmax[p] = dmax / cc[p];
+        }
+        // dx1 = dy·s + the channel pools' shares; dL/dg = Σ_hw dx1·x; the
+        // ties of each channel's spatial max (in t.cnt).
+        auto dx1_at = [&](T xv, T dyv, A gc, int64_t p) {
+          const A x1 = x1_of(xv, gc);
+          A d = static_cast<A>(dyv) * t.s[p] + t.dcmean[p];
+          if (x1 == cmax[p]) d += t.dcmax[p];
+          return d;
+        };
+        if (v.cl) {
+          std::fill(t.dg.begin(), t.dg.end(), A(0));
+          std::fill(t.cnt.begin(), t.cnt.end(), A(0));
+          for (int64_t p = 0; p < v.HW; ++p) {
+            const T* xr = xs + p * v.C;
+            const T* dr = dys + p * v.C;
+            for (int64_t c = 0; c < v.C; ++c) {
+              t.dg[c] += dx1_at(xr[c], dr[c], t.g[c], p) * static_cast<A>(xr[c]);
+              t.cnt[c] += static_cast<A>(xr[c]) == mx[c] ? A(1) : A(0);
+            }
+          }
+        } else {
+          for (int64_t c = 0; c < v.C; ++c) {
+            const T* xr = xs + c * v.HW;
+            const T* dr = dys + c * v.HW;
+            const A gc = t.g[c], mc = mx[c];
+            A acc_g = A(0), cnt = A(0);
+            for (int64_t p = 0; p < v.HW; ++p) {
+              acc_g += dx1_at(xr[p], dr[p], gc, p) * static_cast<A>(xr[p]);
+              cnt += static_cast<A>(xr[p]) == mc ? A(1) : A(0);
+            }
+            t.dg[c] = acc_g;
+            t.cnt[c] = cnt;
+          }
+        }
+        // The channel gate and the MLP backward: da, then per branch dpre
+        // and dL/dpooled (t.tmp: mean's, t.a: max's).
+        A* da = da_all.data_ptr<A>() + n * v.C;
+        for (int64_t c = 0; c < v.C; ++c) {
+          da[c] = v.light ? t.dg[c] * (A(1) - t.g[c]) * t.g[c] : gate_grad(v.gate, t.dg[c], a[c], t.g[c]);
+        }
+        matvec_t(w.pw2(), da, t.dh.data(), v.C, v.rd);  // dL/dh (the same for both branches)
+        A* hs = hsum.data_ptr<A>() + n * v.rd;
+        A* dpre = dpre_all.data_ptr<A>();
+        std::vector<A> vin(v.C);
+        for (int64_t b = 0; b < maps; ++b) {
+          const A* in = v.light ? nullptr : (b == 0 ? mean : mx);
+          if (v.light) {
+            for (int64_t c = 0; c < v.C; ++c) vin[c] = A(0.5) * mean[c] + A(0.5) * mx[c];
+            in = vin.data();
+          }
+          matvec(w.pw1(), w.pb1(), in, t.pre.data(), v.rd, v.C);
+          A* dp = dpre + (b * v.N + n) * v.rd;
+          for (int64_t r = 0; r < v.rd; ++r) {
+            hs[r] += act_forward(v.act, t.pre[r]);
+            dp[r] = act_backward(v.act, t.dh[r], t.pre[r]);
+          }
+          matvec_t(w.pw1(), dp, b == 0 ? t.tmp.data() : t.a.data(), v.rd, v.C);
+        }
+        if (v.light) {
+          for (int64_t c = 0; c < v.C; ++c) t.a[c] = t.tmp[c] = A(0.5) * t.tmp[c];
+        }
+        const A invHW = A(1) / static_cast<A>(v.HW);
+        for (int64_t c = 0; c < v.C; ++c) {
+          t.tmp[c] *= invHW;                 // mean's share per pixel
+          t.a[c] = t.a[c] / t.cnt[c];        // max's share per tie
+        }
+        // dx = dx1·g + the spatial pools' shares.
+        if (v.cl) {
+          for (int64_t p = 0; p < v.HW; ++p) {
+            const T* xr = xs + p * v.C;
+            const T* dr = dys + p * v.C;
+            T* out = dxs + p * v.C;
+            for (int64_t c = 0; c < v.C; ++c) {
+              A d = dx1_at(xr[c], dr[c], t.g[c], p) * t.g[c] + t.tmp[c];
+              if (static_cast<A>(xr[c]) == mx[c]) d += t.a[c];
+              out[c] = static_cast<T>(d);
+            }
+          }
+        } else {
+          for (int64_t c = 0; c < v.C; ++c) {
+            const T* xr = xs + c * v.HW;
+            const T* dr = dys + c * v.HW;
+            T* out = dxs + c * v.HW;
+            const A gc = t.g[c], mc = mx[c], share = t.tmp[c], tie = t.a[c];
+            for (int64_t p = 0; p < v.HW; ++p) {
+              A d = dx1_at(xr[p], dr[p], gc, p) * gc + share;
+              if (static_cast<A>(xr[p]) == mc) d += tie;
+              out[p] = static_cast<T>(d);
+            }
+          }
+        }
+      };
+
+      // dz from dL/d(bn output): batch statistics make it depend on every
+      // sample (the two batch means below); running ones do not.
+      auto dz_of = [&](int64_t n, A m_dbn, A m_dbn_zhat, A* dz) {
+        const A* zs = zp + n * v.HW;
+        const A* d = dbnp + n * v.HW;
+        for (int64_t p = 0; p < v.HW; ++p) {
+          const A zhat = (zs[p] - mu) * invstd;
+          dz[p] = batch_stats ? w.gamma * invstd * (d[p] - m_dbn - zhat * m_dbn_zhat) : w.gamma * invstd * d[p];
+        }
+      };
+
+      if (batch_stats) {
+        at::parallel_for(0, v.N, 1, [&](int64_t n0, int64_t n1) {
+          Scratch<A> t(v);
+          for (int64_t n = n0; n < n1; ++n) phase1(n, t);
+        });
+      }
+      // The BatchNorm's reductions over N·H·W (fixed order), in double.
+      double s_dbn = 0, s_dbn_zhat = 0;
+      const int64_t count = v.N * v.HW;
+      if (batch_stats) {
+        for (int64_t i = 0; i < count; ++i) {
+          const double zhat = (static_cast<double>(zp[i]) - st_mean) * static_cast<double>(invstd);
+          s_dbn += static_cast<double>(dbnp[i]);
+          s_dbn_zhat += static_cast<double>(dbnp[i]) * zhat;
+        }
+      }
+      const A m_dbn = static_cast<A>(s_dbn / static_cast<double>(count));
+      const A m_dbn_zhat = static_cast<A>(s_dbn_zhat / static_cast<double>(count));
+      at::parallel_for(0, v.N, 1, [&](int64_t n0, int64_t n1) {
+        Scratch<A> t(v);
+        std::vector<A> dz(v.HW);
+        for (int64_t n = n0; n < n1; ++n) {
+          if (!batch_stats) phase1(n, t);
+          dz_of(n, m_dbn, m_dbn_zhat, dz.data());
+          phase2(n, t, dz.data());
+        }
+      });
+      if (!batch_stats) {
+        for (int64_t i = 0; i < count; ++i) {
+          const double zhat = (static_cast<double>(zp[i]) - st_mean) * static_cast<double>(invstd);
+          s_dbn += static_cast<double>(dbnp[i]);
+          s_dbn_zhat += static_cast<double>(dbnp[i]) * zhat;
+        }
+      }
+      dbeta = s_dbn;
+      dgamma = s_dbn_zhat;
+    });
+  }
+
+  // The weight gradients, whole batch, fixed order.
+  const double branches = light ? 1.0 : 2.0;
+  at::Tensor dw2 = at::mm(da_all.t(), hsum);                                  // [C, rd]
+  at::Tensor pre_in = light ? pooled[0].add(pooled[1]).mul_(0.5).unsqueeze(0) : pooled;  // [maps, N, C]
+  at::Tensor dw1 = at::mm(dpre_all.reshape({-1, v.rd}).t(), pre_in.reshape({-1, v.C}));  // [rd, C]
+  at::Tensor db1 = dpre_all.sum({0, 1});
+  at::Tensor db2 = da_all.sum(0).mul_(branches);
+  at::Tensor dws = dws_part.sum(0);
+  const auto wopt = ws.options();
+  at::Tensor dgw = bn_w ? at::full({1}, dgamma, aopt).to(bn_w->scalar_type()).view(bn_w->sizes())
+                        : at::empty({0}, wopt);
+  at::Tensor dgb = bn_b ? at::full({1}, dbeta, aopt).to(bn_b->scalar_type()).view(bn_b->sizes())
+                        : at::empty({0}, wopt);
+  return {dx,
+          dw1.to(w1.scalar_type()),
+          b1 ? db1.to(b1->scalar_type()) : at::empty({0}, wopt),
+          dw2.to(w2.scalar_type()),
+          b2 ? db2.to(b2->scalar_type()) : at::empty({0}, wopt),
+          dws.to(ws.scalar_type()),
+          dgw,
+          dgb};
+}
+
+TORCH_LIBRARY_IMPL(fused_attn, CPU, m) {
+  m.impl("cbam_forward", &cbam_forward_cpu);
+  m.impl("cbam_backward", &cbam_backward_cpu);
+}
+
+}  // namespace fused_attn::cpu
