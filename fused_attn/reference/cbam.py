@@ -33,7 +33,7 @@ def _mlp(v, w1, b1, w2, b2, act):
 def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, *, bn_weight=None, bn_bias=None,
          bn_running_mean=None, bn_running_var=None, bn_num_batches_tracked=None, bn_training=False,
          bn_momentum=0.1, bn_eps=1e-5,
-         act="relu", gate="sigmoid", light=False, pool_order="mean_max"):
+         act="relu", gate="sigmoid", light=False, pool_order="mean_max", x1_dtype=None):
     """y = spatial_gate(channel_gate(x)).
 
     x: [N, C, H, W]. fc1_weight: [rd, C] (or [rd, C, 1, 1]), fc1_bias [rd] or
@@ -59,6 +59,8 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, *, bn_we
     else:
         g = GATES[gate](_mlp(mean, w1, b1, w2, b2, act) + _mlp(mx, w1, b1, w2, b2, act))
     x1 = (x * g[:, :, None, None]).to(x.dtype)
+    if x1_dtype is not None and x1_dtype != x.dtype:
+        x1 = x1 + (x1.detach().to(x1_dtype).to(x.dtype) - x1.detach())
 
     c_mean = x1.mean(1, keepdim=True, dtype=acc)
     c_max = x1.amax(1, keepdim=True).to(acc)

@@ -1,0 +1,285 @@
+"""CBAM: every CPU backend against the float64 reference (outputs, every
+gradient, the BatchNorm's running statistics, train and eval), ties in both
+max pools, the ops (opcheck, compile), bad input, and the modules."""
+import dataclasses
+import functools
+
+import pytest
+import torch
+
+import fused_attn
+
+from .utils import DTYPES, FORMATS, TOL, assert_close, cpu_backends, ids
+
+
+@pytest.fixture(params=[b for b in cpu_backends() if b != "reference"])
+def backend(request):
+    with fused_attn.use_backend(request.param):
+        yield request.param
+
+
+@dataclasses.dataclass(frozen=True)
+class CBAMVariant:
+    light: bool = False
+    pool_order: str = "mean_max"
+    k: int = 7
+    bias: bool = False        # the MLP's biases (official CBAM: nn.Linear with bias)
+    affine: bool = True       # the BatchNorm's weight and bias
+    act: str = "relu"
+    gate: str = "sigmoid"
+    train: bool = False       # batch statistics (and a running-statistics update)
+
+    def __str__(self):
+        kind = "light" if self.light else self.pool_order
+        return (f"{kind}-k{self.k}-{self.act}-{self.gate}-{'bias' if self.bias else 'nobias'}"
+                f"-{'affine' if self.affine else 'noaffine'}-{'train' if self.train else 'eval'}")
+
+
+VARIANTS = [
+    CBAMVariant(),                                                      # timm CbamModule, eval
+    CBAMVariant(train=True),                                            # timm CbamModule, train
+    CBAMVariant(pool_order="max_mean", bias=True, train=True),          # the official CBAM
+    CBAMVariant(light=True, bias=True),                                 # timm LightCbamModule
+    CBAMVariant(light=True, k=3, train=True),
+    CBAMVariant(k=3, act="silu", gate="hard_sigmoid", affine=False),
+    CBAMVariant(k=1, act="gelu", pool_order="max_mean", affine=False, train=True),
+]
+# Odd sizes, C = 1, H·W = 1 (eval only: BatchNorm's batch statistics need
+# more than one value), 13×17, N = 1.
+SHAPES = [(2, 1, 5, 6), (1, 3, 7, 7), (3, 16, 1, 1), (2, 37, 13, 17), (1, 130, 7, 7), (4, 64, 6, 6)]
+
+
+def cbam_sample(shape, dtype, memory_format, variant, *, seed=0, device="cpu", integer=False):
+    """x and the weights (random, never zeros); BN parameters and running
+    statistics in float32 as the module keeps them. ``integer``: x takes few
+    distinct values, so both max pools have ties."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*size, scale=1.0, dt=dtype):
+        return (torch.randn(*size, generator=g, dtype=torch.float64) * scale).to(dtype=dt, device=device)
+
+    N, C, H, W = shape
+    rd = max(1, C // 4)
+    if integer:
+        x = torch.randint(-2, 3, shape, generator=g).to(dtype=dtype, device=device)
+    else:
+        x = rand(*shape)
+    x = x.to(memory_format=memory_format)
+    maps = 1 if variant.light else 2
+    params = dict(
+        fc1_weight=rand(rd, C, scale=C ** -0.5), fc1_bias=rand(rd, scale=0.5) if variant.bias else None,
+        fc2_weight=rand(C, rd, scale=rd ** -0.5), fc2_bias=rand(C, scale=0.5) if variant.bias else None,
+        spatial_weight=rand(1, maps, variant.k, variant.k, scale=0.4 / variant.k),
+        bn_weight=rand(1, scale=0.3, dt=torch.float32).abs() + 0.5 if variant.affine else None,
+        bn_bias=rand(1, scale=0.3, dt=torch.float32) if variant.affine else None)
+    buffers = dict(bn_running_mean=rand(1, scale=0.3, dt=torch.float32),
+                   bn_running_var=rand(1, dt=torch.float32).abs() + 0.5,
+                   bn_num_batches_tracked=torch.tensor(3, device=device))
+    return x, params, buffers
+
+
+def run(fn, x, params, buffers, variant):
+    return fn(x, **params, **buffers, bn_training=variant.train, act=variant.act, gate=variant.gate,
+              light=variant.light, pool_order=variant.pool_order)
+
+
+def check_against_reference(shape, dtype, memory_format, variant, *, device="cpu", seed=0, integer=False):
+    x, params, buffers = cbam_sample(shape, dtype, memory_format, variant, seed=seed, device=device,
+                                     integer=integer)
+    x.requires_grad_()
+    leaves = {k: (v.requires_grad_() if v is not None else None) for k, v in params.items()}
+    bufs = {k: v.clone() for k, v in buffers.items()}
+    y = run(fused_attn.cbam, x, leaves, bufs, variant)
+    assert y.dtype == dtype and y.shape == x.shape and y.is_contiguous(memory_format=memory_format)
+
+    x64 = x.detach().double().requires_grad_()
+    leaves64 = {k: (v.detach().double().requires_grad_() if v is not None else None) for k, v in params.items()}
+    bufs64 = {k: (v.clone().double() if v.is_floating_point() else v.clone()) for k, v in buffers.items()}
+    y_ref = run(fused_attn.reference.cbam, x64, leaves64, bufs64, variant)
+    assert_close(y, y_ref, dtype)
+    # The gradients against a float64 evaluation that rounds x1 as x's dtype
+    # does: the max pools' ties (and so where their gradient goes) are then
+    # the same as the kernel's.
+    x64 = x.detach().double().requires_grad_()
+    leaves64 = {k: (v.detach().double().requires_grad_() if v is not None else None) for k, v in params.items()}
+    y_ref = run(functools.partial(fused_attn.reference.cbam, x1_dtype=dtype), x64, leaves64,
+                {k: (v.clone().double() if v.is_floating_point() else v.clone()) for k, v in buffers.items()}, variant)
+
+    g = torch.Generator().manual_seed(seed + 1)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    names = ["x"] + [k for k, v in leaves.items() if v is not None]
+    grads = torch.autograd.grad(y, [x] + [v for v in leaves.values() if v is not None], dy)
+    grads_ref = torch.autograd.grad(y_ref, [x64] + [v for v in leaves64.values() if v is not None], dy.double())
+    for name, gr, g_ref in zip(names, grads, grads_ref):
+        expected_dtype = torch.float32 if name.startswith("bn_") else dtype
+        assert gr.dtype == expected_dtype and gr.shape == g_ref.shape, name
+        # BN parameters stay float32 (as the module keeps them): at most fp32's precision.
+        tol_dtype = torch.float32 if name.startswith("bn_") and dtype == torch.float64 else dtype
+        assert_close(gr, g_ref, tol_dtype, grad=True)
+    # Running statistics: updated in training exactly as nn.BatchNorm2d does.
+    for name in ("bn_running_mean", "bn_running_var"):
+        # (z's batch mean and variance: of the order of one, low-precision x
+        # moves them by its rounding)
+        tol = dict(atol=1e-6, rtol=1e-5) if dtype in (torch.float32, torch.float64) else TOL[dtype]
+        torch.testing.assert_close(bufs[name].double(), bufs64[name], **tol, msg=name)
+        if not variant.train:
+            assert torch.equal(bufs[name], buffers[name]), name
+    assert int(bufs["bn_num_batches_tracked"]) == int(buffers["bn_num_batches_tracked"]) + int(variant.train)
+
+
+def _shapes_for(variant):
+    return [s for s in SHAPES if not (variant.train and s[2] * s[3] == 1 and s[0] == 1)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids(VARIANTS))
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids(DTYPES))
+def test_matches_reference(backend, dtype, memory_format, variant):
+    shapes = _shapes_for(variant)
+    if backend == "triton":   # the interpreter is slow: the small shapes
+        shapes = [s for s in shapes if s[1] * s[2] * s[3] <= 2000]
+    for shape in shapes:
+        check_against_reference(shape, dtype, memory_format, variant)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("light", [False, True], ids=["cbam", "light"])
+def test_ties_in_both_max_pools(backend, light, memory_format, train):
+    """Integer-valued x (five values): every channel's spatial max and every
+    pixel's channel max is tied; the gradient is split among the tied maxima
+    as torch.amax's is. float64, so the comparison is exact up to rounding."""
+    variant = CBAMVariant(light=light, k=3, train=train)
+    check_against_reference((2, 12, 5, 6), torch.float64, memory_format, variant, integer=True)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["ema", "cumulative"])
+def test_running_statistics_over_steps(backend, momentum):
+    """Three training steps update running_mean / running_var /
+    num_batches_tracked as nn.BatchNorm2d does (momentum None: cumulative)."""
+    variant = CBAMVariant(train=True, k=3)
+    _, params, buffers = cbam_sample((2, 8, 5, 5), torch.float32, torch.contiguous_format, variant)
+    ref_buffers = {k: v.clone() for k, v in buffers.items()}
+    for step in range(3):
+        x = torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(step))
+        kw = dict(bn_training=True, bn_momentum=momentum)
+        fused_attn.cbam(x, **params, **buffers, **kw)
+        fused_attn.reference.cbam(x, **params, **ref_buffers, **kw)
+    for k in buffers:
+        torch.testing.assert_close(buffers[k], ref_buffers[k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_deterministic(backend):
+    variant = CBAMVariant(train=True)
+    x, params, buffers = cbam_sample((3, 24, 9, 9), torch.float32, torch.channels_last, variant)
+    outs = []
+    for _ in range(2):
+        xx = x.clone().requires_grad_()
+        ps = [p.clone().requires_grad_() for p in params.values() if p is not None]
+        it = iter(ps)
+        leaves = {k: (next(it) if v is not None else None) for k, v in params.items()}
+        y = run(fused_attn.cbam, xx, leaves, {k: v.clone() for k, v in buffers.items()}, variant)
+        outs.append([y] + list(torch.autograd.grad(y, [xx] + ps, torch.ones_like(y))))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+def test_zero_batch(backend):
+    x, params, buffers = cbam_sample((2, 8, 4, 4), torch.float32, torch.contiguous_format, CBAMVariant())
+    y = run(fused_attn.cbam, x[:0], params, buffers, CBAMVariant())
+    assert y.shape == (0, 8, 4, 4)
+
+
+def test_non_contiguous_input(backend):
+    """A slice and a permuted view that is neither NCHW nor channels_last."""
+    variant = CBAMVariant()
+    x, params, buffers = cbam_sample((2, 16, 10, 12), torch.float32, torch.contiguous_format, variant)
+    for view in (x[1:, :, 1:8, ::2], x.permute(0, 1, 3, 2)):
+        y = run(fused_attn.cbam, view, params, dict(buffers), variant)
+        y_ref = run(fused_attn.reference.cbam, view.double(), {k: None if v is None else v.double()
+                                                                   for k, v in params.items()},
+                    {k: v.clone() for k, v in buffers.items()}, variant)
+        assert_close(y, y_ref, torch.float32)
+
+
+# --- the ops -----------------------------------------------------------------
+
+def _op_args(variant, dtype=torch.float32, shape=(2, 16, 6, 7), memory_format=torch.contiguous_format):
+    x, p, b = cbam_sample(shape, dtype, memory_format, variant)
+    ws = p["spatial_weight"][0]
+    rm, rv = (None, None) if variant.train else (b["bn_running_mean"], b["bn_running_var"])
+    return (x, p["fc1_weight"], p["fc1_bias"], p["fc2_weight"], p["fc2_bias"], ws, p["bn_weight"], p["bn_bias"],
+            rm, rv, 1e-5, variant.act, variant.gate, variant.light, variant.pool_order == "max_mean")
+
+
+OPCHECK_VARIANTS = [CBAMVariant(), CBAMVariant(train=True, bias=True, pool_order="max_mean"),
+                    CBAMVariant(light=True, k=3, affine=False)]
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("variant", OPCHECK_VARIANTS, ids=ids(OPCHECK_VARIANTS))
+def test_opcheck(backend, variant, memory_format):
+    """Schema, fake kernel, autograd registration (torch.library.opcheck)."""
+    op = torch.ops.fused_attn.cbam_forward_triton if backend == "triton" else torch.ops.fused_attn.cbam_forward
+    args = _op_args(variant, memory_format=memory_format)
+    args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() and i not in (8, 9)
+                 else a for i, a in enumerate(args))
+    tests = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(op, args, test_utils=tests)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compile_fullgraph(dynamic):
+    """torch.compile(fullgraph=True) of fused_attn.cbam with a running-statistics
+    update (C++ backend; the Triton ops compile on GPU tensors only)."""
+    variant = CBAMVariant(train=True)
+    x, params, buffers = cbam_sample((2, 16, 6, 6), torch.float32, torch.contiguous_format, variant)
+    eager_bufs = {k: v.clone() for k, v in buffers.items()}
+
+    def f(x, params, bufs):
+        return run(fused_attn.cbam, x, params, bufs, variant)
+
+    with fused_attn.use_backend("cpu"):
+        compiled = torch.compile(f, fullgraph=True, dynamic=dynamic)
+        y = compiled(x, params, buffers)
+        y_eager = f(x, params, eager_bufs)
+    torch.testing.assert_close(y, y_eager)
+    for k in buffers:
+        torch.testing.assert_close(buffers[k], eager_bufs[k])
+
+
+# --- bad input ---------------------------------------------------------------
+
+def _call(**overrides):
+    variant = CBAMVariant()
+    x, params, buffers = cbam_sample((2, 16, 5, 5), torch.float32, torch.contiguous_format, variant)
+    kwargs = dict(params, **buffers)
+    x = overrides.pop("x", x)
+    kwargs.update(overrides)
+    return fused_attn.cbam(x, **kwargs)
+
+
+BAD = [
+    (dict(x=torch.randn(2, 16, 5)), ValueError, "x must be 4-D"),
+    (dict(x=torch.randn(2, 8, 5, 5)), ValueError, "fc1_weight"),
+    (dict(x=torch.randint(0, 3, (2, 16, 5, 5))), TypeError, "x must be float"),
+    (dict(x=torch.randn(2, 16, 5, 5, dtype=torch.complex64)), TypeError, "x must be float"),
+    (dict(fc2_weight=torch.randn(16, 3)), ValueError, "fc2_weight"),
+    (dict(spatial_weight=torch.randn(1, 2, 4, 4)), ValueError, "odd"),
+    (dict(spatial_weight=torch.randn(1, 2, 17, 17)), ValueError, "at most"),
+    (dict(spatial_weight=torch.randn(1, 1, 7, 7)), ValueError, "spatial_weight"),
+    (dict(spatial_weight=torch.randn(1, 2, 7, 7, dtype=torch.float64)), TypeError, "spatial_weight"),
+    (dict(bn_weight=torch.randn(2)), ValueError, "bn_weight"),
+    (dict(act="tanh"), ValueError, "act must be one of"),
+    (dict(gate="softmax"), ValueError, "gate must be one of"),
+    (dict(pool_order="max"), ValueError, "pool_order"),
+]
+
+
+@pytest.mark.parametrize("overrides, exc, match", BAD, ids=[m for _, _, m in BAD])
+def test_bad_input_raises_and_changes_nothing(backend, overrides, exc, match):
+    before = {k: v.clone() for k, v in overrides.items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(exc, match=match):
+        _call(**overrides)
+    for k, v in before.items():
+        assert torch.equal(overrides[k], v)
