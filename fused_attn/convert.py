@@ -21,6 +21,7 @@ import re
 
 from torch import nn
 
+from .nn.cbam import CBAM
 from .nn.eca import EfficientChannelAttention
 from .nn.se import SqueezeExcite
 
@@ -31,10 +32,11 @@ KINDS = ("se", "ese", "eca", "ceca", "cbam", "lcbam")
 
 # Class names of attention modules fused_attn does not fuse (yet), with the reason.
 _NOT_YET = {
-    "CbamModule": "CBAM is not fused yet",
-    "LightCbamModule": "light CBAM is not fused yet",
-    "CBAM": "CBAM is not fused yet",
+    "ChannelAttn": "CBAM's channel attention on its own (mean and max through the MLP) is not fused; its "
+                   "CbamModule is",
+    "LightChannelAttn": "light CBAM's channel attention on its own is not fused; its LightCbamModule is",
 }
+_FUSED = (SqueezeExcite, EfficientChannelAttention, CBAM)
 # Names that suggest an attention block: a module whose class name matches and
 # that is not converted is reported as a lookalike, with the reason.
 _LOOKALIKE = re.compile(r"(?i:squeeze|excit|eca|cbam|channel_?att|spatial_?att|channel_?gate|spatial_?gate)"
@@ -79,7 +81,9 @@ def _qualname(m):
 
 
 def _kind(m, fused):
-    """The create_attn-style kind of a fused module: se / ese / eca / ceca."""
+    """The create_attn-style kind of a fused module: se / ese / eca / ceca / cbam / lcbam."""
+    if isinstance(fused, CBAM):
+        return "lcbam" if fused.light else "cbam"
     if isinstance(fused, SqueezeExcite):
         return "ese" if fused.effective else "se"
     return "ceca" if fused.padding == "circular" else "eca"
@@ -91,7 +95,7 @@ def _try_fuse(m):
     if name in _NOT_YET:
         return None, _NOT_YET[name]
     errors = []
-    for cls in (SqueezeExcite, EfficientChannelAttention):
+    for cls in (CBAM, SqueezeExcite, EfficientChannelAttention):
         try:
             fused = cls.from_module(m)
         except TypeError as e:    # not this family: its children do not match
@@ -128,8 +132,12 @@ def _known_attention_class(m):
         "timm.layers.squeeze_excite.SEModule", "timm.layers.squeeze_excite.EffectiveSEModule",
         "timm.models._efficientnet_blocks.SqueezeExcite", "timm.models.senet.SEModule",
         "torchvision.ops.misc.SqueezeExcitation", "timm.layers.eca.EcaModule", "timm.layers.eca.CecaModule",
+        "timm.layers.cbam.CbamModule", "timm.layers.cbam.LightCbamModule",
     )
-    return q in known or type(m).__name__ == "eca_layer"
+    # The official ECA and CBAM code is copied into projects, not installed:
+    # known by class name (and, for CBAM, its ChannelGate / SpatialGate parts).
+    official_cbam = type(m).__name__ == "CBAM" and {"ChannelGate", "SpatialGate"} <= set(dict(m.named_children()))
+    return q in known or type(m).__name__ == "eca_layer" or official_cbam
 
 
 def _set_child(model, path, new):
@@ -139,7 +147,7 @@ def _set_child(model, path, new):
 
 
 def convert(model, *, inplace=True, include=None, exclude=None, strict_classes=True):
-    """Replace every SE / ECA block of ``model`` that fused_attn represents
+    """Replace every SE / ECA / CBAM block of ``model`` that fused_attn represents
     exactly with its fused module. Returns ``(model, report)``.
 
     Args:
@@ -147,7 +155,7 @@ def convert(model, *, inplace=True, include=None, exclude=None, strict_classes=T
             converted too and returned).
         inplace: convert ``model`` itself (default) or a deep copy.
         include / exclude: which blocks to touch: an iterable of kinds
-            ("se", "ese", "eca", "ceca") and/or ``fnmatch`` patterns on the
+            ("se", "ese", "eca", "ceca", "cbam", "lcbam") and/or ``fnmatch`` patterns on the
             module's path ("layer4.*"), or a callable ``(path, kind) -> bool``.
         strict_classes: only convert the classes whose forward is known
             (timm, torchvision, the official ECA layer); a module of another
@@ -167,7 +175,7 @@ def convert(model, *, inplace=True, include=None, exclude=None, strict_classes=T
     for path, m in list(model.named_modules()):
         if any(path.startswith(p + ".") for p in done):
             continue
-        if isinstance(m, (SqueezeExcite, EfficientChannelAttention)):
+        if isinstance(m, _FUSED):
             report.already += 1
             done.add(path)
             continue

@@ -283,3 +283,96 @@ def test_bad_input_raises_and_changes_nothing(backend, overrides, exc, match):
         _call(**overrides)
     for k, v in before.items():
         assert torch.equal(overrides[k], v)
+
+
+# --- the modules -------------------------------------------------------------
+
+timm_cbam = pytest.importorskip("timm.layers.cbam")
+
+
+def _module_cases():
+    from .test_cbam_reference import OfficialCBAM
+
+    return {
+        "timm-cbam-k7": lambda: timm_cbam.CbamModule(32, rd_ratio=1 / 8),
+        "timm-cbam-k3-bias": lambda: timm_cbam.CbamModule(32, rd_ratio=1 / 8, spatial_kernel_size=3, mlp_bias=True),
+        "timm-lcbam-k7": lambda: timm_cbam.LightCbamModule(32, rd_ratio=1 / 8),
+        "timm-lcbam-k3-bias": lambda: timm_cbam.LightCbamModule(32, rd_ratio=1 / 8, spatial_kernel_size=3,
+                                                                mlp_bias=True),
+        "official-k7": lambda: OfficialCBAM(32, reduction_ratio=8, kernel_size=7),
+        "official-k3": lambda: OfficialCBAM(32, reduction_ratio=8, kernel_size=3),
+    }
+
+
+MODULE_CASES = list(_module_cases())
+
+
+def _randomized(make, seed=0):
+    from .test_cbam_reference import _randomize_bn
+
+    torch.manual_seed(seed)
+    m = make()
+    for bn in m.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            _randomize_bn(bn, seed)
+    return m
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("case", MODULE_CASES)
+def test_from_module_matches_the_original(backend, case, train, memory_format):
+    """Output, x's and every parameter's gradient and the BatchNorm's buffers
+    after a step: the fused module against the original (float32), sharing
+    nothing but starting equal; state_dict keys unchanged."""
+    import copy
+
+    original = _randomized(_module_cases()[case]).train(train)
+    twin = copy.deepcopy(original)
+    fused = fused_attn.nn.CBAM.from_module(twin)
+    light = "lcbam" in case
+    assert isinstance(fused, fused_attn.nn.LightCBAM if light else fused_attn.nn.CBAM)
+    assert list(fused.state_dict()) == list(original.state_dict())
+    assert fused.training == train
+    x = torch.randn(3, 32, 9, 11).to(memory_format=memory_format)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y = original(xa), fused(xb)
+    torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=2e-5)
+    dy = torch.randn_like(y)
+    grads_ref = torch.autograd.grad(y_ref, [xa] + list(original.parameters()), dy)
+    grads = torch.autograd.grad(y, [xb] + list(fused.parameters()), dy)
+    for (name, _), g, g_ref in zip([("x", None)] + list(original.named_parameters()), grads, grads_ref):
+        tol = 1e-4 * max(1.0, g_ref.abs().max().item())
+        torch.testing.assert_close(g, g_ref, atol=tol, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    for (name, b_ref), b in zip(original.named_buffers(), fused.buffers()):
+        torch.testing.assert_close(b, b_ref, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_constructed_module_has_timm_names_and_loads_its_state_dict():
+    ours = fused_attn.nn.CBAM(64, rd_ratio=1 / 16, spatial_kernel_size=7)
+    theirs = _randomized(lambda: timm_cbam.CbamModule(64))
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    light = fused_attn.nn.LightCBAM(64, spatial_kernel_size=3)
+    assert list(light.state_dict()) == list(timm_cbam.LightCbamModule(64, spatial_kernel_size=3).state_dict())
+    x = torch.randn(2, 64, 7, 7)
+    torch.testing.assert_close(ours.eval()(x), theirs.eval()(x), atol=2e-5, rtol=2e-5)
+
+
+def test_from_module_refuses_what_it_cannot_represent():
+    from .test_cbam_reference import OfficialCBAM
+
+    m = timm_cbam.CbamModule(32, rd_ratio=1 / 8)
+    m.spatial.conv.conv.padding = (0, 0)
+    with pytest.raises(ValueError, match="spatial conv"):
+        fused_attn.nn.CBAM.from_module(m)
+    m = timm_cbam.CbamModule(32, rd_ratio=1 / 8)
+    m.channel.act = torch.nn.Tanh()
+    with pytest.raises(ValueError, match="unsupported activation"):
+        fused_attn.nn.CBAM.from_module(m)
+    m = OfficialCBAM(32)
+    m.no_spatial = True
+    with pytest.raises(ValueError, match="no_spatial"):
+        fused_attn.nn.CBAM.from_module(m)
+    with pytest.raises(TypeError, match="not a CBAM"):
+        fused_attn.nn.CBAM.from_module(torch.nn.Conv2d(3, 3, 1))

@@ -21,8 +21,8 @@ ATTENTION_CLASSES = {
     "SEModule", "EffectiveSEModule", "SqueezeExcite", "SqueezeExcitation", "EcaModule", "CecaModule",
     "CbamModule", "LightCbamModule",
 }
-# Blocks fused today; CBAM is reported, not converted, until it is fused.
-FUSED_CLASSES = ATTENTION_CLASSES - {"CbamModule", "LightCbamModule"}
+# Blocks fused today: all of them.
+FUSED_CLASSES = ATTENTION_CLASSES
 
 MODELS = {
     "seresnet18": lambda: timm.create_model("seresnet18"),
@@ -34,13 +34,15 @@ MODELS = {
     "ese_vovnet19b_dw": lambda: timm.create_model("ese_vovnet19b_dw"),
     "legacy_seresnet18": lambda: timm.create_model("legacy_seresnet18"),
     "resnet18_cbam": lambda: timm.create_model("resnet18", block_args=dict(attn_layer="cbam")),
+    "resnet18_lcbam": lambda: timm.create_model("resnet18", block_args=dict(attn_layer="lcbam")),
     "tv_mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(),
     "tv_efficientnet_b0": lambda: torchvision.models.efficientnet_b0(),
     "tv_regnet_y_400mf": lambda: torchvision.models.regnet_y_400mf(),
 }
 # The Triton interpreter is slow: the models it runs (small ones, every
 # attention flavour between them).
-TRITON_MODELS = ("seresnet18", "ecaresnet26t", "mobilenetv3_large_100", "ese_vovnet19b_dw", "tv_regnet_y_400mf")
+TRITON_MODELS = ("seresnet18", "ecaresnet26t", "mobilenetv3_large_100", "ese_vovnet19b_dw", "tv_regnet_y_400mf",
+                 "resnet18_cbam")
 
 
 def attention_count(model, classes):
@@ -151,8 +153,8 @@ def test_report_says_what_it_did():
     assert report.total == 16 and not report.skipped
     cbam = _build("resnet18_cbam")
     _, report = convert(cbam)
-    assert report.total == 0 and len(report.skipped) == 8
-    assert all("CBAM is not fused yet" in s.reason for s in report.skipped)
+    assert report.total == 8 and not report.skipped
+    assert "8 × timm.layers.cbam.CbamModule -> fused_attn.nn.CBAM" in str(report)
 
 
 def test_idempotent_and_reversible():
