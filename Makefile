@@ -1,7 +1,8 @@
 # fused_attn developer commands. Each target creates .venv and installs what it
 # needs, so `make bench` and `make test` work on a fresh clone.
 #
-#   make bench   set up, build, run the SE and ECA benchmarks (fused vs eager vs copy)
+#   make bench   set up, build, run the op microbenchmark (python -m bench.ops: fused vs eager
+#                vs torch.compile vs copy; BENCH_ARGS="--full", "--op se", ... pass through)
 #   make test    set up, build, run the whole test suite
 #   make build   (re)build the extension in place
 #   make cmake   build the extension with CMake and smoke-test the library
@@ -16,7 +17,7 @@ export MAX_JOBS
 
 # One environment for everything: torch (the registry's default build), the
 # test and model dependencies, and the build tools.
-DEPS := torch torchvision timm numpy pytest hypothesis ninja setuptools wheel
+DEPS := torch torchvision timm numpy matplotlib pytest hypothesis ninja setuptools wheel
 
 .PHONY: bench test build cmake clean venv
 
@@ -32,8 +33,7 @@ build: venv
 	$(PIP) install --no-build-isolation --no-deps -e .
 
 bench: build
-	$(PY) -m bench.se $(BENCH_ARGS)
-	$(PY) -m bench.eca $(BENCH_ARGS)
+	$(PY) -m bench.ops $(BENCH_ARGS)
 
 test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)

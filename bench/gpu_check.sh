@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything a lent GPU is for, in one command: build the extension, run the
 # test suite (the GPU matrix included), compute-sanitizer over a small SE
-# forward/backward, and the GPU benchmark. Logs go to $GPU_LOG_DIR (default
+# forward/backward, and the op benchmark (python -m bench.ops --device cuda:
+# every fused backend vs eager vs torch.compile vs a copy; bench-full runs the
+# whole grid with every compile mode, which takes hours). Logs go to $GPU_LOG_DIR (default
 # bench/results/<gpu-name>/); commit them.
 #
 #   bench/gpu_check.sh                      # all steps
@@ -64,10 +66,10 @@ for step in "${steps[@]}"; do
         compute-sanitizer --tool memcheck --error-exitcode 1 $PY tools/sanitize_se.py triton
       ;;
     bench)
-      run_step bench bench_se_gpu_quick.log $PY -m bench.se_gpu --quick --out "$LOG"
+      run_step bench bench_ops_quick.log $PY -m bench.ops --device cuda --quick --out "$LOG"
       ;;
     bench-full)
-      run_step bench-full bench_se_gpu_full.log $PY -m bench.se_gpu --full --out "$LOG"
+      run_step bench-full bench_ops_full.log $PY -m bench.ops --device cuda --full --out "$LOG"
       ;;
     *) note "unknown step $step"; status=1 ;;
   esac

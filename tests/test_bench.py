@@ -4,30 +4,92 @@ import json
 import math
 
 import pytest
+import torch
 
 import fused_attn
-from bench import eca as bench_eca
-from bench import se as bench_se
+from bench import ops as bench_ops
+from bench import readme_table
 
 
-@pytest.fixture(autouse=True)
-def _restore_timing(monkeypatch):
-    monkeypatch.setattr(bench_se, "ROTATE_BYTES", bench_se.ROTATE_BYTES)
-    monkeypatch.setattr(bench_se, "TIMING", dict(bench_se.TIMING))
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One --smoke run of every op on the CPU (one torch.compile in all)."""
+    out = tmp_path_factory.mktemp("bench")
+    rows = bench_ops.main(["--smoke", "--device", "cpu", "--out", str(out)])
+    return out, rows
 
 
-@pytest.mark.parametrize("module, prefix", [(bench_se, "se"), (bench_eca, "eca")], ids=["se", "eca"])
-def test_benchmark_runs_and_writes_json_and_markdown(tmp_path, module, prefix):
-    rows = module.main(["--smoke", "--out", str(tmp_path)])
-    data = json.loads((tmp_path / f"{prefix}_smoke.json").read_text())
-    assert data["mode"] == "smoke" and data["rows"] and len(data["rows"]) == len(rows) == 4
+def test_json_has_every_number_and_the_environment(smoke):
+    out, rows = smoke
+    data = json.loads((out / "ops_smoke.json").read_text())
+    assert data["mode"] == "smoke" and len(data["rows"]) == len(rows) == 2 * len(bench_ops.OPS)
     env = data["environment"]
-    assert env["torch"] and env["backend"] == fused_attn._backends.resolve("cpu")
+    for key in ("date", "device", "device_name", "cpu", "threads", "torch", "cuda", "triton", "timm",
+                "fused_attn_backends", "fused_backends", "compile_modes", "timing"):
+        assert key in env, key
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__
+    assert set(env["fused_attn_backends"]) == set(fused_attn.backends())
+    assert "triton" not in env["fused_backends"]  # never the interpreter in a benchmark
+    assert {r["op"] for r in data["rows"]} == set(bench_ops.OPS)
+    assert {r["pass"] for r in data["rows"]} == {"fwd", "fwd+bwd"}
+    compiled = 0
     for row in data["rows"]:
-        for provider in ("copy", "eager", "fused"):
-            t = row[provider]
-            assert 0 < t["q1_ms"] <= t["median_ms"] <= t["q3_ms"] and t["reps"] >= 2
-        assert math.isfinite(row["max_abs_err"]) and row["max_abs_err"] < 1e-4
-        assert {row["pass"] for row in data["rows"]} == {"fwd", "fwd+bwd"}
-    md = (tmp_path / f"{prefix}_smoke.md").read_text()
-    assert md.count("\n| fwd") == 4
+        providers = row["providers"]
+        assert {"copy", "eager"} | set(env["fused_backends"]) <= set(providers)
+        compiled += "compile" in providers
+        for name, t in providers.items():
+            assert 0 < t["q1_ms"] <= t["median_ms"] <= t["q3_ms"], name
+            assert t["reps"] >= 2 and t["gbps"] > 0 and t["pct_copy_bw"] > 0
+        assert set(row["errors"]) == set(providers) - {"copy"}
+        for name, err in row["errors"].items():
+            assert err and all(math.isfinite(e) and 0 <= e < 1e-4 for e in err.values()), (name, err)
+        if row["pass"] == "fwd+bwd":
+            assert {"out", "dx", "dweight_rel"} <= set(row["errors"][row["best_fused"]])
+        assert row["best_fused"] in env["fused_backends"]
+        assert row["speedup_vs_eager"] > 0 and row["fused_pct_copy_bw"] > 0
+        assert row["floor_bytes"] == (5 if row["pass"] == "fwd+bwd" else 2) * row["x_bytes"]
+    assert compiled == 1  # --smoke compiles one row: it checks the path, compiling is slow
+
+
+def test_markdown_and_png(smoke):
+    out, rows = smoke
+    md = (out / "ops_smoke.md").read_text()
+    assert md.count("\n## ") == 2 * len(bench_ops.OPS)  # a table per op and pass
+    assert md.count("| smoke |") == len(rows)
+    png = (out / "ops_smoke.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and b"Matplotlib" in png[:4096]
+
+
+def test_readme_table_from_ops_quick(smoke, tmp_path):
+    out, rows = smoke
+    folder = tmp_path / "bench" / "results" / "cpu-test"
+    folder.mkdir(parents=True)
+    (folder / "ops_quick.json").write_text((out / "ops_smoke.json").read_text())
+    text = readme_table.section(str(tmp_path))
+    for op in bench_ops.OPS:
+        assert f"`--op {op}`" in text
+    assert text.count("\n| fwd") == len(rows)
+    assert "No results" in readme_table.section(str(tmp_path / "empty"))
+
+
+def test_grids():
+    ops = list(bench_ops.OPS.values())
+    quick = bench_ops.cases(ops, "quick", "cpu")
+    assert {(c.N, c.dtype) for c in quick} == {(8, "float32")}
+    assert {c.site.net for c in quick} == {"resnet50"} and {c.layout for c in quick} == set(bench_ops.LAYOUTS)
+    full = bench_ops.cases(ops, "full", "cuda")
+    assert {c.N for c in full} == {1, 32, 128} and {c.dtype for c in full} == set(bench_ops.DTYPES)
+    assert {(c.site.C, c.site.H, c.site.W) for c in full} >= {(256, 200, 304), (1001, 14, 14), (64, 112, 112)}
+    gpu_quick = bench_ops.cases(ops, "quick", "cuda")
+    assert any(c.N == 1 and c.site.C == 2048 for c in gpu_quick) and {c.N for c in gpu_quick} == {1, 128}
+    for op in ops:  # every op has the ResNet-50 sites --quick runs, and a smoke site
+        assert any(s.net in bench_ops.QUICK_NETS for s in op.sites) and op.smoke.C * op.smoke.H < 1000
+
+
+def test_op_selection_and_stem(tmp_path):
+    rows = bench_ops.main(["--smoke", "--device", "cpu", "--op", "eca", "--compile", "none", "--no-plot",
+                           "--out", str(tmp_path)])
+    assert {r["op"] for r in rows} == {"eca"} and all("compile" not in r["providers"] for r in rows)
+    assert (tmp_path / "ops_smoke_eca.json").is_file() and not (tmp_path / "ops_smoke.json").exists()
+    with pytest.raises(SystemExit):
+        bench_ops.main(["--smoke", "--op", "nope", "--no-save"])
