@@ -1,0 +1,98 @@
+"""CBAM on CUDA tensors: the Triton backend (CBAM has no hand-written CUDA
+kernels yet) against the reference, auto's choice, compile, CUDA graphs and
+opcheck. Skipped without a GPU (conftest.py)."""
+import pytest
+import torch
+
+import fused_attn
+
+from .test_cbam import VARIANTS, CBAMVariant, _op_args, cbam_sample, check_against_reference, run
+from .utils import DTYPES, FORMATS, ids
+
+pytestmark = pytest.mark.gpu
+
+GPU_SHAPES = [(2, 1, 5, 6), (1, 3, 7, 7), (2, 37, 13, 17), (4, 256, 14, 14), (2, 2048, 7, 7), (3, 520, 9, 9)]
+
+
+@pytest.fixture
+def backend():
+    status = fused_attn.backends()["triton"]
+    if "cuda" not in status.devices:
+        pytest.skip(status.detail)
+    with fused_attn.use_backend("triton"):
+        yield "triton"
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids(VARIANTS))
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids(DTYPES))
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=ids(GPU_SHAPES))
+def test_forward_backward_match_reference(backend, shape, dtype, memory_format, variant):
+    check_against_reference(shape, dtype, memory_format, variant, device="cuda", seed=sum(shape))
+
+
+def test_auto_runs_triton_and_forcing_cuda_says_why():
+    x, params, buffers = cbam_sample((2, 16, 6, 6), torch.float32, torch.contiguous_format, CBAMVariant(),
+                                     device="cuda")
+    y = run(fused_attn.cbam, x, params, buffers, CBAMVariant())
+    with fused_attn.use_backend("triton"):
+        torch.testing.assert_close(y, run(fused_attn.cbam, x, params, buffers, CBAMVariant()))
+    with fused_attn.use_backend("cuda"), pytest.raises(RuntimeError, match="no hand-written CUDA kernels"):
+        run(fused_attn.cbam, x, params, buffers, CBAMVariant())
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compile_fullgraph_triton(backend, dynamic):
+    variant = CBAMVariant(train=True)
+    x, params, buffers = cbam_sample((2, 64, 14, 14), torch.float32, torch.channels_last, variant, device="cuda")
+    eager_bufs = {k: v.clone() for k, v in buffers.items()}
+
+    def f(x, params, bufs):
+        return run(fused_attn.cbam, x, params, bufs, variant)
+
+    y = torch.compile(f, fullgraph=True, dynamic=dynamic)(x, params, buffers)
+    torch.testing.assert_close(y, f(x, params, eager_bufs), atol=1e-5, rtol=1e-5)
+    for k in buffers:
+        torch.testing.assert_close(buffers[k], eager_bufs[k])
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_cuda_graph_capture_and_replay(backend, memory_format):
+    """Eval-mode BatchNorm (train mode updates buffers in place, which a
+    replay repeats by design)."""
+    variant = CBAMVariant(bias=True)
+    x, params, buffers = cbam_sample((4, 64, 14, 14), torch.float32, memory_format, variant, device="cuda")
+    x.requires_grad_()
+    leaves = {k: (v.requires_grad_() if v is not None else None) for k, v in params.items()}
+    wrt = [x] + [v for v in leaves.values() if v is not None]
+    dy = torch.randn(x.shape, device="cuda").to(memory_format=memory_format)
+
+    def step():
+        y = run(fused_attn.cbam, x, leaves, buffers, variant)
+        return [y] + list(torch.autograd.grad(y, wrt, dy))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    fresh, _, _ = cbam_sample((4, 64, 14, 14), torch.float32, memory_format, variant, seed=7, device="cuda")
+    with torch.no_grad():
+        x.copy_(fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(out, step()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", [CBAMVariant(), CBAMVariant(train=True, light=True, k=3)], ids=str)
+def test_opcheck_triton_cuda(backend, variant):
+    args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args(variant))
+    args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() and i not in (8, 9)
+                 else a for i, a in enumerate(args))
+    torch.library.opcheck(torch.ops.fused_attn.cbam_forward_triton, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
