@@ -205,6 +205,41 @@ void conv2d_backward(const Cbam& v, const A* m, const A* ws, const A* dz, A* dm,
   }
 }
 
+// Two reductions over i in [0, n) in eight independent lanes (combined
+// pairwise at the end), so the compiler can vectorize a reduction without
+// reassociating it: step(i, a, b) folds element i into a lane's (a, b),
+// merge(a, b, a2, b2) folds one lane into another. a and b come in as the
+// identities and go out as the results.
+template <typename A, typename Step, typename Merge>
+inline void lanes2(int64_t n, A& a, A& b, Step&& step, Merge&& merge) {
+  constexpr int L = 8;
+  A la[L], lb[L];
+  for (int j = 0; j < L; ++j) {
+    la[j] = a;
+    lb[j] = b;
+  }
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int j = 0; j < L; ++j) step(i + j, la[j], lb[j]);
+  for (; i < n; ++i) step(i, la[0], lb[0]);
+  for (int w = L / 2; w >= 1; w /= 2)
+    for (int j = 0; j < w; ++j) merge(la[j], lb[j], la[j + w], lb[j + w]);
+  a = la[0];
+  b = lb[0];
+}
+
+template <typename A>
+inline void merge_sum_max(A& s, A& m, A s2, A m2) {
+  s += s2;
+  m = std::max(m, m2);
+}
+
+template <typename A>
+inline void merge_sums(A& s, A& c, A s2, A c2) {
+  s += s2;
+  c += c2;
+}
+
 // Per-thread scratch, sized for one sample.
 template <typename A>
 struct Scratch {
@@ -235,11 +270,11 @@ void spatial_pool(const Cbam& v, const T* x, A* mean, A* mx) {
     for (int64_t c = 0; c < v.C; ++c) {
       const T* xr = x + c * v.HW;
       A sum = A(0), m = ninf;
-      for (int64_t p = 0; p < v.HW; ++p) {
+      lanes2(v.HW, sum, m, [&](int64_t p, A& s, A& mm) {
         const A xv = static_cast<A>(xr[p]);
-        sum += xv;
-        m = std::max(m, xv);
-      }
+        s += xv;
+        mm = std::max(mm, xv);
+      }, merge_sum_max<A>);
       mean[c] = sum;
       mx[c] = m;
     }
@@ -261,11 +296,11 @@ void channel_pool(const Cbam& v, const T* x, const A* g, A* cmean, A* cmax) {
     for (int64_t p = 0; p < v.HW; ++p) {
       const T* xr = x + p * v.C;
       A sum = A(0), m = ninf;
-      for (int64_t c = 0; c < v.C; ++c) {
+      lanes2(v.C, sum, m, [&](int64_t c, A& s, A& mm) {
         const A x1 = x1_of(xr[c], g[c]);
-        sum += x1;
-        m = std::max(m, x1);
-      }
+        s += x1;
+        mm = std::max(mm, x1);
+      }, merge_sum_max<A>);
       cmean[p] = sum;
       cmax[p] = m;
     }
@@ -521,11 +556,12 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
             const T* dr = dys + p * v.C;
             A acc_s = A(0), cnt = A(0);
             const A mp = cmax[p];
-            for (int64_t c = 0; c < v.C; ++c) {
-              const A x1 = x1_of(xr[c], t.g[c]);
-              acc_s += static_cast<A>(dr[c]) * x1;
-              cnt += x1 == mp ? A(1) : A(0);
-            }
+            const A* gp = t.g.data();
+            lanes2(v.C, acc_s, cnt, [&](int64_t c, A& s, A& n) {
+              const A x1 = x1_of(xr[c], gp[c]);
+              s += static_cast<A>(dr[c]) * x1;
+              n += x1 == mp ? A(1) : A(0);
+            }, merge_sums<A>);
             dsp[p] = acc_s;
             cc[p] = cnt;
           }
@@ -608,10 +644,10 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
             const T* dr = dys + c * v.HW;
             const A gc = t.g[c], mc = mx[c];
             A acc_g = A(0), cnt = A(0);
-            for (int64_t p = 0; p < v.HW; ++p) {
-              acc_g += dx1_at(xr[p], dr[p], gc, p) * static_cast<A>(xr[p]);
-              cnt += static_cast<A>(xr[p]) == mc ? A(1) : A(0);
-            }
+            lanes2(v.HW, acc_g, cnt, [&](int64_t p, A& s, A& n) {
+              s += dx1_at(xr[p], dr[p], gc, p) * static_cast<A>(xr[p]);
+              n += static_cast<A>(xr[p]) == mc ? A(1) : A(0);
+            }, merge_sums<A>);
             t.dg[c] = acc_g;
             t.cnt[c] = cnt;
           }
