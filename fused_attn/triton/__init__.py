@@ -9,7 +9,7 @@ import os
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 try:
-    from . import eca, se  # noqa: F401  (register fused_attn::{se,eca}_{forward,backward}_triton)
+    from . import cbam, eca, se  # noqa: F401  (register fused_attn::{se,eca,cbam}_{forward,backward}_triton)
 except Exception as exc:  # not installed, too old for this torch, or broken: never fatal
     AVAILABLE = False
     ERROR = f"the Triton kernels could not be loaded ({type(exc).__name__}: {exc})"
