@@ -7,7 +7,7 @@
 # bench/results/<gpu-name>/); commit them.
 #
 #   bench/gpu_check.sh                      # all steps
-#   bench/gpu_check.sh build test           # some: build test sanitize bench bench-full
+#   bench/gpu_check.sh build test           # some: build test sanitize bench models bench-full
 #
 # Runs on the GPU machine as is (no network): TORCH_CUDA_ARCH_LIST defaults
 # to the visible GPU's architecture.
@@ -67,6 +67,9 @@ for step in "${steps[@]}"; do
       ;;
     bench)
       run_step bench bench_ops_quick.log $PY -m bench.ops --device cuda --quick --out "$LOG"
+      ;;
+    models)
+      run_step models bench_models_quick.log $PY -m bench.models --device cuda --quick --out "$LOG"
       ;;
     bench-full)
       run_step bench-full bench_ops_full.log $PY -m bench.ops --device cuda --full --out "$LOG"
