@@ -425,7 +425,11 @@ def _check_fuzz(case, op):
         kw = dict(act=["relu", "silu", "gelu", "gelu_tanh", "hard_swish"][seed % 5],
                   gate=["sigmoid", "hard_sigmoid"][(seed // 5) % 2], light=light,
                   pool_order=["mean_max", "max_mean"][(seed // 7) % 2],
-                  bn_training=N * H * W > 1 and seed % 2 == 0)
+                  # Batch statistics need enough values to be well conditioned: over
+                  # a handful, bf16 rounding of x1 is magnified past any tolerance;
+                  # with C = 1 the two maps are equal and BN cancels the conv's
+                  # scale, so its weight gradient is pure cancellation.
+                  bn_training=N * H * W >= 16 and C >= 2 and seed % 2 == 0)
         w1 = (torch.randn(rd, C, generator=g) * C ** -0.5).to(dtype).requires_grad_()
         b1 = torch.randn(rd, generator=g).to(dtype).requires_grad_() if seed % 3 else None
         w2 = (torch.randn(C, rd, generator=g) * rd ** -0.5).to(dtype).requires_grad_()

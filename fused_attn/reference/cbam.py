@@ -60,7 +60,8 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, *, bn_we
         g = GATES[gate](_mlp(mean, w1, b1, w2, b2, act) + _mlp(mx, w1, b1, w2, b2, act))
     x1 = (x * g[:, :, None, None]).to(x.dtype)
     if x1_dtype is not None and x1_dtype != x.dtype:
-        x1 = x1 + (x1.detach().to(x1_dtype).to(x.dtype) - x1.detach())
+        # via float32, as the kernels form x·g in float32 before rounding it
+        x1 = x1 + (x1.detach().float().to(x1_dtype).to(x.dtype) - x1.detach())
 
     c_mean = x1.mean(1, keepdim=True, dtype=acc)
     c_max = x1.amax(1, keepdim=True).to(acc)

@@ -105,8 +105,18 @@ def _spatial_pool_kernel(x_ptr, pooled_ptr, N, C, HW, stride_n, stride_c, stride
 
 @triton.jit
 def _x1(x, g, T: tl.constexpr, ACC: tl.constexpr):
-    # x1 = x·g rounded to x's dtype, as the module's multiply rounds it.
-    return (x * g).to(T).to(ACC)
+    # x1 = x·g rounded to x's dtype, as the module's multiply rounds it. For
+    # bfloat16 the rounding (to nearest, ties to even) is written out on the
+    # float32 bits: Triton's interpreter truncates float32 → bfloat16, which
+    # would move the channel max's ties away from the compiled kernels' (and
+    # the C++ ones').
+    p = x * g
+    if T == tl.bfloat16:
+        bits = p.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        r = bits.to(tl.float32, bitcast=True)
+        return tl.where(p != p, p, r).to(ACC)
+    return p.to(T).to(ACC)
 
 
 @triton.jit
