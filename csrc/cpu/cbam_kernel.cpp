@@ -23,28 +23,75 @@
 // recomputed identically in the backward, so the ties found there are the
 // forward's.
 #include "../se.h"
+#include "channel_gate.h"
 #include "gate_math.h"
+#include "se_cpu_isa.h"
+#include "se_cpu_jobs.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace fused_attn::cpu {
+
+// The big-tensor passes (cbam_cpu_kernels.h): the baseline build here, the
+// AVX2 one in cbam_kernel_avx2.cpp.
+namespace baseline {
+#define FUSED_ATTN_SE_HELPERS_ONLY 1
+#include "se_cpu_kernels.h"
+#include "cbam_cpu_decl.h"
+#include "cbam_cpu_kernels.h"
+}  // namespace baseline
+
+#if FUSED_ATTN_HAVE_AVX2_BUILD
+namespace avx2 {
+#include "cbam_cpu_decl.h"
+}  // namespace avx2
+#endif
+
 namespace {
+
+template <typename T>
+struct CbamPasses {
+  decltype(&baseline::cbam_spatial_pool<T>) spatial_pool;
+  decltype(&baseline::cbam_channel_pool<T>) channel_pool;
+  decltype(&baseline::cbam_rescale<T>) rescale;
+  decltype(&baseline::cbam_spatial_grad<T>) spatial_grad;
+  decltype(&baseline::cbam_channel_grad<T>) channel_grad;
+  decltype(&baseline::cbam_dx<T>) dx;
+};
+
+template <typename T>
+CbamPasses<T> cbam_passes() {
+#if FUSED_ATTN_HAVE_AVX2_BUILD
+  if (use_avx2())
+    return {&avx2::cbam_spatial_pool<T>, &avx2::cbam_channel_pool<T>,  &avx2::cbam_rescale<T>,
+            &avx2::cbam_spatial_grad<T>, &avx2::cbam_channel_grad<T>, &avx2::cbam_dx<T>};
+#endif
+  return {&baseline::cbam_spatial_pool<T>, &baseline::cbam_channel_pool<T>,  &baseline::cbam_rescale<T>,
+          &baseline::cbam_spatial_grad<T>, &baseline::cbam_channel_grad<T>, &baseline::cbam_dx<T>};
+}
 
 // The variant and sizes every stage needs.
 struct Cbam {
@@ -112,26 +159,24 @@ Weights<A> weights(at::ScalarType acc, const at::Tensor& w1, const c10::optional
   return out;
 }
 
-// The channel gate's MLP for one sample: logits a [C] from the pooled mean and
-// max; pre [maps, rd] receives fc1's outputs (before the activation), h
-// [rd] scratch.
+// The channel gate's MLP for samples [n0, n0 + nb) at once, as GEMMs (the
+// weights are read once per chunk, not once per sample and branch):
+// logits = mlp(mean) + mlp(max), or mlp(½mean + ½max) when light. pooled is
+// [2, N, C] (means, then maxima), logits [N, C].
 template <typename A>
-void channel_logits(const Cbam& v, const Weights<A>& w, const A* mean, const A* mx, A* pre, A* h, A* a,
-                    A* tmp) {
-  if (v.light) {
-    for (int64_t c = 0; c < v.C; ++c) tmp[c] = A(0.5) * mean[c] + A(0.5) * mx[c];
-    matvec(w.pw1(), w.pb1(), tmp, pre, v.rd, v.C);
-    for (int64_t r = 0; r < v.rd; ++r) h[r] = act_forward(v.act, pre[r]);
-    matvec(w.pw2(), w.pb2(), h, a, v.C, v.rd);
-    return;
-  }
-  matvec(w.pw1(), w.pb1(), mean, pre, v.rd, v.C);
-  for (int64_t r = 0; r < v.rd; ++r) h[r] = act_forward(v.act, pre[r]);
-  matvec(w.pw2(), w.pb2(), h, a, v.C, v.rd);
-  matvec(w.pw1(), w.pb1(), mx, pre + v.rd, v.rd, v.C);
-  for (int64_t r = 0; r < v.rd; ++r) h[r] = act_forward(v.act, pre[v.rd + r]);
-  matvec(w.pw2(), w.pb2(), h, tmp, v.C, v.rd);
-  for (int64_t c = 0; c < v.C; ++c) a[c] += tmp[c];
+void chunk_logits(const Cbam& v, const Weights<A>& w, const at::Tensor& pooled, int64_t n0, int64_t nb,
+                  at::Tensor& logits) {
+  const at::Tensor mean = pooled[0].narrow(0, n0, nb), mx = pooled[1].narrow(0, n0, nb);
+  const at::Tensor in = v.light ? mean.mul(0.5).add_(mx.mul(0.5)) : at::cat({mean, mx});  // [branches·nb, C]
+  at::Tensor h = at::mm(in, w.w1.t());
+  if (w.b1.defined()) h.add_(w.b1);
+  A* hp = h.data_ptr<A>();
+  for (int64_t i = 0; i < h.numel(); ++i) hp[i] = act_forward(v.act, hp[i]);
+  at::Tensor z = at::mm(h, w.w2.t());
+  if (w.b2.defined()) z.add_(w.b2);
+  at::Tensor out = logits.narrow(0, n0, nb);
+  if (v.light) out.copy_(z);
+  else at::add_out(out, z.narrow(0, 0, nb), z.narrow(0, nb, nb));
 }
 
 template <typename A>
@@ -189,55 +234,23 @@ void conv2d_backward(const Cbam& v, const A* m, const A* ws, const A* dz, A* dm,
         const int64_t dy = i - pad, dx = j - pad;
         const int64_t y0 = std::max<int64_t>(0, -dy), y1 = std::min<int64_t>(H, H - dy);
         const int64_t x0 = std::max<int64_t>(0, -dx), x1 = std::min<int64_t>(W, W - dx);
-        A acc = A(0);
+        // In double: under batch statistics this sum nearly cancels (the
+        // BatchNorm makes the loss invariant to the scale of the weights),
+        // so float accumulation would leave mostly rounding.
+        double acc = 0;
         for (int64_t y = y0; y < y1; ++y) {
           const A* dzr = dz + y * W;
           const A* mr = mc + (y + dy) * W + dx;
           A* dmr = dmc + (y + dy) * W + dx;
           for (int64_t x = x0; x < x1; ++x) {
             dmr[x] += wt * dzr[x];
-            acc += dzr[x] * mr[x];
+            acc += static_cast<double>(dzr[x]) * static_cast<double>(mr[x]);
           }
         }
-        dw[(ch * k + i) * k + j] += acc;
+        dw[(ch * k + i) * k + j] += static_cast<A>(acc);
       }
     }
   }
-}
-
-// Two reductions over i in [0, n) in eight independent lanes (combined
-// pairwise at the end), so the compiler can vectorize a reduction without
-// reassociating it: step(i, a, b) folds element i into a lane's (a, b),
-// merge(a, b, a2, b2) folds one lane into another. a and b come in as the
-// identities and go out as the results.
-template <typename A, typename Step, typename Merge>
-inline void lanes2(int64_t n, A& a, A& b, Step&& step, Merge&& merge) {
-  constexpr int L = 8;
-  A la[L], lb[L];
-  for (int j = 0; j < L; ++j) {
-    la[j] = a;
-    lb[j] = b;
-  }
-  int64_t i = 0;
-  for (; i + L <= n; i += L)
-    for (int j = 0; j < L; ++j) step(i + j, la[j], lb[j]);
-  for (; i < n; ++i) step(i, la[0], lb[0]);
-  for (int w = L / 2; w >= 1; w /= 2)
-    for (int j = 0; j < w; ++j) merge(la[j], lb[j], la[j + w], lb[j + w]);
-  a = la[0];
-  b = lb[0];
-}
-
-template <typename A>
-inline void merge_sum_max(A& s, A& m, A s2, A m2) {
-  s += s2;
-  m = std::max(m, m2);
-}
-
-template <typename A>
-inline void merge_sums(A& s, A& c, A s2, A c2) {
-  s += s2;
-  c += c2;
 }
 
 // Per-thread scratch, sized for one sample.
@@ -250,96 +263,6 @@ struct Scratch {
         dh(v.rd), cmean(v.HW), cmax(v.HW), ccnt(v.HW), m(2 * v.HW), s(v.HW), dm(2 * v.HW), dcmean(v.HW),
         dcmax(v.HW), dwsp(2 * v.k * v.k) {}
 };
-
-// Spatial mean and max of one sample's x (per channel).
-template <typename T, typename A>
-void spatial_pool(const Cbam& v, const T* x, A* mean, A* mx) {
-  const A ninf = -std::numeric_limits<A>::infinity();
-  if (v.cl) {
-    std::fill(mean, mean + v.C, A(0));
-    std::fill(mx, mx + v.C, ninf);
-    for (int64_t p = 0; p < v.HW; ++p) {
-      const T* xr = x + p * v.C;
-      for (int64_t c = 0; c < v.C; ++c) {
-        const A xv = static_cast<A>(xr[c]);
-        mean[c] += xv;
-        mx[c] = std::max(mx[c], xv);
-      }
-    }
-  } else {
-    for (int64_t c = 0; c < v.C; ++c) {
-      const T* xr = x + c * v.HW;
-      A sum = A(0), m = ninf;
-      lanes2(v.HW, sum, m, [&](int64_t p, A& s, A& mm) {
-        const A xv = static_cast<A>(xr[p]);
-        s += xv;
-        mm = std::max(mm, xv);
-      }, merge_sum_max<A>);
-      mean[c] = sum;
-      mx[c] = m;
-    }
-  }
-  const A inv = A(1) / static_cast<A>(v.HW);
-  for (int64_t c = 0; c < v.C; ++c) mean[c] *= inv;
-}
-
-template <typename T, typename A>
-inline A x1_of(T xv, A g) {
-  return static_cast<A>(static_cast<T>(static_cast<A>(xv) * g));
-}
-
-// Channel mean and max of x1 = x·g per pixel.
-template <typename T, typename A>
-void channel_pool(const Cbam& v, const T* x, const A* g, A* cmean, A* cmax) {
-  const A ninf = -std::numeric_limits<A>::infinity();
-  if (v.cl) {
-    for (int64_t p = 0; p < v.HW; ++p) {
-      const T* xr = x + p * v.C;
-      A sum = A(0), m = ninf;
-      lanes2(v.C, sum, m, [&](int64_t c, A& s, A& mm) {
-        const A x1 = x1_of(xr[c], g[c]);
-        s += x1;
-        mm = std::max(mm, x1);
-      }, merge_sum_max<A>);
-      cmean[p] = sum;
-      cmax[p] = m;
-    }
-  } else {
-    std::fill(cmean, cmean + v.HW, A(0));
-    std::fill(cmax, cmax + v.HW, ninf);
-    for (int64_t c = 0; c < v.C; ++c) {
-      const T* xr = x + c * v.HW;
-      const A gc = g[c];
-      for (int64_t p = 0; p < v.HW; ++p) {
-        const A x1 = x1_of(xr[p], gc);
-        cmean[p] += x1;
-        cmax[p] = std::max(cmax[p], x1);
-      }
-    }
-  }
-  const A inv = A(1) / static_cast<A>(v.C);
-  for (int64_t p = 0; p < v.HW; ++p) cmean[p] *= inv;
-}
-
-// y = x1·s.
-template <typename T, typename A>
-void rescale(const Cbam& v, const T* x, const A* g, const A* s, T* y) {
-  if (v.cl) {
-    for (int64_t p = 0; p < v.HW; ++p) {
-      const T* xr = x + p * v.C;
-      T* yr = y + p * v.C;
-      const A sp = s[p];
-      for (int64_t c = 0; c < v.C; ++c) yr[c] = static_cast<T>(x1_of(xr[c], g[c]) * sp);
-    }
-  } else {
-    for (int64_t c = 0; c < v.C; ++c) {
-      const T* xr = x + c * v.HW;
-      T* yr = y + c * v.HW;
-      const A gc = g[c];
-      for (int64_t p = 0; p < v.HW; ++p) yr[p] = static_cast<T>(x1_of(xr[p], gc) * s[p]);
-    }
-  }
-}
 
 // s = gate(γ·(z − μ)·invstd + β) for one sample.
 template <typename A>
@@ -432,29 +355,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       mu = static_cast<A>(bn_rm->item<double>());
       invstd = static_cast<A>(1.0 / std::sqrt(bn_rv->item<double>() + eps));
     }
-    // Everything up to z for samples [n0, n1); the rescale too unless it
-    // needs the whole batch's statistics.
-    at::parallel_for(0, v.N, 1, [&](int64_t n0, int64_t n1) {
-      Scratch<A> t(v);
-      for (int64_t n = n0; n < n1; ++n) {
-        const T* xs = xp + n * slice;
-        A* mean = pm + n * v.C;
-        A* mx = pm + (v.N + n) * v.C;
-        spatial_pool(v, xs, mean, mx);
-        A* a = lg + n * v.C;
-        channel_logits(v, w, mean, mx, t.pre.data(), t.h.data(), a, t.tmp.data());
-        for (int64_t c = 0; c < v.C; ++c) t.g[c] = channel_gate_value(v, a[c]);
-        A* cmean = sm + n * v.HW;
-        A* cmax = sm + (v.N + n) * v.HW;
-        channel_pool(v, xs, t.g.data(), cmean, cmax);
-        conv_input(v, cmean, cmax, t.m.data());
-        conv2d(v, t.m.data(), w.pws(), zp + n * v.HW);
-        if (!batch_stats) {
-          spatial_gate(v, zp + n * v.HW, mu, invstd, w.gamma, w.beta, t.s.data());
-          rescale(v, xs, t.g.data(), t.s.data(), yp + n * slice);
+    const CbamPasses<T> k = cbam_passes<T>();
+    const bool nt = stream_output(y, geo.row());
+    // Chunks of whole samples small enough to stay in cache (x, and y being
+    // written): pool each sample, run the MLP for the chunk at once, then
+    // per sample everything up to z, and the rescale too unless it needs the
+    // whole batch's statistics.
+    const int64_t chunk = chunk_samples(v.N, slice * static_cast<int64_t>(sizeof(T)) * 2);
+    for (int64_t c0 = 0; c0 < v.N; c0 += chunk) {
+      const int64_t nb = std::min(chunk, v.N - c0);
+      at::parallel_for(c0, c0 + nb, 1, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n) k.spatial_pool(xp + n * slice, v.C, v.HW, v.cl, pm + n * v.C, pm + (v.N + n) * v.C);
+      });
+      chunk_logits(v, w, pooled, c0, nb, logits);
+      at::parallel_for(c0, c0 + nb, 1, [&](int64_t n0, int64_t n1) {
+        Scratch<A> t(v);
+        for (int64_t n = n0; n < n1; ++n) {
+          const T* xs = xp + n * slice;
+          const A* a = lg + n * v.C;
+          for (int64_t c = 0; c < v.C; ++c) t.g[c] = channel_gate_value(v, a[c]);
+          A* cmean = sm + n * v.HW;
+          A* cmax = sm + (v.N + n) * v.HW;
+          k.channel_pool(xs, t.g.data(), v.C, v.HW, v.cl, cmean, cmax);
+          conv_input(v, cmean, cmax, t.m.data());
+          conv2d(v, t.m.data(), w.pws(), zp + n * v.HW);
+          if (!batch_stats) {
+            spatial_gate(v, zp + n * v.HW, mu, invstd, w.gamma, w.beta, t.s.data());
+            k.rescale(xs, t.g.data(), t.s.data(), v.C, v.HW, v.cl, nt, yp + n * slice);
+          }
         }
-      }
-    });
+      });
+    }
     if (batch_stats) {
       // Mean and biased variance of z over N·H·W, in double, two passes.
       const int64_t count = v.N * v.HW;
@@ -476,7 +407,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         for (int64_t n = n0; n < n1; ++n) {
           for (int64_t c = 0; c < v.C; ++c) g[c] = channel_gate_value(v, lg[n * v.C + c]);
           spatial_gate(v, zp + n * v.HW, mu, invstd, w.gamma, w.beta, s.data());
-          rescale(v, xp + n * slice, g.data(), s.data(), yp + n * slice);
+          k.rescale(xp + n * slice, g.data(), s.data(), v.C, v.HW, v.cl, nt, yp + n * slice);
         }
       });
     } else {
@@ -540,6 +471,8 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
       const A mu = static_cast<A>(st_mean);
       const A invstd = static_cast<A>(1.0 / std::sqrt(st_var + eps));
       const int64_t slice = v.C * v.HW;
+      const CbamPasses<T> k = cbam_passes<T>();
+      const bool nt = stream_output(dx, geo.row());
 
       // Phase 1, per sample: ds = Σ_c dy·x1 per pixel → dL/d(bn output); the
       // ties of each pixel's channel max.
@@ -550,35 +483,7 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
         for (int64_t c = 0; c < v.C; ++c) t.g[c] = channel_gate_value(v, lg[n * v.C + c]);
         A* dsp = t.dm.data();  // scratch [HW]
         A* cc = ccp + n * v.HW;
-        if (v.cl) {
-          for (int64_t p = 0; p < v.HW; ++p) {
-            const T* xr = xs + p * v.C;
-            const T* dr = dys + p * v.C;
-            A acc_s = A(0), cnt = A(0);
-            const A mp = cmax[p];
-            const A* gp = t.g.data();
-            lanes2(v.C, acc_s, cnt, [&](int64_t c, A& s, A& n) {
-              const A x1 = x1_of(xr[c], gp[c]);
-              s += static_cast<A>(dr[c]) * x1;
-              n += x1 == mp ? A(1) : A(0);
-            }, merge_sums<A>);
-            dsp[p] = acc_s;
-            cc[p] = cnt;
-          }
-        } else {
-          std::fill(dsp, dsp + v.HW, A(0));
-          std::fill(cc, cc + v.HW, A(0));
-          for (int64_t c = 0; c < v.C; ++c) {
-            const T* xr = xs + c * v.HW;
-            const T* dr = dys + c * v.HW;
-            const A gc = t.g[c];
-            for (int64_t p = 0; p < v.HW; ++p) {
-              const A x1 = x1_of(xr[p], gc);
-              dsp[p] += static_cast<A>(dr[p]) * x1;
-              cc[p] += x1 == cmax[p] ? A(1) : A(0);
-            }
-          }
-        }
+        k.spatial_grad(dys, xs, t.g.data(), cmax, v.C, v.HW, v.cl, dsp, cc);
         const A* zs = zp + n * v.HW;
         for (int64_t p = 0; p < v.HW; ++p) {
           const A bo = w.gamma * (zs[p] - mu) * invstd + w.beta;
@@ -621,37 +526,8 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
         }
         // dx1 = dy·s + the channel pools' shares; dL/dg = Σ_hw dx1·x; the
         // ties of each channel's spatial max (in t.cnt).
-        auto dx1_at = [&](T xv, T dyv, A gc, int64_t p) {
-          const A x1 = x1_of(xv, gc);
-          A d = static_cast<A>(dyv) * t.s[p] + t.dcmean[p];
-          if (x1 == cmax[p]) d += t.dcmax[p];
-          return d;
-        };
-        if (v.cl) {
-          std::fill(t.dg.begin(), t.dg.end(), A(0));
-          std::fill(t.cnt.begin(), t.cnt.end(), A(0));
-          for (int64_t p = 0; p < v.HW; ++p) {
-            const T* xr = xs + p * v.C;
-            const T* dr = dys + p * v.C;
-            for (int64_t c = 0; c < v.C; ++c) {
-              t.dg[c] += dx1_at(xr[c], dr[c], t.g[c], p) * static_cast<A>(xr[c]);
-              t.cnt[c] += static_cast<A>(xr[c]) == mx[c] ? A(1) : A(0);
-            }
-          }
-        } else {
-          for (int64_t c = 0; c < v.C; ++c) {
-            const T* xr = xs + c * v.HW;
-            const T* dr = dys + c * v.HW;
-            const A gc = t.g[c], mc = mx[c];
-            A acc_g = A(0), cnt = A(0);
-            lanes2(v.HW, acc_g, cnt, [&](int64_t p, A& s, A& n) {
-              s += dx1_at(xr[p], dr[p], gc, p) * static_cast<A>(xr[p]);
-              n += static_cast<A>(xr[p]) == mc ? A(1) : A(0);
-            }, merge_sums<A>);
-            t.dg[c] = acc_g;
-            t.cnt[c] = cnt;
-          }
-        }
+        const SpatialGrad<A> sg{t.s.data(), t.dcmean.data(), t.dcmax.data(), cmax};
+        k.channel_grad(dys, xs, t.g.data(), sg, mx, v.C, v.HW, v.cl, t.dg.data(), t.cnt.data());
         // The channel gate and the MLP backward: da, then per branch dpre
         // and dL/dpooled (t.tmp: mean's, t.a: max's).
         A* da = da_all.data_ptr<A>() + n * v.C;
@@ -685,30 +561,7 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
           t.a[c] = t.a[c] / t.cnt[c];        // max's share per tie
         }
         // dx = dx1·g + the spatial pools' shares.
-        if (v.cl) {
-          for (int64_t p = 0; p < v.HW; ++p) {
-            const T* xr = xs + p * v.C;
-            const T* dr = dys + p * v.C;
-            T* out = dxs + p * v.C;
-            for (int64_t c = 0; c < v.C; ++c) {
-              A d = dx1_at(xr[c], dr[c], t.g[c], p) * t.g[c] + t.tmp[c];
-              if (static_cast<A>(xr[c]) == mx[c]) d += t.a[c];
-              out[c] = static_cast<T>(d);
-            }
-          }
-        } else {
-          for (int64_t c = 0; c < v.C; ++c) {
-            const T* xr = xs + c * v.HW;
-            const T* dr = dys + c * v.HW;
-            T* out = dxs + c * v.HW;
-            const A gc = t.g[c], mc = mx[c], share = t.tmp[c], tie = t.a[c];
-            for (int64_t p = 0; p < v.HW; ++p) {
-              A d = dx1_at(xr[p], dr[p], gc, p) * gc + share;
-              if (static_cast<A>(xr[p]) == mc) d += tie;
-              out[p] = static_cast<T>(d);
-            }
-          }
-        }
+        k.dx(dys, xs, t.g.data(), sg, mx, t.tmp.data(), t.a.data(), v.C, v.HW, v.cl, nt, dxs);
       };
 
       // dz from dL/d(bn output): batch statistics make it depend on every

@@ -30,4 +30,14 @@ void gate_forward_cpu(const Geometry& geo, at::Tensor& y, at::Tensor& pooled, at
 void gate_backward_cpu(const Geometry& geo, const at::Tensor& dy, const at::Tensor& maxv, at::Tensor& dx,
                        const ExciteBackward& excite);
 
+// Samples per cache-resident chunk when each touches bytes_per_sample of the
+// big tensors: as many as fit half the last-level cache (4-32 MiB;
+// FUSED_ATTN_CPU_CHUNK_BYTES overrides), at least one.
+int64_t chunk_samples(int64_t N, int64_t bytes_per_sample);
+
+// Whether to write `out` (rows of row_elems elements) with streaming stores:
+// large outputs (FUSED_ATTN_CPU_STREAM_BYTES, default 8 MiB) whose rows are
+// whole cache lines.
+bool stream_output(const at::Tensor& out, int64_t row_elems);
+
 }  // namespace fused_attn::cpu

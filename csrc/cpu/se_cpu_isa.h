@@ -13,4 +13,6 @@ namespace fused_attn::cpu {
 // "avx2" or "baseline": the build the kernels use on this CPU. The environment
 // variable FUSED_ATTN_CPU_ISA=baseline forces the baseline build (for tests).
 const char* isa_name();
+// Whether the AVX2 build is the one to use (isa_name() == "avx2").
+bool use_avx2();
 }  // namespace fused_attn::cpu

@@ -1,4 +1,5 @@
-// The work descriptions shared by every ISA build of the SE CPU passes.
+// The work descriptions shared by every ISA build of the CPU passes (SE and
+// CBAM).
 #pragma once
 
 #include <cstdint>
@@ -31,6 +32,12 @@ template <typename T> struct DxJob {
 template <typename T> struct ReduceJob {
   const T* dy = nullptr; const T* x = nullptr; const acc_t<T>* maxv = nullptr; int64_t nb = 0;
   acc_t<T>* s = nullptr; acc_t<T>* cnt = nullptr;
+};
+
+// CBAM backward: what dx1 = dL/dx1 is made of at each pixel p of a sample:
+// dx1 = dy·s[p] + dcmean[p] (+ dcmax[p] where x1 is the channel max cmax[p]).
+template <typename A> struct SpatialGrad {
+  const A* s = nullptr; const A* dcmean = nullptr; const A* dcmax = nullptr; const A* cmax = nullptr;
 };
 
 }  // namespace fused_attn::cpu

@@ -466,6 +466,9 @@ void backward_pass(const DxJob<T>& dj, const ReduceJob<T>& rj, int64_t C, int64_
   });
 }
 
+// A file that only wants the block helpers above (CBAM's passes) defines
+// FUSED_ATTN_SE_HELPERS_ONLY, so the SE passes are instantiated once per ISA.
+#ifndef FUSED_ATTN_SE_HELPERS_ONLY
 #define FUSED_ATTN_INSTANTIATE(T)                                                                 \
   template void forward_pass<T>(const ScaleJob<T>&, const PoolJob<T>&, int64_t, int64_t, bool, bool); \
   template void backward_pass<T>(const DxJob<T>&, const ReduceJob<T>&, int64_t, int64_t, bool, bool);
@@ -474,3 +477,4 @@ FUSED_ATTN_INSTANTIATE(double)
 FUSED_ATTN_INSTANTIATE(c10::Half)
 FUSED_ATTN_INSTANTIATE(c10::BFloat16)
 #undef FUSED_ATTN_INSTANTIATE
+#endif  // FUSED_ATTN_SE_HELPERS_ONLY

@@ -49,18 +49,6 @@ namespace avx2 {
 
 namespace {
 
-bool use_avx2() {
-#if FUSED_ATTN_HAVE_AVX2_BUILD
-  const char* forced = std::getenv("FUSED_ATTN_CPU_ISA");
-  if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return false;
-  static const bool supported =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  return supported;
-#else
-  return false;
-#endif
-}
-
 template <typename T>
 struct Kernels {
   decltype(&baseline::forward_pass<T>) forward;
@@ -75,12 +63,21 @@ Kernels<T> kernels() {
   return {&baseline::forward_pass<T>, &baseline::backward_pass<T>};
 }
 
+at::Tensor rows(const at::Tensor& t, int64_t n0, int64_t nb) { return t.numel() ? t.narrow(0, n0, nb) : t; }
+
+template <typename A>
+A* ptr_or_null(const at::Tensor& t, int64_t offset) {
+  return t.numel() ? t.data_ptr<A>() + offset : nullptr;
+}
+
+}  // namespace
+
 // Bytes of the big tensors a chunk may touch and still be cached when it is
 // read the second time: half the last-level cache, between 4 and 32 MiB
 // (measured on a 2-core Xeon VM: one 25 MiB chunk beat four 6 MiB ones, the
 // rescale's re-read coming from L3 either way). FUSED_ATTN_CPU_CHUNK_BYTES
 // overrides.
-int64_t cache_budget() {
+static int64_t cache_budget() {
   if (const char* env = std::getenv("FUSED_ATTN_CPU_CHUNK_BYTES")) {
     const long long v = std::atoll(env);
     if (v > 0) return v;
@@ -97,7 +94,6 @@ int64_t cache_budget() {
   return budget;
 }
 
-// Samples per chunk: as many as fit the cache budget, at least one.
 int64_t chunk_samples(int64_t N, int64_t bytes_per_sample) {
   return std::clamp<int64_t>(cache_budget() / std::max<int64_t>(bytes_per_sample, 1), 1, std::max<int64_t>(N, 1));
 }
@@ -115,15 +111,6 @@ bool stream_output(const at::Tensor& out, int64_t row_elems) {
                            reinterpret_cast<uintptr_t>(out.data_ptr()) % 64 == 0;
   return whole_lines && static_cast<int64_t>(out.nbytes()) >= threshold;
 }
-
-at::Tensor rows(const at::Tensor& t, int64_t n0, int64_t nb) { return t.numel() ? t.narrow(0, n0, nb) : t; }
-
-template <typename A>
-A* ptr_or_null(const at::Tensor& t, int64_t offset) {
-  return t.numel() ? t.data_ptr<A>() + offset : nullptr;
-}
-
-}  // namespace
 
 void gate_forward_cpu(const Geometry& geo, at::Tensor& y, at::Tensor& pooled, at::Tensor& maxv,
                       const ExciteForward& excite) {
@@ -258,6 +245,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   const ExciteWeightGrads grads = excite_weight_grads(w, act, pooled, hidden, dz, dh, has_b1, has_b2 && two);
   return {dx, weight_grad_or_empty(grads.dw1, w1), weight_grad_or_empty(grads.db1, w1),
           weight_grad_or_empty(grads.dw2, w1), weight_grad_or_empty(grads.db2, w1)};
+}
+
+bool use_avx2() {
+#if FUSED_ATTN_HAVE_AVX2_BUILD
+  const char* forced = std::getenv("FUSED_ATTN_CPU_ISA");
+  if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return false;
+  static const bool supported =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return supported;
+#else
+  return false;
+#endif
 }
 
 const char* isa_name() { return use_avx2() ? "avx2" : "baseline"; }

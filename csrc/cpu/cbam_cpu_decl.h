@@ -1,0 +1,20 @@
+// Declarations of CBAM's CPU passes (cbam_cpu_kernels.h), included inside the
+// namespace of each ISA build so cbam_kernel.cpp can name both. Each works on
+// one sample's slice; per-channel arrays are [C], per-pixel arrays [H·W], in
+// acc_t. SpatialGrad comes from se_cpu_jobs.h, outside those namespaces.
+template <typename T>
+void cbam_spatial_pool(const T* x, int64_t C, int64_t HW, bool cl, acc_t<T>* mean, acc_t<T>* mx);
+template <typename T>
+void cbam_channel_pool(const T* x, const acc_t<T>* g, int64_t C, int64_t HW, bool cl, acc_t<T>* cmean,
+                       acc_t<T>* cmax);
+template <typename T>
+void cbam_rescale(const T* x, const acc_t<T>* g, const acc_t<T>* s, int64_t C, int64_t HW, bool cl, bool nt, T* y);
+template <typename T>
+void cbam_spatial_grad(const T* dy, const T* x, const acc_t<T>* g, const acc_t<T>* cmax, int64_t C, int64_t HW,
+                       bool cl, acc_t<T>* ds, acc_t<T>* cc);
+template <typename T>
+void cbam_channel_grad(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t<T>>& sg,
+                       const acc_t<T>* mx, int64_t C, int64_t HW, bool cl, acc_t<T>* dg, acc_t<T>* cnt);
+template <typename T>
+void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t<T>>& sg, const acc_t<T>* mx,
+             const acc_t<T>* share, const acc_t<T>* tie, int64_t C, int64_t HW, bool cl, bool nt, T* dx);
