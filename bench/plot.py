@@ -61,7 +61,7 @@ def plot(path, env, rows):
             ax.set_ylim(bottom=0)
             ax.grid(True, axis="y", alpha=0.3)
             ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (3.6 * len(groups))))  # room for the title
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

@@ -153,13 +153,44 @@ inline __attribute__((always_inline)) void over_block(int64_t n, VecBody&& vec, 
   for (; j < n; ++j) one(j);
 }
 
+// sum[j] += v[j], mx[j] = max(mx[j], v[j]) (NaN-propagating) for j < n.
+template <typename A>
+inline void add_max_into(const A* v, int64_t n, A* sum, A* mx) {
+  constexpr int64_t W = kW<A>;
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const Vec<A> t = vload(v + j);
+    vstore(sum + j, vload(sum + j) + t);
+    vstore(mx + j, vmax_nan(vload(mx + j), t));
+  }
+  for (; j < n; ++j) {
+    sum[j] += v[j];
+    mx[j] = max_nan(mx[j], v[j]);
+  }
+}
+
+// sum[j] += a[j]·b[j], cnt[j] += (b[j] == ref[j]) for j < n.
+template <typename A>
+inline void add_prod_count_into(const A* a, const A* b, const A* ref, int64_t n, A* sum, A* cnt) {
+  constexpr int64_t W = kW<A>;
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const Vec<A> u = vload(b + j);
+    vstore(sum + j, vload(sum + j) + vload(a + j) * u);
+    vstore(cnt + j, vload(cnt + j) + veq01(u, vload(ref + j)));
+  }
+  for (; j < n; ++j) {
+    sum[j] += a[j] * b[j];
+    cnt[j] += b[j] == ref[j] ? A(1) : A(0);
+  }
+}
+
 // ---- forward ------------------------------------------------------------------
 
 // mean [C], mx [C]: the spatial mean and max of each channel of x.
 template <typename T>
 void cbam_spatial_pool(const T* x, int64_t C, int64_t HW, bool cl, acc_t<T>* mean, acc_t<T>* mx) {
   using A = acc_t<T>;
-  constexpr int64_t W = kW<A>;
   const A inv = A(1) / static_cast<A>(HW);
   if (!cl) {
     for (int64_t c = 0; c < C; ++c) {
@@ -178,20 +209,7 @@ void cbam_spatial_pool(const T* x, int64_t C, int64_t HW, bool cl, acc_t<T>* mea
   std::fill(mean, mean + C, A(0));
   std::fill(mx, mx + C, -std::numeric_limits<A>::infinity());
   for (int64_t p = 0; p < HW; ++p) {
-    each_block(x + p * C, C, [&](const A* v, int64_t c0, int64_t n) {
-      A* sm = mean + c0;
-      A* mm = mx + c0;
-      int64_t j = 0;
-      for (; j + W <= n; j += W) {
-        const Vec<A> t = vload(v + j);
-        vstore(sm + j, vload(sm + j) + t);
-        vstore(mm + j, vmax_nan(vload(mm + j), t));
-      }
-      for (; j < n; ++j) {
-        sm[j] += v[j];
-        mm[j] = max_nan(mm[j], v[j]);
-      }
-    });
+    each_block(x + p * C, C, [&](const A* v, int64_t c0, int64_t n) { add_max_into(v, n, mean + c0, mx + c0); });
   }
   for (int64_t c = 0; c < C; ++c) mean[c] *= inv;
 }
@@ -201,7 +219,6 @@ template <typename T>
 void cbam_channel_pool(const T* x, const acc_t<T>* g, int64_t C, int64_t HW, bool cl, acc_t<T>* cmean,
                        acc_t<T>* cmax) {
   using A = acc_t<T>;
-  constexpr int64_t W = kW<A>;
   const A inv = A(1) / static_cast<A>(C);
   A t[kBlock];
   if (!cl) {
@@ -211,18 +228,7 @@ void cbam_channel_pool(const T* x, const acc_t<T>* g, int64_t C, int64_t HW, boo
       const A gc = g[c];
       each_block(x + c * HW, HW, [&](const A* v, int64_t p0, int64_t n) {
         x1_block<T>(v, gc, t, n);
-        A* sm = cmean + p0;
-        A* mm = cmax + p0;
-        int64_t j = 0;
-        for (; j + W <= n; j += W) {
-          const Vec<A> u = vload(t + j);
-          vstore(sm + j, vload(sm + j) + u);
-          vstore(mm + j, vmax_nan(vload(mm + j), u));
-        }
-        for (; j < n; ++j) {
-          sm[j] += t[j];
-          mm[j] = max_nan(mm[j], t[j]);
-        }
+        add_max_into(t, n, cmean + p0, cmax + p0);
       });
     }
     for (int64_t p = 0; p < HW; ++p) cmean[p] *= inv;
@@ -279,7 +285,6 @@ template <typename T>
 void cbam_spatial_grad(const T* dy, const T* x, const acc_t<T>* g, const acc_t<T>* cmax, int64_t C, int64_t HW,
                        bool cl, acc_t<T>* ds, acc_t<T>* cc) {
   using A = acc_t<T>;
-  constexpr int64_t W = kW<A>;
   A t[kBlock];
   if (!cl) {
     std::fill(ds, ds + HW, A(0));
@@ -288,19 +293,7 @@ void cbam_spatial_grad(const T* dy, const T* x, const acc_t<T>* g, const acc_t<T
       const A gc = g[c];
       each_block2(dy + c * HW, x + c * HW, HW, [&](const A* d, const A* v, int64_t p0, int64_t n) {
         x1_block<T>(v, gc, t, n);
-        A* sp = ds + p0;
-        A* kp = cc + p0;
-        const A* mp = cmax + p0;
-        int64_t j = 0;
-        for (; j + W <= n; j += W) {
-          const Vec<A> u = vload(t + j);
-          vstore(sp + j, vload(sp + j) + vload(d + j) * u);
-          vstore(kp + j, vload(kp + j) + veq01(u, vload(mp + j)));
-        }
-        for (; j < n; ++j) {
-          sp[j] += d[j] * t[j];
-          kp[j] += t[j] == mp[j] ? A(1) : A(0);
-        }
+        add_prod_count_into(d, t, cmax + p0, n, ds + p0, cc + p0);
       });
     }
     return;
@@ -350,7 +343,6 @@ template <typename T>
 void cbam_channel_grad(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t<T>>& sg,
                        const acc_t<T>* mx, int64_t C, int64_t HW, bool cl, acc_t<T>* dg, acc_t<T>* cnt) {
   using A = acc_t<T>;
-  constexpr int64_t W = kW<A>;
   A t[kBlock];
   if (!cl) {
     for (int64_t c = 0; c < C; ++c) {
@@ -373,19 +365,7 @@ void cbam_channel_grad(const T* dy, const T* x, const acc_t<T>* g, const Spatial
     each_block2(dy + p * C, x + p * C, C, [&](const A* d, const A* v, int64_t c0, int64_t n) {
       x1_block<T>(v, g + c0, t, n);
       dx1_block_at(sg, d, t, p, n, t);
-      A* gp = dg + c0;
-      A* kp = cnt + c0;
-      const A* mp = mx + c0;
-      int64_t j = 0;
-      for (; j + W <= n; j += W) {
-        const Vec<A> u = vload(v + j);
-        vstore(gp + j, vload(gp + j) + vload(t + j) * u);
-        vstore(kp + j, vload(kp + j) + veq01(u, vload(mp + j)));
-      }
-      for (; j < n; ++j) {
-        gp[j] += t[j] * v[j];
-        kp[j] += v[j] == mp[j] ? A(1) : A(0);
-      }
+      add_prod_count_into(t, v, mx + c0, n, dg + c0, cnt + c0);
     });
   }
 }
