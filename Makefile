@@ -1,8 +1,9 @@
 # fused_attn developer commands. Each target creates .venv and installs what it
 # needs, so `make bench` and `make test` work on a fresh clone.
 #
-#   make bench   set up, build, run the op microbenchmark (python -m bench.ops: fused vs eager
-#                vs torch.compile vs copy; BENCH_ARGS="--full", "--op se", ... pass through)
+#   make bench   set up, build (CPU kernels only when no GPU is visible), run the op
+#                microbenchmark (python -m bench.ops: fused vs eager vs torch.compile vs copy;
+#                BENCH_ARGS="--full", "--op se", ... pass through)
 #   make test    set up, build, run the whole test suite
 #   make build   (re)build the extension in place
 #   make cmake   build the extension with CMake and smoke-test the library
@@ -32,7 +33,15 @@ venv: $(VENV)/.deps
 build: venv
 	$(PIP) install --no-build-isolation --no-deps -e .
 
-bench: build
+# Without a visible GPU, bench builds the CPU kernels only: CUDA objects could
+# not run here and would take most of the build time.
+bench: venv
+	@if $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+	  $(PIP) install --no-build-isolation --no-deps -e .; \
+	else \
+	  echo "make bench: no GPU visible, building the CPU kernels only"; \
+	  FUSED_ATTN_NO_CUDA=1 $(PIP) install --no-build-isolation --no-deps -e .; \
+	fi
 	$(PY) -m bench.ops $(BENCH_ARGS)
 
 test: build

@@ -59,6 +59,10 @@ inline void x1_block(const A* v, A gs, A* t, int64_t n) {
 template <typename A> struct VecOf { typedef A type __attribute__((vector_size(32))); };
 template <typename A> using Vec = typename VecOf<A>::type;
 template <typename A> constexpr int64_t kW = 32 / sizeof(A);
+// Lane indices for __builtin_shuffle: integers of A's width.
+template <typename A> struct MaskOf { typedef int64_t type __attribute__((vector_size(32))); };
+template <> struct MaskOf<float> { typedef int32_t type __attribute__((vector_size(32))); };
+template <typename A> using MaskVec = typename MaskOf<A>::type;
 
 template <typename A> inline __attribute__((always_inline)) Vec<A> vload(const A* p) {
   Vec<A> v;
@@ -106,19 +110,24 @@ struct Reduce2 {
     tb = kMax ? smax_nan(tb, t1) : tb + t1;
   }
   inline __attribute__((always_inline)) void result(A& r0, A& r1) const {
-    const Vec<A> va = a[0] + a[1];
-    const Vec<A> vb = kMax ? vmax_nan(b[0], b[1]) : b[0] + b[1];
-    A sa[kW<A>], sb[kW<A>];
-    vstore(sa, va);
-    vstore(sb, vb);
-    for (int64_t w = kW<A> / 2; w > 0; w /= 2) {
-      for (int64_t j = 0; j < w; ++j) {
-        sa[j] += sa[j + w];
-        sb[j] = kMax ? smax_nan(sb[j], sb[j + w]) : sb[j] + sb[j + w];
-      }
+    // Pairwise over the lanes (lane j takes lane j + w, w = kW/2 .. 1), by
+    // shuffles: the same order as a scalar tree, without its stores.
+    Vec<A> va = a[0] + a[1];
+    Vec<A> vb = kMax ? vmax_nan(b[0], b[1]) : b[0] + b[1];
+    fold<kW<A> / 2>(va, vb);
+    r0 = va[0] + ta;
+    r1 = kMax ? smax_nan(vb[0], tb) : vb[0] + tb;
+  }
+  template <int64_t w>
+  static inline __attribute__((always_inline)) void fold(Vec<A>& va, Vec<A>& vb) {
+    if constexpr (w > 0) {
+      MaskVec<A> m;
+      for (int64_t j = 0; j < kW<A>; ++j) m[j] = (j + w) % kW<A>;
+      va += __builtin_shuffle(va, m);
+      const Vec<A> hi = __builtin_shuffle(vb, m);
+      vb = kMax ? vmax_nan(vb, hi) : vb + hi;
+      fold<w / 2>(va, vb);
     }
-    r0 = sa[0] + ta;
-    r1 = kMax ? smax_nan(sb[0], tb) : sb[0] + tb;
   }
 };
 
