@@ -40,9 +40,8 @@ def backend(request, monkeypatch):
     backends (the GPU tests) define their own ``backend``."""
     import fused_attn
 
-    name = request.param
-    if name == "cpu-baseline":
-        monkeypatch.setenv("FUSED_ATTN_CPU_ISA", "baseline")
-        name = "cpu"
+    from .utils import impl_backend
+
+    name = impl_backend(request.param, monkeypatch)
     with fused_attn.use_backend(name):
         yield name

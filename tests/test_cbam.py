@@ -9,13 +9,15 @@ import torch
 
 import fused_attn
 
-from .utils import DTYPES, FORMATS, TOL, assert_close, cpu_backends, ids
+from .utils import DTYPES, FORMATS, TOL, assert_close, cpu_impls, ids, impl_backend
 
 
-@pytest.fixture(params=[b for b in cpu_backends() if b != "reference"])
-def backend(request):
-    with fused_attn.use_backend(request.param):
-        yield request.param
+@pytest.fixture(params=[b for b in cpu_impls() if b != "reference"])
+def backend(request, monkeypatch):
+    """The C++ backend (its AVX2 and baseline builds) and Triton."""
+    name = impl_backend(request.param, monkeypatch)
+    with fused_attn.use_backend(name):
+        yield name
 
 
 @dataclasses.dataclass(frozen=True)

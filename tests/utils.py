@@ -149,5 +149,14 @@ def cpu_impls():
     return impls
 
 
+def impl_backend(name, monkeypatch):
+    """The backend name to force for an entry of cpu_impls(), setting
+    FUSED_ATTN_CPU_ISA for "cpu-baseline"."""
+    if name == "cpu-baseline":
+        monkeypatch.setenv("FUSED_ATTN_CPU_ISA", "baseline")
+        return "cpu"
+    return name
+
+
 def ids(values):
     return [str(v) for v in values]
