@@ -85,6 +85,15 @@ template <typename V> inline __attribute__((always_inline)) V veq01(V a, V b) {
   return (a == b) ? (V{} + 1) : V{};
 }
 
+// Runs vec(j) over the full vectors of a block of n elements and one(j) over
+// the rest.
+template <typename A, typename VecBody, typename OneBody>
+inline __attribute__((always_inline)) void over_block(int64_t n, VecBody&& vec, OneBody&& one) {
+  int64_t j = 0;
+  for (; j + kW<A> <= n; j += kW<A>) vec(j);
+  for (; j < n; ++j) one(j);
+}
+
 // Two reductions over a row [0, len): the first term summed, the second
 // summed or (kMax) maxed, in 2·kW lanes (two vectors, alternating) plus a
 // scalar tail, folded in a fixed order. vec(i, t0, t1) gives the terms of
@@ -108,6 +117,11 @@ struct Reduce2 {
   inline __attribute__((always_inline)) void add_scalar(A t0, A t1) {
     ta += t0;
     tb = kMax ? smax_nan(tb, t1) : tb + t1;
+  }
+  // Folds n values as both terms (their sum, and their sum or max).
+  inline __attribute__((always_inline)) void add_both(const A* v, int64_t n) {
+    over_block<A>(n, [&](int64_t j) { const Vec<A> u = vload(v + j); add(u, u); },
+                  [&](int64_t j) { add_scalar(v[j], v[j]); });
   }
   inline __attribute__((always_inline)) void result(A& r0, A& r1) const {
     // Pairwise over the lanes (lane j takes lane j + w, w = kW/2 .. 1), by
@@ -153,15 +167,6 @@ inline void each_block2(const T* row_a, const T* row_b, int64_t len, Body&& body
   });
 }
 
-// Runs vec(j) over the full vectors of a block of n elements and one(j) over
-// the rest.
-template <typename A, typename VecBody, typename OneBody>
-inline __attribute__((always_inline)) void over_block(int64_t n, VecBody&& vec, OneBody&& one) {
-  int64_t j = 0;
-  for (; j + kW<A> <= n; j += kW<A>) vec(j);
-  for (; j < n; ++j) one(j);
-}
-
 // sum[j] += v[j], mx[j] = max(mx[j], v[j]) (NaN-propagating) for j < n.
 template <typename A>
 inline void add_max_into(const A* v, int64_t n, A* sum, A* mx) {
@@ -204,10 +209,7 @@ void cbam_spatial_pool(const T* x, int64_t C, int64_t HW, bool cl, acc_t<T>* mea
   if (!cl) {
     for (int64_t c = 0; c < C; ++c) {
       Reduce2<true, A> r;
-      each_block(x + c * HW, HW, [&](const A* v, int64_t, int64_t n) {
-        over_block<A>(n, [&](int64_t j) { const Vec<A> t = vload(v + j); r.add(t, t); },
-                      [&](int64_t j) { r.add_scalar(v[j], v[j]); });
-      });
+      each_block(x + c * HW, HW, [&](const A* v, int64_t, int64_t n) { r.add_both(v, n); });
       A sum, m;
       r.result(sum, m);
       mean[c] = sum * inv;
@@ -247,8 +249,7 @@ void cbam_channel_pool(const T* x, const acc_t<T>* g, int64_t C, int64_t HW, boo
     Reduce2<true, A> r;
     each_block(x + p * C, C, [&](const A* v, int64_t c0, int64_t n) {
       x1_block<T>(v, g + c0, t, n);
-      over_block<A>(n, [&](int64_t j) { const Vec<A> u = vload(t + j); r.add(u, u); },
-                    [&](int64_t j) { r.add_scalar(t[j], t[j]); });
+      r.add_both(t, n);
     });
     A sum, m;
     r.result(sum, m);

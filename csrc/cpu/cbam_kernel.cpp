@@ -6,11 +6,13 @@
 //   spatial gate   m = [mean_c x1, max_c x1]            (light: ½mean + ½max)
 //                  z = conv_kxk(m),  s = gate(bn(z))                           y = x1·s
 //
-// Work is per sample (one thread per sample): its pooling, MLP, channel pool
-// of x1, convolution and rescale run back to back while the sample's slice is
-// in cache, so x comes from DRAM once and y goes back once (2|x|) when the
-// BatchNorm uses running statistics. With batch statistics the rescale waits
-// for every sample's z: x is read a second time (3|x|).
+// The forward walks chunks of whole samples small enough to stay in cache:
+// it pools each sample of a chunk, runs the MLP for the chunk at once (GEMMs),
+// then per sample the channel pool of x1, the convolution and the rescale,
+// while the chunk is still cached, so x comes from DRAM once and y goes back
+// once (2|x|) when the BatchNorm uses running statistics. With batch
+// statistics the rescale waits for every sample's z: x is read a second time
+// (3|x|). The big-tensor passes are cbam_cpu_kernels.h's.
 //
 // The backward: Σ_c dy·x1 per pixel (→ the spatial gate's gradient, the
 // BatchNorm's batch reductions), then per sample dL/dm through the transposed
@@ -258,12 +260,11 @@ void conv2d_backward(const Cbam& v, const A* m, const A* ws, const A* dz, A* dm,
 // Per-thread scratch, sized for one sample.
 template <typename A>
 struct Scratch {
-  std::vector<A> mean, mx, cnt, pre, h, a, g, tmp, dg, dpre, dh;
-  std::vector<A> cmean, cmax, ccnt, m, s, dm, dcmean, dcmax, dwsp;
+  std::vector<A> cnt, pre, a, g, tmp, dg, dh;
+  std::vector<A> m, s, dm, dcmean, dcmax, dwsp;
   explicit Scratch(const Cbam& v)
-      : mean(v.C), mx(v.C), cnt(v.C), pre(2 * v.rd), h(v.rd), a(v.C), g(v.C), tmp(v.C), dg(v.C), dpre(2 * v.rd),
-        dh(v.rd), cmean(v.HW), cmax(v.HW), ccnt(v.HW), m(2 * v.HW), s(v.HW), dm(2 * v.HW), dcmean(v.HW),
-        dcmax(v.HW), dwsp(2 * v.k * v.k) {}
+      : cnt(v.C), pre(v.rd), a(v.C), g(v.C), tmp(v.C), dg(v.C), dh(v.rd), m(2 * v.HW), s(v.HW), dm(2 * v.HW),
+        dcmean(v.HW), dcmax(v.HW), dwsp(2 * v.k * v.k) {}
 };
 
 // s = gate(γ·(z − μ)·invstd + β) for one sample.
