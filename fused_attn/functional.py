@@ -119,7 +119,7 @@ def efficient_channel_attention(x, conv_weight, conv_bias=None, *, padding="zero
 def _cbam_missing():
     from . import triton as fa_triton
 
-    missing = {"cuda": "CBAM has no hand-written CUDA kernels yet (on CUDA tensors 'auto' runs it on 'triton')"}
+    missing = {}
     if not hasattr(fa_triton, "cbam"):
         missing["triton"] = "CBAM has no Triton kernels yet"
     return missing

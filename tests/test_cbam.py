@@ -6,6 +6,7 @@ import functools
 
 import pytest
 import torch
+from torch._prims_common import suggest_memory_format
 
 import fused_attn
 
@@ -88,7 +89,16 @@ def run(fn, x, params, buffers, variant):
 def check_against_reference(shape, dtype, memory_format, variant, *, device="cpu", seed=0, integer=False):
     x, params, buffers = cbam_sample(shape, dtype, memory_format, variant, seed=seed, device=device,
                                      integer=integer)
-    x.requires_grad_()
+    check_inputs_against_reference(x, params, buffers, variant, seed=seed)
+
+
+def check_inputs_against_reference(x, params, buffers, variant, *, seed=0):
+    """Forward, gradients and running statistics of fused_attn.cbam on these
+    inputs against the float64 reference; the output in x's memory format."""
+    dtype, device = x.dtype, x.device
+    memory_format = suggest_memory_format(x)
+    x = x.detach().requires_grad_()
+    params = {k: (v.detach() if v is not None else None) for k, v in params.items()}
     leaves = {k: (v.requires_grad_() if v is not None else None) for k, v in params.items()}
     bufs = {k: v.clone() for k, v in buffers.items()}
     y = run(fused_attn.cbam, x, leaves, bufs, variant)

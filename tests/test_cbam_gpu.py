@@ -1,26 +1,34 @@
-"""CBAM on CUDA tensors: the Triton backend (CBAM has no hand-written CUDA
-kernels yet) against the reference, auto's choice, compile, CUDA graphs and
-opcheck. Skipped without a GPU (conftest.py)."""
+"""CBAM on CUDA tensors: every GPU backend (the CUDA kernels, Triton) against
+the reference, auto's choice, unaligned and strided inputs, determinism,
+compile, CUDA graphs and opcheck. Skipped without a GPU (conftest.py)."""
 import pytest
 import torch
 
 import fused_attn
 
-from .test_cbam import VARIANTS, CBAMVariant, _op_args, cbam_sample, check_against_reference, run
+from .test_cbam import (VARIANTS, CBAMVariant, _op_args, cbam_sample, check_against_reference,
+                        check_inputs_against_reference, run)
 from .utils import DTYPES, FORMATS, ids
 
 pytestmark = pytest.mark.gpu
 
-GPU_SHAPES = [(2, 1, 5, 6), (1, 3, 7, 7), (2, 37, 13, 17), (4, 256, 14, 14), (2, 2048, 7, 7), (3, 520, 9, 9)]
+# Odd shapes, rows that take the 16-byte paths (H·W or C multiples of 8), few
+# long rows (the reductions' split paths: 2048×7×7 at N = 1 and 2, 16×64×64)
+# and a ResNet-50 site.
+GPU_SHAPES = [(2, 1, 5, 6), (1, 3, 7, 7), (2, 37, 13, 17), (4, 256, 14, 14), (2, 2048, 7, 7), (1, 2048, 7, 7),
+              (3, 520, 9, 9), (1, 16, 64, 64), (2, 64, 56, 56)]
+
+GPU_BACKENDS = ("cuda", "triton")
 
 
-@pytest.fixture
-def backend():
-    status = fused_attn.backends()["triton"]
+@pytest.fixture(params=GPU_BACKENDS)
+def backend(request):
+    name = request.param
+    status = fused_attn.backends()[name]
     if "cuda" not in status.devices:
         pytest.skip(status.detail)
-    with fused_attn.use_backend("triton"):
-        yield "triton"
+    with fused_attn.use_backend(name):
+        yield name
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=ids(VARIANTS))
@@ -31,18 +39,54 @@ def test_forward_backward_match_reference(backend, shape, dtype, memory_format, 
     check_against_reference(shape, dtype, memory_format, variant, device="cuda", seed=sum(shape))
 
 
-def test_auto_runs_triton_and_forcing_cuda_says_why():
+def test_auto_runs_the_cuda_kernels():
+    if "cuda" not in fused_attn.backends()["cuda"].devices:
+        pytest.skip(fused_attn.backends()["cuda"].detail)
     x, params, buffers = cbam_sample((2, 16, 6, 6), torch.float32, torch.contiguous_format, CBAMVariant(),
                                      device="cuda")
     y = run(fused_attn.cbam, x, params, buffers, CBAMVariant())
-    with fused_attn.use_backend("triton"):
-        torch.testing.assert_close(y, run(fused_attn.cbam, x, params, buffers, CBAMVariant()))
-    with fused_attn.use_backend("cuda"), pytest.raises(RuntimeError, match="no hand-written CUDA kernels"):
-        run(fused_attn.cbam, x, params, buffers, CBAMVariant())
+    with fused_attn.use_backend("cuda"):
+        torch.testing.assert_close(y, run(fused_attn.cbam, x, params, buffers, CBAMVariant()), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_unaligned_and_strided_inputs(backend, dtype, memory_format):
+    """x one element past a 16-byte boundary (the scalar paths) and a sliced x."""
+    variant = CBAMVariant(train=True, bias=True)
+    x, params, buffers = cbam_sample((3, 32, 8, 8), dtype, memory_format, variant, seed=3, device="cuda")
+    flat = torch.empty(x.numel() + 1, dtype=dtype, device="cuda")
+    shifted = flat[1:].view(x.permute(0, 2, 3, 1).shape if memory_format == torch.channels_last else x.shape)
+    if memory_format == torch.channels_last:
+        shifted = shifted.permute(0, 3, 1, 2)
+    shifted.copy_(x)
+    assert shifted.data_ptr() % 16 != 0 and shifted.is_contiguous(memory_format=memory_format)
+    for xin in (shifted, x[:, ::2, 1:, :-1]):
+        check_inputs_against_reference(xin.detach(), params, buffers, variant)
+
+
+@pytest.mark.parametrize("variant", [CBAMVariant(train=True), CBAMVariant(light=True, bias=True)], ids=str)
+def test_deterministic(backend, variant):
+    """Two forward+backward runs give bitwise-identical outputs and gradients
+    (the reductions' order is fixed; no atomics), at a shape whose reductions
+    split into segments."""
+    x, params, buffers = cbam_sample((1, 2048, 7, 7), torch.float32, torch.contiguous_format, variant, seed=5,
+                                     device="cuda")
+    dy = torch.randn_like(x)
+
+    def once():
+        xin = x.detach().requires_grad_()
+        leaves = {k: (v.detach().requires_grad_() if v is not None else None) for k, v in params.items()}
+        y = run(fused_attn.cbam, xin, leaves, {k: v.clone() for k, v in buffers.items()}, variant)
+        wrt = [xin] + [v for v in leaves.values() if v is not None]
+        return [y] + list(torch.autograd.grad(y, wrt, dy))
+
+    for a, b in zip(once(), once()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-def test_compile_fullgraph_triton(backend, dynamic):
+def test_compile_fullgraph(backend, dynamic):
     variant = CBAMVariant(train=True)
     x, params, buffers = cbam_sample((2, 64, 14, 14), torch.float32, torch.channels_last, variant, device="cuda")
     eager_bufs = {k: v.clone() for k, v in buffers.items()}
@@ -90,9 +134,9 @@ def test_cuda_graph_capture_and_replay(backend, memory_format):
 
 
 @pytest.mark.parametrize("variant", [CBAMVariant(), CBAMVariant(train=True, light=True, k=3)], ids=str)
-def test_opcheck_triton_cuda(backend, variant):
+def test_opcheck(backend, variant):
+    op = torch.ops.fused_attn.cbam_forward_triton if backend == "triton" else torch.ops.fused_attn.cbam_forward
     args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args(variant))
     args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() and i not in (8, 9)
                  else a for i, a in enumerate(args))
-    torch.library.opcheck(torch.ops.fused_attn.cbam_forward_triton, args,
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))

@@ -12,6 +12,8 @@ import torch
 import fused_attn
 
 SHAPES = [(2, 3, 5, 7), (2, 40, 8, 8), (1, 264, 4, 4)]
+# CBAM adds few long rows: its reductions' eight-warps-per-row and split paths.
+CBAM_SHAPES = [(1, 2048, 3, 3)]
 VARIANTS = [dict(act="relu", gate="sigmoid", pool="avg", bias=True, effective=False),
             dict(act="silu", gate="hard_sigmoid", pool="avgmax", bias=False, effective=False),
             dict(act="relu", gate="sigmoid", pool="avgmax", bias=True, effective=True)]
@@ -45,26 +47,23 @@ def main(backend="cuda"):
                         y = fused_attn.efficient_channel_attention(x, w, padding=padding)
                         y.backward(torch.randn_like(y))
                         checked += 1
-        # CBAM runs on Triton on CUDA tensors (no hand-written CUDA kernels yet).
-        cbam_backend = "triton" if backend == "cuda" else backend
-        with fused_attn.use_backend(cbam_backend):
-            for shape in SHAPES:
-                N, C, H, W = shape
-                for light, train in ((False, False), (False, True), (True, True)):
-                    for dtype in (torch.float32, torch.bfloat16):
-                        for fmt in (torch.contiguous_format, torch.channels_last):
-                            x = torch.randn(shape, device="cuda", dtype=dtype).to(memory_format=fmt).requires_grad_()
-                            rd = max(1, C // 4)
-                            w1 = torch.randn(rd, C, device="cuda", dtype=dtype, requires_grad=True)
-                            w2 = torch.randn(C, rd, device="cuda", dtype=dtype, requires_grad=True)
-                            ws = torch.randn(1, 1 if light else 2, 7, 7, device="cuda", dtype=dtype,
-                                             requires_grad=True)
-                            rm, rv = torch.zeros(1, device="cuda"), torch.ones(1, device="cuda")
-                            y = fused_attn.cbam(x, w1, None, w2, None, ws, bn_weight=torch.ones(1, device="cuda"),
-                                                bn_bias=torch.zeros(1, device="cuda"), bn_running_mean=rm,
-                                                bn_running_var=rv, bn_training=train, light=light)
-                            y.backward(torch.randn_like(y))
-                            checked += 1
+        for shape in SHAPES + CBAM_SHAPES:
+            N, C, H, W = shape
+            for light, train in ((False, False), (False, True), (True, True)):
+                for dtype in (torch.float32, torch.bfloat16):
+                    for fmt in (torch.contiguous_format, torch.channels_last):
+                        x = torch.randn(shape, device="cuda", dtype=dtype).to(memory_format=fmt).requires_grad_()
+                        rd = max(1, C // 4)
+                        w1 = torch.randn(rd, C, device="cuda", dtype=dtype, requires_grad=True)
+                        w2 = torch.randn(C, rd, device="cuda", dtype=dtype, requires_grad=True)
+                        ws = torch.randn(1, 1 if light else 2, 7, 7, device="cuda", dtype=dtype,
+                                         requires_grad=True)
+                        rm, rv = torch.zeros(1, device="cuda"), torch.ones(1, device="cuda")
+                        y = fused_attn.cbam(x, w1, None, w2, None, ws, bn_weight=torch.ones(1, device="cuda"),
+                                            bn_bias=torch.zeros(1, device="cuda"), bn_running_mean=rm,
+                                            bn_running_var=rv, bn_training=train, light=light)
+                        y.backward(torch.randn_like(y))
+                        checked += 1
     torch.cuda.synchronize()
     print(f"sanitize_se: {checked} forward+backward runs (SE, ECA, CBAM) on backend {backend!r}")
 

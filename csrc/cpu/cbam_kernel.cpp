@@ -24,7 +24,7 @@
 // x1 = x·g is rounded to x's dtype, as the modules' multiply rounds it, and
 // recomputed identically in the backward, so the ties found there are the
 // forward's.
-#include "../se.h"
+#include "../cbam.h"
 #include "channel_gate.h"
 #include "gate_math.h"
 #include "se_cpu_isa.h"
@@ -291,22 +291,6 @@ Cbam describe(const Geometry& geo, const at::Tensor& x, const at::Tensor& w1, co
   return v;
 }
 
-void check_cbam_args(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
-                     const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& ws, bool light) {
-  check_se_args(x, w1, b1, w2, b2);
-  const int64_t maps = light ? 1 : 2;
-  TORCH_CHECK_VALUE(ws.dim() == 3 && ws.size(0) == maps && ws.size(1) == ws.size(2) && ws.size(1) % 2 == 1,
-                    "fused_attn: spatial_weight must have shape [", maps, ", k, k] with k odd, got ", ws.sizes());
-  TORCH_CHECK_TYPE(ws.scalar_type() == x.scalar_type(), "fused_attn: spatial_weight has dtype ", ws.scalar_type(),
-                   " but x has dtype ", x.scalar_type());
-  TORCH_CHECK(ws.device() == x.device(), "fused_attn: spatial_weight is on ", ws.device(), " but x is on ",
-              x.device());
-}
-
-void check_scalar_param(const c10::optional<at::Tensor>& t, const char* name) {
-  if (t) TORCH_CHECK_VALUE(t->numel() == 1, "fused_attn: ", name, " must have one element, got ", t->sizes());
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cbam_forward_cpu(
@@ -316,9 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::optional<at::Tensor>& bn_rv, double eps, c10::string_view act, c10::string_view gate, bool light,
     bool max_first) {
   check_cbam_args(x_in, w1, b1, w2, b2, ws, light);
-  for (const auto& [t, name] : {std::pair<const c10::optional<at::Tensor>&, const char*>{bn_w, "bn_weight"},
-                                {bn_b, "bn_bias"}, {bn_rm, "bn_running_mean"}, {bn_rv, "bn_running_var"}})
-    check_scalar_param(t, name);
+  check_cbam_bn_args(bn_w, bn_b, bn_rm, bn_rv);
   TORCH_CHECK(x_in.device().is_cpu(), "fused_attn: cbam_forward_cpu got x on ", x_in.device());
   const Geometry geo = geometry(x_in);
   const Cbam v = describe(geo, x_in, w1, ws, light, max_first, act, gate);
@@ -429,20 +411,12 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
                   const at::Tensor& stats, bool batch_stats, double eps, c10::string_view act,
                   c10::string_view gate, bool light, bool max_first) {
   check_cbam_args(x_in, w1, b1, w2, b2, ws, light);
+  check_cbam_backward_args(dy_in, x_in, pooled, logits, smap, z, stats);
   TORCH_CHECK(x_in.device().is_cpu(), "fused_attn: cbam_backward_cpu got x on ", x_in.device());
-  TORCH_CHECK_VALUE(dy_in.sizes() == x_in.sizes() && dy_in.scalar_type() == x_in.scalar_type(),
-                    "fused_attn: grad_y must have x's shape and dtype");
   const Geometry geo = geometry(x_in);
   const Cbam v = describe(geo, x_in, w1, ws, light, max_first, act, gate);
   const auto acc = acc_dtype(x_in);
   const auto aopt = x_in.options().dtype(acc);
-  for (const auto& [t, name, rows, cols] :
-       {std::tuple<const at::Tensor&, const char*, int64_t, int64_t>{pooled, "pooled", 2 * v.N, v.C},
-        {logits, "logits", v.N, v.C}, {smap, "smap", 2 * v.N, v.HW}, {z, "z", v.N, v.HW}, {stats, "bn_stats", 1, 2}}) {
-    TORCH_CHECK_VALUE(t.scalar_type() == acc && t.is_contiguous() && t.numel() == rows * cols,
-                      "fused_attn: ", name, " must be a contiguous ", acc, " tensor of ", rows * cols,
-                      " elements, got ", t.scalar_type(), " ", t.sizes());
-  }
   const at::Tensor dy = dy_in.contiguous(geo.format);
   at::Tensor dx = at::empty_like(geo.x);
   maybe_poison(dx);

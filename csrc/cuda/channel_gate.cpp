@@ -14,7 +14,6 @@
 #include <atomic>
 
 namespace fused_attn::cuda {
-namespace {
 
 DType dtype_of(at::ScalarType t) {
   switch (t) {
@@ -37,6 +36,8 @@ int sm_count(int device) {
   if (device >= 0 && device < static_cast<int>(cache.size())) cache[device].store(count, std::memory_order_relaxed);
   return count;
 }
+
+namespace {
 
 SePass base_pass(const Geometry& geo) {
   SePass p;
@@ -68,8 +69,9 @@ at::Tensor split_reduction(SePass& p, const Geometry& geo, bool backward) {
 
 }  // namespace
 
-void pool_pass(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv) {
+void pool_pass(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv, bool plain_mean) {
   SePass p = base_pass(geo);
+  p.plain_mean = plain_mean;
   p.sum = pooled.data_ptr();
   p.ext = ptr_or_null(maxv);
   const at::Tensor workspace = split_reduction(p, geo, false);

@@ -6,12 +6,19 @@
 #pragma once
 
 #include "../se.h"
+#include "se_cuda.h"
 
 namespace fused_attn::cuda {
 
+// The kernels' name for a tensor dtype (raises for one they lack), and the
+// multiprocessors of a device (read once per device).
+DType dtype_of(at::ScalarType t);
+int sm_count(int device);
+
 // pooled [N, C] = mean_hw x, or 0.5·mean + 0.5·max with maxv [N, C] = max
-// (when maxv is not empty). Accumulation dtype.
-void pool_pass(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv);
+// (when maxv is not empty; with plain_mean, pooled is the mean itself).
+// Accumulation dtype.
+void pool_pass(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv, bool plain_mean = false);
 // y = x · g, g [N, C] contiguous in the accumulation dtype; y dense like geo.x.
 void scale_pass(const Geometry& geo, const at::Tensor& g, at::Tensor& y);
 // s = Σ_hw dy·x, and cnt = #{x == maxv} when maxv is not empty.

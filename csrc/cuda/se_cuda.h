@@ -44,6 +44,7 @@ struct SePass {
   // Outputs of the reductions (se_pool, se_reduce).
   void* sum = nullptr;          // se_pool: pooled (finalized); se_reduce: Σ_hw dy·x
   void* ext = nullptr;          // se_pool: max over H·W; se_reduce: #{x == maxv}; null unless pool is avg+max
+  bool plain_mean = false;      // se_pool with ext: sum gets the mean itself, not 0.5·mean + 0.5·max (CBAM)
 
   // Per-(n, c) coefficients of the elementwise passes (se_scale, se_dx).
   const void* g = nullptr;      // the gate

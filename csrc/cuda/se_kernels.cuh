@@ -106,7 +106,7 @@ struct Partial {
       const A mean = sum / static_cast<A>(p.HW);
       if constexpr (WITH_MAX) {
         out_ext[nc] = ext;
-        out_sum[nc] = A(0.5) * mean + A(0.5) * ext;
+        out_sum[nc] = p.plain_mean ? mean : A(0.5) * mean + A(0.5) * ext;
       } else {
         out_sum[nc] = mean;
       }

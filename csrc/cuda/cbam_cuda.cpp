@@ -1,0 +1,362 @@
+// CBAM on CUDA: fused_attn::cbam_forward / cbam_backward for the CUDA dispatch
+// key. The torch glue around cbam_kernels.cu (and SE's spatial pool): checks,
+// the device guard and current stream, allocations, and everything on the
+// small [N, C] and [N, H·W] tensors as ATen ops on the same stream — the
+// algorithm and the passes of fused_attn/triton/cbam.py, op for op:
+//
+//   forward   3 passes, 4|x|: spatial pool (read x), channel pool of x1
+//             (read x), rescale (read x, write y)
+//   backward  3 passes, 7|x|: Σ_c dy·x1 (read dy, x), Σ_hw dx1·x (read dy,
+//             x), dx (read dy, x, write dx)
+//
+// The MLP runs once per batch as GEMMs (cuBLAS through ATen), the BatchNorm's
+// batch statistics in double on the device, the k×k convolution and its
+// weight gradient in our own kernels (no cuDNN algorithm choice, no atomics):
+// deterministic, and nothing synchronizes with the host, so the ops can be
+// captured in CUDA graphs.
+#include "../cbam.h"
+#include "cbam_cuda.h"
+#include "channel_gate.h"
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <tuple>
+#include <vector>
+
+namespace fused_attn::cuda {
+namespace {
+
+using Forward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Backward =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+at::Tensor activate(Act act, const at::Tensor& h) {
+  switch (act) {
+    case Act::ReLU: return at::relu(h);
+    case Act::SiLU: return at::silu(h);
+    case Act::GELU: return at::gelu(h, "none");
+    case Act::GELUTanh: return at::gelu(h, "tanh");
+    case Act::HardSwish: return at::hardswish(h);
+  }
+  TORCH_CHECK(false, "fused_attn: unknown activation");
+}
+
+at::Tensor activate_backward(Act act, const at::Tensor& grad, const at::Tensor& h) {
+  switch (act) {
+    case Act::ReLU: return at::threshold_backward(grad, h, 0);
+    case Act::SiLU: return at::silu_backward(grad, h);
+    case Act::GELU: return at::gelu_backward(grad, h, "none");
+    case Act::GELUTanh: return at::gelu_backward(grad, h, "tanh");
+    case Act::HardSwish: return at::hardswish_backward(grad, h);
+  }
+  TORCH_CHECK(false, "fused_attn: unknown activation");
+}
+
+at::Tensor fc(const at::Tensor& v, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
+  return b ? at::addmm(*b, v, w.t()) : v.mm(w.t());
+}
+
+c10::optional<at::Tensor> to_acc(const c10::optional<at::Tensor>& t, at::ScalarType acc) {
+  return t ? c10::optional<at::Tensor>(t->to(acc)) : c10::nullopt;
+}
+
+CbamPass base_pass(const Geometry& geo) {
+  CbamPass p;
+  p.dtype = dtype_of(geo.x.scalar_type());
+  p.N = geo.N;
+  p.C = geo.C;
+  p.HW = geo.HW;
+  p.channels_last = geo.cl;
+  p.sm_count = sm_count(geo.x.get_device());
+  p.x = geo.x.const_data_ptr();
+  return p;
+}
+
+// Runs one reduction into sum / ext (contiguous, accumulation dtype), with
+// the workspace its segments need.
+void reduce(CbamPass p, CbamReduce kind, const Geometry& geo, const at::Tensor& sum, const at::Tensor& ext) {
+  p.sum = sum.data_ptr();
+  p.ext = ext.data_ptr();
+  p.segments = cbam_reduce_segments(p, kind);
+  at::Tensor workspace;
+  if (p.segments > 1) {
+    const int64_t outputs = kind == CbamReduce::ChannelReduce ? geo.C : geo.HW;
+    workspace = at::empty({2 * p.segments * geo.N * outputs}, sum.options());
+    p.partials = workspace.data_ptr();
+  }
+  C10_CUDA_CHECK(cbam_reduce(p, kind, stream()));
+}
+
+// The conv's input maps [N, maps, H·W] from smap [2, N, H·W].
+at::Tensor conv_input(const at::Tensor& smap, bool light, bool max_first) {
+  const at::Tensor cmean = smap[0], cmax = smap[1];
+  if (light) return cmean.mul(0.5).add(cmax.mul(0.5)).unsqueeze(1);
+  return max_first ? at::stack({cmax, cmean}, 1) : at::stack({cmean, cmax}, 1);
+}
+
+CbamConv conv_of(const at::Tensor& in, int64_t H, int64_t W) {
+  CbamConv c;
+  c.acc = dtype_of(in.scalar_type());
+  c.N = in.size(0);
+  c.cin = static_cast<int>(in.size(1));
+  c.H = H;
+  c.W = W;
+  c.in = in.const_data_ptr();
+  return c;
+}
+
+// in [N, cin, H·W], w [cout, cin, k, k] (accumulation dtype) → [N, cout, H·W].
+at::Tensor conv(const at::Tensor& in_, const at::Tensor& w_, int64_t H, int64_t W) {
+  const at::Tensor in = in_.contiguous(), w = w_.contiguous();
+  at::Tensor out = at::empty({in.size(0), w.size(0), H * W}, in.options());
+  maybe_poison(out);
+  CbamConv c = conv_of(in, H, W);
+  c.cout = static_cast<int>(w.size(0));
+  c.k = static_cast<int>(w.size(-1));
+  c.w = w.const_data_ptr();
+  c.out = out.data_ptr();
+  C10_CUDA_CHECK(cbam_conv(c, stream()));
+  return out;
+}
+
+// dL/dw [cin, k, k] of one output map given dz [N, H·W]: per-sample partials,
+// summed over the samples by ATen (a fixed order for a given shape).
+at::Tensor conv_weight_grad(const at::Tensor& in_, const at::Tensor& dz_, int64_t k, int64_t H, int64_t W) {
+  const at::Tensor in = in_.contiguous(), dz = dz_.contiguous();
+  const int64_t cin = in.size(1);
+  at::Tensor part = at::empty({in.size(0), cin * k * k}, in.options());
+  maybe_poison(part);
+  CbamConv c = conv_of(in, H, W);
+  c.k = static_cast<int>(k);
+  c.dz = dz.const_data_ptr();
+  c.out = part.data_ptr();
+  C10_CUDA_CHECK(cbam_conv_wgrad(c, stream()));
+  return part.sum(0).view({cin, k, k});
+}
+
+at::Tensor bn_scalar(const c10::optional<at::Tensor>& t, double otherwise, const at::TensorOptions& opts) {
+  return t ? t->reshape({}).to(opts.dtype()) : at::full({}, otherwise, opts);
+}
+
+// As every backend: 1/sqrt(var + eps) in double from the stored statistics, then rounded.
+at::Tensor invstd_of(const at::Tensor& stats, double eps, at::ScalarType acc) {
+  return stats[1].to(at::kDouble).add(eps).sqrt().reciprocal().to(acc);
+}
+
+at::Tensor acc_empty(int64_t a, int64_t b, const at::TensorOptions& opts) {
+  at::Tensor t = at::empty({a, b}, opts);
+  maybe_poison(t);
+  return t;
+}
+
+}  // namespace
+
+Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                          const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& ws,
+                          const c10::optional<at::Tensor>& bn_w, const c10::optional<at::Tensor>& bn_b,
+                          const c10::optional<at::Tensor>& bn_rm, const c10::optional<at::Tensor>& bn_rv, double eps,
+                          c10::string_view act_name, c10::string_view gate_name, bool light, bool max_first) {
+  check_cbam_args(x_in, w1, b1, w2, b2, ws, light);
+  check_cbam_bn_args(bn_w, bn_b, bn_rm, bn_rv);
+  const Act act = parse_act(act_name);
+  const Gate gate = parse_gate(gate_name);
+  TORCH_CHECK(x_in.is_cuda(), "fused_attn: cbam_forward_cuda got x on ", x_in.device());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Geometry geo = geometry(x_in);
+  const int64_t N = geo.N, C = geo.C, HW = geo.HW, H = x_in.size(2), W = x_in.size(3);
+  const auto acc = acc_dtype(x_in);
+  const auto aopt = x_in.options().dtype(acc);
+  at::Tensor y = at::empty_like(geo.x);
+  maybe_poison(y);
+  const bool batch_stats = !(bn_rm && bn_rv);
+  if (N == 0 || C == 0 || HW == 0) {  // as the other backends: zeros, and NaN statistics of nothing
+    at::Tensor stats = at::zeros({2}, aopt);
+    if (C == 0 || HW == 0) stats.fill_(std::numeric_limits<double>::quiet_NaN());
+    return {y, at::zeros({2, N, C}, aopt), at::zeros({N, C}, aopt), at::zeros({2, N, HW}, aopt),
+            at::zeros({N, HW}, aopt), stats};
+  }
+
+  // The channel gate: spatial mean and max of x, the MLP for the batch.
+  at::Tensor pooled = at::empty({2, N, C}, aopt);
+  maybe_poison(pooled);
+  at::Tensor pmean = pooled[0], pmax = pooled[1];
+  pool_pass(geo, pmean, pmax, /*plain_mean=*/true);
+  const at::Tensor w1a = w1.to(acc), w2a = w2.to(acc);
+  const c10::optional<at::Tensor> b1a = to_acc(b1, acc), b2a = to_acc(b2, acc);
+  const auto mlp = [&](const at::Tensor& v) { return fc(activate(act, fc(v, w1a, b1a)), w2a, b2a); };
+  at::Tensor logits, g;
+  if (light) {
+    logits = mlp(pooled[0].mul(0.5).add(pooled[1].mul(0.5)));
+    g = at::sigmoid(logits);
+  } else {
+    logits = mlp(pooled[0]).add(mlp(pooled[1]));
+    g = gate_forward(gate, logits);
+  }
+  logits = logits.contiguous();
+  g = g.contiguous();
+
+  // The spatial gate: channel mean and max of x1, the conv, the BatchNorm.
+  at::Tensor smap = at::empty({2, N, HW}, aopt);
+  maybe_poison(smap);
+  CbamPass p = base_pass(geo);
+  p.g = g.const_data_ptr();
+  reduce(p, CbamReduce::ChannelPool, geo, smap[0], smap[1]);
+  const at::Tensor z = conv(conv_input(smap, light, max_first), ws.to(acc).unsqueeze(0), H, W).select(1, 0).contiguous();
+  at::Tensor stats_d;
+  if (batch_stats) {  // mean and biased variance over N·H·W, in double, two passes
+    const at::Tensor zd = z.to(at::kDouble);
+    const at::Tensor mean = zd.mean();
+    stats_d = at::stack({mean, zd.sub(mean).square().mean()});
+  } else {
+    stats_d = at::cat({bn_rm->reshape({1}).to(at::kDouble), bn_rv->reshape({1}).to(at::kDouble)});
+  }
+  const at::Tensor mu = stats_d[0].to(acc);
+  const at::Tensor invstd = invstd_of(stats_d, eps, acc);
+  const at::Tensor gamma = bn_scalar(bn_w, 1.0, aopt), beta = bn_scalar(bn_b, 0.0, aopt);
+  const at::Tensor s = gate_forward(gate, z.sub(mu).mul(gamma).mul(invstd).add(beta)).contiguous();
+
+  p.s = s.const_data_ptr();
+  p.out = y.data_ptr();
+  C10_CUDA_CHECK(cbam_rescale(p, stream()));
+  return {y, pooled, logits, smap, z, stats_d.to(acc)};
+}
+
+Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& w1,
+                            const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+                            const c10::optional<at::Tensor>& b2, const at::Tensor& ws,
+                            const c10::optional<at::Tensor>& bn_w, const c10::optional<at::Tensor>& bn_b,
+                            const at::Tensor& pooled, const at::Tensor& logits, const at::Tensor& smap,
+                            const at::Tensor& z, const at::Tensor& stats, bool batch_stats, double eps,
+                            c10::string_view act_name, c10::string_view gate_name, bool light, bool max_first) {
+  check_cbam_args(x_in, w1, b1, w2, b2, ws, light);
+  check_cbam_backward_args(dy_in, x_in, pooled, logits, smap, z, stats);
+  const Act act = parse_act(act_name);
+  const Gate gate = parse_gate(gate_name);
+  TORCH_CHECK(x_in.is_cuda(), "fused_attn: cbam_backward_cuda got x on ", x_in.device());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Geometry geo = geometry(x_in);
+  const int64_t N = geo.N, C = geo.C, HW = geo.HW, H = x_in.size(2), W = x_in.size(3);
+  const int64_t k = ws.size(-1), maps = light ? 1 : 2;
+  const auto acc = acc_dtype(x_in);
+  const auto aopt = x_in.options().dtype(acc);
+  at::Tensor dx = at::empty_like(geo.x);
+  maybe_poison(dx);
+  const auto param_grad = [&](const c10::optional<at::Tensor>& t, const at::Tensor& grad) {
+    return t ? grad.to(t->scalar_type()).view(t->sizes()) : at::empty({0}, ws.options());
+  };
+  const auto grads = [&](const at::Tensor& dw1, const at::Tensor& db1, const at::Tensor& dw2, const at::Tensor& db2,
+                         const at::Tensor& dws, const at::Tensor& dgamma, const at::Tensor& dbeta) -> Backward {
+    return {dx, dw1.to(w1.scalar_type()), param_grad(b1, db1), dw2.to(w2.scalar_type()), param_grad(b2, db2),
+            dws.to(ws.scalar_type()), param_grad(bn_w, dgamma), param_grad(bn_b, dbeta)};
+  };
+  if (N == 0 || C == 0 || HW == 0) {  // nothing flows: zero weight gradients
+    return grads(at::zeros(w1.sizes(), aopt), at::zeros({w1.size(0)}, aopt), at::zeros(w2.sizes(), aopt),
+                 at::zeros({C}, aopt), at::zeros({maps, k, k}, aopt), at::zeros({}, aopt), at::zeros({}, aopt));
+  }
+  const at::Tensor dy = dy_in.contiguous(geo.format);
+  const at::Tensor cmax = smap[1];
+  const at::Tensor g = (light ? at::sigmoid(logits) : gate_forward(gate, logits)).contiguous();
+  CbamPass p = base_pass(geo);
+  p.dy = dy.const_data_ptr();
+  p.g = g.const_data_ptr();
+  p.cmax = cmax.const_data_ptr();
+
+  // Pass 1: the spatial gate's gradient per pixel, and the channel max's ties.
+  const at::Tensor ds = acc_empty(N, HW, aopt), ccnt = acc_empty(N, HW, aopt);
+  reduce(p, CbamReduce::PixelReduce, geo, ds, ccnt);
+
+  // The BatchNorm backward (with batch statistics, through the batch mean and variance too).
+  const at::Tensor mu = stats[0];
+  const at::Tensor invstd = invstd_of(stats, eps, acc);
+  const at::Tensor gamma = bn_scalar(bn_w, 1.0, aopt), beta = bn_scalar(bn_b, 0.0, aopt);
+  const at::Tensor bo = z.sub(mu).mul(gamma).mul(invstd).add(beta);
+  const at::Tensor s = gate_forward(gate, bo).contiguous();
+  const at::Tensor dbn = gate_backward(gate, ds, bo, s);
+  const at::Tensor zhat_d = z.to(at::kDouble).sub(stats[0].to(at::kDouble)).mul(invstd.to(at::kDouble));
+  const at::Tensor dbn_d = dbn.to(at::kDouble);
+  const at::Tensor dbeta = dbn_d.sum();
+  const at::Tensor dgamma = dbn_d.mul(zhat_d).sum();
+  at::Tensor dz;
+  if (batch_stats) {
+    const double count = static_cast<double>(N * HW);
+    const at::Tensor zhat = z.sub(mu).mul(invstd);
+    dz = dbn.sub(dbeta.div(count).to(acc)).sub(zhat.mul(dgamma.div(count).to(acc))).mul(gamma.mul(invstd));
+  } else {
+    dz = dbn.mul(gamma.mul(invstd));
+  }
+  dz = dz.contiguous();
+
+  // The convolution backward: dL/dm through the flipped kernel, and the weight gradient.
+  const at::Tensor m = conv_input(smap, light, max_first);
+  const at::Tensor dws = conv_weight_grad(m, dz, k, H, W);
+  const at::Tensor dm = conv(dz.unsqueeze(1), ws.to(acc).flip({-1, -2}).unsqueeze(1), H, W);  // [N, maps, H·W]
+  at::Tensor dmean, dmax;
+  if (light) {
+    dmean = dmax = dm.select(1, 0).mul(0.5);
+  } else {
+    dmean = dm.select(1, max_first ? 1 : 0);
+    dmax = dm.select(1, max_first ? 0 : 1);
+  }
+  const at::Tensor dcmean = dmean.mul(1.0 / static_cast<double>(C)).contiguous();
+  const at::Tensor dcmax = dmax.div(ccnt).contiguous();
+
+  // Pass 2: the channel gate's gradient per channel, and the spatial max's ties.
+  const at::Tensor mx = pooled[1];
+  p.s = s.const_data_ptr();
+  p.dcmean = dcmean.const_data_ptr();
+  p.dcmax = dcmax.const_data_ptr();
+  p.mx = mx.const_data_ptr();
+  const at::Tensor dg = acc_empty(N, C, aopt), scnt = acc_empty(N, C, aopt);
+  reduce(p, CbamReduce::ChannelReduce, geo, dg, scnt);
+
+  // The channel gate and the MLP backward; the weight gradients as GEMMs over the batch.
+  const at::Tensor da = light ? dg.mul(g.neg().add(1)).mul(g) : gate_backward(gate, dg, logits, g);
+  const at::Tensor w1a = w1.to(acc), w2a = w2.to(acc);
+  const c10::optional<at::Tensor> b1a = to_acc(b1, acc);
+  const at::Tensor dh = da.mm(w2a);  // [N, rd], both branches
+  std::vector<at::Tensor> inputs;
+  if (light) {
+    inputs.push_back(pooled[0].mul(0.5).add(pooled[1].mul(0.5)));
+  } else {
+    inputs = {pooled[0], pooled[1]};
+  }
+  std::vector<at::Tensor> dpre;
+  at::Tensor hsum, db1;
+  for (const at::Tensor& v : inputs) {
+    const at::Tensor pre = fc(v, w1a, b1a);
+    dpre.push_back(activate_backward(act, dh, pre));
+    const at::Tensor h = activate(act, pre);
+    hsum = hsum.defined() ? hsum.add(h) : h;
+    const at::Tensor d1 = dpre.back().sum(0);
+    db1 = db1.defined() ? db1.add(d1) : d1;
+  }
+  const at::Tensor dw2 = da.t().mm(hsum);
+  const at::Tensor dw1 = at::cat(dpre).t().mm(at::cat(inputs));
+  const at::Tensor db2 = da.sum(0).mul(static_cast<double>(maps));
+  std::vector<at::Tensor> dpool;
+  for (const at::Tensor& d : dpre) dpool.push_back(d.mm(w1a));
+  if (light) dpool = {dpool[0].mul(0.5), dpool[0].mul(0.5)};
+  const at::Tensor a = dpool[0].mul(1.0 / static_cast<double>(HW)).contiguous();  // the mean's share per pixel
+  const at::Tensor b = dpool[1].div(scnt).contiguous();                           // the max's share per tie
+
+  // Pass 3: dx.
+  p.a = a.const_data_ptr();
+  p.b = b.const_data_ptr();
+  p.out = dx.data_ptr();
+  C10_CUDA_CHECK(cbam_input_grad(p, stream()));
+  return grads(dw1, db1, dw2, db2, dws, dgamma.to(acc), dbeta.to(acc));
+}
+
+TORCH_LIBRARY_IMPL(fused_attn, CUDA, m) {
+  m.impl("cbam_forward", &cbam_forward_cuda);
+  m.impl("cbam_backward", &cbam_backward_cuda);
+}
+
+}  // namespace fused_attn::cuda

@@ -1,0 +1,93 @@
+// The CBAM passes on CUDA: params structs and one launcher per pass. No torch
+// headers (cbam_kernels.cu compiles with the CUDA runtime alone; cbam_cuda.cpp
+// is the torch glue). x1 = x·g rounded to x's dtype is never stored: every
+// pass recomputes it from x and the channel gate g, so the backward sees the
+// forward's values and ties.
+//
+//   forward:  spatial mean, max per (n, c)     se_pool (se_cuda.h)   read x
+//             channel mean, max of x1 per pixel cbam_channel_pool    read x
+//             y = x1·s                          cbam_rescale          read x, write y
+//   backward: Σ_c dy·x1, channel-max ties       cbam_pixel_reduce     read dy, x
+//             Σ_hw dx1·x, spatial-max ties      cbam_channel_reduce   read dy, x
+//             dx                                cbam_input_grad       read dy, x, write dx
+//
+// plus the k×k convolution on the [N, maps, H·W] maps and its weight gradient.
+// Reductions run in an order fixed by the shape (no float atomics), so the
+// results are bitwise identical run to run. Every launcher returns the
+// launch's cudaError_t; none synchronizes or allocates.
+#pragma once
+
+#include "se_cuda.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace fused_attn::cuda {
+
+// One pass over a batch. x, dy and out are dense with one layout (NCHW or
+// channels_last); every small array is contiguous in the accumulation type
+// (double for F64, float otherwise): per-(n, c) ones are [N, C], per-pixel
+// ones [N, H·W].
+struct CbamPass {
+  DType dtype = DType::F32;
+  int64_t N = 0, C = 0, HW = 0;
+  bool channels_last = false;
+  int sm_count = 1;
+
+  const void* x = nullptr;
+  const void* dy = nullptr;
+  void* out = nullptr;          // y or dx
+
+  // per (n, c)
+  const void* g = nullptr;      // the channel gate
+  const void* mx = nullptr;     // max_hw x (the spatial max pool)
+  const void* a = nullptr;      // cbam_input_grad: the spatial mean's share of dL/dx
+  const void* b = nullptr;      // cbam_input_grad: the spatial max's share, per tie
+  // per pixel
+  const void* s = nullptr;      // the spatial gate
+  const void* cmax = nullptr;   // max_c x1 (the channel max pool)
+  const void* dcmean = nullptr; // dL/d(mean_c x1) / C
+  const void* dcmax = nullptr;  // dL/d(max_c x1) / ties
+
+  // Outputs of the reductions: channel_pool: mean_c x1, max_c x1;
+  // pixel_reduce: Σ_c dy·x1, #{c : x1 == cmax}; channel_reduce: Σ_hw dx1·x,
+  // #{p : x == mx}.
+  void* sum = nullptr;
+  void* ext = nullptr;
+
+  // The reductions may split their reduced axis into `segments` pieces
+  // (cbam_reduce_segments says how many) whose partials ([2, segments, rows]
+  // in the accumulation type) a second kernel combines in order.
+  int64_t segments = 1;
+  void* partials = nullptr;
+};
+
+enum class CbamReduce : int8_t { ChannelPool, PixelReduce, ChannelReduce };
+
+// Segments for a reduction pass (1: no workspace).
+int64_t cbam_reduce_segments(const CbamPass& p, CbamReduce kind);
+cudaError_t cbam_reduce(const CbamPass& p, CbamReduce kind, cudaStream_t stream);
+// y = x1·s.
+cudaError_t cbam_rescale(const CbamPass& p, cudaStream_t stream);
+// dx = dx1·g + a (+ b where x == mx), dx1 = dy·s + dcmean (+ dcmax where x1 == cmax).
+cudaError_t cbam_input_grad(const CbamPass& p, cudaStream_t stream);
+
+// The 'same' k×k convolution (stride 1, zero padding) on maps in the
+// accumulation type: out [N, cout, H·W] = Σ_ci w[co, ci] ⋆ in[n, ci], summed
+// in (ci, i, j) order; and one sample's weight gradient of a single output
+// map, part [N, cin·k·k] = Σ_p dz[n, p]·in[n, ci, p + (i, j) − pad].
+struct CbamConv {
+  DType acc = DType::F32;       // F32 or F64
+  int64_t N = 0, H = 0, W = 0;
+  int cin = 1, cout = 1, k = 1;
+  const void* in = nullptr;     // [N, cin, H·W]
+  const void* w = nullptr;      // [cout, cin, k, k]   (cbam_conv)
+  const void* dz = nullptr;     // [N, H·W]            (cbam_conv_wgrad)
+  void* out = nullptr;          // [N, cout, H·W] or part [N, cin·k·k]
+};
+
+cudaError_t cbam_conv(const CbamConv& c, cudaStream_t stream);
+cudaError_t cbam_conv_wgrad(const CbamConv& c, cudaStream_t stream);
+
+}  // namespace fused_attn::cuda

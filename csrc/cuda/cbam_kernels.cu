@@ -1,0 +1,474 @@
+// The CBAM CUDA kernels (cbam_cuda.h): the channel pool of x1, the backward's
+// two reductions, the two elementwise passes and the small convolution.
+//
+// A reduction runs over the channels of a pixel (channel pool, pixel reduce)
+// or over the pixels of a channel (channel reduce). Whichever axis that is,
+// the tensor of one sample is either [rows of the reduced axis] contiguous
+// (reduce_rows: a warp, or for few long rows eight warps, per output) or
+// [reduced axis, outputs] with the outputs contiguous (reduce_cols: 32·V
+// outputs per block, 16 threads down the reduced axis, optionally split in
+// segments). Both combine their partials in a fixed order.
+#include "cbam_cuda.h"
+#include "se_kernels.cuh"
+
+#include <algorithm>
+#include <initializer_list>
+
+namespace fused_attn::cuda {
+namespace {
+
+// x·g rounded to T, as the module's multiply rounds it (identity for fp32 / fp64).
+template <typename T> __device__ __forceinline__ acc_t<T> round_to(acc_t<T> v) { return to_acc(from_acc<T>(v)); }
+
+template <CbamReduce K> constexpr bool kOverC = K != CbamReduce::ChannelReduce;
+
+// The running state of one output of a reduction.
+template <typename T, CbamReduce K>
+struct Red {
+  using A = acc_t<T>;
+  A sum, ext;
+
+  __device__ __forceinline__ Red() : sum(A(0)), ext(K == CbamReduce::ChannelPool ? neg_inf<A>() : A(0)) {}
+
+  // Element (c, q) of sample n, with its x and dy.
+  __device__ __forceinline__ void add(const CbamPass& p, int64_t n, int64_t c, int64_t q, A x, A dy) {
+    const A x1 = round_to<T>(x * static_cast<const A*>(p.g)[n * p.C + c]);
+    if constexpr (K == CbamReduce::ChannelPool) {
+      sum += x1;
+      ext = nan_max(ext, x1);
+    } else if constexpr (K == CbamReduce::PixelReduce) {
+      sum += dy * x1;
+      ext += x1 == static_cast<const A*>(p.cmax)[n * p.HW + q] ? A(1) : A(0);
+    } else {
+      const int64_t pix = n * p.HW + q;
+      A d = dy * static_cast<const A*>(p.s)[pix] + static_cast<const A*>(p.dcmean)[pix];
+      if (x1 == static_cast<const A*>(p.cmax)[pix]) d += static_cast<const A*>(p.dcmax)[pix];
+      sum += d * x;
+      ext += x == static_cast<const A*>(p.mx)[n * p.C + c] ? A(1) : A(0);
+    }
+  }
+  __device__ __forceinline__ void merge(A s, A e) {
+    sum += s;
+    ext = K == CbamReduce::ChannelPool ? nan_max(ext, e) : ext + e;
+  }
+  // Output j of sample n (a pixel, or a channel for ChannelReduce).
+  __device__ __forceinline__ void finish(const CbamPass& p, int64_t n, int64_t j) const {
+    const int64_t at = kOverC<K> ? n * p.HW + j : n * p.C + j;
+    static_cast<A*>(p.sum)[at] = K == CbamReduce::ChannelPool ? sum / static_cast<A>(p.C) : sum;
+    static_cast<A*>(p.ext)[at] = ext;
+  }
+};
+
+constexpr int kRowThreads = 256;
+constexpr int kColsX = 32, kColsY = 16;
+
+// Lengths of the reduced axis and of the outputs per sample, and whether the
+// reduced axis is the contiguous one.
+template <CbamReduce K> __host__ __device__ int64_t reduced_len(const CbamPass& p) { return kOverC<K> ? p.C : p.HW; }
+template <CbamReduce K> __host__ __device__ int64_t outputs_len(const CbamPass& p) { return kOverC<K> ? p.HW : p.C; }
+template <CbamReduce K> __host__ __device__ bool reduces_rows(const CbamPass& p) { return kOverC<K> == p.channels_last; }
+
+// Rows of L contiguous elements, one output each; `wpr` warps (1 or 8) per
+// row, lane l of a warp taking accesses l, l + 32·wpr, ... V > 1 needs
+// L % V == 0 and 16-byte aligned tensors.
+template <typename T, CbamReduce K, int V>
+__global__ void __launch_bounds__(kRowThreads) reduce_rows_kernel(const CbamPass p, const int wpr) {
+  using A = acc_t<T>;
+  __shared__ A sh_sum[kRowThreads / 32], sh_ext[kRowThreads / 32];
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ dy = static_cast<const T*>(p.dy);
+  const int64_t L = reduced_len<K>(p), R = outputs_len<K>(p), rows = p.N * R;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int rows_per_block = (kRowThreads / 32) / wpr;
+  const int group = warp / wpr, part = warp - group * wpr;
+  const int64_t step = static_cast<int64_t>(32) * wpr * V;
+  for (int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block; r0 < rows;
+       r0 += static_cast<int64_t>(gridDim.x) * rows_per_block) {
+    const int64_t r = r0 + group;
+    const bool live = r < rows;
+    const int64_t n = live ? r / R : 0, j = live ? r - n * R : 0;
+    Red<T, K> acc;
+    if (live) {
+      const T* xr = x + r * L;
+      const T* dyr = K == CbamReduce::ChannelPool ? nullptr : dy + r * L;
+#pragma unroll 2
+      for (int64_t i = (static_cast<int64_t>(part) * 32 + lane) * V; i < L; i += step) {
+        const Pack<T, V> xv = load_pack<T, V>(xr + i);
+        Pack<T, V> dv;
+        if constexpr (K != CbamReduce::ChannelPool) dv = load_pack<T, V>(dyr + i);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const int64_t idx = i + k;
+          const A dyk = K == CbamReduce::ChannelPool ? A(0) : to_acc(dv.v[k]);
+          if constexpr (kOverC<K>) {
+            acc.add(p, n, idx, j, to_acc(xv.v[k]), dyk);
+          } else {
+            acc.add(p, n, j, idx, to_acc(xv.v[k]), dyk);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const A s = __shfl_xor_sync(0xffffffffu, acc.sum, offset);
+      const A e = __shfl_xor_sync(0xffffffffu, acc.ext, offset);
+      acc.merge(s, e);
+    }
+    if (wpr == 1) {
+      if (live && lane == 0) acc.finish(p, n, j);
+    } else {
+      if (lane == 0) {
+        sh_sum[warp] = acc.sum;
+        sh_ext[warp] = acc.ext;
+      }
+      __syncthreads();
+      if (live && part == 0 && lane == 0) {
+        for (int w = 1; w < wpr; ++w) acc.merge(sh_sum[warp + w], sh_ext[warp + w]);
+        acc.finish(p, n, j);
+      }
+      __syncthreads();  // sh_* are rewritten for the next rows
+    }
+  }
+}
+
+// Per sample a [L, R] matrix (the R outputs contiguous): a block of 32 × 16
+// threads takes 32·V adjacent outputs, threadIdx.y every 16th element of the
+// reduced axis within segment blockIdx.z; partials summed in order through
+// shared memory. V > 1 needs R % V == 0 and 16-byte aligned tensors.
+template <typename T, CbamReduce K, int V>
+__global__ void __launch_bounds__(kColsX * kColsY) reduce_cols_kernel(const CbamPass p, const int64_t seg_len) {
+  using A = acc_t<T>;
+  __shared__ A part_sum[kColsY][kColsX * V];
+  __shared__ A part_ext[kColsY][kColsX * V];
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ dy = static_cast<const T*>(p.dy);
+  const int64_t L = reduced_len<K>(p), R = outputs_len<K>(p);
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t j0 = (static_cast<int64_t>(blockIdx.x) * kColsX + tx) * V;
+  const bool active = j0 < R;
+  const int64_t seg = blockIdx.z;
+  const int64_t begin = seg * seg_len, end = begin + seg_len < L ? begin + seg_len : L;
+  for (int64_t n = blockIdx.y; n < p.N; n += gridDim.y) {
+    Red<T, K> acc[V];
+    if (active) {
+      const T* xs = x + n * L * R + j0;
+      const T* dys = K == CbamReduce::ChannelPool ? nullptr : dy + n * L * R + j0;
+#pragma unroll 2
+      for (int64_t i = begin + ty; i < end; i += kColsY) {
+        const Pack<T, V> xv = load_pack<T, V>(xs + i * R);
+        Pack<T, V> dv;
+        if constexpr (K != CbamReduce::ChannelPool) dv = load_pack<T, V>(dys + i * R);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const A dyk = K == CbamReduce::ChannelPool ? A(0) : to_acc(dv.v[k]);
+          if constexpr (kOverC<K>) {
+            acc[k].add(p, n, i, j0 + k, to_acc(xv.v[k]), dyk);
+          } else {
+            acc[k].add(p, n, j0 + k, i, to_acc(xv.v[k]), dyk);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      part_sum[ty][tx * V + k] = acc[k].sum;
+      part_ext[ty][tx * V + k] = acc[k].ext;
+    }
+    __syncthreads();
+    if (ty == 0 && active) {
+      A* partials = static_cast<A*>(p.partials);
+      const int64_t rows = p.N * R;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        Red<T, K> total = acc[k];
+        for (int y = 1; y < kColsY; ++y) total.merge(part_sum[y][tx * V + k], part_ext[y][tx * V + k]);
+        if (p.segments == 1) {
+          total.finish(p, n, j0 + k);
+        } else {
+          const int64_t row = n * R + j0 + k;
+          partials[seg * rows + row] = total.sum;
+          partials[(p.segments + seg) * rows + row] = total.ext;
+        }
+      }
+    }
+    __syncthreads();  // the partials are rewritten for the next sample
+  }
+}
+
+// Combines reduce_cols' segments in order 0, 1, ... (one thread per output).
+template <typename T, CbamReduce K>
+__global__ void __launch_bounds__(kRowThreads) combine_kernel(const CbamPass p) {
+  using A = acc_t<T>;
+  const A* partials = static_cast<const A*>(p.partials);
+  const int64_t R = outputs_len<K>(p), rows = p.N * R, S = p.segments;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kRowThreads + threadIdx.x; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * kRowThreads) {
+    Red<T, K> acc;
+    acc.sum = partials[r];
+    acc.ext = partials[S * rows + r];
+    for (int64_t s = 1; s < S; ++s) acc.merge(partials[s * rows + r], partials[(S + s) * rows + r]);
+    const int64_t n = r / R;
+    acc.finish(p, n, r - n * R);
+  }
+}
+
+// y = x1·s (forward) or dx (backward), V elements per thread per step,
+// grid-stride. V > 1 needs the contiguous row (H·W or C) to be a multiple of
+// V and 16-byte aligned tensors, so a pack never straddles two rows.
+template <typename T, bool BWD, int V>
+__global__ void __launch_bounds__(kRowThreads) apply_kernel(const CbamPass p) {
+  using A = acc_t<T>;
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ dy = static_cast<const T*>(p.dy);
+  T* __restrict__ out = static_cast<T*>(p.out);
+  const A* __restrict__ g = static_cast<const A*>(p.g);
+  const A* __restrict__ s = static_cast<const A*>(p.s);
+  const int64_t C = p.C, HW = p.HW;
+  const int64_t packs = p.N * C * HW / V;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kRowThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kRowThreads + threadIdx.x; i < packs; i += stride) {
+    const int64_t e = i * V;
+    int64_t n, c0, q0;   // the pack's first element; the pack runs along q (NCHW) or c (channels_last)
+    if (!p.channels_last) {
+      const int64_t r = e / HW;
+      n = r / C;
+      c0 = r - n * C;
+      q0 = e - r * HW;
+    } else {
+      const int64_t r = e / C;
+      n = r / HW;
+      q0 = r - n * HW;
+      c0 = e - r * C;
+    }
+    const Pack<T, V> xv = load_pack<T, V>(x + e);
+    Pack<T, V> dv;
+    if constexpr (BWD) dv = load_pack<T, V>(dy + e);
+    Pack<T, V> result;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int64_t nc = n * C + c0 + (p.channels_last ? k : 0);
+      const int64_t pix = n * HW + q0 + (p.channels_last ? 0 : k);
+      const A xa = to_acc(xv.v[k]);
+      const A gc = g[nc];
+      const A x1 = round_to<T>(xa * gc);
+      if constexpr (!BWD) {
+        result.v[k] = from_acc<T>(x1 * s[pix]);
+      } else {
+        A d = to_acc(dv.v[k]) * s[pix] + static_cast<const A*>(p.dcmean)[pix];
+        if (x1 == static_cast<const A*>(p.cmax)[pix]) d += static_cast<const A*>(p.dcmax)[pix];
+        A dxv = d * gc + static_cast<const A*>(p.a)[nc];
+        if (xa == static_cast<const A*>(p.mx)[nc]) dxv += static_cast<const A*>(p.b)[nc];
+        result.v[k] = from_acc<T>(dxv);
+      }
+    }
+    store_pack<T, V>(out + e, result);
+  }
+}
+
+// ---- the convolution on the maps ---------------------------------------------
+
+template <typename A>
+__global__ void __launch_bounds__(kRowThreads) conv_kernel(const CbamConv c) {
+  const A* __restrict__ in = static_cast<const A*>(c.in);
+  const A* __restrict__ w = static_cast<const A*>(c.w);
+  A* __restrict__ out = static_cast<A*>(c.out);
+  const int64_t HW = c.H * c.W, total = c.N * c.cout * HW;
+  const int pad = (c.k - 1) / 2;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * kRowThreads + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * kRowThreads) {
+    const int64_t row = idx / HW, pix = idx - row * HW;   // row = n·cout + co
+    const int64_t n = row / c.cout, co = row - n * c.cout;
+    const int64_t py = pix / c.W, px = pix - py * c.W;
+    A acc = A(0);
+    for (int ci = 0; ci < c.cin; ++ci) {
+      const A* src = in + (n * c.cin + ci) * HW;
+      const A* wk = w + (co * c.cin + ci) * c.k * c.k;
+      for (int i = 0; i < c.k; ++i) {
+        const int64_t yy = py + i - pad;
+        if (yy < 0 || yy >= c.H) continue;
+        for (int j = 0; j < c.k; ++j) {
+          const int64_t xx = px + j - pad;
+          if (xx < 0 || xx >= c.W) continue;
+          acc += wk[i * c.k + j] * src[yy * c.W + xx];
+        }
+      }
+    }
+    out[idx] = acc;
+  }
+}
+
+// One block per (sample, tap): part[n, tap] = Σ_p dz[n, p]·in[n, ci, p shifted],
+// a tree over the block's threads (fixed order).
+template <typename A>
+__global__ void __launch_bounds__(kRowThreads) conv_wgrad_kernel(const CbamConv c) {
+  __shared__ A buf[kRowThreads];
+  const A* __restrict__ in = static_cast<const A*>(c.in);
+  const A* __restrict__ dz = static_cast<const A*>(c.dz);
+  A* __restrict__ part = static_cast<A*>(c.out);
+  const int64_t n = blockIdx.x;
+  const int tap = blockIdx.y, kk = c.k * c.k;
+  const int ci = tap / kk, i = (tap / c.k) % c.k, j = tap % c.k, pad = (c.k - 1) / 2;
+  const int64_t HW = c.H * c.W;
+  const A* src = in + (n * c.cin + ci) * HW;
+  A acc = A(0);
+  for (int64_t q = threadIdx.x; q < HW; q += kRowThreads) {
+    const int64_t yy = q / c.W + i - pad, xx = q % c.W + j - pad;
+    if (yy >= 0 && yy < c.H && xx >= 0 && xx < c.W) acc += dz[n * HW + q] * src[yy * c.W + xx];
+  }
+  buf[threadIdx.x] = acc;
+  __syncthreads();
+  for (int width = kRowThreads / 2; width > 0; width >>= 1) {
+    if (static_cast<int>(threadIdx.x) < width) buf[threadIdx.x] += buf[threadIdx.x + width];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) part[n * c.cin * kk + tap] = buf[0];
+}
+
+// ---- launchers ---------------------------------------------------------------
+
+template <typename T>
+bool can_vectorize(int64_t row, std::initializer_list<const void*> ptrs) {
+  if (row % kVec<T> != 0) return false;
+  for (const void* q : ptrs)
+    if (q != nullptr && !aligned16(q)) return false;
+  return true;
+}
+
+template <typename T, CbamReduce K>
+bool reduction_vectorizes(const CbamPass& p) {
+  // rows: the reduced axis is contiguous; cols: the outputs are.
+  const int64_t row = reduces_rows<K>(p) ? reduced_len<K>(p) : outputs_len<K>(p);
+  return can_vectorize<T>(row, {p.x, K == CbamReduce::ChannelPool ? nullptr : p.dy});
+}
+
+// reduce_cols splits the reduced axis when the blocks alone (32·V outputs
+// of one sample each) would leave the GPU idle: about 4 blocks of 512
+// threads per multiprocessor, each segment at least 64 elements long.
+template <typename T, CbamReduce K>
+int64_t segments_of(const CbamPass& p) {
+  if (reduces_rows<K>(p) || p.N == 0 || p.C == 0 || p.HW == 0) return 1;
+  const int V = reduction_vectorizes<T, K>(p) ? kVec<T> : 1;
+  const int64_t L = reduced_len<K>(p);
+  const int64_t blocks = ceil_div(outputs_len<K>(p), int64_t{kColsX} * V) * std::min<int64_t>(p.N, 65535);
+  const int64_t target = int64_t{p.sm_count} * 4;
+  if (blocks >= target / 2) return 1;
+  const int64_t want = std::max<int64_t>(
+      1, std::min<int64_t>({ceil_div(target, blocks), ceil_div(L, int64_t{kColsY} * 4), 65535}));
+  return ceil_div(L, ceil_div(L, want));
+}
+
+template <typename T, CbamReduce K, int V>
+void launch_reduce_v(const CbamPass& p, cudaStream_t stream) {
+  const int64_t R = outputs_len<K>(p), L = reduced_len<K>(p);
+  if (reduces_rows<K>(p)) {
+    const int64_t rows = p.N * R;
+    const int wpr = (rows < int64_t{p.sm_count} * 16 && L >= int64_t{32} * V * 8) ? 8 : 1;
+    const int64_t per_block = (kRowThreads / 32) / wpr;
+    const int64_t blocks = std::min<int64_t>(ceil_div(rows, per_block), int64_t{p.sm_count} * 32);
+    reduce_rows_kernel<T, K, V><<<static_cast<unsigned>(blocks), kRowThreads, 0, stream>>>(p, wpr);
+    return;
+  }
+  const int64_t seg_len = ceil_div(L, p.segments);
+  const dim3 grid(static_cast<unsigned>(ceil_div(R, int64_t{kColsX} * V)),
+                  static_cast<unsigned>(std::min<int64_t>(p.N, 65535)), static_cast<unsigned>(p.segments));
+  reduce_cols_kernel<T, K, V><<<grid, dim3(kColsX, kColsY), 0, stream>>>(p, seg_len);
+  if (p.segments > 1) {
+    const int64_t blocks = std::min<int64_t>(ceil_div(p.N * R, kRowThreads), int64_t{p.sm_count} * 32);
+    combine_kernel<T, K><<<static_cast<unsigned>(blocks), kRowThreads, 0, stream>>>(p);
+  }
+}
+
+template <typename T, CbamReduce K>
+cudaError_t launch_reduce(const CbamPass& p, cudaStream_t stream) {
+  if (p.N == 0 || p.C == 0 || p.HW == 0) return cudaSuccess;
+  if (p.segments != segments_of<T, K>(p) || (p.segments > 1 && p.partials == nullptr))
+    return cudaErrorInvalidValue;  // the caller sizes the workspace with cbam_reduce_segments
+  if (reduction_vectorizes<T, K>(p)) {
+    launch_reduce_v<T, K, kVec<T>>(p, stream);
+  } else {
+    launch_reduce_v<T, K, 1>(p, stream);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T, bool BWD>
+cudaError_t launch_apply(const CbamPass& p, cudaStream_t stream) {
+  const int64_t total = p.N * p.C * p.HW;
+  if (total == 0) return cudaSuccess;
+  const bool vec = can_vectorize<T>(p.channels_last ? p.C : p.HW, {p.x, p.out, BWD ? p.dy : nullptr});
+  const int V = vec ? kVec<T> : 1;
+  const int64_t blocks = std::min<int64_t>(ceil_div(total / V, kRowThreads), int64_t{p.sm_count} * 32);
+  if (vec) {
+    apply_kernel<T, BWD, kVec<T>><<<static_cast<unsigned>(blocks), kRowThreads, 0, stream>>>(p);
+  } else {
+    apply_kernel<T, BWD, 1><<<static_cast<unsigned>(blocks), kRowThreads, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+template <CbamReduce K>
+cudaError_t reduce_as(const CbamPass& p, cudaStream_t stream) {
+  return dispatch_dtype(p.dtype, [&](auto tag) { return launch_reduce<decltype(tag), K>(p, stream); });
+}
+
+template <typename F>
+cudaError_t dispatch_acc(DType acc, F&& f) {
+  if (acc == DType::F32) return f(float{});
+  if (acc == DType::F64) return f(double{});
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+int64_t cbam_reduce_segments(const CbamPass& p, CbamReduce kind) {
+  int64_t s = 1;
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    switch (kind) {
+      case CbamReduce::ChannelPool: s = segments_of<T, CbamReduce::ChannelPool>(p); break;
+      case CbamReduce::PixelReduce: s = segments_of<T, CbamReduce::PixelReduce>(p); break;
+      case CbamReduce::ChannelReduce: s = segments_of<T, CbamReduce::ChannelReduce>(p); break;
+    }
+    return cudaSuccess;
+  });
+  return s;
+}
+
+cudaError_t cbam_reduce(const CbamPass& p, CbamReduce kind, cudaStream_t stream) {
+  switch (kind) {
+    case CbamReduce::ChannelPool: return reduce_as<CbamReduce::ChannelPool>(p, stream);
+    case CbamReduce::PixelReduce: return reduce_as<CbamReduce::PixelReduce>(p, stream);
+    case CbamReduce::ChannelReduce: return reduce_as<CbamReduce::ChannelReduce>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t cbam_rescale(const CbamPass& p, cudaStream_t stream) {
+  return dispatch_dtype(p.dtype, [&](auto tag) { return launch_apply<decltype(tag), false>(p, stream); });
+}
+
+cudaError_t cbam_input_grad(const CbamPass& p, cudaStream_t stream) {
+  return dispatch_dtype(p.dtype, [&](auto tag) { return launch_apply<decltype(tag), true>(p, stream); });
+}
+
+cudaError_t cbam_conv(const CbamConv& c, cudaStream_t stream) {
+  const int64_t total = c.N * c.cout * c.H * c.W;
+  if (total == 0) return cudaSuccess;
+  return dispatch_acc(c.acc, [&](auto tag) {
+    const int64_t blocks = std::min<int64_t>(ceil_div(total, kRowThreads), int64_t{1} << 20);
+    conv_kernel<decltype(tag)><<<static_cast<unsigned>(blocks), kRowThreads, 0, stream>>>(c);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t cbam_conv_wgrad(const CbamConv& c, cudaStream_t stream) {
+  if (c.N == 0) return cudaSuccess;
+  if (c.N > 0x7fffffff) return cudaErrorInvalidValue;
+  return dispatch_acc(c.acc, [&](auto tag) {
+    const dim3 grid(static_cast<unsigned>(c.N), static_cast<unsigned>(c.cin * c.k * c.k));
+    conv_wgrad_kernel<decltype(tag)><<<grid, kRowThreads, 0, stream>>>(c);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace fused_attn::cuda
