@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
 # Everything a lent GPU is for, in one command: build the extension, run the
-# test suite (the GPU matrix included), compute-sanitizer over a small SE
-# forward/backward, and the op benchmark (python -m bench.ops --device cuda:
-# every fused backend vs eager vs torch.compile vs a copy; bench-full runs the
-# whole grid with every compile mode, which takes hours). Logs go to $GPU_LOG_DIR (default
-# bench/results/<gpu-name>/); commit them.
+# test suite (the GPU matrix included), compute-sanitizer over small SE, ECA
+# and CBAM forwards/backwards, and the op benchmark (python -m bench.ops
+# --device cuda: every fused backend vs eager vs torch.compile vs a copy;
+# bench-full runs the whole grid with every compile mode, which takes hours).
+# Logs go to $GPU_LOG_DIR (default bench/results/<gpu-name>/); commit them.
 #
-#   bench/gpu_check.sh                      # all steps
-#   bench/gpu_check.sh build test           # some: build test sanitize bench models bench-full
+#   bench/gpu_check.sh                      # build test sanitize bench
+#   bench/gpu_check.sh build gpu-test       # some of: build test gpu-test sanitize sanitize-quick
+#                                           #          bench models bench-full
+#
+# A short lease (one command of at most 10 minutes, a quarter hour in all):
+#
+#   GPU_LOG_DIR=/tmp/gpu GPU_LOG_TAR=$OUT/gpu_logs.tgz GPU_STEP_TIMEOUT=240 \
+#     bench/gpu_check.sh build gpu-test sanitize-quick bench
+#
+# gpu-test runs only the GPU tests (pytest -m gpu, on pytest-xdist workers when
+# it is installed); sanitize-quick only memcheck on the CUDA backend. Every
+# step is cut off after GPU_STEP_TIMEOUT seconds (default: none), and after
+# each step the whole log directory is re-packed into GPU_LOG_TAR (one file:
+# a lease returns few), so a command stopped at its limit still returns the
+# logs of the steps it finished.
 #
 # Runs on the GPU machine as is (no network): TORCH_CUDA_ARCH_LIST defaults
 # to the visible GPU's architecture.
@@ -24,13 +37,24 @@ mkdir -p "$LOG"
 summary="$LOG/summary.txt"
 status=0
 note() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$summary"; }
+pack() {  # the log directory as one archive, when GPU_LOG_TAR is set
+  [ -n "${GPU_LOG_TAR:-}" ] && tar czf "$GPU_LOG_TAR.tmp" -C "$(dirname "$LOG")" "$(basename "$LOG")" \
+    && mv "$GPU_LOG_TAR.tmp" "$GPU_LOG_TAR"
+  return 0
+}
 run_step() {  # name, log file, command...
   local name=$1 file=$2; shift 2
   local t0=$(date +%s)
-  "$@" > "$LOG/$file" 2>&1
+  if [ -n "${GPU_STEP_TIMEOUT:-}" ]; then
+    timeout --kill-after=10 "$GPU_STEP_TIMEOUT" "$@" > "$LOG/$file" 2>&1
+  else
+    "$@" > "$LOG/$file" 2>&1
+  fi
   local rc=$?
+  [ $rc -eq 124 ] && echo "gpu_check: cut off after ${GPU_STEP_TIMEOUT} s" >> "$LOG/$file"
   note "$name: exit $rc in $(( $(date +%s) - t0 )) s ($file: $(tail -1 "$LOG/$file" | cut -c1-160))"
   [ $rc -ne 0 ] && status=1
+  pack
   return $rc
 }
 
@@ -57,6 +81,16 @@ for step in "${steps[@]}"; do
     test)
       FUSED_ATTN_REQUIRE_EXTENSION=1 run_step test tests.log $PY -m pytest -q -rfEs --maxfail=100 -p no:cacheprovider tests
       ;;
+    gpu-test)
+      xdist=()
+      $PY -c "import xdist" 2>/dev/null && xdist=(-n "${GPU_TEST_WORKERS:-8}")
+      FUSED_ATTN_REQUIRE_EXTENSION=1 run_step gpu-test tests_gpu.log $PY -m pytest -q -rfEs -m gpu \
+        "${xdist[@]}" --maxfail=100 -p no:cacheprovider tests
+      ;;
+    sanitize-quick)
+      run_step "sanitize memcheck (cuda)" sanitize_memcheck_cuda.log \
+        compute-sanitizer --tool memcheck --error-exitcode 1 $PY tools/sanitize_se.py cuda
+      ;;
     sanitize)
       for tool in memcheck racecheck synccheck; do
         run_step "sanitize $tool (cuda)" "sanitize_${tool}_cuda.log" \
@@ -78,4 +112,5 @@ for step in "${steps[@]}"; do
   esac
 done
 note "gpu_check: exit $status"
+pack
 exit $status

@@ -62,7 +62,8 @@ def _eager_twin(block):
         def forward(self, x):
             fc1, fc2, conv, bn = (cbam.part(r) for r in ("fc1", "fc2", "conv", "bn"))
             w = [fc1.weight, fc1.bias, fc2.weight, fc2.bias, conv.weight]
-            if torch.is_autocast_enabled("cpu") and x.dtype == torch.bfloat16:   # what eager's convs do
+            low = (torch.bfloat16, torch.float16)
+            if torch.is_autocast_enabled(x.device.type) and x.dtype in low:   # what eager's convs do
                 w = [t.to(x.dtype) for t in w]
             return fused_attn.reference.cbam(
                 x, *w, bn_weight=bn.weight, bn_bias=bn.bias,
