@@ -5,7 +5,8 @@
 #include <ATen/ops/div.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/hardsigmoid.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/relu6.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/neg.h>
 #include <ATen/ops/sigmoid.h>
@@ -128,11 +129,13 @@ Geometry geometry(const at::Tensor& x) {
 }
 
 at::Tensor gate_forward(Gate gate, const at::Tensor& z) {
-  return gate == Gate::Sigmoid ? at::sigmoid(z) : at::hardsigmoid(z);
+  // Written out, as the reference defines it: ATen's CUDA hardsigmoid
+  // multiplies by a float 1/6 even in double.
+  return gate == Gate::Sigmoid ? at::sigmoid(z) : at::relu6(z.add(3)).div(6);
 }
 
 at::Tensor gate_backward(Gate gate, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g) {
-  if (gate == Gate::Sigmoid) return grad.mul(g).mul_(g.neg().add_(1));
+  if (gate == Gate::Sigmoid) return grad.mul(g.neg().add_(1)).mul_(g);  // grad·(1 − g)·g, as Triton
   return at::where(z.gt(-3).logical_and_(z.lt(3)), grad.div(6), at::zeros_like(grad));
 }
 

@@ -44,13 +44,13 @@ from ..ops.cbam import check_cbam_args, check_cbam_names, register_cbam_autograd
 from ..ops.se import acc_dtype
 from ..reference.se import ACTIVATIONS, GATES
 from . import INTERPRET
-from .se import _POISON, _act_backward, _linear, _new_output, _tl_acc, dense, gate_backward
+from .se import _POISON, _act_backward, _linear, _new_output, _tl_acc, dense, gate_backward, tiles
 
 # Tiles for the passes that reduce over H·W (per channel) and over C (per
 # pixel); the elementwise passes use the first. Powers of two.
 _BLOCK_C, _BLOCK_HW = 16, 128
 _PIX_BLOCK_C, _PIX_BLOCK_HW = 32, 64
-_MAP_BLOCK = 128     # pixels per program in the convolutions on the [N, maps, H·W] maps
+_MAP_BLOCK = 128     # at most this many pixels per program in the convolutions on the maps
 
 
 class _launch:
@@ -255,55 +255,61 @@ def _input_grad_kernel(dy_ptr, x_ptr, dx_ptr, g_ptr, s_ptr, dcmean_ptr, dcmax_pt
 
 
 # ---- the k×k convolution on the [N, maps, H, W] maps ---------------------------
+# Each program takes a block of pixels and every tap (ci, i, j) of the kernel
+# at once, as a [pixels, taps] tile: one gather and one reduction instead of
+# a loop over the taps (which the interpreter runs op by op, in Python).
 
 @triton.jit
-def _conv_kernel(in_ptr, w_ptr, out_ptr, H, W, CIN, COUT, K, PAD, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _conv_kernel(in_ptr, w_ptr, out_ptr, H, W, CIN, COUT, K, PAD, ACC: tl.constexpr, BLOCK: tl.constexpr,
+                 TAPS: tl.constexpr):
     # out[n, co] = Σ_ci Σ_ij w[co, ci, i, j] · in[n, ci] shifted by (i − PAD, j − PAD), zero padding
-    # ('same' size, stride 1). Summed in (ci, i, j) order, as the C++ kernel sums.
+    # ('same' size, stride 1); the taps summed by one tree reduction (a fixed order).
     row = tl.program_id(0).to(tl.int64)          # n·COUT + co
     n = row // COUT
     co = row % COUT
     HW = H * W
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HW
-    py = offs // W
-    px = offs % W
-    acc = tl.zeros([BLOCK], ACC)
-    for ci in range(0, CIN):
-        src = in_ptr + (n * CIN + ci) * HW
-        for i in range(0, K):
-            yy = py + (i - PAD)
-            row_ok = mask & (yy >= 0) & (yy < H)
-            for j in range(0, K):
-                xx = px + (j - PAD)
-                wv = tl.load(w_ptr + ((co * CIN + ci) * K + i) * K + j)
-                v = tl.load(src + yy * W + xx, mask=row_ok & (xx >= 0) & (xx < W), other=0.0)
-                acc += wv * v
+    t = tl.arange(0, TAPS)
+    tmask = t < CIN * K * K
+    ci = t // (K * K)
+    yy = (offs // W)[:, None] + ((t // K) % K - PAD)[None, :]
+    xx = (offs % W)[:, None] + (t % K - PAD)[None, :]
+    ok = mask[:, None] & tmask[None, :] & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+    src = in_ptr + (n * CIN + ci[None, :].to(tl.int64)) * HW + yy * W + xx
+    v = tl.load(src, mask=ok, other=0.0)
+    wv = tl.load(w_ptr + co * CIN * K * K + t, mask=tmask, other=0.0)
+    acc = tl.sum(v.to(ACC) * wv[None, :].to(ACC), axis=1)
     tl.store(out_ptr + row * HW + offs, acc, mask=mask)
 
 
 @triton.jit
-def _conv_wgrad_kernel(in_ptr, dz_ptr, part_ptr, H, W, CIN, K, PAD, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    # part[n, ci, i, j] = Σ_p dz[n, p] · in[n, ci, p shifted by (i − PAD, j − PAD)]: one sample's
-    # share of the weight gradient, one tap per program (summed over n in torch, fixed order).
+def _conv_wgrad_kernel(in_ptr, dz_ptr, part_ptr, H, W, CIN, K, PAD, ACC: tl.constexpr, BLOCK: tl.constexpr,
+                       TAPS: tl.constexpr):
+    # part[n, b, tap] = Σ_{p in block b} dz[n, p] · in[n, ci, p shifted by (i − PAD, j − PAD)]: one
+    # pixel block's share of the weight gradient (summed over n and b in torch, fixed order).
     n = tl.program_id(0).to(tl.int64)
-    tap = tl.program_id(1)
-    ci = tap // (K * K)
-    i = (tap // K) % K
-    j = tap % K
+    b = tl.program_id(1)
     HW = H * W
-    src = in_ptr + (n * CIN + ci) * HW
-    acc = tl.zeros([BLOCK], ACC)
-    for p0 in range(0, HW, BLOCK):
-        offs = p0 + tl.arange(0, BLOCK)
-        mask = offs < HW
-        yy = offs // W + (i - PAD)
-        xx = offs % W + (j - PAD)
-        ok = mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-        d = tl.load(dz_ptr + n * HW + offs, mask=mask, other=0.0)
-        v = tl.load(src + yy * W + xx, mask=ok, other=0.0)
-        acc += d * v
-    tl.store(part_ptr + n * CIN * K * K + tap, tl.sum(acc, axis=0))
+    offs = b * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < HW
+    t = tl.arange(0, TAPS)
+    tmask = t < CIN * K * K
+    ci = t // (K * K)
+    yy = (offs // W)[:, None] + ((t // K) % K - PAD)[None, :]
+    xx = (offs % W)[:, None] + (t % K - PAD)[None, :]
+    ok = mask[:, None] & tmask[None, :] & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+    d = tl.load(dz_ptr + n * HW + offs, mask=mask, other=0.0).to(ACC)
+    v = tl.load(in_ptr + (n * CIN + ci[None, :].to(tl.int64)) * HW + yy * W + xx, mask=ok, other=0.0).to(ACC)
+    part = tl.sum(d[:, None] * v, axis=0)
+    taps = CIN * K * K
+    tl.store(part_ptr + (n * tl.num_programs(1) + b) * taps + t, part, mask=tmask)
+
+
+def _map_tiles(cin, k):
+    """(pixels per program, taps padded to a power of two): tiles of about 8K elements."""
+    taps = triton.next_power_of_2(cin * k * k)
+    return max(16, min(_MAP_BLOCK, 8192 // taps)), taps
 
 
 def _conv(inp, w, H, W):
@@ -311,20 +317,23 @@ def _conv(inp, w, H, W):
     N, CIN, HW = inp.shape
     COUT, k = w.shape[0], w.shape[-1]
     out = _empty(inp, (N, COUT, HW), inp.dtype)
-    grid = (N * COUT, triton.cdiv(HW, _MAP_BLOCK))
+    block, taps = _map_tiles(CIN, k)
+    grid = (N * COUT, triton.cdiv(HW, block))
     _launch(_conv_kernel)[grid](inp.contiguous(), w.contiguous(), out, H, W, CIN, COUT, k, (k - 1) // 2,
-                                    ACC=_tl_acc(inp.dtype), BLOCK=_MAP_BLOCK)
+                                ACC=_tl_acc(inp.dtype), BLOCK=block, TAPS=taps)
     return out
 
 
 def _conv_weight_grad(inp, dz, k, H, W):
     """dL/dw [CIN, k, k] of out = conv(inp, w) (one output map) given dz [N, H·W]."""
     N, CIN, HW = inp.shape
-    part = _empty(inp, (N, CIN * k * k), inp.dtype)
-    grid = (N, CIN * k * k)   # N on the first axis: the others are limited to 65535
-    _launch(_conv_wgrad_kernel)[grid](inp.contiguous(), dz.contiguous(), part, H, W, CIN, k, (k - 1) // 2, ACC=_tl_acc(inp.dtype),
-                                          BLOCK=_MAP_BLOCK)
-    return part.sum(0).view(CIN, k, k)
+    block, taps = _map_tiles(CIN, k)
+    blocks = triton.cdiv(HW, block)
+    part = _empty(inp, (N, blocks, CIN * k * k), inp.dtype)
+    grid = (N, blocks)   # N on the first axis: the others are limited to 65535
+    _launch(_conv_wgrad_kernel)[grid](inp.contiguous(), dz.contiguous(), part, H, W, CIN, k, (k - 1) // 2,
+                                      ACC=_tl_acc(inp.dtype), BLOCK=block, TAPS=taps)
+    return part.sum((0, 1)).view(CIN, k, k)
 
 
 # ---- the small tensors -------------------------------------------------------
@@ -348,8 +357,18 @@ def _invstd(stats, eps, acc):
     return (1.0 / torch.sqrt(stats[1].double() + eps)).to(acc)
 
 
+def _tiles(HW):
+    """(BLOCK_C, BLOCK_HW) of the passes tiled over channels (se.tiles)."""
+    return tiles(HW, _BLOCK_C, _BLOCK_HW)
+
+
+def _pix_tiles(HW):
+    """(BLOCK_C, BLOCK_HW) of the passes that reduce over C per pixel, likewise."""
+    return tiles(HW, _PIX_BLOCK_C, _PIX_BLOCK_HW)
+
+
 def _pixel_grid(N, HW):
-    return (N, triton.cdiv(HW, _PIX_BLOCK_HW))
+    return (N, triton.cdiv(HW, _pix_tiles(HW)[1]))
 
 
 def _in_layout(grad_y, x, strides):
@@ -388,8 +407,10 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
 
     # The channel gate.
     pooled = _empty(x, (2, N, C), acc)
-    _launch(_spatial_pool_kernel)[(N, triton.cdiv(C, _BLOCK_C))](
-        x, pooled, N, C, HW, *strides, ACC=tacc, BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    bc, bhw = _tiles(HW)
+    pc, phw = _pix_tiles(HW)
+    _launch(_spatial_pool_kernel)[(N, triton.cdiv(C, bc))](
+        x, pooled, N, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
     w1, w2 = fc1_weight.to(acc), fc2_weight.to(acc)
     b1 = None if fc1_bias is None else fc1_bias.to(acc)
     b2 = None if fc2_bias is None else fc2_bias.to(acc)
@@ -408,7 +429,7 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
     # The spatial gate.
     smap = _empty(x, (2, N, HW), acc)
     _launch(_channel_pool_kernel)[_pixel_grid(N, HW)](
-        x, g, smap, N, C, HW, *strides, ACC=tacc, BLOCK_C=_PIX_BLOCK_C, BLOCK_HW=_PIX_BLOCK_HW)
+        x, g, smap, N, C, HW, *strides, ACC=tacc, BLOCK_C=pc, BLOCK_HW=phw)
     ws = spatial_weight.to(acc).unsqueeze(0)                      # [1, maps, k, k]
     z = _conv(_conv_input(smap, light, max_first), ws, H, W)[:, 0]   # [N, H·W]
     if batch_stats:
@@ -423,8 +444,8 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
     gamma, beta = _bn_affine(bn_weight, bn_bias, acc, x)
     s = GATES[gate](gamma * (z - mu) * invstd + beta).contiguous()
 
-    _launch(_rescale_kernel)[(N, triton.cdiv(C, _BLOCK_C), triton.cdiv(HW, _BLOCK_HW))](
-        x, g, s, y, C, HW, *strides, ACC=tacc, BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+    _launch(_rescale_kernel)[(N, triton.cdiv(C, bc), triton.cdiv(HW, bhw))](
+        x, g, s, y, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
     return y, pooled, logits, smap, z.contiguous(), stats_d.to(acc)
 
 
@@ -472,8 +493,10 @@ def cbam_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tenso
     # Pass 1: the spatial gate's gradient per pixel, and the channel max's ties.
     ds = _empty(x, (N, HW), acc)
     ccnt = _empty(x, (N, HW), acc)
+    bc, bhw = _tiles(HW)
+    pc, phw = _pix_tiles(HW)
     _launch(_pixel_reduce_kernel)[_pixel_grid(N, HW)](
-        dy, x, g, cmax, ds, ccnt, C, HW, *strides, ACC=tacc, BLOCK_C=_PIX_BLOCK_C, BLOCK_HW=_PIX_BLOCK_HW)
+        dy, x, g, cmax, ds, ccnt, C, HW, *strides, ACC=tacc, BLOCK_C=pc, BLOCK_HW=phw)
 
     # The BatchNorm backward (batch statistics: through the batch mean and variance too).
     mu = bn_stats[0].to(acc)
@@ -510,9 +533,8 @@ def cbam_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tenso
     mx = pooled[1].contiguous()
     dg = _empty(x, (N, C), acc)
     scnt = _empty(x, (N, C), acc)
-    _launch(_channel_reduce_kernel)[(N, triton.cdiv(C, _BLOCK_C))](
-        dy, x, g, s, dcmean, dcmax, cmax, mx, dg, scnt, C, HW, *strides, ACC=tacc, BLOCK_C=_BLOCK_C,
-        BLOCK_HW=_BLOCK_HW)
+    _launch(_channel_reduce_kernel)[(N, triton.cdiv(C, bc))](
+        dy, x, g, s, dcmean, dcmax, cmax, mx, dg, scnt, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
 
     # The channel gate and the MLP backward; the weight gradients as GEMMs over the batch.
     da = dg * (1 - g) * g if light else gate_backward(gate, dg, logits, g)
@@ -534,9 +556,8 @@ def cbam_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tenso
     b = (dpool[1] / scnt).contiguous()            # the max's share per tie
 
     # Pass 3: dx.
-    _launch(_input_grad_kernel)[(N, triton.cdiv(C, _BLOCK_C), triton.cdiv(HW, _BLOCK_HW))](
-        dy, x, dx, g, s, dcmean, dcmax, cmax, mx, a, b, C, HW, *strides, ACC=tacc, BLOCK_C=_BLOCK_C,
-        BLOCK_HW=_BLOCK_HW)
+    _launch(_input_grad_kernel)[(N, triton.cdiv(C, bc), triton.cdiv(HW, bhw))](
+        dy, x, dx, g, s, dcmean, dcmax, cmax, mx, a, b, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
     return grads_out(dx, dw1, db1, dw2, db2, dws, dgamma.to(acc), dbeta.to(acc))
 
 

@@ -180,6 +180,14 @@ def gate_backward(gate, grad, z, g):
 # ---- the passes over the big tensors, shared with ECA (triton/eca.py) -------
 # Each takes x dense (``dense``) with its (n, c, hw) strides.
 
+def tiles(HW, block_c=_BLOCK_C, block_hw=_BLOCK_HW):
+    """(BLOCK_C, BLOCK_HW) for a pass over x: the default [block_c, block_hw]
+    tile, narrowed to H·W and widened over C by as much (to at most 256
+    channels) when H·W is smaller (late stages: 7×7, 1×1), so fewer lanes are
+    masked and fewer programs launched. Powers of two."""
+    narrow = min(block_hw, triton.next_power_of_2(max(1, HW)))
+    return max(block_c, min(256, block_c * block_hw // narrow)), narrow
+
 def pool_pass(x, strides, with_max):
     """pooled [N, C] (mean, or 0.5·mean + 0.5·max) and maxv ([0, 0] unless with_max)."""
     N, C, H, W = x.shape
@@ -187,10 +195,11 @@ def pool_pass(x, strides, with_max):
     pooled = x.new_empty((N, C), dtype=acc)
     maxv = x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
     if N > 0 and C > 0:
-        grid = (N, triton.cdiv(C, _BLOCK_C))
+        bc, bhw = tiles(H * W)
+        grid = (N, triton.cdiv(C, bc))
         inv_hw = 1.0 / (H * W) if H * W else float("nan")  # the mean of nothing is NaN, as torch's is
         wrap_triton(_pool_kernel)[grid](x, pooled, maxv, C, H * W, *strides, inv_hw, WITH_MAX=with_max,
-                                        ACC=_tl_acc(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+                                        ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
     return pooled, maxv
 
 
@@ -199,9 +208,10 @@ def scale_pass(x, strides, g):
     N, C, H, W = x.shape
     y = _new_output(x)
     if x.numel() > 0:
-        grid = (N, triton.cdiv(C, _BLOCK_C), triton.cdiv(H * W, _BLOCK_HW))
+        bc, bhw = tiles(H * W)
+        grid = (N, triton.cdiv(C, bc), triton.cdiv(H * W, bhw))
         wrap_triton(_scale_kernel)[grid](x, g.contiguous(), y, C, H * W, *strides, ACC=_tl_acc(x.dtype),
-                                         BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+                                         BLOCK_C=bc, BLOCK_HW=bhw)
     return y
 
 
@@ -214,9 +224,10 @@ def reduce_pass(grad_y, x, strides, maxv, with_max):
     s = x.new_empty((N, C), dtype=acc)
     cnt = x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
     if N > 0 and C > 0:
-        grid = (N, triton.cdiv(C, _BLOCK_C))
+        bc, bhw = tiles(H * W)
+        grid = (N, triton.cdiv(C, bc))
         wrap_triton(_reduce_kernel)[grid](dy, x, maxv, s, cnt, C, H * W, *strides, WITH_MAX=with_max,
-                                          ACC=_tl_acc(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+                                          ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
     return dy, s, cnt
 
 
@@ -228,9 +239,10 @@ def input_grad_pass(dy, x, strides, g, dp, maxv, cnt, with_max):
     b = (dp * 0.5 / cnt).contiguous() if with_max else a
     dx = _new_output(x)
     if x.numel() > 0:
-        grid = (N, triton.cdiv(C, _BLOCK_C), triton.cdiv(HW, _BLOCK_HW))
+        bc, bhw = tiles(HW)
+        grid = (N, triton.cdiv(C, bc), triton.cdiv(HW, bhw))
         wrap_triton(_dx_kernel)[grid](dy, x, dx, g.contiguous(), a, b, maxv, C, HW, *strides, WITH_MAX=with_max,
-                                      ACC=_tl_acc(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_HW=_BLOCK_HW)
+                                      ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
     return dx
 
 
