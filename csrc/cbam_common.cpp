@@ -17,13 +17,21 @@ void check_cbam_args(const at::Tensor& x, const at::Tensor& w1, const c10::optio
                    " but x has dtype ", x.scalar_type());
   TORCH_CHECK(ws.device() == x.device(), "fused_attn: spatial_weight is on ", ws.device(), " but x is on ",
               x.device());
+  TORCH_CHECK_VALUE(ws.size(-1) <= kMaxSpatialKernel, "fused_attn: spatial_weight's kernel size must be at most ",
+                    kMaxSpatialKernel, ", got k=", ws.size(-1));
 }
 
-void check_cbam_bn_args(const c10::optional<at::Tensor>& bn_w, const c10::optional<at::Tensor>& bn_b,
-                        const c10::optional<at::Tensor>& bn_rm, const c10::optional<at::Tensor>& bn_rv) {
+void check_cbam_bn_args(const at::Tensor& x, const c10::optional<at::Tensor>& bn_w,
+                        const c10::optional<at::Tensor>& bn_b, const c10::optional<at::Tensor>& bn_rm,
+                        const c10::optional<at::Tensor>& bn_rv) {
   for (const auto& [t, name] : {std::pair<const c10::optional<at::Tensor>&, const char*>{bn_w, "bn_weight"},
                                 {bn_b, "bn_bias"}, {bn_rm, "bn_running_mean"}, {bn_rv, "bn_running_var"}}) {
-    if (t) TORCH_CHECK_VALUE(t->numel() == 1, "fused_attn: ", name, " must have one element, got ", t->sizes());
+    if (!t) continue;
+    TORCH_CHECK_VALUE(t->numel() == 1, "fused_attn: ", name, " must have one element, got ", t->sizes());
+    TORCH_CHECK(t->device() == x.device(), "fused_attn: ", name, " is on ", t->device(), " but x is on ",
+                x.device());
+    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), "fused_attn: ", name,
+                     " must be a floating-point tensor, got ", t->scalar_type());
   }
 }
 

@@ -290,6 +290,22 @@ BAD = [
 ]
 
 
+OP_BAD = [(5, torch.randn(2, 17, 17), ValueError, "at most 15"),
+          (6, torch.randn(2), ValueError, "bn_weight must have one element"),
+          (8, torch.zeros(1, dtype=torch.int64), TypeError, "bn_running_mean must be a floating-point")]
+
+
+@pytest.mark.skipif(not fused_attn.HAS_C, reason="needs the compiled ops")
+@pytest.mark.parametrize("index, value, exc, match", OP_BAD, ids=[m for *_, m in OP_BAD])
+def test_the_compiled_op_checks_its_own_arguments(index, value, exc, match):
+    """Called directly (torch.ops, past fused_attn.cbam's checks), the C++ op
+    refuses what its kernels cannot take."""
+    args = list(_op_args(CBAMVariant()))
+    args[index] = value
+    with pytest.raises(exc, match=match):
+        torch.ops.fused_attn.cbam_forward(*args)
+
+
 @pytest.mark.parametrize("overrides, exc, match", BAD, ids=[m for _, _, m in BAD])
 def test_bad_input_raises_and_changes_nothing(backend, overrides, exc, match):
     before = {k: v.clone() for k, v in overrides.items() if isinstance(v, torch.Tensor)}

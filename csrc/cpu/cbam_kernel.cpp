@@ -300,7 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::optional<at::Tensor>& bn_rv, double eps, c10::string_view act, c10::string_view gate, bool light,
     bool max_first) {
   check_cbam_args(x_in, w1, b1, w2, b2, ws, light);
-  check_cbam_bn_args(bn_w, bn_b, bn_rm, bn_rv);
+  check_cbam_bn_args(x_in, bn_w, bn_b, bn_rm, bn_rv);
   TORCH_CHECK(x_in.device().is_cpu(), "fused_attn: cbam_forward_cpu got x on ", x_in.device());
   const Geometry geo = geometry(x_in);
   const Cbam v = describe(geo, x_in, w1, ws, light, max_first, act, gate);

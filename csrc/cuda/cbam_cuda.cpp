@@ -164,7 +164,7 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
                           const c10::optional<at::Tensor>& bn_rm, const c10::optional<at::Tensor>& bn_rv, double eps,
                           c10::string_view act_name, c10::string_view gate_name, bool light, bool max_first) {
   check_cbam_args(x_in, w1, b1, w2, b2, ws, light);
-  check_cbam_bn_args(bn_w, bn_b, bn_rm, bn_rv);
+  check_cbam_bn_args(x_in, bn_w, bn_b, bn_rm, bn_rv);
   const Act act = parse_act(act_name);
   const Gate gate = parse_gate(gate_name);
   TORCH_CHECK(x_in.is_cuda(), "fused_attn: cbam_forward_cuda got x on ", x_in.device());
