@@ -77,6 +77,11 @@ Geometry geometry(const at::Tensor& x);
 at::Tensor gate_forward(Gate gate, const at::Tensor& z);
 at::Tensor gate_backward(Gate gate, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g);
 
+// The MLP's hidden activation in ATen ops (any device), and dL/dh from
+// dL/dact(h).
+at::Tensor activation(Act act, const at::Tensor& h);
+at::Tensor activation_backward(Act act, const at::Tensor& grad, const at::Tensor& h);
+
 // The outputs of se_forward, allocated for every backend the same way (and
 // poisoned under FUSED_ATTN_DEBUG_POISON): y dense like geo.x; pooled and
 // logits [N, C]; maxv [N, C] only for the avg+max pool; hidden [N, rd] only

@@ -3,6 +3,14 @@
 #include "se.h"
 
 #include <ATen/ops/div.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/gelu_backward.h>
+#include <ATen/ops/hardswish.h>
+#include <ATen/ops/hardswish_backward.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/silu_backward.h>
+#include <ATen/ops/threshold_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/add.h>
@@ -137,6 +145,28 @@ at::Tensor gate_forward(Gate gate, const at::Tensor& z) {
 at::Tensor gate_backward(Gate gate, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g) {
   if (gate == Gate::Sigmoid) return grad.mul(g.neg().add_(1)).mul_(g);  // grad·(1 − g)·g, as Triton
   return at::where(z.gt(-3).logical_and_(z.lt(3)), grad.div(6), at::zeros_like(grad));
+}
+
+at::Tensor activation(Act act, const at::Tensor& h) {
+  switch (act) {
+    case Act::ReLU: return at::relu(h);
+    case Act::SiLU: return at::silu(h);
+    case Act::GELU: return at::gelu(h, "none");
+    case Act::GELUTanh: return at::gelu(h, "tanh");
+    case Act::HardSwish: return at::hardswish(h);
+  }
+  TORCH_CHECK(false, "fused_attn: unknown activation");
+}
+
+at::Tensor activation_backward(Act act, const at::Tensor& grad, const at::Tensor& h) {
+  switch (act) {
+    case Act::ReLU: return at::threshold_backward(grad, h, 0);
+    case Act::SiLU: return at::silu_backward(grad, h);
+    case Act::GELU: return at::gelu_backward(grad, h, "none");
+    case Act::GELUTanh: return at::gelu_backward(grad, h, "tanh");
+    case Act::HardSwish: return at::hardswish_backward(grad, h);
+  }
+  TORCH_CHECK(false, "fused_attn: unknown activation");
 }
 
 SeForwardOutputs se_forward_outputs(const Geometry& geo, const at::Tensor& w1, bool two_layer, Pool pool) {

@@ -8,7 +8,7 @@ import fused_attn
 
 from .test_cbam import (VARIANTS, CBAMVariant, _op_args, cbam_sample, check_against_reference,
                         check_inputs_against_reference, run)
-from .utils import DTYPES, FORMATS, ids
+from .utils import DTYPES, FORMATS, gpu_backend_fixture, ids, misaligned_copy
 
 pytestmark = pytest.mark.gpu
 
@@ -18,17 +18,7 @@ pytestmark = pytest.mark.gpu
 GPU_SHAPES = [(2, 1, 5, 6), (1, 3, 7, 7), (2, 37, 13, 17), (4, 256, 14, 14), (2, 2048, 7, 7), (1, 2048, 7, 7),
               (3, 520, 9, 9), (1, 16, 64, 64), (2, 64, 56, 56)]
 
-GPU_BACKENDS = ("cuda", "triton")
-
-
-@pytest.fixture(params=GPU_BACKENDS)
-def backend(request):
-    name = request.param
-    status = fused_attn.backends()[name]
-    if "cuda" not in status.devices:
-        pytest.skip(status.detail)
-    with fused_attn.use_backend(name):
-        yield name
+backend = gpu_backend_fixture()
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=ids(VARIANTS))
@@ -55,12 +45,7 @@ def test_unaligned_and_strided_inputs(backend, dtype, memory_format):
     """x one element past a 16-byte boundary (the scalar paths) and a sliced x."""
     variant = CBAMVariant(train=True, bias=True)
     x, params, buffers = cbam_sample((3, 32, 8, 8), dtype, memory_format, variant, seed=3, device="cuda")
-    flat = torch.empty(x.numel() + 1, dtype=dtype, device="cuda")
-    shifted = flat[1:].view(x.permute(0, 2, 3, 1).shape if memory_format == torch.channels_last else x.shape)
-    if memory_format == torch.channels_last:
-        shifted = shifted.permute(0, 3, 1, 2)
-    shifted.copy_(x)
-    assert shifted.data_ptr() % 16 != 0 and shifted.is_contiguous(memory_format=memory_format)
+    shifted = misaligned_copy(x)
     for xin in (shifted, x[:, ::2, 1:, :-1]):
         check_inputs_against_reference(xin.detach(), params, buffers, variant)
 

@@ -6,20 +6,14 @@ import torch
 import fused_attn
 
 from .test_eca import OPCHECK_CASES, SHAPES, VARIANTS, check_eca_against_reference, eca_sample, run_eca
-from .utils import DTYPES, FORMATS, ids
+from .utils import DTYPES, FORMATS, gpu_backend_fixture, ids
 
 pytestmark = pytest.mark.gpu
 
 GPU_SHAPES = SHAPES + [(4, 256, 14, 14), (2, 2048, 7, 7), (3, 520, 9, 9)]
 
 
-@pytest.fixture(params=("cuda", "triton"))
-def backend(request):
-    status = fused_attn.backends()[request.param]
-    if "cuda" not in status.devices:
-        pytest.skip(status.detail)
-    with fused_attn.use_backend(request.param):
-        yield request.param
+backend = gpu_backend_fixture()
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=ids(VARIANTS))

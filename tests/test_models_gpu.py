@@ -14,19 +14,11 @@ import fused_attn
 
 from .test_convert import ATTENTION_CLASSES, MODELS, _build, attention_count
 from .test_robustness import _block, _eager_twin
+from .utils import gpu_backend_fixture
 
 pytestmark = pytest.mark.gpu
 
-GPU_BACKENDS = ("cuda", "triton")
-
-
-@pytest.fixture(params=GPU_BACKENDS)
-def backend(request):
-    name = request.param
-    status = fused_attn.backends()[name]
-    if "cuda" not in status.devices:
-        pytest.skip(status.detail)
-    yield name
+backend = gpu_backend_fixture(force=False)
 
 
 def _rel(got, ref):

@@ -9,11 +9,10 @@ import fused_attn
 
 from .test_se_ops import OPCHECK_CASES, check_compile_fullgraph
 from .utils import (DTYPES, FORMATS, SHAPES, VARIANTS, SEVariant, assert_close, check_se_against_reference, ids,
-                    reference64, se_kwargs, se_sample)
+                    gpu_backend_fixture, misaligned_copy, reference64, se_kwargs, se_sample)
 
 pytestmark = pytest.mark.gpu
 
-GPU_BACKENDS = ("cuda", "triton")
 
 # Beyond the odd shapes: rows that take the 16-byte path in one layout or both
 # (H·W and C multiples of 8), several blocks of channels in channels_last, and
@@ -21,14 +20,7 @@ GPU_BACKENDS = ("cuda", "triton")
 GPU_SHAPES = SHAPES + [(4, 256, 14, 14), (2, 96, 8, 8), (3, 520, 9, 9), (2, 64, 56, 56)]
 
 
-@pytest.fixture(params=GPU_BACKENDS)
-def backend(request):
-    name = request.param
-    status = fused_attn.backends()[name]
-    if "cuda" not in status.devices:
-        pytest.skip(status.detail)
-    with fused_attn.use_backend(name):
-        yield name
+backend = gpu_backend_fixture()
 
 
 def run_se(inputs, variant):
@@ -50,12 +42,7 @@ def test_unaligned_and_strided_inputs(backend, dtype, memory_format):
     sliced x, and dy in the other layout."""
     variant = SEVariant(act="silu", pool="avgmax")
     x, w1, b1, w2, b2 = se_sample((3, 32, 8, 8), dtype, memory_format, variant, seed=3, device="cuda")
-    flat = torch.empty(x.numel() + 1, dtype=dtype, device="cuda")
-    shifted = flat[1:].view(x.permute(0, 2, 3, 1).shape if memory_format == torch.channels_last else x.shape)
-    if memory_format == torch.channels_last:
-        shifted = shifted.permute(0, 3, 1, 2)
-    shifted.copy_(x)
-    assert shifted.data_ptr() % 16 != 0 and shifted.is_contiguous(memory_format=memory_format)
+    shifted = misaligned_copy(x)
     for xin in (shifted, x[:, ::2, 1:, :-1]):
         xin = xin.detach().requires_grad_()
         C = xin.shape[1]

@@ -1,6 +1,8 @@
 """Shared inputs and tolerances for the op tests."""
 import dataclasses
 
+import pytest
+
 import torch
 
 import fused_attn
@@ -160,3 +162,40 @@ def impl_backend(name, monkeypatch):
 
 def ids(values):
     return [str(v) for v in values]
+
+
+GPU_BACKENDS = ("cuda", "triton")
+
+
+def gpu_backend_fixture(force=True):
+    """A ``backend`` fixture over the GPU backends (skipping one that cannot
+    run on CUDA tensors here); with ``force``, the test body runs under
+    ``use_backend`` of it."""
+
+    @pytest.fixture(params=GPU_BACKENDS)
+    def backend(request):
+        name = request.param
+        status = fused_attn.backends()[name]
+        if "cuda" not in status.devices:
+            pytest.skip(status.detail)
+        if force:
+            with fused_attn.use_backend(name):
+                yield name
+        else:
+            yield name
+
+    return backend
+
+
+def misaligned_copy(x):
+    """x copied into storage that starts one element past a 16-byte boundary,
+    in x's memory format (NCHW or channels_last): the kernels' scalar paths."""
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    flat = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
+    shifted = flat[1:].view(x.permute(0, 2, 3, 1).shape if cl else x.shape)
+    if cl:
+        shifted = shifted.permute(0, 3, 1, 2)
+    shifted.copy_(x)
+    assert shifted.data_ptr() % 16 != 0 and shifted.is_contiguous(memory_format=torch.channels_last if cl else
+                                                                  torch.contiguous_format)
+    return shifted

@@ -37,46 +37,12 @@ using Backward =
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 
-at::Tensor activate(Act act, const at::Tensor& h) {
-  switch (act) {
-    case Act::ReLU: return at::relu(h);
-    case Act::SiLU: return at::silu(h);
-    case Act::GELU: return at::gelu(h, "none");
-    case Act::GELUTanh: return at::gelu(h, "tanh");
-    case Act::HardSwish: return at::hardswish(h);
-  }
-  TORCH_CHECK(false, "fused_attn: unknown activation");
-}
-
-at::Tensor activate_backward(Act act, const at::Tensor& grad, const at::Tensor& h) {
-  switch (act) {
-    case Act::ReLU: return at::threshold_backward(grad, h, 0);
-    case Act::SiLU: return at::silu_backward(grad, h);
-    case Act::GELU: return at::gelu_backward(grad, h, "none");
-    case Act::GELUTanh: return at::gelu_backward(grad, h, "tanh");
-    case Act::HardSwish: return at::hardswish_backward(grad, h);
-  }
-  TORCH_CHECK(false, "fused_attn: unknown activation");
-}
-
 at::Tensor fc(const at::Tensor& v, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
   return b ? at::addmm(*b, v, w.t()) : v.mm(w.t());
 }
 
 c10::optional<at::Tensor> to_acc(const c10::optional<at::Tensor>& t, at::ScalarType acc) {
   return t ? c10::optional<at::Tensor>(t->to(acc)) : c10::nullopt;
-}
-
-CbamPass base_pass(const Geometry& geo) {
-  CbamPass p;
-  p.dtype = dtype_of(geo.x.scalar_type());
-  p.N = geo.N;
-  p.C = geo.C;
-  p.HW = geo.HW;
-  p.channels_last = geo.cl;
-  p.sm_count = sm_count(geo.x.get_device());
-  p.x = geo.x.const_data_ptr();
-  return p;
 }
 
 // Runs one reduction into sum / ext (contiguous, accumulation dtype), with
@@ -190,7 +156,7 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
   pool_pass(geo, pmean, pmax, /*plain_mean=*/true);
   const at::Tensor w1a = w1.to(acc), w2a = w2.to(acc);
   const c10::optional<at::Tensor> b1a = to_acc(b1, acc), b2a = to_acc(b2, acc);
-  const auto mlp = [&](const at::Tensor& v) { return fc(activate(act, fc(v, w1a, b1a)), w2a, b2a); };
+  const auto mlp = [&](const at::Tensor& v) { return fc(activation(act, fc(v, w1a, b1a)), w2a, b2a); };
   at::Tensor logits, g;
   if (light) {
     logits = mlp(pooled[0].mul(0.5).add(pooled[1].mul(0.5)));
@@ -205,7 +171,7 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
   // The spatial gate: channel mean and max of x1, the conv, the BatchNorm.
   at::Tensor smap = at::empty({2, N, HW}, aopt);
   maybe_poison(smap);
-  CbamPass p = base_pass(geo);
+  CbamPass p = pass_of<CbamPass>(geo);
   p.g = g.const_data_ptr();
   reduce(p, CbamReduce::ChannelPool, geo, smap[0], smap[1]);
   const at::Tensor z = conv(conv_input(smap, light, max_first), ws.to(acc).unsqueeze(0), H, W).select(1, 0).contiguous();
@@ -263,7 +229,7 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   const at::Tensor dy = dy_in.contiguous(geo.format);
   const at::Tensor cmax = smap[1];
   const at::Tensor g = (light ? at::sigmoid(logits) : gate_forward(gate, logits)).contiguous();
-  CbamPass p = base_pass(geo);
+  CbamPass p = pass_of<CbamPass>(geo);
   p.dy = dy.const_data_ptr();
   p.g = g.const_data_ptr();
   p.cmax = cmax.const_data_ptr();
@@ -331,8 +297,8 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   at::Tensor hsum, db1;
   for (const at::Tensor& v : inputs) {
     const at::Tensor pre = fc(v, w1a, b1a);
-    dpre.push_back(activate_backward(act, dh, pre));
-    const at::Tensor h = activate(act, pre);
+    dpre.push_back(activation_backward(act, dh, pre));
+    const at::Tensor h = activation(act, pre);
     hsum = hsum.defined() ? hsum.add(h) : h;
     const at::Tensor d1 = dpre.back().sum(0);
     db1 = db1.defined() ? db1.add(d1) : d1;

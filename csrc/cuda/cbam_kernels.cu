@@ -326,19 +326,11 @@ __global__ void __launch_bounds__(kRowThreads) conv_wgrad_kernel(const CbamConv 
 
 // ---- launchers ---------------------------------------------------------------
 
-template <typename T>
-bool can_vectorize(int64_t row, std::initializer_list<const void*> ptrs) {
-  if (row % kVec<T> != 0) return false;
-  for (const void* q : ptrs)
-    if (q != nullptr && !aligned16(q)) return false;
-  return true;
-}
-
 template <typename T, CbamReduce K>
 bool reduction_vectorizes(const CbamPass& p) {
   // rows: the reduced axis is contiguous; cols: the outputs are.
   const int64_t row = reduces_rows<K>(p) ? reduced_len<K>(p) : outputs_len<K>(p);
-  return can_vectorize<T>(row, {p.x, K == CbamReduce::ChannelPool ? nullptr : p.dy});
+  return vectorizes<T>(row, {p.x, K == CbamReduce::ChannelPool ? nullptr : p.dy});
 }
 
 // reduce_cols splits the reduced axis when the blocks alone (32·V outputs
@@ -395,7 +387,7 @@ template <typename T, bool BWD>
 cudaError_t launch_apply(const CbamPass& p, cudaStream_t stream) {
   const int64_t total = p.N * p.C * p.HW;
   if (total == 0) return cudaSuccess;
-  const bool vec = can_vectorize<T>(p.channels_last ? p.C : p.HW, {p.x, p.out, BWD ? p.dy : nullptr});
+  const bool vec = vectorizes<T>(p.channels_last ? p.C : p.HW, {p.x, p.out, BWD ? p.dy : nullptr});
   const int V = vec ? kVec<T> : 1;
   const int64_t blocks = std::min<int64_t>(ceil_div(total / V, kRowThreads), int64_t{p.sm_count} * 32);
   if (vec) {

@@ -39,18 +39,6 @@ int sm_count(int device) {
 
 namespace {
 
-SePass base_pass(const Geometry& geo) {
-  SePass p;
-  p.dtype = dtype_of(geo.x.scalar_type());
-  p.N = geo.N;
-  p.C = geo.C;
-  p.HW = geo.HW;
-  p.channels_last = geo.cl;
-  p.sm_count = sm_count(geo.x.get_device());
-  p.x = geo.x.const_data_ptr();
-  return p;
-}
-
 void* ptr_or_null(at::Tensor& t) { return t.numel() ? t.data_ptr() : nullptr; }
 const void* ptr_or_null(const at::Tensor& t) { return t.defined() && t.numel() ? t.const_data_ptr() : nullptr; }
 
@@ -70,7 +58,7 @@ at::Tensor split_reduction(SePass& p, const Geometry& geo, bool backward) {
 }  // namespace
 
 void pool_pass(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv, bool plain_mean) {
-  SePass p = base_pass(geo);
+  SePass p = pass_of<SePass>(geo);
   p.plain_mean = plain_mean;
   p.sum = pooled.data_ptr();
   p.ext = ptr_or_null(maxv);
@@ -79,14 +67,14 @@ void pool_pass(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv, bool p
 }
 
 void scale_pass(const Geometry& geo, const at::Tensor& g, at::Tensor& y) {
-  SePass p = base_pass(geo);
+  SePass p = pass_of<SePass>(geo);
   p.out = y.data_ptr();
   p.g = g.const_data_ptr();
   C10_CUDA_CHECK(se_scale(p, stream()));
 }
 
 void reduce_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor& maxv, at::Tensor& s, at::Tensor& cnt) {
-  SePass p = base_pass(geo);
+  SePass p = pass_of<SePass>(geo);
   p.dy = dy.const_data_ptr();
   p.sum = s.data_ptr();
   p.ext = ptr_or_null(cnt);
@@ -103,7 +91,7 @@ void input_grad_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor
   const at::Tensor a = dp.mul((with_max ? 0.5 : 1.0) / static_cast<double>(geo.HW)).contiguous();
   const at::Tensor b = with_max ? dp.mul(0.5).div(cnt).contiguous() : at::Tensor();
   const at::Tensor gc = g.contiguous();
-  SePass p = base_pass(geo);
+  SePass p = pass_of<SePass>(geo);
   p.dy = dy.const_data_ptr();
   p.out = dx.data_ptr();
   p.g = gc.const_data_ptr();

@@ -15,6 +15,20 @@ namespace fused_attn::cuda {
 DType dtype_of(at::ScalarType t);
 int sm_count(int device);
 
+// A kernels' params struct (SePass, CbamPass) with the batch's geometry and x filled in.
+template <class Pass>
+Pass pass_of(const Geometry& geo) {
+  Pass p;
+  p.dtype = dtype_of(geo.x.scalar_type());
+  p.N = geo.N;
+  p.C = geo.C;
+  p.HW = geo.HW;
+  p.channels_last = geo.cl;
+  p.sm_count = sm_count(geo.x.get_device());
+  p.x = geo.x.const_data_ptr();
+  return p;
+}
+
 // pooled [N, C] = mean_hw x, or 0.5·mean + 0.5·max with maxv [N, C] = max
 // (when maxv is not empty; with plain_mean, pooled is the mean itself).
 // Accumulation dtype.

@@ -24,29 +24,6 @@
 namespace fused_attn::cuda {
 namespace {
 
-at::Tensor activate(Act act, const at::Tensor& h) {
-  switch (act) {
-    case Act::ReLU: return at::relu(h);
-    case Act::SiLU: return at::silu(h);
-    case Act::GELU: return at::gelu(h, "none");
-    case Act::GELUTanh: return at::gelu(h, "tanh");
-    case Act::HardSwish: return at::hardswish(h);
-  }
-  TORCH_CHECK(false, "fused_attn: unknown activation");
-}
-
-// dL/dh from dL/dact(h).
-at::Tensor activate_backward(Act act, const at::Tensor& grad, const at::Tensor& h) {
-  switch (act) {
-    case Act::ReLU: return at::threshold_backward(grad, h, 0);
-    case Act::SiLU: return at::silu_backward(grad, h);
-    case Act::GELU: return at::gelu_backward(grad, h, "none");
-    case Act::GELUTanh: return at::gelu_backward(grad, h, "tanh");
-    case Act::HardSwish: return at::hardswish_backward(grad, h);
-  }
-  TORCH_CHECK(false, "fused_attn: unknown activation");
-}
-
 // out = v·wᵀ (+ b), into a preallocated output.
 void linear_into(at::Tensor& out, const at::Tensor& v, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
   if (b) {
@@ -78,7 +55,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   const SeWeights w = se_weights(w1, b1, w2, b2, acc_dtype(x_in));
   if (w.two_layer()) {
     linear_into(out.hidden, out.pooled, w.w1, w.b1);
-    linear_into(out.logits, activate(act, out.hidden), *w.w2, w.b2);
+    linear_into(out.logits, activation(act, out.hidden), *w.w2, w.b2);
   } else {
     linear_into(out.logits, out.pooled, w.w1, w.b1);
   }
@@ -121,9 +98,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   const at::Tensor dz = gate_backward(gate, s, logits, g);
   at::Tensor dw1, db1, dw2, db2, d_first;
   if (w.two_layer()) {
-    dw2 = dz.t().mm(activate(act, hidden));
+    dw2 = dz.t().mm(activation(act, hidden));
     if (has_b2) db2 = dz.sum(0);
-    d_first = activate_backward(act, dz.mm(*w.w2), hidden);
+    d_first = activation_backward(act, dz.mm(*w.w2), hidden);
   } else {
     d_first = dz;
   }

@@ -283,14 +283,20 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(const SePass p) {
 
 // ---- launchers -------------------------------------------------------------
 
-// V for a pass: 16-byte accesses when every row starts 16-byte aligned.
+// Whether 16-byte accesses fit: rows of `row` elements (whole packs) in
+// tensors that all start 16-byte aligned (null pointers ignored).
 template <typename T>
-bool can_vectorize(const SePass& p, std::initializer_list<const void*> ptrs) {
-  const int64_t row = p.channels_last ? p.C : p.HW;
+bool vectorizes(int64_t row, std::initializer_list<const void*> ptrs) {
   if (row % kVec<T> != 0) return false;
   for (const void* q : ptrs)
     if (q != nullptr && !aligned16(q)) return false;
   return true;
+}
+
+// V for a pass: 16-byte accesses when every row starts 16-byte aligned.
+template <typename T>
+bool can_vectorize(const SePass& p, std::initializer_list<const void*> ptrs) {
+  return vectorizes<T>(p.channels_last ? p.C : p.HW, ptrs);
 }
 
 // Segments of H·W for a reduction: enough work items to fill the GPU (about
