@@ -15,8 +15,9 @@
 // (3|x|). The big-tensor passes are cbam_cpu_kernels.h's.
 //
 // The backward: Σ_c dy·x1 per pixel (→ the spatial gate's gradient, the
-// BatchNorm's batch reductions), then per sample dL/dm through the transposed
-// convolution, dL/dg = Σ_hw dx1·x per channel, the MLP backward, and dx. The
+// BatchNorm's batch reductions), then, in cache-sized chunks of samples, per
+// sample dL/dm through the transposed convolution and dL/dg = Σ_hw dx1·x per
+// channel, the MLP backward of the chunk as GEMMs, and per sample dx. The
 // max pools send their gradient to every tied maximum in equal shares, as
 // PyTorch's amax does. The weight gradients are summed over samples in a
 // fixed order (deterministic whatever the thread count).
@@ -106,33 +107,6 @@ struct Cbam {
   // Offset of (c, p) within one sample.
   int64_t at(int64_t c, int64_t p) const { return cl ? p * C + c : c * HW + p; }
 };
-
-// out[r] = b[r] + Σ_c w[r, c]·v[c]  (w: [rows, cols], row-major). Eight
-// partial sums so the compiler can vectorize without reassociating.
-template <typename A>
-void matvec(const A* w, const A* b, const A* v, A* out, int64_t rows, int64_t cols) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const A* wr = w + r * cols;
-    A part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t c = 0;
-    for (; c + 8 <= cols; c += 8)
-      for (int j = 0; j < 8; ++j) part[j] += wr[c + j] * v[c + j];
-    A acc = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-    for (; c < cols; ++c) acc += wr[c] * v[c];
-    out[r] = (b ? b[r] : A(0)) + acc;
-  }
-}
-
-// out[c] = Σ_r w[r, c]·v[r]  (the transpose of matvec, as axpys over rows).
-template <typename A>
-void matvec_t(const A* w, const A* v, A* out, int64_t rows, int64_t cols) {
-  std::fill(out, out + cols, A(0));
-  for (int64_t r = 0; r < rows; ++r) {
-    const A* wr = w + r * cols;
-    const A vr = v[r];
-    for (int64_t c = 0; c < cols; ++c) out[c] += wr[c] * vr;
-  }
-}
 
 // The weights in the accumulation dtype, contiguous; raw pointers for the loops.
 template <typename A>
@@ -260,11 +234,10 @@ void conv2d_backward(const Cbam& v, const A* m, const A* ws, const A* dz, A* dm,
 // Per-thread scratch, sized for one sample.
 template <typename A>
 struct Scratch {
-  std::vector<A> cnt, pre, a, g, tmp, dg, dh;
-  std::vector<A> m, s, dm, dcmean, dcmax, dwsp;
+  std::vector<A> g, dg;                 // [C]
+  std::vector<A> m, s, dm, dwsp;        // the maps, the spatial gate, dL/dmaps, dL/dspatial_weight
   explicit Scratch(const Cbam& v)
-      : cnt(v.C), pre(v.rd), a(v.C), g(v.C), tmp(v.C), dg(v.C), dh(v.rd), m(2 * v.HW), s(v.HW), dm(2 * v.HW),
-        dcmean(v.HW), dcmax(v.HW), dwsp(2 * v.k * v.k) {}
+      : g(v.C), dg(v.C), m(2 * v.HW), s(v.HW), dm(2 * v.HW), dwsp(2 * v.k * v.k) {}
 };
 
 // s = gate(γ·(z − μ)·invstd + β) for one sample.
@@ -468,22 +441,36 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
         }
       };
 
-      // Phase 2, per sample, once dz is known: the transposed convolution,
-      // dL/dg, the MLP backward and dx.
-      auto phase2 = [&](int64_t n, Scratch<A>& t, const A* dz) {
+      // Per chunk of samples whose x, dy and dx stay cached between the
+      // passes: stage A per sample (once dz is known): the transposed
+      // convolution, dL/dg = Σ_hw dx1·x and da; stage B: the MLP backward of
+      // the whole chunk as GEMMs (the weights read once per chunk, not once
+      // per sample and branch); stage C per sample: dx. The per-sample rows
+      // stage C needs are kept in chunk buffers.
+      const int64_t chunk = std::min<int64_t>(
+          v.N, std::max<int64_t>(chunk_samples(v.N, slice * static_cast<int64_t>(sizeof(T)) * 3),
+                                 at::get_num_threads()));
+      const auto cbuf = [&](int64_t cols) { return at::empty({chunk, cols}, aopt); };
+      at::Tensor cg = cbuf(v.C), ccnt_s = cbuf(v.C), cshare_mean = cbuf(v.C), cshare_max = cbuf(v.C);
+      at::Tensor cs = cbuf(v.HW), cdcmean = cbuf(v.HW), cdcmax = cbuf(v.HW);
+      const auto row = [](at::Tensor& t, int64_t i) { return t.data_ptr<A>() + i * t.size(1); };
+
+      auto stage_a = [&](int64_t n, int64_t i, Scratch<A>& t, const A* dz) {
         const T* xs = xp + n * slice;
         const T* dys = dyp + n * slice;
-        T* dxs = dxp + n * slice;
-        const A* mean = pm + n * v.C;
         const A* mx = pm + (v.N + n) * v.C;
         const A* a = lg + n * v.C;
         const A* cmean = sm + n * v.HW;
         const A* cmax = sm + (v.N + n) * v.HW;
         const A* cc = ccp + n * v.HW;
-        for (int64_t c = 0; c < v.C; ++c) t.g[c] = channel_gate_value(v, a[c]);
+        A* g = row(cg, i);
+        A* sp = row(cs, i);
+        A* dcmean = row(cdcmean, i);
+        A* dcmax = row(cdcmax, i);
+        for (int64_t c = 0; c < v.C; ++c) g[c] = channel_gate_value(v, a[c]);
         // s and the conv's input maps.
         const A* zs = zp + n * v.HW;
-        for (int64_t p = 0; p < v.HW; ++p) t.s[p] = gate_value(v.gate, w.gamma * (zs[p] - mu) * invstd + w.beta);
+        for (int64_t p = 0; p < v.HW; ++p) sp[p] = gate_value(v.gate, w.gamma * (zs[p] - mu) * invstd + w.beta);
         conv_input(v, cmean, cmax, t.m.data());
         std::fill(t.dwsp.begin(), t.dwsp.end(), A(0));
         conv2d_backward(v, t.m.data(), w.pws(), dz, t.dm.data(), t.dwsp.data());
@@ -498,47 +485,64 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
             dmean = t.dm[(v.max_first ? 1 : 0) * v.HW + p];
             dmax = t.dm[(v.max_first ? 0 : 1) * v.HW + p];
           }
-          t.dcmean[p] = dmean * invC;
-          t.dcmax[p] = dmax / cc[p];
+          dcmean[p] = dmean * invC;
+          dcmax[p] = dmax / cc[p];
         }
         // dx1 = dy·s + the channel pools' shares; dL/dg = Σ_hw dx1·x; the
-        // ties of each channel's spatial max (in t.cnt).
-        const SpatialGrad<A> sg{t.s.data(), t.dcmean.data(), t.dcmax.data(), cmax};
-        k.channel_grad(dys, xs, t.g.data(), sg, mx, v.C, v.HW, v.cl, t.dg.data(), t.cnt.data());
-        // The channel gate and the MLP backward: da, then per branch dpre
-        // and dL/dpooled (t.tmp: mean's, t.a: max's).
+        // ties of each channel's spatial max.
+        const SpatialGrad<A> sg{sp, dcmean, dcmax, cmax};
+        k.channel_grad(dys, xs, g, sg, mx, v.C, v.HW, v.cl, t.dg.data(), row(ccnt_s, i));
         A* da = da_all.data_ptr<A>() + n * v.C;
         for (int64_t c = 0; c < v.C; ++c) {
-          da[c] = v.light ? t.dg[c] * (A(1) - t.g[c]) * t.g[c] : gate_grad(v.gate, t.dg[c], a[c], t.g[c]);
+          da[c] = v.light ? t.dg[c] * (A(1) - g[c]) * g[c] : gate_grad(v.gate, t.dg[c], a[c], g[c]);
         }
-        matvec_t(w.pw2(), da, t.dh.data(), v.C, v.rd);  // dL/dh (the same for both branches)
-        A* hs = hsum.data_ptr<A>() + n * v.rd;
-        A* dpre = dpre_all.data_ptr<A>();
-        std::vector<A> vin(v.C);
+      };
+
+      // Stage B: dh = da·W2 (the same for both branches), per branch the
+      // pre-activation again, dpre, and dL/dpooled = dpre·W1; then the
+      // spatial pools' shares per element: the mean's (÷ H·W) and the max's
+      // (÷ ties).
+      auto stage_b = [&](int64_t c0, int64_t nb) {
+        const at::Tensor dh = at::mm(da_all.narrow(0, c0, nb), w.w2);  // [nb, rd]
+        const at::Tensor mean = pooled[0].narrow(0, c0, nb), mx = pooled[1].narrow(0, c0, nb);
+        std::vector<at::Tensor> inputs;
+        if (v.light) inputs.push_back(mean.mul(0.5).add_(mx.mul(0.5)));
+        else inputs = {mean, mx};
+        const A* dhp = dh.data_ptr<A>();
+        A* hs = hsum.data_ptr<A>() + c0 * v.rd;
+        std::vector<at::Tensor> dpool;
         for (int64_t b = 0; b < maps; ++b) {
-          const A* in = v.light ? nullptr : (b == 0 ? mean : mx);
-          if (v.light) {
-            for (int64_t c = 0; c < v.C; ++c) vin[c] = A(0.5) * mean[c] + A(0.5) * mx[c];
-            in = vin.data();
+          at::Tensor pre = at::mm(inputs[b], w.w1.t());  // [nb, rd]
+          if (w.b1.defined()) pre.add_(w.b1);
+          const A* pp = pre.data_ptr<A>();
+          at::Tensor dpre = dpre_all[b].narrow(0, c0, nb);
+          A* dp = dpre.data_ptr<A>();
+          for (int64_t e = 0; e < nb * v.rd; ++e) {
+            hs[e] += act_forward(v.act, pp[e]);
+            dp[e] = act_backward(v.act, dhp[e], pp[e]);
           }
-          matvec(w.pw1(), w.pb1(), in, t.pre.data(), v.rd, v.C);
-          A* dp = dpre + (b * v.N + n) * v.rd;
-          for (int64_t r = 0; r < v.rd; ++r) {
-            hs[r] += act_forward(v.act, t.pre[r]);
-            dp[r] = act_backward(v.act, t.dh[r], t.pre[r]);
-          }
-          matvec_t(w.pw1(), dp, b == 0 ? t.tmp.data() : t.a.data(), v.rd, v.C);
-        }
-        if (v.light) {
-          for (int64_t c = 0; c < v.C; ++c) t.a[c] = t.tmp[c] = A(0.5) * t.tmp[c];
+          dpool.push_back(at::mm(dpre, w.w1));  // [nb, C]
         }
         const A invHW = A(1) / static_cast<A>(v.HW);
-        for (int64_t c = 0; c < v.C; ++c) {
-          t.tmp[c] *= invHW;                 // mean's share per pixel
-          t.a[c] = t.a[c] / t.cnt[c];        // max's share per tie
+        const A* dmean = dpool[0].data_ptr<A>();
+        const A* dmax = dpool[v.light ? 0 : 1].data_ptr<A>();
+        const A half = v.light ? A(0.5) : A(1);
+        for (int64_t i = 0; i < nb; ++i) {
+          A* sh_mean = row(cshare_mean, i);
+          A* sh_max = row(cshare_max, i);
+          const A* cnt = row(ccnt_s, i);
+          for (int64_t c = 0; c < v.C; ++c) {
+            sh_mean[c] = (half * dmean[i * v.C + c]) * invHW;   // mean's share per pixel
+            sh_max[c] = (half * dmax[i * v.C + c]) / cnt[c];    // max's share per tie
+          }
         }
-        // dx = dx1·g + the spatial pools' shares.
-        k.dx(dys, xs, t.g.data(), sg, mx, t.tmp.data(), t.a.data(), v.C, v.HW, v.cl, nt, dxs);
+      };
+
+      // Stage C: dx = dx1·g + the spatial pools' shares.
+      auto stage_c = [&](int64_t n, int64_t i) {
+        const SpatialGrad<A> sg{row(cs, i), row(cdcmean, i), row(cdcmax, i), sm + (v.N + n) * v.HW};
+        k.dx(dyp + n * slice, xp + n * slice, row(cg, i), sg, pm + (v.N + n) * v.C, row(cshare_mean, i),
+             row(cshare_max, i), v.C, v.HW, v.cl, nt, dxp + n * slice);
       };
 
       // dz from dL/d(bn output): batch statistics make it depend on every
@@ -570,15 +574,22 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
       }
       const A m_dbn = static_cast<A>(s_dbn / static_cast<double>(count));
       const A m_dbn_zhat = static_cast<A>(s_dbn_zhat / static_cast<double>(count));
-      at::parallel_for(0, v.N, 1, [&](int64_t n0, int64_t n1) {
-        Scratch<A> t(v);
-        std::vector<A> dz(v.HW);
-        for (int64_t n = n0; n < n1; ++n) {
-          if (!batch_stats) phase1(n, t);
-          dz_of(n, m_dbn, m_dbn_zhat, dz.data());
-          phase2(n, t, dz.data());
-        }
-      });
+      for (int64_t c0 = 0; c0 < v.N; c0 += chunk) {
+        const int64_t nb = std::min(chunk, v.N - c0);
+        at::parallel_for(c0, c0 + nb, 1, [&](int64_t n0, int64_t n1) {
+          Scratch<A> t(v);
+          std::vector<A> dz(v.HW);
+          for (int64_t n = n0; n < n1; ++n) {
+            if (!batch_stats) phase1(n, t);
+            dz_of(n, m_dbn, m_dbn_zhat, dz.data());
+            stage_a(n, n - c0, t, dz.data());
+          }
+        });
+        stage_b(c0, nb);
+        at::parallel_for(c0, c0 + nb, 1, [&](int64_t n0, int64_t n1) {
+          for (int64_t n = n0; n < n1; ++n) stage_c(n, n - c0);
+        });
+      }
       if (!batch_stats) {
         for (int64_t i = 0; i < count; ++i) {
           const double zhat = (static_cast<double>(zp[i]) - st_mean) * static_cast<double>(invstd);
