@@ -319,7 +319,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     // written): pool each sample, run the MLP for the chunk at once, then
     // per sample everything up to z, and the rescale too unless it needs the
     // whole batch's statistics.
-    const int64_t chunk = chunk_samples(v.N, slice * static_cast<int64_t>(sizeof(T)) * 2);
+    // At least one sample per thread: the per-sample stages run in parallel
+    // over the chunk's samples, so a chunk of one would leave the other threads idle.
+    const int64_t chunk = std::min<int64_t>(
+        v.N, std::max<int64_t>(chunk_samples(v.N, slice * static_cast<int64_t>(sizeof(T)) * 2),
+                               at::get_num_threads()));
     for (int64_t c0 = 0; c0 < v.N; c0 += chunk) {
       const int64_t nb = std::min(chunk, v.N - c0);
       at::parallel_for(c0, c0 + nb, 1, [&](int64_t n0, int64_t n1) {
