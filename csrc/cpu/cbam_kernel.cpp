@@ -139,11 +139,24 @@ Weights<A> weights(at::ScalarType acc, const at::Tensor& w1, const c10::optional
 // weights are read once per chunk, not once per sample and branch):
 // logits = mlp(mean) + mlp(max), or mlp(½mean + ½max) when light. pooled is
 // [2, N, C] (means, then maxima), logits [N, C].
+// The MLP's input rows of samples [n0, n0 + nb): [mean; max] ([2·nb, C]), or
+// ½mean + ½max ([nb, C]) when light.
+at::Tensor chunk_mlp_input(const Cbam& v, const at::Tensor& pooled, int64_t n0, int64_t nb) {
+  const at::Tensor mean = pooled[0].narrow(0, n0, nb), mx = pooled[1].narrow(0, n0, nb);
+  return v.light ? mean.mul(0.5).add_(mx.mul(0.5)) : at::cat({mean, mx});
+}
+
+// Samples per chunk: as many as stay cached (chunk_samples), but at least one
+// per thread, since the per-sample stages run in parallel over a chunk's
+// samples (a chunk of one would leave the other threads idle).
+int64_t sample_chunk(int64_t N, int64_t bytes_per_sample) {
+  return std::min<int64_t>(N, std::max<int64_t>(chunk_samples(N, bytes_per_sample), at::get_num_threads()));
+}
+
 template <typename A>
 void chunk_logits(const Cbam& v, const Weights<A>& w, const at::Tensor& pooled, int64_t n0, int64_t nb,
                   at::Tensor& logits) {
-  const at::Tensor mean = pooled[0].narrow(0, n0, nb), mx = pooled[1].narrow(0, n0, nb);
-  const at::Tensor in = v.light ? mean.mul(0.5).add_(mx.mul(0.5)) : at::cat({mean, mx});  // [branches·nb, C]
+  const at::Tensor in = chunk_mlp_input(v, pooled, n0, nb);  // [branches·nb, C]
   // Transposed (hᵀ = W1·inᵀ, zᵀ = W2·hᵀ): with few samples MKL then packs
   // the small operand, not the weight matrix (measured 15-25% faster at C = 2048).
   at::Tensor h = at::mm(w.w1, in.t());  // [rd, branches·nb]
@@ -319,11 +332,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     // written): pool each sample, run the MLP for the chunk at once, then
     // per sample everything up to z, and the rescale too unless it needs the
     // whole batch's statistics.
-    // At least one sample per thread: the per-sample stages run in parallel
-    // over the chunk's samples, so a chunk of one would leave the other threads idle.
-    const int64_t chunk = std::min<int64_t>(
-        v.N, std::max<int64_t>(chunk_samples(v.N, slice * static_cast<int64_t>(sizeof(T)) * 2),
-                               at::get_num_threads()));
+    const int64_t chunk = sample_chunk(v.N, slice * static_cast<int64_t>(sizeof(T)) * 2);
     for (int64_t c0 = 0; c0 < v.N; c0 += chunk) {
       const int64_t nb = std::min(chunk, v.N - c0);
       at::parallel_for(c0, c0 + nb, 1, [&](int64_t n0, int64_t n1) {
@@ -451,9 +460,7 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
       // the whole chunk as GEMMs (the weights read once per chunk, not once
       // per sample and branch); stage C per sample: dx. The per-sample rows
       // stage C needs are kept in chunk buffers.
-      const int64_t chunk = std::min<int64_t>(
-          v.N, std::max<int64_t>(chunk_samples(v.N, slice * static_cast<int64_t>(sizeof(T)) * 3),
-                                 at::get_num_threads()));
+      const int64_t chunk = sample_chunk(v.N, slice * static_cast<int64_t>(sizeof(T)) * 3);
       const auto cbuf = [&](int64_t cols) { return at::empty({chunk, cols}, aopt); };
       at::Tensor cg = cbuf(v.C), ccnt_s = cbuf(v.C), cshare_mean = cbuf(v.C), cshare_max = cbuf(v.C);
       at::Tensor cs = cbuf(v.HW), cdcmean = cbuf(v.HW), cdcmax = cbuf(v.HW);
@@ -508,15 +515,12 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
       // (÷ ties).
       auto stage_b = [&](int64_t c0, int64_t nb) {
         const at::Tensor dh = at::mm(da_all.narrow(0, c0, nb), w.w2);  // [nb, rd]
-        const at::Tensor mean = pooled[0].narrow(0, c0, nb), mx = pooled[1].narrow(0, c0, nb);
-        std::vector<at::Tensor> inputs;
-        if (v.light) inputs.push_back(mean.mul(0.5).add_(mx.mul(0.5)));
-        else inputs = {mean, mx};
+        const at::Tensor inputs = chunk_mlp_input(v, pooled, c0, nb);  // [maps·nb, C]
         const A* dhp = dh.data_ptr<A>();
         A* hs = hsum.data_ptr<A>() + c0 * v.rd;
         std::vector<at::Tensor> dpool;
         for (int64_t b = 0; b < maps; ++b) {
-          at::Tensor pre = at::mm(inputs[b], w.w1.t());  // [nb, rd]
+          at::Tensor pre = at::mm(inputs.narrow(0, b * nb, nb), w.w1.t());  // [nb, rd]
           if (w.b1.defined()) pre.add_(w.b1);
           const A* pp = pre.data_ptr<A>();
           at::Tensor dpre = dpre_all[b].narrow(0, c0, nb);
@@ -609,8 +613,7 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
   // The weight gradients, whole batch, fixed order.
   const double branches = light ? 1.0 : 2.0;
   at::Tensor dw2 = at::mm(da_all.t(), hsum);                                  // [C, rd]
-  at::Tensor pre_in = light ? pooled[0].add(pooled[1]).mul_(0.5).unsqueeze(0) : pooled;  // [maps, N, C]
-  at::Tensor dw1 = at::mm(dpre_all.reshape({-1, v.rd}).t(), pre_in.reshape({-1, v.C}));  // [rd, C]
+  at::Tensor dw1 = at::mm(dpre_all.reshape({-1, v.rd}).t(), chunk_mlp_input(v, pooled, 0, v.N));  // [rd, C]
   at::Tensor db1 = dpre_all.sum({0, 1});
   at::Tensor db2 = da_all.sum(0).mul_(branches);
   at::Tensor dws = dws_part.sum(0);
