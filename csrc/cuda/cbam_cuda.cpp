@@ -41,10 +41,6 @@ at::Tensor fc(const at::Tensor& v, const at::Tensor& w, const c10::optional<at::
   return b ? at::addmm(*b, v, w.t()) : v.mm(w.t());
 }
 
-c10::optional<at::Tensor> to_acc(const c10::optional<at::Tensor>& t, at::ScalarType acc) {
-  return t ? c10::optional<at::Tensor>(t->to(acc)) : c10::nullopt;
-}
-
 // Runs one reduction into sum / ext (contiguous, accumulation dtype), with
 // the workspace its segments need.
 void reduce(CbamPass p, CbamReduce kind, const Geometry& geo, const at::Tensor& sum, const at::Tensor& ext) {
@@ -58,6 +54,13 @@ void reduce(CbamPass p, CbamReduce kind, const Geometry& geo, const at::Tensor& 
     p.partials = workspace.data_ptr();
   }
   C10_CUDA_CHECK(cbam_reduce(p, kind, stream()));
+}
+
+// The MLP's inputs from pooled [2, N, C]: the spatial mean and max, or
+// ½mean + ½max when light.
+std::vector<at::Tensor> mlp_inputs(const at::Tensor& pooled, bool light) {
+  if (light) return {pooled[0].mul(0.5).add(pooled[1].mul(0.5))};
+  return {pooled[0], pooled[1]};
 }
 
 // The conv's input maps [N, maps, H·W] from smap [2, N, H·W].
@@ -154,17 +157,12 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
   maybe_poison(pooled);
   at::Tensor pmean = pooled[0], pmax = pooled[1];
   pool_pass(geo, pmean, pmax, /*plain_mean=*/true);
-  const at::Tensor w1a = w1.to(acc), w2a = w2.to(acc);
-  const c10::optional<at::Tensor> b1a = to_acc(b1, acc), b2a = to_acc(b2, acc);
-  const auto mlp = [&](const at::Tensor& v) { return fc(activation(act, fc(v, w1a, b1a)), w2a, b2a); };
-  at::Tensor logits, g;
-  if (light) {
-    logits = mlp(pooled[0].mul(0.5).add(pooled[1].mul(0.5)));
-    g = at::sigmoid(logits);
-  } else {
-    logits = mlp(pooled[0]).add(mlp(pooled[1]));
-    g = gate_forward(gate, logits);
-  }
+  const SeWeights w = se_weights(w1, b1, w2, b2, acc);
+  const auto mlp = [&](const at::Tensor& v) { return fc(activation(act, fc(v, w.w1, w.b1)), *w.w2, w.b2); };
+  const std::vector<at::Tensor> inputs = mlp_inputs(pooled, light);
+  at::Tensor logits = mlp(inputs[0]);
+  if (!light) logits = logits.add(mlp(inputs[1]));
+  at::Tensor g = light ? at::sigmoid(logits) : gate_forward(gate, logits);
   logits = logits.contiguous();
   g = g.contiguous();
 
@@ -284,19 +282,13 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
 
   // The channel gate and the MLP backward; the weight gradients as GEMMs over the batch.
   const at::Tensor da = light ? dg.mul(g.neg().add(1)).mul(g) : gate_backward(gate, dg, logits, g);
-  const at::Tensor w1a = w1.to(acc), w2a = w2.to(acc);
-  const c10::optional<at::Tensor> b1a = to_acc(b1, acc);
-  const at::Tensor dh = da.mm(w2a);  // [N, rd], both branches
-  std::vector<at::Tensor> inputs;
-  if (light) {
-    inputs.push_back(pooled[0].mul(0.5).add(pooled[1].mul(0.5)));
-  } else {
-    inputs = {pooled[0], pooled[1]};
-  }
+  const SeWeights w = se_weights(w1, b1, w2, c10::nullopt, acc);
+  const at::Tensor dh = da.mm(*w.w2);  // [N, rd], both branches
+  const std::vector<at::Tensor> inputs = mlp_inputs(pooled, light);
   std::vector<at::Tensor> dpre;
   at::Tensor hsum, db1;
   for (const at::Tensor& v : inputs) {
-    const at::Tensor pre = fc(v, w1a, b1a);
+    const at::Tensor pre = fc(v, w.w1, w.b1);
     dpre.push_back(activation_backward(act, dh, pre));
     const at::Tensor h = activation(act, pre);
     hsum = hsum.defined() ? hsum.add(h) : h;
@@ -307,7 +299,7 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   const at::Tensor dw1 = at::cat(dpre).t().mm(at::cat(inputs));
   const at::Tensor db2 = da.sum(0).mul(static_cast<double>(maps));
   std::vector<at::Tensor> dpool;
-  for (const at::Tensor& d : dpre) dpool.push_back(d.mm(w1a));
+  for (const at::Tensor& d : dpre) dpool.push_back(d.mm(w.w1));
   if (light) dpool = {dpool[0].mul(0.5), dpool[0].mul(0.5)};
   const at::Tensor a = dpool[0].mul(1.0 / static_cast<double>(HW)).contiguous();  // the mean's share per pixel
   const at::Tensor b = dpool[1].div(scnt).contiguous();                           // the max's share per tie

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <initializer_list>
+#include <type_traits>
 
 namespace fused_attn::cuda {
 namespace {
@@ -398,9 +399,19 @@ cudaError_t launch_apply(const CbamPass& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <CbamReduce K>
-cudaError_t reduce_as(const CbamPass& p, cudaStream_t stream) {
-  return dispatch_dtype(p.dtype, [&](auto tag) { return launch_reduce<decltype(tag), K>(p, stream); });
+// Calls f(T{}, std::integral_constant<CbamReduce, K>{}) for p's element type
+// T and the reduction K named by kind.
+template <typename F>
+cudaError_t dispatch_reduce(const CbamPass& p, CbamReduce kind, F&& f) {
+  return dispatch_dtype(p.dtype, [&](auto tag) {
+    switch (kind) {
+      case CbamReduce::ChannelPool: return f(tag, std::integral_constant<CbamReduce, CbamReduce::ChannelPool>{});
+      case CbamReduce::PixelReduce: return f(tag, std::integral_constant<CbamReduce, CbamReduce::PixelReduce>{});
+      case CbamReduce::ChannelReduce:
+        return f(tag, std::integral_constant<CbamReduce, CbamReduce::ChannelReduce>{});
+    }
+    return cudaErrorInvalidValue;
+  });
 }
 
 template <typename F>
@@ -413,26 +424,18 @@ cudaError_t dispatch_acc(DType acc, F&& f) {
 }  // namespace
 
 int64_t cbam_reduce_segments(const CbamPass& p, CbamReduce kind) {
-  int64_t s = 1;
-  dispatch_dtype(p.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    switch (kind) {
-      case CbamReduce::ChannelPool: s = segments_of<T, CbamReduce::ChannelPool>(p); break;
-      case CbamReduce::PixelReduce: s = segments_of<T, CbamReduce::PixelReduce>(p); break;
-      case CbamReduce::ChannelReduce: s = segments_of<T, CbamReduce::ChannelReduce>(p); break;
-    }
+  int64_t segments = 1;
+  dispatch_reduce(p, kind, [&](auto tag, auto k) {
+    segments = segments_of<decltype(tag), decltype(k)::value>(p);
     return cudaSuccess;
   });
-  return s;
+  return segments;
 }
 
 cudaError_t cbam_reduce(const CbamPass& p, CbamReduce kind, cudaStream_t stream) {
-  switch (kind) {
-    case CbamReduce::ChannelPool: return reduce_as<CbamReduce::ChannelPool>(p, stream);
-    case CbamReduce::PixelReduce: return reduce_as<CbamReduce::PixelReduce>(p, stream);
-    case CbamReduce::ChannelReduce: return reduce_as<CbamReduce::ChannelReduce>(p, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_reduce(p, kind, [&](auto tag, auto k) {
+    return launch_reduce<decltype(tag), decltype(k)::value>(p, stream);
+  });
 }
 
 cudaError_t cbam_rescale(const CbamPass& p, cudaStream_t stream) {
