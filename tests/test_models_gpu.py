@@ -13,7 +13,7 @@ import torch
 import fused_attn
 
 from .test_convert import ATTENTION_CLASSES, MODELS, _build, attention_count
-from .test_robustness import _block, _eager_twin
+from .test_robustness import autocast_block_outputs
 from .utils import gpu_backend_fixture
 
 pytestmark = pytest.mark.gpu
@@ -66,21 +66,8 @@ def test_autocast_cuda_takes_and_returns_what_eager_does(backend, dtype, memory_
     """conv → SE → conv → ECA → CBAM under autocast: the blocks take
     low-precision activations with fp32 parameters, return eager's dtype, and
     give the fp32 parameters fp32 gradients."""
-    block = _block(memory_format=memory_format).cuda()
-    eager = _eager_twin(block)
-    x = torch.randn(2, 8, 9, 7, device="cuda").to(memory_format=memory_format)
-    with fused_attn.use_backend(backend), torch.autocast("cuda", dtype=dtype):
-        y = block(x)
-    with fused_attn.use_backend("reference"), torch.autocast("cuda", dtype=dtype):
-        y_ref = eager(x)
-    assert y.dtype == y_ref.dtype == dtype
+    y, y_ref = autocast_block_outputs(backend, "cuda", dtype, memory_format)
     assert _rel([y], [y_ref]) < 2e-2
-    params = list(block.parameters())
-    grads = torch.autograd.grad(y.float().sum(), params)
-    grads_ref = torch.autograd.grad(y_ref.float().sum(), params)
-    for g, g_ref in zip(grads, grads_ref):
-        assert g.dtype == torch.float32
-        assert (g - g_ref).norm() <= 5e-2 * g_ref.norm() + 1e-6
 
 
 @pytest.mark.parametrize("name", ["seresnet18", "resnet18_cbam", "ecaresnet26t"])

@@ -75,28 +75,39 @@ def _eager_twin(block):
 
 # ---- autocast ------------------------------------------------------------------
 
-@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
-def test_autocast_cpu_bf16_takes_and_returns_what_eager_does(backend, memory_format):
-    """Under autocast the convs hand the blocks bf16 activations while their
-    parameters stay fp32: the fused ops accept that (as eager does), return
-    bf16 like eager, and give the fp32 parameters fp32 gradients."""
-    block = _block(memory_format=memory_format)
+def autocast_block_outputs(backend, device, dtype, memory_format):
+    """conv → SE → conv → ECA → CBAM (``_block``) on ``backend`` and its eager
+    twin, both under ``torch.autocast(device, dtype)``: the convs hand the
+    blocks low-precision activations while their parameters stay fp32. Checks
+    that both outputs have the autocast dtype and that the fp32 parameters get
+    fp32 gradients close to eager's; returns (y, y_ref)."""
+    block = _block(memory_format=memory_format).to(device)
     eager = _eager_twin(block)
-    x = torch.randn(2, 8, 9, 7).to(memory_format=memory_format)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x = torch.randn(2, 8, 9, 7, device=device).to(memory_format=memory_format)
+    with fused_attn.use_backend(backend), torch.autocast(device, dtype=dtype):
         y = block(x)
+    with torch.autocast(device, dtype=dtype):
         y_ref = eager(x)
-    assert y.dtype == y_ref.dtype == torch.bfloat16
-    assert_close(y.float(), y_ref.float(), torch.bfloat16)
+    assert y.dtype == y_ref.dtype == dtype
     params = list(block.parameters())
     grads = torch.autograd.grad(y.float().sum(), params)
     grads_ref = torch.autograd.grad(y_ref.float().sum(), params)
-    # Relative norms: both sides round to bf16 along the way, and where a
-    # rounding creates or breaks a tie in CBAM's max pools one element's
-    # gradient moves by a tie's share; the gradient as a whole does not.
+    # Relative norms: both sides round to low precision along the way, and
+    # where a rounding creates or breaks a tie in CBAM's max pools one
+    # element's gradient moves by a tie's share; the gradient as a whole does not.
     for g, g_ref in zip(grads, grads_ref):
         assert g.dtype == torch.float32
         assert (g - g_ref).norm() <= 5e-2 * g_ref.norm() + 1e-6
+    return y, y_ref
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
+def test_autocast_cpu_bf16_takes_and_returns_what_eager_does(backend, memory_format):
+    """Under autocast the fused ops accept bf16 activations with fp32
+    parameters (as eager does), return bf16 like eager, and give the fp32
+    parameters fp32 gradients."""
+    y, y_ref = autocast_block_outputs(backend, "cpu", torch.bfloat16, memory_format)
+    assert_close(y.float(), y_ref.float(), torch.bfloat16)
 
 
 def test_mismatched_dtypes_outside_autocast_are_refused():

@@ -260,6 +260,21 @@ def _input_grad_kernel(dy_ptr, x_ptr, dx_ptr, g_ptr, s_ptr, dcmean_ptr, dcmax_pt
 # a loop over the taps (which the interpreter runs op by op, in Python).
 
 @triton.jit
+def _tap_tile(in_ptr, n, offs, mask, H, W, CIN, K, PAD, ACC: tl.constexpr, TAPS: tl.constexpr):
+    # The [pixels, taps] tile of sample n's maps: v[p, t] = in[n, ci, p shifted by (i − PAD, j − PAD)]
+    # for tap t = (ci, i, j), zero outside the map (and for the padding taps ≥ CIN·K·K); with the
+    # tap indices and their mask.
+    t = tl.arange(0, TAPS)
+    tmask = t < CIN * K * K
+    ci = t // (K * K)
+    yy = (offs // W)[:, None] + ((t // K) % K - PAD)[None, :]
+    xx = (offs % W)[:, None] + (t % K - PAD)[None, :]
+    ok = mask[:, None] & tmask[None, :] & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+    src = in_ptr + (n * CIN + ci[None, :].to(tl.int64)) * (H * W) + yy * W + xx
+    return tl.load(src, mask=ok, other=0.0).to(ACC), t, tmask
+
+
+@triton.jit
 def _conv_kernel(in_ptr, w_ptr, out_ptr, H, W, CIN, COUT, K, PAD, ACC: tl.constexpr, BLOCK: tl.constexpr,
                  TAPS: tl.constexpr):
     # out[n, co] = Σ_ci Σ_ij w[co, ci, i, j] · in[n, ci] shifted by (i − PAD, j − PAD), zero padding
@@ -270,16 +285,9 @@ def _conv_kernel(in_ptr, w_ptr, out_ptr, H, W, CIN, COUT, K, PAD, ACC: tl.conste
     HW = H * W
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HW
-    t = tl.arange(0, TAPS)
-    tmask = t < CIN * K * K
-    ci = t // (K * K)
-    yy = (offs // W)[:, None] + ((t // K) % K - PAD)[None, :]
-    xx = (offs % W)[:, None] + (t % K - PAD)[None, :]
-    ok = mask[:, None] & tmask[None, :] & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-    src = in_ptr + (n * CIN + ci[None, :].to(tl.int64)) * HW + yy * W + xx
-    v = tl.load(src, mask=ok, other=0.0)
+    v, t, tmask = _tap_tile(in_ptr, n, offs, mask, H, W, CIN, K, PAD, ACC, TAPS)
     wv = tl.load(w_ptr + co * CIN * K * K + t, mask=tmask, other=0.0)
-    acc = tl.sum(v.to(ACC) * wv[None, :].to(ACC), axis=1)
+    acc = tl.sum(v * wv[None, :].to(ACC), axis=1)
     tl.store(out_ptr + row * HW + offs, acc, mask=mask)
 
 
@@ -293,14 +301,8 @@ def _conv_wgrad_kernel(in_ptr, dz_ptr, part_ptr, H, W, CIN, K, PAD, ACC: tl.cons
     HW = H * W
     offs = b * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HW
-    t = tl.arange(0, TAPS)
-    tmask = t < CIN * K * K
-    ci = t // (K * K)
-    yy = (offs // W)[:, None] + ((t // K) % K - PAD)[None, :]
-    xx = (offs % W)[:, None] + (t % K - PAD)[None, :]
-    ok = mask[:, None] & tmask[None, :] & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+    v, t, tmask = _tap_tile(in_ptr, n, offs, mask, H, W, CIN, K, PAD, ACC, TAPS)
     d = tl.load(dz_ptr + n * HW + offs, mask=mask, other=0.0).to(ACC)
-    v = tl.load(in_ptr + (n * CIN + ci[None, :].to(tl.int64)) * HW + yy * W + xx, mask=ok, other=0.0).to(ACC)
     part = tl.sum(d[:, None] * v, axis=0)
     taps = CIN * K * K
     tl.store(part_ptr + (n * tl.num_programs(1) + b) * taps + t, part, mask=tmask)
