@@ -20,7 +20,9 @@ quartiles of each provider:
   static input, as they would at a network's input but not inside it),
 * one per fused backend that can run on the device (``fused_attn.backends()``:
   ``cpu`` on a CPU, ``cuda`` and ``triton`` on a GPU): the fused module
-  ``from_module(timm module)`` run inside ``fused_attn.use_backend(name)``,
+  ``from_module(timm module)`` run inside ``fused_attn.use_backend(name)``
+  (SE on a GPU also gets ``cuda:two_phase``: the CUDA backend with its
+  two-phase path forced, beside ``cuda``'s choice, usually the single launch),
 
 for the forward (under no_grad, modules in eval mode) and forward+backward
 (train mode; dx and every weight gradient through ``torch.autograd.grad`` with
@@ -283,6 +285,32 @@ def fused_backends(device):
     return names
 
 
+# SE on the CUDA backend has two paths (csrc/cuda/se_cuda.cpp): "cuda" is
+# what it picks by shape, "cuda:two_phase" the pool / excite / rescale
+# passes forced, so each row shows what the single launch buys.
+SE_CUDA_PATHS = {"cuda:two_phase": "two_phase"}
+
+
+@contextlib.contextmanager
+def backend_context(name):
+    """fused_attn.use_backend(name), where a name "cuda:<path>" also forces
+    that SE CUDA path (FUSED_ATTN_SE_CUDA_PATH) for the duration."""
+    base, _, _ = name.partition(":")
+    path = SE_CUDA_PATHS.get(name)
+    old = os.environ.get("FUSED_ATTN_SE_CUDA_PATH")
+    if path is not None:
+        os.environ["FUSED_ATTN_SE_CUDA_PATH"] = path
+    try:
+        with fused_attn.use_backend(base):
+            yield
+    finally:
+        if path is not None:
+            if old is None:
+                os.environ.pop("FUSED_ATTN_SE_CUDA_PATH", None)
+            else:
+                os.environ["FUSED_ATTN_SE_CUDA_PATH"] = old
+
+
 def compile_provider(mode):
     return "compile" if mode == "default" else f"compile:{mode}"
 
@@ -356,7 +384,7 @@ def release_slabs():
 def _step(module, backend, backward, xs, dys, params, mark_step):
     """fn(i): one forward (no_grad) or forward+backward on input i, returning
     y (and the gradients) for the error check."""
-    backend_ctx = (lambda: fused_attn.use_backend(backend)) if backend else contextlib.nullcontext
+    backend_ctx = (lambda: backend_context(backend)) if backend else contextlib.nullcontext
     if not backward:
         def run(i):
             with torch.no_grad(), backend_ctx():
@@ -429,6 +457,8 @@ def run_case(case, device, env, compile_modes, timing, rotate=True):
         # reduce-overhead and max-autotune replay CUDA graphs: each call is a new step.
         impls[compile_provider(mode)] = (compiled, None, device == "cuda")
     backends = fused_backends(device)
+    if op.name == "se" and "cuda" in backends:
+        backends += list(SE_CUDA_PATHS)
     impls.update({b: (fused, b, False) for b in backends})
     providers = {"copy": copy}
     providers.update({name: _step(m, b, case.backward, xs, dys, params, mark) for name, (m, b, mark) in impls.items()})

@@ -35,6 +35,94 @@ def test_forward_backward_match_reference(backend, shape, dtype, memory_format, 
     check_se_against_reference(shape, dtype, memory_format, variant, device="cuda", seed=hash(shape) % 1000)
 
 
+# The CUDA backend's two SE paths (csrc/cuda/se_cuda.cpp), each forced: the
+# single launch (one cluster per group of samples, the slices in shared
+# memory) and the two-phase passes. The shapes: N = 1 at the largest
+# ResNet-50 site (one group: the weight gradients written in place; the
+# effective SE's [C, C] weights too big to stage, read from global memory),
+# clusters of 16 blocks, several small samples per group and more than one
+# group (the weight-gradient partials), channels that do not divide evenly
+# between the blocks (a cluster of 15), H·W = 1, odd sizes. Every one of
+# them has a single-launch plan on an H100/H200 in every dtype and variant.
+PATH_SHAPES = [(1, 2048, 7, 7), (2, 256, 28, 28), (12, 64, 2, 2), (3, 96, 8, 8), (1, 130, 13, 17),
+               (2, 1001, 1, 1), (5, 3, 7, 7)]
+
+
+@pytest.fixture(params=["fused", "two_phase"])
+def se_cuda_path(request, monkeypatch):
+    if "cuda" not in fused_attn.backends()["cuda"].devices:
+        pytest.skip(fused_attn.backends()["cuda"].detail)
+    if request.param == "fused" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the single-launch SE needs thread-block clusters (sm_90 or newer)")
+    monkeypatch.setenv("FUSED_ATTN_SE_CUDA_PATH", request.param)
+    with fused_attn.use_backend("cuda"):
+        yield request.param
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids(VARIANTS))
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", PATH_SHAPES, ids=ids(PATH_SHAPES))
+def test_cuda_paths_match_reference(se_cuda_path, shape, dtype, memory_format, variant):
+    check_se_against_reference(shape, dtype, memory_format, variant, device="cuda", seed=sum(shape))
+
+
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[5]], ids=str)
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_cuda_paths_resnet_site(se_cuda_path, memory_format, variant):
+    """The first ResNet-50 SE site in bf16: a sample is 1.6 MB, so the single
+    launch holds it in a cluster of 8-16 blocks of about 100-200 KB each."""
+    check_se_against_reference((2, 256, 56, 56), torch.bfloat16, memory_format, variant, device="cuda", seed=12)
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_cuda_paths_unaligned_x(se_cuda_path, memory_format):
+    """The scalar copies of the single launch (x one element past a 16-byte
+    boundary) and a sliced x."""
+    variant = SEVariant(act="silu", pool="avgmax")
+    x, w1, b1, w2, b2 = se_sample((3, 64, 8, 8), torch.bfloat16, memory_format, variant, seed=4, device="cuda")
+    for xin in (misaligned_copy(x), x[:, 1:, 1:, :]):
+        xin = xin.detach().requires_grad_()
+        C = xin.shape[1]
+        ws = (w1[:, :C].contiguous(), b1, w2[:C].contiguous(), b2[:C].contiguous())
+        y = run_se((xin, *ws), variant)
+        y_ref, leaves = reference64(xin, *ws, variant)
+        assert_close(y, y_ref, torch.bfloat16)
+        dy = torch.randn(y.shape, device="cuda").to(torch.bfloat16)
+        grads = torch.autograd.grad(y, [xin, ws[0], ws[2]], dy)
+        grads_ref = torch.autograd.grad(y_ref, [leaves[0], leaves[1], leaves[3]], dy.double())
+        for a, b in zip(grads, grads_ref):
+            assert_close(a, b, torch.bfloat16, grad=True)
+
+
+@pytest.mark.parametrize("shape", [(1, 2048, 7, 7), (12, 64, 2, 2), (8, 256, 28, 28)], ids=str)
+def test_cuda_paths_deterministic(se_cuda_path, shape):
+    variant = SEVariant(act="silu", pool="avgmax")
+    inputs = se_sample(shape, torch.bfloat16, torch.channels_last, variant, seed=5, requires_grad=True,
+                       device="cuda")
+    dy = torch.randn(inputs[0].shape, device="cuda").to(torch.bfloat16).to(memory_format=torch.channels_last)
+    first = _forward_backward(inputs, variant, dy)
+    for _ in range(3):
+        for a, b in zip(first, _forward_backward(inputs, variant, dy)):
+            assert torch.equal(a, b)
+
+
+def test_forced_single_launch_refuses_what_it_cannot_run(monkeypatch):
+    """FUSED_ATTN_SE_CUDA_PATH=fused raises, naming the shape, where the single
+    launch has no plan (float64 stays two-phase); an unknown path is a
+    ValueError."""
+    if "cuda" not in fused_attn.backends()["cuda"].devices:
+        pytest.skip(fused_attn.backends()["cuda"].detail)
+    inputs = se_sample((2, 16, 4, 4), torch.float64, torch.contiguous_format, SEVariant(), device="cuda")
+    with fused_attn.use_backend("cuda"):
+        monkeypatch.setenv("FUSED_ATTN_SE_CUDA_PATH", "fused")
+        with pytest.raises(RuntimeError, match=r"FUSED_ATTN_SE_CUDA_PATH=fused.*\[2, 16, 4, 4\]"):
+            run_se(inputs, SEVariant())
+        monkeypatch.setenv("FUSED_ATTN_SE_CUDA_PATH", "fastest")
+        with pytest.raises(ValueError, match="FUSED_ATTN_SE_CUDA_PATH must be auto, fused or two_phase"):
+            run_se(inputs, SEVariant())
+
+
 @pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_unaligned_and_strided_inputs(backend, dtype, memory_format):

@@ -12,17 +12,72 @@
 // (c10/cuda only, not ATen/cuda/CUDAContext.h, which needs the cuSPARSE and
 // cuBLAS headers that a minimal CUDA toolkit lacks.) The passes over x are
 // channel_gate.h's, shared with ECA.
+//
+// Or one launch per direction (se_fused.cu): forward 2|x|, backward 3|x|,
+// the excitation on chip. FUSED_ATTN_SE_CUDA_PATH picks: "auto" (the
+// default: the single launch wherever se_fused_plan finds one), "fused"
+// (the single launch, or an error saying it has none for this shape), or
+// "two_phase".
 #include "../se.h"
 #include "channel_gate.h"
 
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <tuple>
+#include <vector>
 
 namespace fused_attn::cuda {
 namespace {
+
+static_assert(static_cast<int>(Act::HardSwish) == static_cast<int>(FusedAct::HardSwish) &&
+                  static_cast<int>(Act::GELUTanh) == static_cast<int>(FusedAct::GELUTanh) &&
+                  static_cast<int>(Act::SiLU) == static_cast<int>(FusedAct::SiLU) &&
+                  static_cast<int>(Gate::HardSigmoid) == static_cast<int>(FusedGate::HardSigmoid),
+              "se.h's Act / Gate and se_cuda.h's FusedAct / FusedGate must agree");
+
+enum class Path { Auto, Fused, TwoPhase };
+
+Path se_path() {
+  const char* v = std::getenv("FUSED_ATTN_SE_CUDA_PATH");
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "auto") == 0) return Path::Auto;
+  if (std::strcmp(v, "fused") == 0) return Path::Fused;
+  if (std::strcmp(v, "two_phase") == 0) return Path::TwoPhase;
+  TORCH_CHECK_VALUE(false, "fused_attn: FUSED_ATTN_SE_CUDA_PATH must be auto, fused or two_phase; got '", v, "'");
+}
+
+// The single launch's description of this call, planned: true when it has
+// one (with path "fused", an error when it has none).
+bool plan_fused(SeFused& f, const Geometry& geo, const at::Tensor& w1, bool two_layer, Act act, Gate gate,
+                Pool pool, Path path, bool backward) {
+  if (path == Path::TwoPhase) return false;
+  f.dtype = dtype_of(geo.x.scalar_type());
+  f.N = geo.N;
+  f.C = geo.C;
+  f.HW = geo.HW;
+  f.rd = w1.size(0);
+  f.channels_last = geo.cl;
+  f.two_layer = two_layer;
+  f.with_max = pool == Pool::AvgMax;
+  f.act = static_cast<int8_t>(act);
+  f.gate = static_cast<int8_t>(gate);
+  const bool ok = se_fused_plan(f, backward, path == Path::Fused);
+  TORCH_CHECK(ok || path != Path::Fused, "fused_attn: FUSED_ATTN_SE_CUDA_PATH=fused, but the single-launch SE ",
+              backward ? "backward" : "forward", " has no plan for x of shape ", geo.x.sizes(), " (",
+              geo.x.scalar_type(), ", ", geo.cl ? "channels_last" : "NCHW",
+              ") on this device: it needs sm_90 or newer, float32/float16/bfloat16, and a group of samples whose ",
+              "slices fit in the shared memory of a cluster of at most 16 blocks");
+  return ok;
+}
+
+// An optional weight, contiguous (undefined when absent), and its pointer.
+at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) { return t ? t->contiguous() : at::Tensor(); }
+const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
 
 // out = v·wᵀ (+ b), into a preallocated output.
 void linear_into(at::Tensor& out, const at::Tensor& v, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
@@ -31,6 +86,44 @@ void linear_into(at::Tensor& out, const at::Tensor& v, const at::Tensor& w, cons
   } else {
     at::mm_out(out, v, w.t());
   }
+}
+
+// The single-launch backward, planned in f: the weight gradients straight in
+// the weights' dtype with one group, else float partials per group summed
+// here (a fixed-order reduction) and converted.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backward_fused(
+    SeFused& f, const at::Tensor& w1, const c10::optional<at::Tensor>& w2, const at::Tensor& pooled,
+    const at::Tensor& maxv, const at::Tensor& hidden, const at::Tensor& logits, bool has_b1, bool has_b2,
+    at::Tensor& dx) {
+  const at::Tensor w1c = w1.contiguous(), w2c = contiguous_or_undefined(w2);
+  f.w1 = w1c.const_data_ptr();
+  f.w2 = ptr_or_null(w2c);
+  f.saved_pooled = pooled.const_data_ptr();
+  f.saved_maxv = maxv.numel() ? maxv.const_data_ptr() : nullptr;
+  f.saved_hidden = hidden.numel() ? hidden.const_data_ptr() : nullptr;
+  f.saved_logits = logits.const_data_ptr();
+  const int64_t rd = w1.size(0), C = w1.size(1);
+  // Each gradient: [groups, *shape] float partials, or the final [*shape] in w1's dtype.
+  const bool partial = f.groups > 1;
+  auto grad = [&](std::initializer_list<int64_t> shape) {
+    std::vector<int64_t> sizes(shape);
+    if (partial) sizes.insert(sizes.begin(), f.groups);
+    at::Tensor t = at::empty(sizes, w1.options().dtype(partial ? at::kFloat : w1.scalar_type()));
+    maybe_poison(t);
+    return t;
+  };
+  at::Tensor dw1 = grad({rd, C});
+  at::Tensor db1 = has_b1 ? grad({rd}) : at::Tensor();
+  at::Tensor dw2 = w2 ? grad({C, rd}) : at::Tensor();
+  at::Tensor db2 = (w2 && has_b2) ? grad({C}) : at::Tensor();
+  f.dw1 = dw1.data_ptr();
+  f.db1 = db1.defined() ? db1.data_ptr() : nullptr;
+  f.dw2 = dw2.defined() ? dw2.data_ptr() : nullptr;
+  f.db2 = db2.defined() ? db2.data_ptr() : nullptr;
+  C10_CUDA_CHECK(se_fused_backward(f, c10::cuda::getCurrentCUDAStream()));
+  auto finish = [&](const at::Tensor& t) { return partial && t.defined() ? t.sum(0) : t; };
+  return {dx, weight_grad_or_empty(finish(dw1), w1), weight_grad_or_empty(finish(db1), w1),
+          weight_grad_or_empty(finish(dw2), w1), weight_grad_or_empty(finish(db2), w1)};
 }
 
 }  // namespace
@@ -49,6 +142,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   const Geometry geo = geometry(x_in);
   SeForwardOutputs out = se_forward_outputs(geo, w1, w2.has_value(), pool);
   if (geo.N == 0) return out.tuple();
+
+  SeFused f;
+  f.x = geo.x.const_data_ptr();
+  f.y = out.y.data_ptr();
+  if (plan_fused(f, geo, w1, w2.has_value(), act, gate, pool, se_path(), false)) {
+    // The weights as they are (x's dtype), read and converted on chip.
+    const at::Tensor w1c = w1.contiguous(), b1c = contiguous_or_undefined(b1);
+    const at::Tensor w2c = contiguous_or_undefined(w2), b2c = contiguous_or_undefined(b2);
+    f.w1 = w1c.const_data_ptr();
+    f.b1 = ptr_or_null(b1c);
+    f.w2 = ptr_or_null(w2c);
+    f.b2 = ptr_or_null(b2c);
+    f.pooled = out.pooled.data_ptr();
+    f.maxv = out.maxv.numel() ? out.maxv.data_ptr() : nullptr;
+    f.hidden = out.hidden.numel() ? out.hidden.data_ptr() : nullptr;
+    f.logits = out.logits.data_ptr();
+    C10_CUDA_CHECK(se_fused_forward(f, c10::cuda::getCurrentCUDAStream()));
+    return out.tuple();
+  }
 
   pool_pass(geo, out.pooled, out.maxv);
 
@@ -84,6 +196,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   const at::Tensor dy = dy_in.contiguous(geo.format);
   at::Tensor dx = at::empty_like(geo.x);
   maybe_poison(dx);
+
+  SeFused f;
+  f.x = geo.x.const_data_ptr();
+  f.dy = dy.const_data_ptr();
+  f.dx = dx.data_ptr();
+  if (N > 0 && plan_fused(f, geo, w1, w2.has_value(), act, gate, pool, se_path(), true)) {
+    return se_backward_fused(f, w1, w2, pooled, maxv, hidden, logits, has_b1, has_b2, dx);
+  }
 
   at::Tensor s = at::empty({N, C}, opts);
   at::Tensor cnt = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);

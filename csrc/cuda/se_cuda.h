@@ -67,4 +67,79 @@ cudaError_t se_reduce(const SePass& p, cudaStream_t stream);
 // out = dy·g + a (+ b where x == maxv, when maxv is set).
 cudaError_t se_dx(const SePass& p, cudaStream_t stream);
 
+// ---- the single-launch SE (se_fused.cu) ------------------------------------
+//
+// One kernel per direction instead of a pool, the excitation's GEMMs, a
+// gate and a rescale: a thread-block cluster (sm_90+) per group of `group`
+// samples keeps its samples' x (and, backward, dy) in shared memory, block r
+// holding channels [r·cb, (r+1)·cb), and computes the excitation on chip,
+// crossing blocks through distributed shared memory. Forward traffic 2|x|
+// (x read once), backward 3|x|, one launch (backward: plus a sum of the
+// weight-gradient partials when there is more than one group).
+
+// The activation and gate, in the order of se.h's Act and Gate (the glue
+// checks that they agree).
+enum class FusedAct : int8_t { ReLU, SiLU, GELU, GELUTanh, HardSwish };
+enum class FusedGate : int8_t { Sigmoid, HardSigmoid };
+
+// The most samples one cluster takes.
+constexpr int kMaxFusedGroup = 8;
+
+struct SeFused {
+  DType dtype = DType::F32;     // F32, F16 or BF16 (float64 stays on the two-phase path)
+  int64_t N = 0, C = 0, HW = 0, rd = 0;
+  bool channels_last = false;
+  bool two_layer = true;        // false: effective SE, one [C, C] layer (rd == C)
+  bool with_max = false;        // avg+max pool
+  int8_t act = 0, gate = 0;     // FusedAct, FusedGate
+
+  // The plan, filled in by se_fused_plan.
+  int cluster = 1;              // blocks per cluster (1..16)
+  int64_t group = 1;            // samples per cluster
+  int64_t groups = 1;           // clusters: ceil(N / group)
+  int64_t cb = 1;               // channels per block
+  bool vec = false;             // 16-byte accesses
+  bool staged = true;          // the block's weight slices copied to shared memory (else read from global)
+  int64_t smem = 0;             // dynamic shared memory per block (bytes)
+
+  // Weights, contiguous, in x's dtype; biases may be null.
+  const void* w1 = nullptr;     // [rd, C]
+  const void* b1 = nullptr;     // [rd]
+  const void* w2 = nullptr;     // [C, rd], null for effective SE
+  const void* b2 = nullptr;     // [C]
+
+  // Forward: x → y (dense, x's layout), and the saved tensors in float:
+  // pooled, logits [N, C]; maxv [N, C] (avg+max only); hidden [N, rd] (two layers only).
+  const void* x = nullptr;
+  void* y = nullptr;
+  void* pooled = nullptr;
+  void* maxv = nullptr;
+  void* hidden = nullptr;
+  void* logits = nullptr;
+
+  // Backward: dy, x → dx, and the weight gradients: in x's dtype when
+  // groups == 1, else float partials [groups, ...] for the caller to sum
+  // (db1 / db2 null when the bias does not exist).
+  const void* dy = nullptr;
+  void* dx = nullptr;
+  const void* saved_pooled = nullptr;
+  const void* saved_maxv = nullptr;
+  const void* saved_hidden = nullptr;
+  const void* saved_logits = nullptr;
+  void* dw1 = nullptr;
+  void* db1 = nullptr;
+  void* dw2 = nullptr;
+  void* db2 = nullptr;
+};
+
+// Plans the single launch for this shape on the current device (cluster,
+// group, cb, vec, smem, groups) and returns whether there is one: the
+// device has clusters (sm_90+), a group's slices fit in shared memory, and
+// (unless `force`) re-reading the weights once per group costs at most half
+// of x's bytes. Needs every field above the plan, and the x / y / dy / dx
+// pointers (their alignment picks `vec`).
+bool se_fused_plan(SeFused& p, bool backward, bool force);
+cudaError_t se_fused_forward(const SeFused& p, cudaStream_t stream);
+cudaError_t se_fused_backward(const SeFused& p, cudaStream_t stream);
+
 }  // namespace fused_attn::cuda
