@@ -21,8 +21,9 @@ quartiles of each provider:
 * one per fused backend that can run on the device (``fused_attn.backends()``:
   ``cpu`` on a CPU, ``cuda`` and ``triton`` on a GPU): the fused module
   ``from_module(timm module)`` run inside ``fused_attn.use_backend(name)``
-  (SE on a GPU also gets ``cuda:two_phase``: the CUDA backend with its
-  two-phase path forced, beside ``cuda``'s choice, usually the single launch),
+  (SE and ECA on a GPU also get ``cuda:two_phase``: the CUDA backend with
+  its two-phase path forced, beside ``cuda``'s choice, usually the single
+  launch),
 
 for the forward (under no_grad, modules in eval mode) and forward+backward
 (train mode; dx and every weight gradient through ``torch.autograd.grad`` with
@@ -285,30 +286,31 @@ def fused_backends(device):
     return names
 
 
-# SE on the CUDA backend has two paths (csrc/cuda/se_cuda.cpp): "cuda" is
-# what it picks by shape, "cuda:two_phase" the pool / excite / rescale
-# passes forced, so each row shows what the single launch buys.
-SE_CUDA_PATHS = {"cuda:two_phase": "two_phase"}
+# SE and ECA on the CUDA backend have two paths (csrc/cuda/channel_gate.h):
+# "cuda" is what it picks by shape, "cuda:two_phase" the pool / excite /
+# rescale passes forced, so each row shows what the single launch buys.
+CUDA_PATHS = {"cuda:two_phase": "two_phase"}
+CUDA_PATH_OPS = ("se", "eca")
 
 
 @contextlib.contextmanager
 def backend_context(name):
     """fused_attn.use_backend(name), where a name "cuda:<path>" also forces
-    that SE CUDA path (FUSED_ATTN_SE_CUDA_PATH) for the duration."""
+    that CUDA path (FUSED_ATTN_CUDA_PATH) for the duration."""
     base, _, _ = name.partition(":")
-    path = SE_CUDA_PATHS.get(name)
-    old = os.environ.get("FUSED_ATTN_SE_CUDA_PATH")
+    path = CUDA_PATHS.get(name)
+    old = os.environ.get("FUSED_ATTN_CUDA_PATH")
     if path is not None:
-        os.environ["FUSED_ATTN_SE_CUDA_PATH"] = path
+        os.environ["FUSED_ATTN_CUDA_PATH"] = path
     try:
         with fused_attn.use_backend(base):
             yield
     finally:
         if path is not None:
             if old is None:
-                os.environ.pop("FUSED_ATTN_SE_CUDA_PATH", None)
+                os.environ.pop("FUSED_ATTN_CUDA_PATH", None)
             else:
-                os.environ["FUSED_ATTN_SE_CUDA_PATH"] = old
+                os.environ["FUSED_ATTN_CUDA_PATH"] = old
 
 
 def compile_provider(mode):
@@ -457,8 +459,8 @@ def run_case(case, device, env, compile_modes, timing, rotate=True):
         # reduce-overhead and max-autotune replay CUDA graphs: each call is a new step.
         impls[compile_provider(mode)] = (compiled, None, device == "cuda")
     backends = fused_backends(device)
-    if op.name == "se" and "cuda" in backends:
-        backends += list(SE_CUDA_PATHS)
+    if op.name in CUDA_PATH_OPS and "cuda" in backends:
+        backends += list(CUDA_PATHS)
     impls.update({b: (fused, b, False) for b in backends})
     providers = {"copy": copy}
     providers.update({name: _step(m, b, case.backward, xs, dys, params, mark) for name, (m, b, mark) in impls.items()})

@@ -6,7 +6,7 @@ import torch
 import fused_attn
 
 from .test_eca import OPCHECK_CASES, SHAPES, VARIANTS, check_eca_against_reference, eca_sample, run_eca
-from .utils import DTYPES, FORMATS, gpu_backend_fixture, ids
+from .utils import DTYPES, FORMATS, cuda_path_fixture, gpu_backend_fixture, ids
 
 pytestmark = pytest.mark.gpu
 
@@ -22,6 +22,45 @@ backend = gpu_backend_fixture()
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=ids(GPU_SHAPES))
 def test_forward_backward_match_reference(backend, shape, dtype, memory_format, variant):
     check_eca_against_reference(shape, dtype, memory_format, variant, device="cuda", seed=hash(shape) % 1000)
+
+
+cuda_path = cuda_path_fixture()
+
+# The CUDA backend's two ECA paths, each forced: the single launch (its
+# convolution's neighbours gathered across the cluster's blocks) and the two
+# phases. N = 1 and 2 at the ResNet-50 sites (one group: the conv weight's
+# gradient written in place), more groups than one (its partials summed),
+# clusters whose channels do not divide evenly, C smaller than k (circular
+# padding wrapping more than once), H·W = 1, several samples per cluster of
+# several blocks with a shorter last group (5, 16, 1, 1).
+PATH_SHAPES = [(1, 2048, 7, 7), (2, 256, 28, 28), (12, 64, 2, 2), (2, 37, 13, 17), (1, 130, 7, 7), (3, 8, 1, 1),
+               (2, 3, 5, 7), (5, 16, 1, 1)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids(VARIANTS))
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", PATH_SHAPES, ids=ids(PATH_SHAPES))
+def test_cuda_paths_match_reference(cuda_path, shape, dtype, memory_format, variant):
+    check_eca_against_reference(shape, dtype, memory_format, variant, device="cuda", seed=sum(shape))
+
+
+@pytest.mark.parametrize("shape", [(1, 2048, 7, 7), (12, 64, 2, 2)], ids=str)
+def test_cuda_paths_deterministic(cuda_path, shape):
+    variant = VARIANTS[3]
+    inputs = eca_sample(shape, torch.bfloat16, torch.channels_last, variant, seed=5, requires_grad=True,
+                        device="cuda")
+    wrt = [t for t in inputs if t is not None]
+    dy = torch.randn(inputs[0].shape, device="cuda").to(torch.bfloat16).to(memory_format=torch.channels_last)
+
+    def step():
+        y = run_eca(*inputs, variant)
+        return [y] + list(torch.autograd.grad(y, wrt, dy))
+
+    first = step()
+    for _ in range(3):
+        for a, b in zip(first, step()):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])

@@ -9,7 +9,7 @@ import fused_attn
 
 from .test_se_ops import OPCHECK_CASES, check_compile_fullgraph
 from .utils import (DTYPES, FORMATS, SHAPES, VARIANTS, SEVariant, assert_close, check_se_against_reference, ids,
-                    gpu_backend_fixture, misaligned_copy, reference64, se_kwargs, se_sample)
+                    cuda_path_fixture, gpu_backend_fixture, misaligned_copy, reference64, se_kwargs, se_sample)
 
 pytestmark = pytest.mark.gpu
 
@@ -48,15 +48,7 @@ PATH_SHAPES = [(1, 2048, 7, 7), (2, 256, 28, 28), (12, 64, 2, 2), (3, 96, 8, 8),
                (2, 1001, 1, 1), (5, 3, 7, 7)]
 
 
-@pytest.fixture(params=["fused", "two_phase"])
-def se_cuda_path(request, monkeypatch):
-    if "cuda" not in fused_attn.backends()["cuda"].devices:
-        pytest.skip(fused_attn.backends()["cuda"].detail)
-    if request.param == "fused" and torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("the single-launch SE needs thread-block clusters (sm_90 or newer)")
-    monkeypatch.setenv("FUSED_ATTN_SE_CUDA_PATH", request.param)
-    with fused_attn.use_backend("cuda"):
-        yield request.param
+se_cuda_path = cuda_path_fixture()
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=ids(VARIANTS))
@@ -108,18 +100,18 @@ def test_cuda_paths_deterministic(se_cuda_path, shape):
 
 
 def test_forced_single_launch_refuses_what_it_cannot_run(monkeypatch):
-    """FUSED_ATTN_SE_CUDA_PATH=fused raises, naming the shape, where the single
+    """FUSED_ATTN_CUDA_PATH=fused raises, naming the shape, where the single
     launch has no plan (float64 stays two-phase); an unknown path is a
     ValueError."""
     if "cuda" not in fused_attn.backends()["cuda"].devices:
         pytest.skip(fused_attn.backends()["cuda"].detail)
     inputs = se_sample((2, 16, 4, 4), torch.float64, torch.contiguous_format, SEVariant(), device="cuda")
     with fused_attn.use_backend("cuda"):
-        monkeypatch.setenv("FUSED_ATTN_SE_CUDA_PATH", "fused")
-        with pytest.raises(RuntimeError, match=r"FUSED_ATTN_SE_CUDA_PATH=fused.*\[2, 16, 4, 4\]"):
+        monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "fused")
+        with pytest.raises(RuntimeError, match=r"FUSED_ATTN_CUDA_PATH=fused.*\[2, 16, 4, 4\]"):
             run_se(inputs, SEVariant())
-        monkeypatch.setenv("FUSED_ATTN_SE_CUDA_PATH", "fastest")
-        with pytest.raises(ValueError, match="FUSED_ATTN_SE_CUDA_PATH must be auto, fused or two_phase"):
+        monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "fastest")
+        with pytest.raises(ValueError, match="FUSED_ATTN_CUDA_PATH must be auto, fused or two_phase"):
             run_se(inputs, SEVariant())
 
 

@@ -187,6 +187,27 @@ def gpu_backend_fixture(force=True):
     return backend
 
 
+def cuda_path_fixture():
+    """A fixture over the CUDA backend's two SE / ECA paths, each forced with
+    FUSED_ATTN_CUDA_PATH (csrc/cuda/channel_gate.h): the single launch
+    ("fused", sm_90+: it raises where it has no plan, so a test of it cannot
+    quietly run the other path) and the two-phase passes; the test body runs
+    under use_backend("cuda")."""
+
+    @pytest.fixture(params=["fused", "two_phase"])
+    def cuda_path(request, monkeypatch):
+        status = fused_attn.backends()["cuda"]
+        if "cuda" not in status.devices:
+            pytest.skip(status.detail)
+        if request.param == "fused" and torch.cuda.get_device_capability()[0] < 9:
+            pytest.skip("the single launch needs thread-block clusters (sm_90 or newer)")
+        monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", request.param)
+        with fused_attn.use_backend("cuda"):
+            yield request.param
+
+    return cuda_path
+
+
 def misaligned_copy(x):
     """x copied into storage that starts one element past a 16-byte boundary,
     in x's memory format (NCHW or channels_last): the kernels' scalar paths."""

@@ -1,6 +1,6 @@
 """Small SE, ECA and CBAM forwards + backwards on CUDA tensors over every variant, dtype and
 layout, for compute-sanitizer (bench/gpu_check.sh runs it under memcheck and
-racecheck); SE runs on both CUDA paths, the single launch and the two-phase
+racecheck); SE and ECA run on both CUDA paths, the single launch and the two-phase
 passes. Shapes are small — the sanitizer is slow — but cover both the
 16-byte and the scalar paths, tails, and several blocks per sample.
 
@@ -21,9 +21,9 @@ VARIANTS = [dict(act="relu", gate="sigmoid", pool="avg", bias=True, effective=Fa
             dict(act="relu", gate="sigmoid", pool="avgmax", bias=True, effective=True)]
 
 
-def se_paths(backend):
-    """The SE CUDA paths to run (FUSED_ATTN_SE_CUDA_PATH): the single launch
-    (sm_90+) and the two-phase passes; other backends have one."""
+def cuda_paths(backend):
+    """The SE / ECA CUDA paths to run (FUSED_ATTN_CUDA_PATH): the single
+    launch (sm_90+) and the two-phase passes; other backends have one."""
     if backend != "cuda":
         return [None]
     return (["fused"] if torch.cuda.get_device_capability()[0] >= 9 else []) + ["two_phase"]
@@ -33,13 +33,13 @@ def main(backend="cuda"):
     torch.manual_seed(0)
     checked = 0
     with fused_attn.use_backend(backend):
-        for path in se_paths(backend):
+        for path in cuda_paths(backend):
             if path is not None:
-                os.environ["FUSED_ATTN_SE_CUDA_PATH"] = path
-            checked += run_se(path)
-        os.environ.pop("FUSED_ATTN_SE_CUDA_PATH", None)
-        checked += run_eca_cbam()
-    print(f"sanitize_se: {checked} forward+backward runs (SE on paths {se_paths(backend)}, ECA, CBAM) "
+                os.environ["FUSED_ATTN_CUDA_PATH"] = path
+            checked += run_se(path) + run_eca()
+        os.environ.pop("FUSED_ATTN_CUDA_PATH", None)
+        checked += run_cbam()
+    print(f"sanitize_se: {checked} forward+backward runs (SE and ECA on paths {cuda_paths(backend)}, CBAM) "
           f"on backend {backend!r}")
 
 
@@ -66,7 +66,7 @@ def run_se(path):
     return checked
 
 
-def run_eca_cbam():
+def run_eca():
     checked = 0
     for shape in SHAPES:
         for padding, k in (("zeros", 3), ("circular", 9)):
@@ -74,9 +74,16 @@ def run_eca_cbam():
                 for fmt in (torch.contiguous_format, torch.channels_last):
                     x = torch.randn(shape, device="cuda", dtype=dtype).to(memory_format=fmt).requires_grad_()
                     w = torch.randn(k, device="cuda", dtype=dtype, requires_grad=True)
-                    y = fused_attn.efficient_channel_attention(x, w, padding=padding)
+                    b = torch.randn(1, device="cuda", dtype=dtype, requires_grad=True) if k == 9 else None
+                    y = fused_attn.efficient_channel_attention(x, w, b, padding=padding)
                     y.backward(torch.randn_like(y))
                     checked += 1
+    torch.cuda.synchronize()
+    return checked
+
+
+def run_cbam():
+    checked = 0
     for shape in SHAPES + CBAM_SHAPES:
         N, C, H, W = shape
         for light, train in ((False, False), (False, True), (True, True)):

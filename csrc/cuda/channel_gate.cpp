@@ -12,6 +12,8 @@
 
 #include <array>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 namespace fused_attn::cuda {
 
@@ -35,6 +37,37 @@ int sm_count(int device) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
   if (device >= 0 && device < static_cast<int>(cache.size())) cache[device].store(count, std::memory_order_relaxed);
   return count;
+}
+
+namespace {
+
+enum class Path { Auto, Fused, TwoPhase };
+
+Path cuda_path() {
+  const char* v = std::getenv("FUSED_ATTN_CUDA_PATH");
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "auto") == 0) return Path::Auto;
+  if (std::strcmp(v, "fused") == 0) return Path::Fused;
+  if (std::strcmp(v, "two_phase") == 0) return Path::TwoPhase;
+  TORCH_CHECK_VALUE(false, "fused_attn: FUSED_ATTN_CUDA_PATH must be auto, fused or two_phase; got '", v, "'");
+}
+
+}  // namespace
+
+bool plan_single_launch(SeFused& f, const Geometry& geo, bool backward) {
+  const Path path = cuda_path();
+  if (path == Path::TwoPhase) return false;
+  f.dtype = dtype_of(geo.x.scalar_type());
+  f.N = geo.N;
+  f.C = geo.C;
+  f.HW = geo.HW;
+  f.channels_last = geo.cl;
+  const bool ok = se_fused_plan(f, backward, path == Path::Fused);
+  TORCH_CHECK(ok || path != Path::Fused, "fused_attn: FUSED_ATTN_CUDA_PATH=fused, but the single-launch ",
+              f.eca ? "ECA " : "SE ", backward ? "backward" : "forward", " has no plan for x of shape ",
+              geo.x.sizes(), " (", geo.x.scalar_type(), ", ", geo.cl ? "channels_last" : "NCHW",
+              ") on this device: it needs sm_90 or newer, float32/float16/bfloat16, and a group of samples whose ",
+              "slices fit in the shared memory of a cluster of at most 16 blocks");
+  return ok;
 }
 
 namespace {

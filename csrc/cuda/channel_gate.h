@@ -29,6 +29,16 @@ Pass pass_of(const Geometry& geo) {
   return p;
 }
 
+// SE's and ECA's two CUDA paths: the single launch (se_fused.cu) and the
+// two-phase passes below. FUSED_ATTN_CUDA_PATH picks: "auto" (the default:
+// the single launch wherever se_fused_plan finds one), "fused" (the single
+// launch, or an error saying it has none for this shape), "two_phase".
+// plan_single_launch fills f's geometry (f's variant fields — two_layer,
+// with_max, act, gate, rd, eca, circular — and its x / y or dy / dx
+// pointers set by the caller) and plans it: true when the single launch
+// runs this call.
+bool plan_single_launch(SeFused& f, const Geometry& geo, bool backward);
+
 // pooled [N, C] = mean_hw x, or 0.5·mean + 0.5·max with maxv [N, C] = max
 // (when maxv is not empty; with plain_mean, pooled is the mean itself).
 // Accumulation dtype.

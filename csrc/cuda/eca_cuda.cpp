@@ -1,18 +1,36 @@
 // Efficient Channel Attention on CUDA: fused_attn::eca_forward / eca_backward
-// for the CUDA dispatch key. Two phases like SE (channel_gate.h): pool →
-// the 1-D convolution across channels on [N, C] (ATen, the current stream) →
-// rescale; Σ dy·x → the convolution's backward → dx. The cross-channel step
-// works on the pooled [N, C] tensor, so it costs no pass over x.
+// for the CUDA dispatch key. As SE (channel_gate.h): one launch per direction
+// where se_fused.cu has a plan (sm_90+; the cluster gathers the pooled
+// vector, so the convolution's neighbours across blocks cost no pass over x),
+// else two phases: pool → the 1-D convolution across channels on [N, C]
+// (ATen, the current stream) → rescale; Σ dy·x → the convolution's backward
+// → dx.
 #include "../eca.h"
 #include "channel_gate.h"
 
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <tuple>
 
 namespace fused_attn::cuda {
+namespace {
+
+// The single launch's variant fields for this ECA (k = rd).
+SeFused eca_variant(const at::Tensor& w, Gate gate, Padding padding) {
+  SeFused f;
+  f.eca = true;
+  f.circular = padding == Padding::Circular;
+  f.rd = w.size(0);
+  f.two_layer = false;
+  f.gate = static_cast<int8_t>(gate);
+  return f;
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_forward_cuda(const at::Tensor& x_in, const at::Tensor& w,
                                                                 const c10::optional<at::Tensor>& b,
@@ -28,6 +46,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_forward_cuda(const at::Tensor
   EcaForwardOutputs out = eca_forward_outputs(geo);
   at::Tensor no_max = at::empty({0, 0}, out.pooled.options());
   if (geo.N == 0) return out.tuple();
+  SeFused f = eca_variant(w, gate, padding);
+  f.x = geo.x.const_data_ptr();
+  f.y = out.y.data_ptr();
+  if (plan_single_launch(f, geo, false)) {
+    const at::Tensor wc = w.contiguous(), bc = b ? b->contiguous() : at::Tensor();
+    f.w1 = wc.const_data_ptr();
+    f.b1 = bc.defined() ? bc.const_data_ptr() : nullptr;
+    f.pooled = out.pooled.data_ptr();
+    f.logits = out.logits.data_ptr();
+    C10_CUDA_CHECK(se_fused_forward(f, c10::cuda::getCurrentCUDAStream()));
+    return out.tuple();
+  }
   pool_pass(geo, out.pooled, no_max);
   const c10::optional<at::Tensor> ba = b ? c10::optional<at::Tensor>(b->to(acc)) : c10::nullopt;
   out.logits.copy_(eca_logits(out.pooled, w.to(acc), ba, padding));
@@ -49,6 +79,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_backward_cuda(
   const at::Tensor dy = dy_in.contiguous(geo.format);
   at::Tensor dx = at::empty_like(geo.x);
   maybe_poison(dx);
+  SeFused f = eca_variant(w, gate, padding);
+  f.x = geo.x.const_data_ptr();
+  f.dy = dy.const_data_ptr();
+  f.dx = dx.data_ptr();
+  if (geo.N > 0 && plan_single_launch(f, geo, true)) {
+    const at::Tensor wc = w.contiguous();
+    f.w1 = wc.const_data_ptr();
+    f.saved_pooled = pooled.const_data_ptr();
+    f.saved_logits = logits.const_data_ptr();
+    // The gradients in w's dtype with one group, else float partials [groups, ...] summed here.
+    const bool partial = f.groups > 1;
+    const auto gopts = w.options().dtype(partial ? at::kFloat : w.scalar_type());
+    at::Tensor dw = partial ? at::empty({f.groups, w.size(0)}, gopts) : at::empty({w.size(0)}, gopts);
+    at::Tensor db = !has_bias ? at::empty({0}, w.options()) : partial ? at::empty({f.groups, 1}, gopts)
+                                                                      : at::empty({1}, gopts);
+    maybe_poison(dw);
+    maybe_poison(db);
+    f.dw1 = dw.data_ptr();
+    f.db1 = has_bias ? db.data_ptr() : nullptr;
+    C10_CUDA_CHECK(se_fused_backward(f, c10::cuda::getCurrentCUDAStream()));
+    if (partial) {
+      dw = dw.sum(0).to(w.scalar_type());
+      if (has_bias) db = db.sum(0).to(w.scalar_type());
+    }
+    return {dx, dw, db};
+  }
   at::Tensor s = at::empty({geo.N, geo.C}, opts);
   at::Tensor no_max = at::empty({0, 0}, opts);
   maybe_poison(s);

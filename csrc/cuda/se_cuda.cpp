@@ -14,10 +14,8 @@
 // channel_gate.h's, shared with ECA.
 //
 // Or one launch per direction (se_fused.cu): forward 2|x|, backward 3|x|,
-// the excitation on chip. FUSED_ATTN_SE_CUDA_PATH picks: "auto" (the
-// default: the single launch wherever se_fused_plan finds one), "fused"
-// (the single launch, or an error saying it has none for this shape), or
-// "two_phase".
+// the excitation on chip; channel_gate.h's plan_single_launch decides
+// (FUSED_ATTN_CUDA_PATH).
 #include "../se.h"
 #include "channel_gate.h"
 
@@ -27,8 +25,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <tuple>
 #include <vector>
 
@@ -41,38 +37,15 @@ static_assert(static_cast<int>(Act::HardSwish) == static_cast<int>(FusedAct::Har
                   static_cast<int>(Gate::HardSigmoid) == static_cast<int>(FusedGate::HardSigmoid),
               "se.h's Act / Gate and se_cuda.h's FusedAct / FusedGate must agree");
 
-enum class Path { Auto, Fused, TwoPhase };
-
-Path se_path() {
-  const char* v = std::getenv("FUSED_ATTN_SE_CUDA_PATH");
-  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "auto") == 0) return Path::Auto;
-  if (std::strcmp(v, "fused") == 0) return Path::Fused;
-  if (std::strcmp(v, "two_phase") == 0) return Path::TwoPhase;
-  TORCH_CHECK_VALUE(false, "fused_attn: FUSED_ATTN_SE_CUDA_PATH must be auto, fused or two_phase; got '", v, "'");
-}
-
-// The single launch's description of this call, planned: true when it has
-// one (with path "fused", an error when it has none).
-bool plan_fused(SeFused& f, const Geometry& geo, const at::Tensor& w1, bool two_layer, Act act, Gate gate,
-                Pool pool, Path path, bool backward) {
-  if (path == Path::TwoPhase) return false;
-  f.dtype = dtype_of(geo.x.scalar_type());
-  f.N = geo.N;
-  f.C = geo.C;
-  f.HW = geo.HW;
+// The single launch's variant fields for this SE.
+SeFused se_variant(const at::Tensor& w1, bool two_layer, Act act, Gate gate, Pool pool) {
+  SeFused f;
   f.rd = w1.size(0);
-  f.channels_last = geo.cl;
   f.two_layer = two_layer;
   f.with_max = pool == Pool::AvgMax;
   f.act = static_cast<int8_t>(act);
   f.gate = static_cast<int8_t>(gate);
-  const bool ok = se_fused_plan(f, backward, path == Path::Fused);
-  TORCH_CHECK(ok || path != Path::Fused, "fused_attn: FUSED_ATTN_SE_CUDA_PATH=fused, but the single-launch SE ",
-              backward ? "backward" : "forward", " has no plan for x of shape ", geo.x.sizes(), " (",
-              geo.x.scalar_type(), ", ", geo.cl ? "channels_last" : "NCHW",
-              ") on this device: it needs sm_90 or newer, float32/float16/bfloat16, and a group of samples whose ",
-              "slices fit in the shared memory of a cluster of at most 16 blocks");
-  return ok;
+  return f;
 }
 
 // An optional weight, contiguous (undefined when absent), and its pointer.
@@ -143,10 +116,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   SeForwardOutputs out = se_forward_outputs(geo, w1, w2.has_value(), pool);
   if (geo.N == 0) return out.tuple();
 
-  SeFused f;
+  SeFused f = se_variant(w1, w2.has_value(), act, gate, pool);
   f.x = geo.x.const_data_ptr();
   f.y = out.y.data_ptr();
-  if (plan_fused(f, geo, w1, w2.has_value(), act, gate, pool, se_path(), false)) {
+  if (plan_single_launch(f, geo, false)) {
     // The weights as they are (x's dtype), read and converted on chip.
     const at::Tensor w1c = w1.contiguous(), b1c = contiguous_or_undefined(b1);
     const at::Tensor w2c = contiguous_or_undefined(w2), b2c = contiguous_or_undefined(b2);
@@ -197,11 +170,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   at::Tensor dx = at::empty_like(geo.x);
   maybe_poison(dx);
 
-  SeFused f;
+  SeFused f = se_variant(w1, w2.has_value(), act, gate, pool);
   f.x = geo.x.const_data_ptr();
   f.dy = dy.const_data_ptr();
   f.dx = dx.data_ptr();
-  if (N > 0 && plan_fused(f, geo, w1, w2.has_value(), act, gate, pool, se_path(), true)) {
+  if (N > 0 && plan_single_launch(f, geo, true)) {
     return se_backward_fused(f, w1, w2, pooled, maxv, hidden, logits, has_b1, has_b2, dx);
   }
 

@@ -69,8 +69,8 @@ cudaError_t se_dx(const SePass& p, cudaStream_t stream);
 
 // ---- the single-launch SE (se_fused.cu) ------------------------------------
 //
-// One kernel per direction instead of a pool, the excitation's GEMMs, a
-// gate and a rescale: a thread-block cluster (sm_90+) per group of `group`
+// One kernel per direction instead of a pool, the excitation's GEMMs (or
+// ECA's 1-D convolution across channels), a gate and a rescale: a thread-block cluster (sm_90+) per group of `group`
 // samples keeps its samples' x (and, backward, dy) in shared memory, block r
 // holding channels [r·cb, (r+1)·cb), and computes the excitation on chip,
 // crossing blocks through distributed shared memory. Forward traffic 2|x|
@@ -91,6 +91,8 @@ struct SeFused {
   bool channels_last = false;
   bool two_layer = true;        // false: effective SE, one [C, C] layer (rd == C)
   bool with_max = false;        // avg+max pool
+  bool eca = false;             // ECA instead: w1 the conv weight [k] (k = rd), b1 its bias [1]
+  bool circular = false;        // ECA: circular padding (else zeros)
   int8_t act = 0, gate = 0;     // FusedAct, FusedGate
 
   // The plan, filled in by se_fused_plan.
@@ -119,7 +121,7 @@ struct SeFused {
 
   // Backward: dy, x → dx, and the weight gradients: in x's dtype when
   // groups == 1, else float partials [groups, ...] for the caller to sum
-  // (db1 / db2 null when the bias does not exist).
+  // (db1 / db2 null when the bias does not exist). ECA: dw1 [k], db1 [1].
   const void* dy = nullptr;
   void* dx = nullptr;
   const void* saved_pooled = nullptr;

@@ -19,6 +19,13 @@
 //             partials → [cluster] dh → act' → dW1 (own columns), dp (own
 //             channels) → dx = dy·g + dp spread, from shared memory
 //
+// ECA takes the one-layer route with its 1-D convolution across channels in
+// place of the [C, C] layer: the pooled vector (backward: dz) is gathered
+// from the cluster, so a block's channels see their neighbours across block
+// boundaries and around the ends (circular padding); the conv weight's
+// gradient is summed over the block's channels, then over the cluster's
+// blocks in rank order.
+//
 // Weight gradients sum over samples. With one group (the plan's `groups` ==
 // 1, e.g. N = 1) the kernel writes them in the weights' dtype: one launch.
 // With more, each group writes its partial in the accumulation type to
@@ -118,14 +125,15 @@ struct Smem {
                              // [rd][wstride] and W2[own, :] [cb][rd]; one layer W1[own, :]
                              // [cb][C] (forward) or W1[:, own] [C][wstride] (backward)
   int64_t own;               // float[4][G·cb]: per-channel scratch (pooled, gate, dz, ...)
-  int64_t part;              // float[G·part_len]: what other blocks read (partials / own pooled or dz)
+  int64_t part;              // float[max(G·part_len, part_min)]: what other blocks read (partials, own pooled or dz)
   int64_t vec;               // float[G·vec_len]: the gathered vector (hidden, or the whole pooled / dz)
   int64_t red;               // float[2·kFusedThreads]: in-block reduction scratch
   int64_t total;
 };
 
+// part_min: the least floats `part` must hold (ECA: its k + 1 weight-gradient partials).
 __host__ __device__ inline Smem smem_layout(int64_t G, int64_t cb, int64_t HW, int64_t C, int64_t rd, bool two_layer,
-                                            int elem, bool backward, bool staged) {
+                                            int elem, bool backward, bool staged, int64_t part_min) {
   Smem s;
   const int64_t tile = align_up(G * cb * HW * elem, 16);
   s.tile_x = 0;
@@ -139,7 +147,8 @@ __host__ __device__ inline Smem smem_layout(int64_t G, int64_t cb, int64_t HW, i
   s.own = at;
   at += align_up(4 * G * cb * 4, 16);
   s.part = at;
-  at += align_up(G * (two_layer ? rd : cb) * 4, 16);
+  const int64_t part_len = G * (two_layer ? rd : cb);
+  at += align_up((part_len > part_min ? part_len : part_min) * 4, 16);
   s.vec = at;
   at += align_up(G * (two_layer ? rd : C) * 4, 16);
   s.red = at;
@@ -147,6 +156,8 @@ __host__ __device__ inline Smem smem_layout(int64_t G, int64_t cb, int64_t HW, i
   s.total = at;
   return s;
 }
+
+__host__ __device__ inline int64_t eca_part(const SeFused& p) { return p.eca ? p.rd + 1 : 0; }
 
 // ---- the pieces both kernels share ----
 
@@ -364,6 +375,36 @@ __device__ void thread_cols(int64_t cols, int64_t len, int64_t G, const float* v
   }
 }
 
+// Every block's own values (own[g·cb + c], c < cbn) gathered into
+// vec[g·C + channel] in every block of the cluster, through part (which the
+// other blocks read). Two cluster barriers: after the copy into part, and
+// after the reads (so part may be reused, and no block exits while another
+// still reads its shared memory).
+// (A template over the cluster type: cg::cluster_group exists only when
+// compiling for sm_90 and newer, where the kernels that call it have bodies.)
+template <typename Cluster>
+__device__ void gather_cluster(Cluster& cluster, const float* own, float* part, float* vec, int64_t G, int64_t cb,
+                               int64_t cbn, int64_t C) {
+  for (int64_t idx = threadIdx.x; idx < G * cb; idx += kFusedThreads) {
+    if (idx % cb < cbn) part[idx] = own[idx];
+  }
+  cluster.sync();
+  for (int64_t idx = threadIdx.x; idx < G * C; idx += kFusedThreads) {
+    const int64_t g = idx / C, c = idx - g * C;
+    const int r = static_cast<int>(c / cb);
+    vec[idx] = cluster.map_shared_rank(part, r)[g * cb + (c - r * cb)];
+  }
+  cluster.sync();
+}
+
+// v[i] of a gathered row of C values, i wrapped (circular) or zero outside [0, C).
+[[maybe_unused]] __device__ __forceinline__ float padded(const float* v, int64_t C, int64_t i, bool circular) {
+  if (i >= 0 && i < C) return v[i];
+  if (!circular) return 0.f;
+  i %= C;
+  return v[i < 0 ? i + C : i];
+}
+
 // Writes tile-shaped output, V elements per load and store: out = f(g, c,
 // a, b) of the elements a of tile ta and b of tile tb (0 without one).
 template <typename T, bool CL, int V, typename F>
@@ -400,7 +441,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_forward_kernel(cons
   sl.cbn = max(int64_t{0}, min(p.cb, C - sl.c0));
   sl.n0 = static_cast<int64_t>(blockIdx.y) * p.group;
   const int64_t G = min(p.group, p.N - sl.n0);
-  const Smem lay = smem_layout(p.group, p.cb, HW, C, rd, p.two_layer, sizeof(T), false, p.staged);
+  const Smem lay = smem_layout(p.group, p.cb, HW, C, rd, p.two_layer, sizeof(T), false, p.staged, eca_part(p));
   T* tile = reinterpret_cast<T*>(smem_raw + lay.tile_x);
   float* own = reinterpret_cast<float*>(smem_raw + lay.own);  // [0]: pooled, [1]: gate
   float* part = reinterpret_cast<float*>(smem_raw + lay.part);
@@ -419,8 +460,9 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_forward_kernel(cons
   T* sw2 = reinterpret_cast<T*>(smem_raw + lay.w_b);
   load_tile<T, CL, V>(sl, G, static_cast<const T*>(p.x), tile);
   // W1[:, own] and W2[own, :], or for one layer W1[own, :].
-  const WSlice<T> W1 = p.two_layer ? slice(p.staged, sw1, ws, w1 + sl.c0, C, rd, sl.cbn)
-                                   : slice(p.staged, sw1, C, w1 + sl.c0 * C, C, sl.cbn, C);
+  const WSlice<T> W1 = p.eca         ? WSlice<T>{nullptr, 0, w1, 0}  // ECA reads its k taps directly
+                       : p.two_layer ? slice(p.staged, sw1, ws, w1 + sl.c0, C, rd, sl.cbn)
+                                     : slice(p.staged, sw1, C, w1 + sl.c0 * C, C, sl.cbn, C);
   const WSlice<T> W2 = p.two_layer ? slice(p.staged, sw2, rd, w2 + sl.c0 * rd, rd, sl.cbn, rd) : W1;
   tiles_ready();
 
@@ -464,17 +506,20 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_forward_kernel(cons
                 own_gate[g * p.cb + c] = gate_fwd(p.gate, z);
               });
   } else {
-    // One layer [C, C]: gather every block's pooled values, then own rows.
-    for (int64_t idx = threadIdx.x; idx < G * p.cb; idx += kFusedThreads) {
-      if (idx % p.cb < sl.cbn) part[idx] = own_pooled[idx];
-    }
-    cluster.sync();
-    for (int64_t idx = threadIdx.x; idx < G * C; idx += kFusedThreads) {
-      const int64_t g = idx / C, c = idx - g * C;
-      const int r = static_cast<int>(c / p.cb);
-      vec[idx] = cluster.map_shared_rank(part, r)[g * p.cb + (c - r * p.cb)];
-    }
-    cluster.sync();
+    // One layer [C, C], or ECA's conv: gather every block's pooled values,
+    // then own rows / own channels.
+    gather_cluster(cluster, own_pooled, part, vec, G, p.cb, sl.cbn, C);
+    if (p.eca) {
+      const int64_t k = rd, pad = (k - 1) / 2;
+      for (int64_t idx = threadIdx.x; idx < G * sl.cbn; idx += kFusedThreads) {
+        const int64_t g = idx / sl.cbn, c = idx - g * sl.cbn;
+        float z = 0.f;
+        for (int64_t j = 0; j < k; ++j) z += ld(w1, j) * padded(vec + g * C, C, sl.c0 + c + j - pad, p.circular);
+        if (b1 != nullptr) z += ld(b1, 0);
+        static_cast<float*>(p.logits)[(sl.n0 + g) * C + sl.c0 + c] = z;
+        own_gate[g * p.cb + c] = gate_fwd(p.gate, z);
+      }
+    } else {
     warp_rows(sl.cbn, C, G, vec, C,
               [&](int64_t c, int64_t i) { return W1(c, i); },
               [&](int64_t g, int64_t c, float z) {
@@ -482,6 +527,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_forward_kernel(cons
                 static_cast<float*>(p.logits)[(sl.n0 + g) * C + sl.c0 + c] = z;
                 own_gate[g * p.cb + c] = gate_fwd(p.gate, z);
               });
+    }
   }
   __syncthreads();
 
@@ -509,7 +555,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_backward_kernel(con
   sl.n0 = static_cast<int64_t>(blockIdx.y) * p.group;
   const int64_t G = min(p.group, p.N - sl.n0);
   const int64_t grp = blockIdx.y;
-  const Smem lay = smem_layout(p.group, p.cb, HW, C, rd, p.two_layer, sizeof(T), true, p.staged);
+  const Smem lay = smem_layout(p.group, p.cb, HW, C, rd, p.two_layer, sizeof(T), true, p.staged, eca_part(p));
   T* tx = reinterpret_cast<T*>(smem_raw + lay.tile_x);
   T* tdy = reinterpret_cast<T*>(smem_raw + lay.tile_dy);
   float* own = reinterpret_cast<float*>(smem_raw + lay.own);
@@ -544,7 +590,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_backward_kernel(con
   load_tile<T, CL, V>(sl, G, static_cast<const T*>(p.dy), tdy);
   load_tile<T, CL, V>(sl, G, static_cast<const T*>(p.x), tx);
   // W1[:, own] ([rd, own] or, for one layer, [C, own]) and W2[own, :].
-  const WSlice<T> W1 = slice(p.staged, sw1, ws, w1 + sl.c0, C, p.two_layer ? rd : C, sl.cbn);
+  const WSlice<T> W1 = p.eca ? WSlice<T>{nullptr, 0, w1, 0}
+                             : slice(p.staged, sw1, ws, w1 + sl.c0, C, p.two_layer ? rd : C, sl.cbn);
   const WSlice<T> W2 = p.two_layer ? slice(p.staged, sw2, rd, w2 + sl.c0 * rd, rd, sl.cbn, rd) : W1;
   tiles_ready();
 
@@ -619,6 +666,48 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_backward_kernel(con
     thread_cols(sl.cbn, rd, G, vec, rd, red,
                 [&](int64_t j, int64_t c) { return W1(j, c); },
                 [&](int64_t g, int64_t c, float v) { own_pool[g * p.cb + c] = v; });
+  } else if (p.eca) {
+    // ECA: dp of the own channels, the transposed conv of the gathered dz.
+    gather_cluster(cluster, own_dz, part, vec, G, p.cb, sl.cbn, C);
+    const int64_t k = rd, pad = (k - 1) / 2;
+    for (int64_t idx = threadIdx.x; idx < G * sl.cbn; idx += kFusedThreads) {
+      const int64_t g = idx / sl.cbn, c = idx - g * sl.cbn;
+      float dp = 0.f;
+      for (int64_t j = 0; j < k; ++j) dp += ld(w1, j) * padded(vec + g * C, C, sl.c0 + c - j + pad, p.circular);
+      own_pool[g * p.cb + c] = dp;
+    }
+    // dw[j] = Σ_{g, c} P(g, c + j - pad)·dz[g][c] and db = Σ dz (item j = k)
+    // over the own channels: item j over `parts` threads, combined in order.
+    const int64_t items = k + 1, parts = kFusedThreads / items, n = G * sl.cbn;
+    const int64_t t = threadIdx.x;
+    if (t < items * parts) {
+      const int64_t j = t % items, q = t / items;
+      float a = 0.f;
+      for (int64_t idx = q; idx < n; idx += parts) {
+        const int64_t g = idx / sl.cbn, c = idx - g * sl.cbn;
+        const float dz = own_dz[g * p.cb + c];
+        a += j < k ? padded(pooled + (sl.n0 + g) * C, C, sl.c0 + c + j - pad, p.circular) * dz : dz;
+      }
+      red[q * items + j] = a;
+    }
+    __syncthreads();
+    if (t < items) {
+      float a = red[t];
+      for (int64_t q = 1; q < parts; ++q) a += red[q * items + t];
+      part[t] = a;  // part is free: gather_cluster's last barrier is behind us
+    }
+    cluster.sync();
+    // The cluster's sum in rank order, by block 0.
+    if (rank == 0 && t < items) {
+      float a = 0.f;
+      for (int r = 0; r < K; ++r) a += cluster.map_shared_rank(part, r)[t];
+      if (t < k) {
+        put(p.dw1, k, t, a);
+      } else if (p.db1 != nullptr) {
+        put(p.db1, 1, 0, a);
+      }
+    }
+    cluster.sync();  // block 0 has read every block's partials
   } else {
     // One layer [C, C]: dW1 (own rows) = Σ_g dz[g][c]·pooled[g][·]; db1.
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -635,16 +724,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_backward_kernel(con
       }
     }
     // dp needs every channel's dz: gather them.
-    for (int64_t idx = threadIdx.x; idx < G * p.cb; idx += kFusedThreads) {
-      if (idx % p.cb < sl.cbn) part[idx] = own_dz[idx];
-    }
-    cluster.sync();
-    for (int64_t idx = threadIdx.x; idx < G * C; idx += kFusedThreads) {
-      const int64_t g = idx / C, c = idx - g * C;
-      const int r = static_cast<int>(c / p.cb);
-      vec[idx] = cluster.map_shared_rank(part, r)[g * p.cb + (c - r * p.cb)];
-    }
-    cluster.sync();
+    gather_cluster(cluster, own_dz, part, vec, G, p.cb, sl.cbn, C);
     thread_cols(sl.cbn, C, G, vec, C, red,
                 [&](int64_t i, int64_t c) { return W1(i, c); },
                 [&](int64_t g, int64_t c, float v) { own_pool[g * p.cb + c] = v; });
@@ -777,9 +857,11 @@ bool plan_for(SeFused& p, bool force) {
     const bool ptrs = vectorizes<T>(V, {p.x, BWD ? p.dy : p.y, BWD ? p.dx : nullptr});
     return ptrs && (p.channels_last ? (p.C % V == 0 && cb % V == 0) : (p.C * p.HW % V == 0 && cb * p.HW % V == 0));
   };
+  // ECA: mean pool, k + 1 weight-gradient items over the block's threads.
+  if (p.eca && (p.two_layer || p.with_max || p.rd + 1 > kFusedThreads)) return false;
   // The weights each group reads (in T) and, backward, the partial weight
   // gradients it writes (float): the cost of more groups.
-  const int64_t wcount = p.two_layer ? 2 * p.rd * p.C : p.C * p.C;
+  const int64_t wcount = p.eca ? p.rd + 1 : (p.two_layer ? 2 * p.rd * p.C : p.C * p.C);
   const int64_t per_group = wcount * elem + (BWD ? wcount * 4 : 0);
   const int64_t xbytes = p.N * p.C * p.HW * elem;
   const int64_t budget = dev.smem_optin;
@@ -796,7 +878,7 @@ bool plan_for(SeFused& p, bool force) {
     }
   };
   auto bytes = [&](int64_t G, int64_t cb, bool staged) {
-    return smem_layout(G, cb, p.HW, p.C, p.rd, p.two_layer, elem, BWD, staged).total;
+    return smem_layout(G, cb, p.HW, p.C, p.rd, p.two_layer, elem, BWD, staged && !p.eca, eca_part(p)).total;
   };
   // First the plan "auto" takes; forced, then one that ignores the weights' cost.
   for (int relaxed = 0; relaxed <= (force ? 1 : 0); ++relaxed) {
@@ -840,7 +922,7 @@ bool plan_for(SeFused& p, bool force) {
             p.groups = groups;
             p.cb = cb;
             p.vec = vec;
-            p.staged = staged || bytes(G, cb, true) <= budget;
+            p.staged = !p.eca && (staged || bytes(G, cb, true) <= budget);  // ECA reads its k weights directly
             p.smem = bytes(G, cb, p.staged);
             if (runnable<T>(kernel_for<T, BWD>(p.channels_last, p.vec), p, dev)) return true;
           }
