@@ -9,11 +9,13 @@
 #include <ATen/ops/div.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include <array>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 namespace fused_attn::cuda {
 
@@ -71,6 +73,44 @@ bool plan_single_launch(SeFused& f, const Geometry& geo, bool backward) {
 }
 
 namespace {
+
+// For tests of the planner on any machine with the CUDA build: the plan
+// se_fused_plan would make for this call on an sm_90 device with `sms`
+// multiprocessors and `smem_optin` bytes of opt-in shared memory per block,
+// as [cluster, group, groups, cb, vec, staged, smem], or [] without one.
+// `aligned`: x and the outputs start 16-byte aligned.
+std::vector<int64_t> single_launch_plan(int64_t N, int64_t C, int64_t HW, int64_t rd, c10::string_view dtype,
+                                        bool channels_last, bool two_layer, bool with_max, bool eca, bool backward,
+                                        bool force, bool aligned, int64_t sms, int64_t smem_optin) {
+  SeFused f;
+  const std::string name(dtype.data(), dtype.size());
+  if (name == "float32") {
+    f.dtype = DType::F32;
+  } else if (name == "float16") {
+    f.dtype = DType::F16;
+  } else if (name == "bfloat16") {
+    f.dtype = DType::BF16;
+  } else {
+    TORCH_CHECK_VALUE(name == "float64", "fused_attn: unknown dtype '", name, "'");
+    f.dtype = DType::F64;
+  }
+  f.N = N, f.C = C, f.HW = HW, f.rd = rd;
+  f.channels_last = channels_last;
+  f.two_layer = two_layer, f.with_max = with_max, f.eca = eca;
+  // Stand-in addresses: planning looks only at their alignment.
+  const uintptr_t base = aligned ? 256 : 258;
+  f.x = f.dy = reinterpret_cast<const void*>(base);
+  f.y = f.dx = reinterpret_cast<void*>(base + 4096);
+  if (!se_fused_plan_for(f, backward, force, static_cast<int>(sms), smem_optin)) return {};
+  return {f.cluster, f.group, f.groups, f.cb, f.vec ? 1 : 0, f.staged ? 1 : 0, f.smem};
+}
+
+TORCH_LIBRARY_FRAGMENT(fused_attn, m) {
+  m.def(
+      "_single_launch_plan(int N, int C, int HW, int rd, str dtype, bool channels_last, bool two_layer, "
+      "bool with_max, bool eca, bool backward, bool force, bool aligned, int sms, int smem_optin) -> int[]",
+      &single_launch_plan);
+}
 
 void* ptr_or_null(at::Tensor& t) { return t.numel() ? t.data_ptr() : nullptr; }
 const void* ptr_or_null(const at::Tensor& t) { return t.defined() && t.numel() ? t.const_data_ptr() : nullptr; }

@@ -141,6 +141,9 @@ struct SeFused {
 // of x's bytes. Needs every field above the plan, and the x / y / dy / dx
 // pointers (their alignment picks `vec`).
 bool se_fused_plan(SeFused& p, bool backward, bool force);
+// The same plan for an sm_90 device with these limits, without asking the
+// runtime whether it can run it (no device needed: for tests of the planner).
+bool se_fused_plan_for(SeFused& p, bool backward, bool force, int sms, int64_t smem_optin);
 cudaError_t se_fused_forward(const SeFused& p, cudaStream_t stream);
 cudaError_t se_fused_backward(const SeFused& p, cudaStream_t stream);
 

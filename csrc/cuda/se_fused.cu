@@ -190,6 +190,17 @@ struct Slice {
   }
 };
 
+// The slice of block `rank` of the cluster blockIdx.y.
+template <bool CL>
+__device__ __forceinline__ Slice<CL> block_slice(const SeFused& p, int rank) {
+  Slice<CL> sl;
+  sl.C = p.C, sl.HW = p.HW, sl.cb = p.cb;
+  sl.c0 = rank * p.cb;
+  sl.cbn = max(int64_t{0}, min(p.cb, p.C - sl.c0));
+  sl.n0 = static_cast<int64_t>(blockIdx.y) * p.group;
+  return sl;
+}
+
 // Starts copying the block's slices of G samples of src into the tile:
 // 16-byte asynchronous copies when V > 1 (the plan checked alignment), else
 // plain loads. tiles_ready() waits for every copy the block started.
@@ -435,11 +446,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_forward_kernel(cons
   const int rank = static_cast<int>(cluster.block_rank());
   const int K = p.cluster;
   const int64_t C = p.C, HW = p.HW, rd = p.rd;
-  Slice<CL> sl;
-  sl.C = C, sl.HW = HW, sl.cb = p.cb;
-  sl.c0 = rank * p.cb;
-  sl.cbn = max(int64_t{0}, min(p.cb, C - sl.c0));
-  sl.n0 = static_cast<int64_t>(blockIdx.y) * p.group;
+  const Slice<CL> sl = block_slice<CL>(p, rank);
   const int64_t G = min(p.group, p.N - sl.n0);
   const Smem lay = smem_layout(p.group, p.cb, HW, C, rd, p.two_layer, sizeof(T), false, p.staged, eca_part(p));
   T* tile = reinterpret_cast<T*>(smem_raw + lay.tile_x);
@@ -548,11 +555,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_backward_kernel(con
   const int rank = static_cast<int>(cluster.block_rank());
   const int K = p.cluster;
   const int64_t C = p.C, HW = p.HW, rd = p.rd;
-  Slice<CL> sl;
-  sl.C = C, sl.HW = HW, sl.cb = p.cb;
-  sl.c0 = rank * p.cb;
-  sl.cbn = max(int64_t{0}, min(p.cb, C - sl.c0));
-  sl.n0 = static_cast<int64_t>(blockIdx.y) * p.group;
+  const Slice<CL> sl = block_slice<CL>(p, rank);
   const int64_t G = min(p.group, p.N - sl.n0);
   const int64_t grp = blockIdx.y;
   const Smem lay = smem_layout(p.group, p.cb, HW, C, rd, p.two_layer, sizeof(T), true, p.staged, eca_part(p));
@@ -846,9 +849,10 @@ bool runnable(KernelPtr<T> k, const SeFused& p, const DeviceInfo& dev) {
   return ok;
 }
 
-template <typename T, bool BWD>
-bool plan_for(SeFused& p, bool force) {
-  const DeviceInfo dev = device_info();
+// The plan for a device with `dev`'s limits; accept(p) has the last word on
+// each candidate (whether the device can run it), widest cluster first.
+template <typename T, bool BWD, typename Accept>
+bool plan_for(SeFused& p, bool force, const DeviceInfo& dev, Accept accept) {
   if (dev.major < 9 || p.N <= 0 || p.C <= 0 || p.HW <= 0) return false;
   const int elem = sizeof(T);
   const int V = kVec<T>;
@@ -924,7 +928,7 @@ bool plan_for(SeFused& p, bool force) {
             p.vec = vec;
             p.staged = !p.eca && (staged || bytes(G, cb, true) <= budget);  // ECA reads its k weights directly
             p.smem = bytes(G, cb, p.staged);
-            if (runnable<T>(kernel_for<T, BWD>(p.channels_last, p.vec), p, dev)) return true;
+            if (accept(p)) return true;
           }
           return false;
         }
@@ -955,19 +959,36 @@ auto dispatch_fused(DType dt, F&& f) {
   return f(nullptr);
 }
 
-}  // namespace
-
-bool se_fused_plan(SeFused& p, bool backward, bool force) {
+// plan_for on `dev`, each candidate checked by runnable() (check) or taken as it is.
+bool plan_on(SeFused& p, bool backward, bool force, const DeviceInfo& dev, bool check) {
   if (p.dtype == DType::F64) return false;  // float64 keeps the two-phase path (double accumulation)
   auto plan = [&](auto tag) -> bool {
     using T = decltype(tag);
     if constexpr (std::is_same_v<T, std::nullptr_t>) {
       return false;
     } else {
-      return backward ? plan_for<T, true>(p, force) : plan_for<T, false>(p, force);
+      auto accept = [&](const SeFused& q) {
+        if (!check) return true;
+        return runnable<T>(backward ? kernel_for<T, true>(q.channels_last, q.vec)
+                                    : kernel_for<T, false>(q.channels_last, q.vec),
+                           q, dev);
+      };
+      return backward ? plan_for<T, true>(p, force, dev, accept) : plan_for<T, false>(p, force, dev, accept);
     }
   };
   return dispatch_fused(p.dtype, plan);
+}
+
+}  // namespace
+
+bool se_fused_plan(SeFused& p, bool backward, bool force) { return plan_on(p, backward, force, device_info(), true); }
+
+bool se_fused_plan_for(SeFused& p, bool backward, bool force, int sms, int64_t smem_optin) {
+  DeviceInfo dev;
+  dev.major = 9;
+  dev.sms = sms;
+  dev.smem_optin = smem_optin;
+  return plan_on(p, backward, force, dev, false);
 }
 
 cudaError_t se_fused_forward(const SeFused& p, cudaStream_t stream) {
