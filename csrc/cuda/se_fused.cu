@@ -51,7 +51,9 @@ namespace {
 
 namespace cg = cooperative_groups;
 
-constexpr int kFusedThreads = 512;
+// 256 threads, at most 128 registers each: two blocks fit on a multiprocessor (the
+// planner sizes blocks so that their shared memory lets them).
+constexpr int kFusedThreads = 256;
 [[maybe_unused]] constexpr int kWarps = kFusedThreads / 32;
 
 // ---- the excitation's element functions (ATen's formulas, in float) ----
@@ -162,30 +164,42 @@ __host__ __device__ inline int64_t eca_part(const SeFused& p) { return p.eca ? p
 // ---- the pieces both kernels share ----
 
 // Where the block's slice of sample g sits in global memory and in the tile.
+// Tile offsets are 32-bit (a tile fits in a block's shared memory), global
+// ones 64-bit.
 template <bool CL>
 struct Slice {
-  int64_t C, HW, cb, cbn, c0, n0;
+  int64_t C, c0, n0;
+  int HW, cb, cbn;
   // Packs of V elements in the slice of one sample.
-  __device__ __forceinline__ int64_t packs(int V) const { return cbn * HW / V; }
-  // Global element offset and tile element offset of pack i of sample g.
-  __device__ __forceinline__ void at(int64_t g, int64_t i, int V, int64_t& glob, int64_t& loc) const {
+  __device__ __forceinline__ int packs(int V) const { return cbn * HW / V; }
+  // Pack i of sample g: its global and tile element offsets, and the local
+  // channel and pixel of its first element.
+  __device__ __forceinline__ void at(int g, int i, int V, int64_t& glob, int& loc, int& c, int& hw) const {
     if constexpr (!CL) {
-      const int64_t e = i * V;
+      const int e = i * V;
       glob = ((n0 + g) * C + c0) * HW + e;
       loc = g * cb * HW + e;
+      c = e / HW;
+      hw = e - c * HW;
     } else {
-      const int64_t per_row = cbn / V;
-      const int64_t hw = i / per_row, j = (i - hw * per_row) * V;
-      glob = ((n0 + g) * HW + hw) * C + c0 + j;
-      loc = (g * HW + hw) * cb + j;
+      const int per_row = cbn / V;
+      hw = i / per_row;
+      c = (i - hw * per_row) * V;
+      glob = ((n0 + g) * HW + hw) * C + c0 + c;
+      loc = (g * HW + hw) * cb + c;
     }
   }
-  // The local channel of tile element loc of sample g.
-  __device__ __forceinline__ int64_t channel(int64_t g, int64_t loc) const {
-    return CL ? loc % cb : (loc - g * cb * HW) / HW;
+  // (c, hw) of the element after (c, hw) in the tile's order.
+  __device__ __forceinline__ void next(int& c, int& hw) const {
+    if constexpr (CL) {
+      ++c;
+    } else if (++hw == HW) {
+      hw = 0;
+      ++c;
+    }
   }
   // The tile offset of (sample g, local channel c, pixel hw).
-  __device__ __forceinline__ int64_t elem(int64_t g, int64_t c, int64_t hw) const {
+  __device__ __forceinline__ int elem(int g, int c, int hw) const {
     return CL ? (g * HW + hw) * cb + c : (g * cb + c) * HW + hw;
   }
 };
@@ -194,10 +208,12 @@ struct Slice {
 template <bool CL>
 __device__ __forceinline__ Slice<CL> block_slice(const SeFused& p, int rank) {
   Slice<CL> sl;
-  sl.C = p.C, sl.HW = p.HW, sl.cb = p.cb;
+  sl.C = p.C;
   sl.c0 = rank * p.cb;
-  sl.cbn = max(int64_t{0}, min(p.cb, p.C - sl.c0));
   sl.n0 = static_cast<int64_t>(blockIdx.y) * p.group;
+  sl.HW = static_cast<int>(p.HW);
+  sl.cb = static_cast<int>(p.cb);
+  sl.cbn = static_cast<int>(max(int64_t{0}, min(p.cb, p.C - sl.c0)));
   return sl;
 }
 
@@ -206,11 +222,12 @@ __device__ __forceinline__ Slice<CL> block_slice(const SeFused& p, int rank) {
 // plain loads. tiles_ready() waits for every copy the block started.
 template <typename T, bool CL, int V>
 __device__ void load_tile(const Slice<CL>& sl, int64_t G, const T* __restrict__ src, T* tile) {
-  const int64_t per = sl.packs(V), total = G * per;
-  for (int64_t i = threadIdx.x; i < total; i += kFusedThreads) {
-    const int64_t g = i / per;
-    int64_t glob, loc;
-    sl.at(g, i - g * per, V, glob, loc);
+  const int per = sl.packs(V), total = static_cast<int>(G) * per;
+  for (int i = threadIdx.x; i < total; i += kFusedThreads) {
+    const int g = i / per;
+    int64_t glob;
+    int loc, c, hw;
+    sl.at(g, i - g * per, V, glob, loc, c, hw);
     if constexpr (V > 1) {
       __pipeline_memcpy_async(tile + loc, src + glob, sizeof(T) * V);
     } else {
@@ -283,7 +300,7 @@ __device__ void reduce_tile(const Slice<CL>& sl, int64_t G, bool with_max, float
   const int64_t items = G * sl.cbn;
   for (int64_t first = 0; first < items; first += kFusedThreads) {
     const int64_t n_items = min(items - first, int64_t{kFusedThreads});
-    const int64_t parts = max(int64_t{1}, min(sl.HW, int64_t{kFusedThreads} / n_items));
+    const int64_t parts = max(int64_t{1}, min(int64_t{sl.HW}, int64_t{kFusedThreads} / n_items));
     const int64_t t = threadIdx.x;
     if (t < n_items * parts) {
       const int64_t item = first + (CL ? t % n_items : t / parts);
@@ -420,18 +437,21 @@ __device__ void gather_cluster(Cluster& cluster, const float* own, float* part, 
 // a, b) of the elements a of tile ta and b of tile tb (0 without one).
 template <typename T, bool CL, int V, typename F>
 __device__ void store_tile(const Slice<CL>& sl, int64_t G, T* __restrict__ out, const T* ta, const T* tb, F f) {
-  const int64_t per = sl.packs(V), total = G * per;
-  for (int64_t i = threadIdx.x; i < total; i += kFusedThreads) {
-    const int64_t g = i / per;
-    int64_t glob, loc;
-    sl.at(g, i - g * per, V, glob, loc);
+  const int per = sl.packs(V), total = static_cast<int>(G) * per;
+  for (int i = threadIdx.x; i < total; i += kFusedThreads) {
+    const int g = i / per;
+    int64_t glob;
+    int loc, c, hw;
+    sl.at(g, i - g * per, V, glob, loc, c, hw);
     const Pack<T, V> a = load_pack<T, V>(ta + loc);
     Pack<T, V> b;
     if (tb != nullptr) b = load_pack<T, V>(tb + loc);
     Pack<T, V> r;
 #pragma unroll
-    for (int k = 0; k < V; ++k)
-      r.v[k] = from_acc<T>(f(g, sl.channel(g, loc + k), to_acc(a.v[k]), tb != nullptr ? to_acc(b.v[k]) : 0.f));
+    for (int k = 0; k < V; ++k) {
+      r.v[k] = from_acc<T>(f(g, c, to_acc(a.v[k]), tb != nullptr ? to_acc(b.v[k]) : 0.f));
+      sl.next(c, hw);
+    }
     store_pack<T, V>(out + glob, r);
   }
 }
@@ -439,7 +459,7 @@ __device__ void store_tile(const Slice<CL>& sl, int64_t G, T* __restrict__ out, 
 // ---- forward ----
 
 template <typename T, bool CL, int V>
-__global__ void __launch_bounds__(kFusedThreads, 1) se_fused_forward_kernel(const SeFused p) {
+__global__ void __launch_bounds__(kFusedThreads, 2) se_fused_forward_kernel(const SeFused p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ __align__(16) unsigned char smem_raw[];
   cg::cluster_group cluster = cg::this_cluster();
@@ -548,7 +568,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) se_fused_forward_kernel(cons
 // ---- backward ----
 
 template <typename T, bool CL, int V>
-__global__ void __launch_bounds__(kFusedThreads, 1) se_fused_backward_kernel(const SeFused p) {
+__global__ void __launch_bounds__(kFusedThreads, 2) se_fused_backward_kernel(const SeFused p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ __align__(16) unsigned char smem_raw[];
   cg::cluster_group cluster = cg::this_cluster();
