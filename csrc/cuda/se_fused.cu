@@ -547,13 +547,13 @@ __global__ void __launch_bounds__(kFusedThreads, 2) se_fused_forward_kernel(cons
         own_gate[g * p.cb + c] = gate_fwd(p.gate, z);
       }
     } else {
-    warp_rows(sl.cbn, C, G, vec, C,
-              [&](int64_t c, int64_t i) { return W1(c, i); },
-              [&](int64_t g, int64_t c, float z) {
-                if (b1 != nullptr) z += ld(b1, sl.c0 + c);
-                static_cast<float*>(p.logits)[(sl.n0 + g) * C + sl.c0 + c] = z;
-                own_gate[g * p.cb + c] = gate_fwd(p.gate, z);
-              });
+      warp_rows(sl.cbn, C, G, vec, C,
+                [&](int64_t c, int64_t i) { return W1(c, i); },
+                [&](int64_t g, int64_t c, float z) {
+                  if (b1 != nullptr) z += ld(b1, sl.c0 + c);
+                  static_cast<float*>(p.logits)[(sl.n0 + g) * C + sl.c0 + c] = z;
+                  own_gate[g * p.cb + c] = gate_fwd(p.gate, z);
+                });
     }
   }
   __syncthreads();
