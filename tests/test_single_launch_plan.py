@@ -122,14 +122,23 @@ def test_every_shape_the_gpu_tests_force_has_a_plan(dtype):
 
 
 def test_what_the_readme_says_about_the_resnet50_sites():
+    # SE: one launch at every site, batch, dtype and layout but these.
+    for C, H in ((256, 56), (512, 28), (1024, 14), (2048, 7)):
+        for N in (1, 32, 128):
+            for dtype in ("float32", "bfloat16"):
+                for cl in (False, True):
+                    for bwd in (False, True):
+                        p = plan(N, C, H * H, C // 16, dtype, cl=cl, backward=bwd)
+                        f32_bwd = dtype == "float32" and bwd
+                        two_phase = ((C == 2048 and N > 1)                 # weights large next to a sample
+                                     or (f32_bwd and C == 256)             # dy and x slices too big
+                                     or (f32_bwd and C == 1024 and N > 1))  # weight-gradient partials
+                        assert (p is None) == two_phase, (C, H, N, dtype, cl, bwd)
     for dtype in ("float32", "bfloat16"):
         for bwd in (False, True):
             # N = 1 at 2048×7²: one launch, on a cluster of 16 blocks.
             p = plan(1, 2048, 49, 128, dtype, backward=bwd)
             assert p is not None and p.cluster == 16 and p.groups == 1
-            # Larger batches there: the weights (1 MB of bf16 per 200 KB sample) keep it two-phase.
-            for N in (32, 128):
-                assert plan(N, 2048, 49, 128, dtype, backward=bwd) is None
             # Every ECA site at every benchmarked batch: one launch, but for
             # the float32 backward at 256×56², whose dy and x slices (401 KB
             # a block in a cluster of 16) do not fit.
