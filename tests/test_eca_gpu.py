@@ -6,7 +6,7 @@ import torch
 import fused_attn
 
 from .test_eca import OPCHECK_CASES, SHAPES, VARIANTS, check_eca_against_reference, eca_sample, run_eca
-from .utils import DTYPES, FORMATS, cuda_path_fixture, gpu_backend_fixture, ids
+from .utils import DTYPES, FORMATS, cuda_kernels_launched, cuda_path_fixture, gpu_backend_fixture, ids
 
 pytestmark = pytest.mark.gpu
 
@@ -61,6 +61,29 @@ def test_cuda_paths_deterministic(cuda_path, shape):
     for _ in range(3):
         for a, b in zip(first, step()):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_one_launch_per_direction_at_n1(monkeypatch, memory_format):
+    """One kernel each for eca_forward and eca_backward at N = 1, 2048×7²
+    (auto path, outputs not poisoned)."""
+    if "cuda" not in fused_attn.backends()["cuda"].devices:
+        pytest.skip(fused_attn.backends()["cuda"].detail)
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the single launch needs thread-block clusters (sm_90 or newer)")
+    monkeypatch.delenv("FUSED_ATTN_DEBUG_POISON", raising=False)
+    monkeypatch.delenv("FUSED_ATTN_CUDA_PATH", raising=False)
+    variant = VARIANTS[3]
+    x, w, b = eca_sample((1, 2048, 7, 7), torch.bfloat16, memory_format, variant, seed=3, device="cuda")
+    outs = {}
+    fwd = cuda_kernels_launched(
+        lambda: outs.update(f=torch.ops.fused_attn.eca_forward(x, w, b, variant.padding, variant.gate)))
+    assert len(fwd) == 1, fwd
+    _, pooled, logits = outs["f"]
+    dy = torch.randn_like(x)
+    bwd = cuda_kernels_launched(lambda: torch.ops.fused_attn.eca_backward(
+        dy, x, w, pooled, logits, variant.padding, variant.gate, b is not None))
+    assert len(bwd) == 1, bwd
 
 
 @pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])

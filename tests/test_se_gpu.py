@@ -9,7 +9,7 @@ import fused_attn
 
 from .test_se_ops import OPCHECK_CASES, check_compile_fullgraph
 from .utils import (DTYPES, FORMATS, SHAPES, VARIANTS, SEVariant, assert_close, check_se_against_reference, ids,
-                    cuda_path_fixture, gpu_backend_fixture, misaligned_copy, reference64, se_kwargs, se_sample)
+                    cuda_kernels_launched, cuda_path_fixture, gpu_backend_fixture, misaligned_copy, reference64, se_kwargs, se_sample)
 
 pytestmark = pytest.mark.gpu
 
@@ -97,6 +97,30 @@ def test_cuda_paths_deterministic(se_cuda_path, shape):
     for _ in range(3):
         for a, b in zip(first, _forward_backward(inputs, variant, dy)):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+def test_one_launch_per_direction_at_n1(monkeypatch, dtype, memory_format):
+    """Issue 3's N = 1 target at the last ResNet-50 site: se_forward and
+    se_backward each launch one kernel (auto path, outputs not poisoned)."""
+    if "cuda" not in fused_attn.backends()["cuda"].devices:
+        pytest.skip(fused_attn.backends()["cuda"].detail)
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the single launch needs thread-block clusters (sm_90 or newer)")
+    monkeypatch.delenv("FUSED_ATTN_DEBUG_POISON", raising=False)
+    monkeypatch.delenv("FUSED_ATTN_CUDA_PATH", raising=False)
+    variant = SEVariant()
+    x, w1, b1, w2, b2 = se_sample((1, 2048, 7, 7), dtype, memory_format, variant, seed=3, device="cuda")
+    args = (x, w1, b1, w2, b2, variant.act, variant.gate, variant.pool)
+    outs = {}
+    fwd = cuda_kernels_launched(lambda: outs.update(f=torch.ops.fused_attn.se_forward(*args)))
+    assert len(fwd) == 1, fwd
+    _, pooled, maxv, hidden, logits = outs["f"]
+    dy = torch.randn_like(x)
+    bwd = cuda_kernels_launched(lambda: torch.ops.fused_attn.se_backward(
+        dy, x, w1, w2, pooled, maxv, hidden, logits, variant.act, variant.gate, variant.pool, True, True))
+    assert len(bwd) == 1, bwd
 
 
 def test_forced_single_launch_refuses_what_it_cannot_run(monkeypatch):

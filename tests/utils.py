@@ -208,6 +208,27 @@ def cuda_path_fixture():
     return cuda_path
 
 
+def cuda_kernels_launched(fn):
+    """The names of the CUDA kernels fn() launches, from the profiler. A copy
+    run first in the same profile is the sentinel: if the profiler saw no
+    kernel for it (no CUPTI here), the count cannot be taken and the test is
+    skipped rather than passed."""
+    probe = torch.ones(1024, device="cuda")
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        probe.clone()
+        torch.cuda.synchronize()
+        with torch.profiler.record_function("fn"):
+            fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if not kernels:
+        pytest.skip("the profiler recorded no CUDA kernels (no CUPTI?): launches cannot be counted")
+    # The sentinel's copy kernel comes first in time.
+    kernels.sort(key=lambda e: e.time_range.start)
+    return [e.name for e in kernels[1:]]
+
+
 def misaligned_copy(x):
     """x copied into storage that starts one element past a 16-byte boundary,
     in x's memory format (NCHW or channels_last): the kernels' scalar paths."""
