@@ -6,7 +6,8 @@ import torch
 import fused_attn
 
 from .test_eca import OPCHECK_CASES, SHAPES, VARIANTS, check_eca_against_reference, eca_sample, run_eca
-from .utils import DTYPES, FORMATS, cuda_kernels_launched, cuda_path_fixture, gpu_backend_fixture, ids
+from .utils import (DTYPES, FORMATS, cuda_kernels_launched, cuda_path_fixture, gpu_backend_fixture, ids,
+                    require_cuda_backend)
 
 pytestmark = pytest.mark.gpu
 
@@ -67,10 +68,7 @@ def test_cuda_paths_deterministic(cuda_path, shape):
 def test_one_launch_per_direction_at_n1(monkeypatch, memory_format):
     """One kernel each for eca_forward and eca_backward at N = 1, 2048×7²
     (auto path, outputs not poisoned)."""
-    if "cuda" not in fused_attn.backends()["cuda"].devices:
-        pytest.skip(fused_attn.backends()["cuda"].detail)
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("the single launch needs thread-block clusters (sm_90 or newer)")
+    require_cuda_backend(single_launch=True)
     monkeypatch.delenv("FUSED_ATTN_DEBUG_POISON", raising=False)
     monkeypatch.delenv("FUSED_ATTN_CUDA_PATH", raising=False)
     variant = VARIANTS[3]

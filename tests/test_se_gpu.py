@@ -9,7 +9,8 @@ import fused_attn
 
 from .test_se_ops import OPCHECK_CASES, check_compile_fullgraph
 from .utils import (DTYPES, FORMATS, SHAPES, VARIANTS, SEVariant, assert_close, check_se_against_reference, ids,
-                    cuda_kernels_launched, cuda_path_fixture, gpu_backend_fixture, misaligned_copy, reference64, se_kwargs, se_sample)
+                    cuda_kernels_launched, cuda_path_fixture, gpu_backend_fixture, misaligned_copy,
+                    require_cuda_backend, reference64, se_kwargs, se_sample)
 
 pytestmark = pytest.mark.gpu
 
@@ -104,10 +105,7 @@ def test_cuda_paths_deterministic(se_cuda_path, shape):
 def test_one_launch_per_direction_at_n1(monkeypatch, dtype, memory_format):
     """Issue 3's N = 1 target at the last ResNet-50 site: se_forward and
     se_backward each launch one kernel (auto path, outputs not poisoned)."""
-    if "cuda" not in fused_attn.backends()["cuda"].devices:
-        pytest.skip(fused_attn.backends()["cuda"].detail)
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("the single launch needs thread-block clusters (sm_90 or newer)")
+    require_cuda_backend(single_launch=True)
     monkeypatch.delenv("FUSED_ATTN_DEBUG_POISON", raising=False)
     monkeypatch.delenv("FUSED_ATTN_CUDA_PATH", raising=False)
     variant = SEVariant()

@@ -187,6 +187,16 @@ def gpu_backend_fixture(force=True):
     return backend
 
 
+def require_cuda_backend(single_launch=False):
+    """Skips unless the CUDA backend runs here and, with single_launch, the
+    device has the thread-block clusters the single launch needs."""
+    status = fused_attn.backends()["cuda"]
+    if "cuda" not in status.devices:
+        pytest.skip(status.detail)
+    if single_launch and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the single launch needs thread-block clusters (sm_90 or newer)")
+
+
 def cuda_path_fixture():
     """A fixture over the CUDA backend's two SE / ECA paths, each forced with
     FUSED_ATTN_CUDA_PATH (csrc/cuda/channel_gate.h): the single launch
@@ -196,11 +206,7 @@ def cuda_path_fixture():
 
     @pytest.fixture(params=["fused", "two_phase"])
     def cuda_path(request, monkeypatch):
-        status = fused_attn.backends()["cuda"]
-        if "cuda" not in status.devices:
-            pytest.skip(status.detail)
-        if request.param == "fused" and torch.cuda.get_device_capability()[0] < 9:
-            pytest.skip("the single launch needs thread-block clusters (sm_90 or newer)")
+        require_cuda_backend(single_launch=request.param == "fused")
         monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", request.param)
         with fused_attn.use_backend("cuda"):
             yield request.param

@@ -7,6 +7,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/div.h>
+#include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -72,6 +73,22 @@ bool plan_single_launch(SeFused& f, const Geometry& geo, bool backward) {
   return ok;
 }
 
+void* ptr_or_null(at::Tensor& t) { return t.defined() && t.numel() ? t.data_ptr() : nullptr; }
+const void* ptr_or_null(const at::Tensor& t) { return t.defined() && t.numel() ? t.const_data_ptr() : nullptr; }
+
+at::Tensor single_launch_grad(const SeFused& f, const at::Tensor& like, c10::IntArrayRef shape) {
+  const bool partial = f.groups > 1;
+  std::vector<int64_t> sizes(shape.begin(), shape.end());
+  if (partial) sizes.insert(sizes.begin(), f.groups);
+  at::Tensor t = at::empty(sizes, like.options().dtype(partial ? at::kFloat : like.scalar_type()));
+  maybe_poison(t);
+  return t;
+}
+
+at::Tensor single_launch_grad_result(const SeFused& f, const at::Tensor& grad, const at::Tensor& like) {
+  return weight_grad_or_empty(f.groups > 1 && grad.defined() ? grad.sum(0) : grad, like);
+}
+
 namespace {
 
 // For tests of the planner on any machine with the CUDA build: the plan
@@ -112,8 +129,6 @@ TORCH_LIBRARY_FRAGMENT(fused_attn, m) {
       &single_launch_plan);
 }
 
-void* ptr_or_null(at::Tensor& t) { return t.numel() ? t.data_ptr() : nullptr; }
-const void* ptr_or_null(const at::Tensor& t) { return t.defined() && t.numel() ? t.const_data_ptr() : nullptr; }
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
 

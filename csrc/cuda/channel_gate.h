@@ -39,6 +39,18 @@ Pass pass_of(const Geometry& geo) {
 // runs this call.
 bool plan_single_launch(SeFused& f, const Geometry& geo, bool backward);
 
+// A weight gradient the single launch writes (planned in f): [*shape] in
+// like's dtype with one group, else float partials [groups, *shape]; and the
+// gradient as the backward op returns it, the partials summed over groups
+// (a fixed-order reduction) and converted (weight_grad_or_empty).
+at::Tensor single_launch_grad(const SeFused& f, const at::Tensor& like, c10::IntArrayRef shape);
+at::Tensor single_launch_grad_result(const SeFused& f, const at::Tensor& grad, const at::Tensor& like);
+
+// A tensor's data, or null when it is undefined or empty (absent outputs and
+// optional weights).
+void* ptr_or_null(at::Tensor& t);
+const void* ptr_or_null(const at::Tensor& t);
+
 // pooled [N, C] = mean_hw x, or 0.5·mean + 0.5·max with maxv [N, C] = max
 // (when maxv is not empty; with plain_mean, pooled is the mean itself).
 // Accumulation dtype.

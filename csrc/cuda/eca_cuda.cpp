@@ -52,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_forward_cuda(const at::Tensor
   if (plan_single_launch(f, geo, false)) {
     const at::Tensor wc = w.contiguous(), bc = b ? b->contiguous() : at::Tensor();
     f.w1 = wc.const_data_ptr();
-    f.b1 = bc.defined() ? bc.const_data_ptr() : nullptr;
+    f.b1 = ptr_or_null(bc);
     f.pooled = out.pooled.data_ptr();
     f.logits = out.logits.data_ptr();
     C10_CUDA_CHECK(se_fused_forward(f, c10::cuda::getCurrentCUDAStream()));
@@ -88,22 +88,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_backward_cuda(
     f.w1 = wc.const_data_ptr();
     f.saved_pooled = pooled.const_data_ptr();
     f.saved_logits = logits.const_data_ptr();
-    // The gradients in w's dtype with one group, else float partials [groups, ...] summed here.
-    const bool partial = f.groups > 1;
-    const auto gopts = w.options().dtype(partial ? at::kFloat : w.scalar_type());
-    at::Tensor dw = partial ? at::empty({f.groups, w.size(0)}, gopts) : at::empty({w.size(0)}, gopts);
-    at::Tensor db = !has_bias ? at::empty({0}, w.options()) : partial ? at::empty({f.groups, 1}, gopts)
-                                                                      : at::empty({1}, gopts);
-    maybe_poison(dw);
-    maybe_poison(db);
+    at::Tensor dw = single_launch_grad(f, w, {w.size(0)});
+    at::Tensor db = has_bias ? single_launch_grad(f, w, {1}) : at::Tensor();
     f.dw1 = dw.data_ptr();
-    f.db1 = has_bias ? db.data_ptr() : nullptr;
+    f.db1 = ptr_or_null(db);
     C10_CUDA_CHECK(se_fused_backward(f, c10::cuda::getCurrentCUDAStream()));
-    if (partial) {
-      dw = dw.sum(0).to(w.scalar_type());
-      if (has_bias) db = db.sum(0).to(w.scalar_type());
-    }
-    return {dx, dw, db};
+    return {dx, single_launch_grad_result(f, dw, w), single_launch_grad_result(f, db, w)};
   }
   at::Tensor s = at::empty({geo.N, geo.C}, opts);
   at::Tensor no_max = at::empty({0, 0}, opts);

@@ -26,7 +26,6 @@
 #include <torch/library.h>
 
 #include <tuple>
-#include <vector>
 
 namespace fused_attn::cuda {
 namespace {
@@ -48,9 +47,8 @@ SeFused se_variant(const at::Tensor& w1, bool two_layer, Act act, Gate gate, Poo
   return f;
 }
 
-// An optional weight, contiguous (undefined when absent), and its pointer.
+// An optional weight, contiguous (undefined when absent).
 at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) { return t ? t->contiguous() : at::Tensor(); }
-const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
 
 // out = v·wᵀ (+ b), into a preallocated output.
 void linear_into(at::Tensor& out, const at::Tensor& v, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
@@ -72,31 +70,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   f.w1 = w1c.const_data_ptr();
   f.w2 = ptr_or_null(w2c);
   f.saved_pooled = pooled.const_data_ptr();
-  f.saved_maxv = maxv.numel() ? maxv.const_data_ptr() : nullptr;
-  f.saved_hidden = hidden.numel() ? hidden.const_data_ptr() : nullptr;
+  f.saved_maxv = ptr_or_null(maxv);
+  f.saved_hidden = ptr_or_null(hidden);
   f.saved_logits = logits.const_data_ptr();
   const int64_t rd = w1.size(0), C = w1.size(1);
-  // Each gradient: [groups, *shape] float partials, or the final [*shape] in w1's dtype.
-  const bool partial = f.groups > 1;
-  auto grad = [&](std::initializer_list<int64_t> shape) {
-    std::vector<int64_t> sizes(shape);
-    if (partial) sizes.insert(sizes.begin(), f.groups);
-    at::Tensor t = at::empty(sizes, w1.options().dtype(partial ? at::kFloat : w1.scalar_type()));
-    maybe_poison(t);
-    return t;
-  };
-  at::Tensor dw1 = grad({rd, C});
-  at::Tensor db1 = has_b1 ? grad({rd}) : at::Tensor();
-  at::Tensor dw2 = w2 ? grad({C, rd}) : at::Tensor();
-  at::Tensor db2 = (w2 && has_b2) ? grad({C}) : at::Tensor();
+  at::Tensor dw1 = single_launch_grad(f, w1, {rd, C});
+  at::Tensor db1 = has_b1 ? single_launch_grad(f, w1, {rd}) : at::Tensor();
+  at::Tensor dw2 = w2 ? single_launch_grad(f, w1, {C, rd}) : at::Tensor();
+  at::Tensor db2 = (w2 && has_b2) ? single_launch_grad(f, w1, {C}) : at::Tensor();
   f.dw1 = dw1.data_ptr();
-  f.db1 = db1.defined() ? db1.data_ptr() : nullptr;
-  f.dw2 = dw2.defined() ? dw2.data_ptr() : nullptr;
-  f.db2 = db2.defined() ? db2.data_ptr() : nullptr;
+  f.db1 = ptr_or_null(db1);
+  f.dw2 = ptr_or_null(dw2);
+  f.db2 = ptr_or_null(db2);
   C10_CUDA_CHECK(se_fused_backward(f, c10::cuda::getCurrentCUDAStream()));
-  auto finish = [&](const at::Tensor& t) { return partial && t.defined() ? t.sum(0) : t; };
-  return {dx, weight_grad_or_empty(finish(dw1), w1), weight_grad_or_empty(finish(db1), w1),
-          weight_grad_or_empty(finish(dw2), w1), weight_grad_or_empty(finish(db2), w1)};
+  return {dx, single_launch_grad_result(f, dw1, w1), single_launch_grad_result(f, db1, w1),
+          single_launch_grad_result(f, dw2, w1), single_launch_grad_result(f, db2, w1)};
 }
 
 }  // namespace
@@ -128,8 +116,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
     f.w2 = ptr_or_null(w2c);
     f.b2 = ptr_or_null(b2c);
     f.pooled = out.pooled.data_ptr();
-    f.maxv = out.maxv.numel() ? out.maxv.data_ptr() : nullptr;
-    f.hidden = out.hidden.numel() ? out.hidden.data_ptr() : nullptr;
+    f.maxv = ptr_or_null(out.maxv);
+    f.hidden = ptr_or_null(out.hidden);
     f.logits = out.logits.data_ptr();
     C10_CUDA_CHECK(se_fused_forward(f, c10::cuda::getCurrentCUDAStream()));
     return out.tuple();

@@ -773,7 +773,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2) se_fused_backward_kernel(con
 // ---- host: the plan and the launches ----
 
 struct DeviceInfo {
-  int major = 0, sms = 1;
+  int device = 0, major = 0, sms = 1;
   int64_t smem_optin = 0;
 };
 
@@ -782,6 +782,7 @@ DeviceInfo device_info() {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return {};
   DeviceInfo info;
+  info.device = dev;
   // majors[dev] is published last (release), so a reader that sees it (acquire) sees the rest.
   if (dev >= 0 && dev < 64 && majors[dev].load(std::memory_order_acquire) != 0) {
     info.major = majors[dev].load(std::memory_order_relaxed);
@@ -844,9 +845,7 @@ template <typename T>
 bool runnable(KernelPtr<T> k, const SeFused& p, const DeviceInfo& dev) {
   static std::mutex mu;
   static std::map<std::tuple<const void*, int, int, int64_t>, bool> known;
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  const auto key = std::make_tuple(reinterpret_cast<const void*>(k), device, p.cluster, p.smem);
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(k), dev.device, p.cluster, p.smem);
   const std::lock_guard<std::mutex> lock(mu);
   const auto it = known.find(key);
   if (it != known.end()) return it->second;
@@ -979,6 +978,19 @@ auto dispatch_fused(DType dt, F&& f) {
   return f(nullptr);
 }
 
+// launch_fused for p's element type (float64 has no single launch).
+template <bool BWD>
+cudaError_t launch_planned(const SeFused& p, cudaStream_t stream) {
+  return dispatch_fused(p.dtype, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<T, std::nullptr_t>) {
+      return cudaErrorInvalidValue;
+    } else {
+      return launch_fused<T, BWD>(p, stream);
+    }
+  });
+}
+
 // plan_for on `dev`, each candidate checked by runnable() (check) or taken as it is.
 bool plan_on(SeFused& p, bool backward, bool force, const DeviceInfo& dev, bool check) {
   if (p.dtype == DType::F64) return false;  // float64 keeps the two-phase path (double accumulation)
@@ -1011,26 +1023,8 @@ bool se_fused_plan_for(SeFused& p, bool backward, bool force, int sms, int64_t s
   return plan_on(p, backward, force, dev, false);
 }
 
-cudaError_t se_fused_forward(const SeFused& p, cudaStream_t stream) {
-  return dispatch_fused(p.dtype, [&](auto tag) -> cudaError_t {
-    using T = decltype(tag);
-    if constexpr (std::is_same_v<T, std::nullptr_t>) {
-      return cudaErrorInvalidValue;
-    } else {
-      return launch_fused<T, false>(p, stream);
-    }
-  });
-}
+cudaError_t se_fused_forward(const SeFused& p, cudaStream_t stream) { return launch_planned<false>(p, stream); }
 
-cudaError_t se_fused_backward(const SeFused& p, cudaStream_t stream) {
-  return dispatch_fused(p.dtype, [&](auto tag) -> cudaError_t {
-    using T = decltype(tag);
-    if constexpr (std::is_same_v<T, std::nullptr_t>) {
-      return cudaErrorInvalidValue;
-    } else {
-      return launch_fused<T, true>(p, stream);
-    }
-  });
-}
+cudaError_t se_fused_backward(const SeFused& p, cudaStream_t stream) { return launch_planned<true>(p, stream); }
 
 }  // namespace fused_attn::cuda
