@@ -5,11 +5,12 @@
 // (cbam_kernel_avx2.cpp); cbam_kernel.cpp picks one at run time. Included
 // inside `namespace fused_attn::cpu::<isa>` after se_cpu_kernels.h.
 //
-// Every loop runs over fixed-size blocks with one accumulator per lane, so it
-// vectorizes without reassociating a reduction: each result's order depends
-// on the shape alone. x1 = x·g is rounded to x's dtype (as the modules'
-// multiply rounds it) in every pass that uses it, identically, so the ties
-// the backward finds are the forward's.
+// The loops work on whole vectors straight from the tensors (GCC vector
+// extensions: 8 floats or 4 doubles, in both builds, so every reduction order
+// is the same in both), converting low-precision types on the way in and
+// out. Each reduction's order depends on the shape alone. x1 = x·g is rounded
+// to x's dtype (as the modules' multiply rounds it) in every pass that uses
+// it, identically, so the ties the backward finds are the forward's.
 //
 // Layout of one sample: NCHW rows are the H·W pixels of a channel;
 // channels_last rows are the C channels of a pixel.
@@ -38,24 +39,10 @@ inline void round_as(A* v, int64_t n) {
   }
 }
 
-// t[0, n) = x1 of the block v (x values) with gates g (per element) or gs (one).
-template <typename T, typename A>
-inline void x1_block(const A* v, const A* g, A* t, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) t[j] = v[j] * g[j];
-  round_as<T>(t, n);
-}
-template <typename T, typename A>
-inline void x1_block(const A* v, A gs, A* t, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) t[j] = v[j] * gs;
-  round_as<T>(t, n);
-}
-
 // ---- vectors ------------------------------------------------------------------
 // GCC's vector extensions, 32 bytes (8 floats, 4 doubles) in both builds (the
 // baseline build splits each into two SSE registers), so lane counts, and
-// with them every reduction order, are the same in both. GCC's
-// auto-vectorizer leaves the NaN-propagating max and the tie counts below
-// scalar; written on vectors they compile to compares and blends.
+// with them every reduction order, are the same in both.
 template <typename A> struct VecOf { typedef A type __attribute__((vector_size(32))); };
 template <typename A> using Vec = typename VecOf<A>::type;
 template <typename A> constexpr int64_t kW = 32 / sizeof(A);
@@ -75,131 +62,261 @@ template <typename A> inline __attribute__((always_inline)) Vec<A> vsplat(A a) {
 template <typename V> inline __attribute__((always_inline)) V vmax_nan(V m, V v) {
   return ((v > m) | (v != v)) ? v : m;
 }
-// The scalar one, without branches (`|`, not `||`: both sides are cheap).
-template <typename A> inline __attribute__((always_inline)) A smax_nan(A m, A v) {
-  const bool take = (v > m) | (v != v);
-  return take ? v : m;
-}
 // 1 where a == b, else 0, lane by lane.
 template <typename V> inline __attribute__((always_inline)) V veq01(V a, V b) {
   return (a == b) ? (V{} + 1) : V{};
 }
 
-// Runs vec(j) over the full vectors of a block of n elements and one(j) over
-// the rest.
-template <typename A, typename VecBody, typename OneBody>
-inline __attribute__((always_inline)) void over_block(int64_t n, VecBody&& vec, OneBody&& one) {
-  int64_t j = 0;
-  for (; j + kW<A> <= n; j += kW<A>) vec(j);
-  for (; j < n; ++j) one(j);
+// ---- whole vectors of T, in acc_t ---------------------------------------------
+// vload_t converts kW<A> elements of T on the way in, vstore_t on the way
+// out, vround_t rounds to T and back (x1 as the module stores it).
+typedef uint32_t U32x8 __attribute__((vector_size(32)));  // a float vector's bits
+typedef int32_t I32x8 __attribute__((vector_size(32)));
+// The same bits as another type of the same size (std::bit_cast, C++17).
+template <typename To, typename From>
+inline __attribute__((always_inline)) To bits_as(const From& f) {
+  static_assert(sizeof(To) == sizeof(From));
+  To t;
+  std::memcpy(&t, &f, sizeof t);
+  return t;
 }
 
-// Two reductions over a row [0, len): the first term summed, the second
-// summed or (kMax) maxed, in 2·kW lanes (two vectors, alternating) plus a
-// scalar tail, folded in a fixed order. vec(i, t0, t1) gives the terms of
-// elements i .. i + kW as vectors, one(i, t0, t1) of element i alone; both
-// see the row in blocks of kBlock (i relative to the block in `block`, which
-// starts the block: see each_block).
-template <bool kMax, typename A>
-struct Reduce2 {
-  Vec<A> a[2], b[2];
-  A ta = A(0), tb = kMax ? -std::numeric_limits<A>::infinity() : A(0);
-  int64_t k = 0;  // vectors folded so far
-  Reduce2() {
-    a[0] = a[1] = Vec<A>{};
-    b[0] = b[1] = vsplat(tb);
+template <typename T>
+inline __attribute__((always_inline)) Vec<acc_t<T>> vload_t(const T* p) {
+  using A = acc_t<T>;
+  if constexpr (std::is_same_v<T, A>) {
+    return vload(p);
+  } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    typedef uint16_t U16x8 __attribute__((vector_size(16)));
+    U16x8 h;
+    std::memcpy(&h, p, sizeof h);
+    const U32x8 b = __builtin_convertvector(h, U32x8) << 16;
+    return bits_as<Vec<A>>(b);
+  } else {
+#ifdef FUSED_ATTN_F16C
+    const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return bits_as<Vec<A>>(v);
+#else
+    Vec<A> v{};
+    for (int64_t j = 0; j < kW<A>; ++j) v[j] = static_cast<A>(p[j]);
+    return v;
+#endif
   }
-  inline __attribute__((always_inline)) void add(Vec<A> t0, Vec<A> t1) {
-    const int64_t u = k++ & 1;
-    a[u] += t0;
-    b[u] = kMax ? vmax_nan(b[u], t1) : b[u] + t1;
+}
+
+template <typename T>
+inline __attribute__((always_inline)) Vec<acc_t<T>> vround_t(Vec<acc_t<T>> v) {
+  using A = acc_t<T>;
+  if constexpr (std::is_same_v<T, A>) {
+    return v;
+  } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    // c10::BFloat16's rule: nearest, ties to even; NaN to the quiet NaN.
+    const U32x8 b = bits_as<U32x8>(v);
+    const U32x8 r = (b + 0x7FFFu + ((b >> 16) & 1u)) & 0xFFFF0000u;
+    const I32x8 mag = bits_as<I32x8>(b) & 0x7FFFFFFF;  // |v|'s bits, compared signed
+    const U32x8 out = (mag > 0x7F800000) ? (U32x8{} + 0x7FC00000u) : r;
+    return bits_as<Vec<A>>(out);
+  } else {
+#ifdef FUSED_ATTN_F16C
+    const __m256 r = _mm256_cvtph_ps(_mm256_cvtps_ph(bits_as<__m256>(v), _MM_FROUND_TO_NEAREST_INT));
+    return bits_as<Vec<A>>(r);
+#else
+    for (int64_t j = 0; j < kW<A>; ++j) v[j] = static_cast<A>(static_cast<T>(v[j]));
+    return v;
+#endif
   }
-  inline __attribute__((always_inline)) void add_scalar(A t0, A t1) {
-    ta += t0;
-    tb = kMax ? smax_nan(tb, t1) : tb + t1;
-  }
-  // Folds n values as both terms (their sum, and their sum or max).
-  inline __attribute__((always_inline)) void add_both(const A* v, int64_t n) {
-    over_block<A>(n, [&](int64_t j) { const Vec<A> u = vload(v + j); add(u, u); },
-                  [&](int64_t j) { add_scalar(v[j], v[j]); });
-  }
-  inline __attribute__((always_inline)) void result(A& r0, A& r1) const {
-    // Pairwise over the lanes (lane j takes lane j + w, w = kW/2 .. 1), by
-    // shuffles: the same order as a scalar tree, without its stores.
-    Vec<A> va = a[0] + a[1];
-    Vec<A> vb = kMax ? vmax_nan(b[0], b[1]) : b[0] + b[1];
-    fold<kW<A> / 2>(va, vb);
-    r0 = va[0] + ta;
-    r1 = kMax ? smax_nan(vb[0], tb) : vb[0] + tb;
-  }
-  template <int64_t w>
-  static inline __attribute__((always_inline)) void fold(Vec<A>& va, Vec<A>& vb) {
-    if constexpr (w > 0) {
-      MaskVec<A> m;
-      for (int64_t j = 0; j < kW<A>; ++j) m[j] = (j + w) % kW<A>;
-      va += __builtin_shuffle(va, m);
-      const Vec<A> hi = __builtin_shuffle(vb, m);
-      vb = kMax ? vmax_nan(vb, hi) : vb + hi;
-      fold<w / 2>(va, vb);
+}
+
+// Stores one vector as T; kNt: a streaming store (AVX2 build; p is then
+// aligned to the vector's size in T, as stream_output's whole-line rows are).
+template <bool kNt, typename T>
+inline __attribute__((always_inline)) void vstore_t(T* p, Vec<acc_t<T>> v) {
+  using A = acc_t<T>;
+#ifdef FUSED_ATTN_F16C
+  if constexpr (kNt) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm256_stream_ps(p, bits_as<__m256>(v));
+    } else if constexpr (std::is_same_v<T, double>) {
+      _mm256_stream_pd(p, bits_as<__m256d>(v));
+    } else {
+      A a[kW<A>];
+      T tmp[kW<A>];
+      std::memcpy(a, &v, sizeof a);
+      store_block(a, tmp, kW<A>);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp)));
     }
+    return;
   }
-};
-
-// Calls body(v, i, n) for the blocks of a row: v = elements i .. i + n in acc_t.
-template <typename T, typename Body>
-inline void each_block(const T* row, int64_t len, Body&& body) {
-  int64_t i = 0;
-  for_blocks<kBlock>(row, len, [&](const acc_t<T>* v, auto n) {
-    const int64_t m = n;
-    if (m > kBlock) __builtin_unreachable();  // tells GCC the block loops' bound
-    body(v, i, m);
-    i += m;
-  });
-}
-template <typename T, typename Body>
-inline void each_block2(const T* row_a, const T* row_b, int64_t len, Body&& body) {
-  int64_t i = 0;
-  for_blocks2<kBlock>(row_a, row_b, len, [&](const acc_t<T>* va, const acc_t<T>* vb, auto n) {
-    const int64_t m = n;
-    if (m > kBlock) __builtin_unreachable();
-    body(va, vb, i, m);
-    i += m;
-  });
-}
-
-// sum[j] += v[j], mx[j] = max(mx[j], v[j]) (NaN-propagating) for j < n.
-template <typename A>
-inline void add_max_into(const A* v, int64_t n, A* sum, A* mx) {
-  constexpr int64_t W = kW<A>;
-  int64_t j = 0;
-  for (; j + W <= n; j += W) {
-    const Vec<A> t = vload(v + j);
-    vstore(sum + j, vload(sum + j) + t);
-    vstore(mx + j, vmax_nan(vload(mx + j), t));
-  }
-  for (; j < n; ++j) {
-    sum[j] += v[j];
-    mx[j] = max_nan(mx[j], v[j]);
+#endif
+  if constexpr (std::is_same_v<T, A>) {
+    vstore(p, v);
+  } else {
+    A a[kW<A>];
+    std::memcpy(a, &v, sizeof a);
+    store_block(a, p, kW<A>);
   }
 }
 
-// sum[j] += a[j]·b[j], cnt[j] += (b[j] == ref[j]) for j < n.
-template <typename A>
-inline void add_prod_count_into(const A* a, const A* b, const A* ref, int64_t n, A* sum, A* cnt) {
-  constexpr int64_t W = kW<A>;
-  int64_t j = 0;
-  for (; j + W <= n; j += W) {
-    const Vec<A> u = vload(b + j);
-    vstore(sum + j, vload(sum + j) + vload(a + j) * u);
-    vstore(cnt + j, vload(cnt + j) + veq01(u, vload(ref + j)));
+// Scalar forms of the same, for the tails.
+template <typename T>
+inline acc_t<T> round_t(acc_t<T> a) {
+  if constexpr (std::is_same_v<T, acc_t<T>>) {
+    return a;
+  } else {
+    acc_t<T> v[1] = {a};
+    round_as<T>(v, 1);
+    return v[0];
   }
-  for (; j < n; ++j) {
-    sum[j] += a[j] * b[j];
-    cnt[j] += b[j] == ref[j] ? A(1) : A(0);
+}
+template <typename T>
+inline void store_t(T* p, acc_t<T> a) {
+  if constexpr (std::is_same_v<T, acc_t<T>>) {
+    *p = a;
+  } else {
+    store_block(&a, p, 1);
+  }
+}
+
+// The max without NaN checks (one instruction: keeps m when v is NaN). The
+// passes that use it take the sum of the same values beside it, which any
+// NaN makes NaN, and take the max again with the checks only there.
+template <typename V> inline __attribute__((always_inline)) V vmax_fast(V m, V v) { return (v > m) ? v : m; }
+
+// Folds the lanes of va (summed) and vb (summed, or kMax: maxed with NaN
+// checks) pairwise: lane j takes lane j + w for w = kW/2 .. 1, by shuffles
+// (the order of a scalar tree, without its stores). Lane 0 holds the result.
+template <bool kMax, int64_t w, typename A>
+inline __attribute__((always_inline)) void fold_lanes(Vec<A>& va, Vec<A>& vb) {
+  if constexpr (w > 0) {
+    MaskVec<A> m;
+    for (int64_t j = 0; j < kW<A>; ++j) m[j] = (j + w) % kW<A>;
+    va += __builtin_shuffle(va, m);
+    const Vec<A> hi = __builtin_shuffle(vb, m);
+    vb = kMax ? vmax_nan(vb, hi) : vb + hi;
+    fold_lanes<kMax, w / 2, A>(va, vb);
   }
 }
 
 // ---- forward ------------------------------------------------------------------
+
+// The sum and the max of a row of n values v(j) = x[j] (kScale: x1 = x[j]·g[j],
+// rounded to T), vectors alternating between two accumulators (vector k into
+// k mod 2), then the scalar tail, folded pairwise: the order depends on n
+// alone. The max is NaN-checked only when the sum is NaN.
+template <bool kScale, typename T>
+inline void row_sum_max(const T* x, const acc_t<T>* g, int64_t n, acc_t<T>& sum, acc_t<T>& mx) {
+  using A = acc_t<T>;
+  constexpr int64_t W = kW<A>;
+  constexpr A kLowest = -std::numeric_limits<A>::infinity();
+  auto val = [&](int64_t j) __attribute__((always_inline)) {
+    if constexpr (kScale) return vround_t<T>(vload_t(x + j) * vload(g + j));
+    else return vload_t(x + j);
+  };
+  auto one = [&](int64_t j) __attribute__((always_inline)) {
+    if constexpr (kScale) return round_t<T>(static_cast<A>(x[j]) * g[j]);
+    else return static_cast<A>(x[j]);
+  };
+  Vec<A> a0{}, a1{}, b0 = vsplat(kLowest), b1 = b0;
+  int64_t j = 0;
+  for (; j + 2 * W <= n; j += 2 * W) {
+    const Vec<A> u0 = val(j), u1 = val(j + W);
+    a0 += u0;
+    a1 += u1;
+    b0 = vmax_fast(b0, u0);
+    b1 = vmax_fast(b1, u1);
+  }
+  if (j + W <= n) {
+    const Vec<A> u0 = val(j);
+    a0 += u0;
+    b0 = vmax_fast(b0, u0);
+    j += W;
+  }
+  A ta = A(0), tb = kLowest;
+  for (; j < n; ++j) {
+    const A u = one(j);
+    ta += u;
+    tb = u > tb ? u : tb;
+  }
+  Vec<A> va = a0 + a1, vb = vmax_fast(b0, b1);
+  fold_lanes<true, W / 2, A>(va, vb);
+  sum = va[0] + ta;
+  mx = vb[0] > tb ? vb[0] : tb;
+  if (sum != sum) {  // a NaN among the values, or inf − inf: the max again, with NaN checks
+    mx = kLowest;
+    for (int64_t i = 0; i < n; ++i) mx = max_nan(mx, one(i));
+  }
+}
+
+// Over `rows` rows of n values (row r at x + r·stride), per column j:
+// sum[j] += v(r, j) and mx[j] = max(mx[j], v(r, j)) for r = 0, 1, ... in
+// order, v = x (kScale: x1 = x·g[r], rounded to T). The rows are swept
+// kSweep at a time, so each column's running sum and max are loaded and
+// stored once per kSweep rows, not once per row. sum and mx start as the
+// caller sets them; NaN columns get their max again with NaN checks.
+template <bool kScale, typename T>
+inline void sweep_sum_max(const T* x, int64_t rows, int64_t n, int64_t stride, const acc_t<T>* g, acc_t<T>* sum,
+                          acc_t<T>* mx) {
+  using A = acc_t<T>;
+  constexpr int64_t W = kW<A>;
+  constexpr int64_t kSweep = 8;
+  auto val = [&](const T* p, int64_t r) __attribute__((always_inline)) {
+    if constexpr (kScale) return vround_t<T>(vload_t(p) * vsplat(g[r]));
+    else return vload_t(p);
+  };
+  auto one = [&](const T* p, int64_t r) __attribute__((always_inline)) {
+    if constexpr (kScale) return round_t<T>(static_cast<A>(*p) * g[r]);
+    else return static_cast<A>(*p);
+  };
+  for (int64_t r0 = 0; r0 < rows; r0 += kSweep) {
+    const int64_t r1 = std::min(rows, r0 + kSweep);
+    const T* x0 = x + r0 * stride;
+    int64_t j = 0;
+    for (; j + 2 * W <= n; j += 2 * W) {
+      Vec<A> s0 = vload(sum + j), s1 = vload(sum + j + W), m0 = vload(mx + j), m1 = vload(mx + j + W);
+      const T* p = x0 + j;
+      for (int64_t r = r0; r < r1; ++r, p += stride) {
+        const Vec<A> u0 = val(p, r), u1 = val(p + W, r);
+        s0 += u0;
+        s1 += u1;
+        m0 = vmax_fast(m0, u0);
+        m1 = vmax_fast(m1, u1);
+      }
+      vstore(sum + j, s0);
+      vstore(sum + j + W, s1);
+      vstore(mx + j, m0);
+      vstore(mx + j + W, m1);
+    }
+    for (; j + W <= n; j += W) {
+      Vec<A> s0 = vload(sum + j), m0 = vload(mx + j);
+      const T* p = x0 + j;
+      for (int64_t r = r0; r < r1; ++r, p += stride) {
+        const Vec<A> u0 = val(p, r);
+        s0 += u0;
+        m0 = vmax_fast(m0, u0);
+      }
+      vstore(sum + j, s0);
+      vstore(mx + j, m0);
+    }
+    for (; j < n; ++j) {
+      A s0 = sum[j], m0 = mx[j];
+      const T* p = x0 + j;
+      for (int64_t r = r0; r < r1; ++r, p += stride) {
+        const A u = one(p, r);
+        s0 += u;
+        m0 = u > m0 ? u : m0;
+      }
+      sum[j] = s0;
+      mx[j] = m0;
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    if (sum[j] != sum[j]) {
+      A m0 = -std::numeric_limits<A>::infinity();
+      for (int64_t r = 0; r < rows; ++r) m0 = max_nan(m0, one(x + r * stride + j, r));
+      mx[j] = m0;
+    }
+  }
+}
 
 // mean [C], mx [C]: the spatial mean and max of each channel of x.
 template <typename T>
@@ -208,20 +325,15 @@ void cbam_spatial_pool(const T* x, int64_t C, int64_t HW, bool cl, acc_t<T>* mea
   const A inv = A(1) / static_cast<A>(HW);
   if (!cl) {
     for (int64_t c = 0; c < C; ++c) {
-      Reduce2<true, A> r;
-      each_block(x + c * HW, HW, [&](const A* v, int64_t, int64_t n) { r.add_both(v, n); });
-      A sum, m;
-      r.result(sum, m);
+      A sum;
+      row_sum_max<false>(x + c * HW, static_cast<const A*>(nullptr), HW, sum, mx[c]);
       mean[c] = sum * inv;
-      mx[c] = m;
     }
     return;
   }
   std::fill(mean, mean + C, A(0));
   std::fill(mx, mx + C, -std::numeric_limits<A>::infinity());
-  for (int64_t p = 0; p < HW; ++p) {
-    each_block(x + p * C, C, [&](const A* v, int64_t c0, int64_t n) { add_max_into(v, n, mean + c0, mx + c0); });
-  }
+  sweep_sum_max<false>(x, HW, C, C, static_cast<const A*>(nullptr), mean, mx);
   for (int64_t c = 0; c < C; ++c) mean[c] *= inv;
 }
 
@@ -231,30 +343,35 @@ void cbam_channel_pool(const T* x, const acc_t<T>* g, int64_t C, int64_t HW, boo
                        acc_t<T>* cmax) {
   using A = acc_t<T>;
   const A inv = A(1) / static_cast<A>(C);
-  A t[kBlock];
   if (!cl) {
     std::fill(cmean, cmean + HW, A(0));
     std::fill(cmax, cmax + HW, -std::numeric_limits<A>::infinity());
-    for (int64_t c = 0; c < C; ++c) {
-      const A gc = g[c];
-      each_block(x + c * HW, HW, [&](const A* v, int64_t p0, int64_t n) {
-        x1_block<T>(v, gc, t, n);
-        add_max_into(t, n, cmean + p0, cmax + p0);
-      });
-    }
+    sweep_sum_max<true>(x, C, HW, HW, g, cmean, cmax);
     for (int64_t p = 0; p < HW; ++p) cmean[p] *= inv;
     return;
   }
   for (int64_t p = 0; p < HW; ++p) {
-    Reduce2<true, A> r;
-    each_block(x + p * C, C, [&](const A* v, int64_t c0, int64_t n) {
-      x1_block<T>(v, g + c0, t, n);
-      r.add_both(t, n);
-    });
-    A sum, m;
-    r.result(sum, m);
+    A sum;
+    row_sum_max<true>(x + p * C, g, C, sum, cmax[p]);
     cmean[p] = sum * inv;
-    cmax[p] = m;
+  }
+}
+
+// y[j] = x1·s of a row of n elements, x1 = x[j]·g (one gate, or kGateVec:
+// g[j]) rounded to T, s one value (or kScaleVec: s[j]); kNt: streaming stores.
+template <bool kGateVec, bool kScaleVec, bool kNt, typename T>
+inline void rescale_row(const T* x, const acc_t<T>* g, const acc_t<T>* s, int64_t n, T* y) {
+  using A = acc_t<T>;
+  constexpr int64_t W = kW<A>;
+  const Vec<A> gs = vsplat(kGateVec ? A(0) : g[0]), ss = vsplat(kScaleVec ? A(0) : s[0]);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const Vec<A> t = vround_t<T>(vload_t(x + j) * (kGateVec ? vload(g + j) : gs));
+    vstore_t<kNt>(y + j, t * (kScaleVec ? vload(s + j) : ss));
+  }
+  for (; j < n; ++j) {
+    const A t = round_t<T>(static_cast<A>(x[j]) * g[kGateVec ? j : 0]);
+    store_t(y + j, t * s[kScaleVec ? j : 0]);
   }
 }
 
@@ -262,90 +379,185 @@ void cbam_channel_pool(const T* x, const acc_t<T>* g, int64_t C, int64_t HW, boo
 template <typename T>
 void cbam_rescale(const T* x, const acc_t<T>* g, const acc_t<T>* s, int64_t C, int64_t HW, bool cl, bool nt,
                   T* y) {
-  using A = acc_t<T>;
-  A t[kBlock], obuf[kBlock];
-  if (!cl) {
-    for (int64_t c = 0; c < C; ++c) {
-      const A gc = g[c];
-      each_block(x + c * HW, HW, [&](const A* v, int64_t p0, int64_t n) {
-        x1_block<T>(v, gc, t, n);
-        write_block(y + c * HW + p0, n, nt, obuf, [&](A* o) {
-          for (int64_t j = 0; j < n; ++j) o[j] = t[j] * s[p0 + j];
-        });
-      });
+  auto rows = [&](auto nt_) {
+    constexpr bool kNt = decltype(nt_)::value;
+    if (!cl) {
+      for (int64_t c = 0; c < C; ++c) rescale_row<false, true, kNt>(x + c * HW, g + c, s, HW, y + c * HW);
+    } else {
+      for (int64_t p = 0; p < HW; ++p) rescale_row<true, false, kNt>(x + p * C, g, s + p, C, y + p * C);
     }
+  };
+  if (nt) {
+    rows(std::true_type{});
+    stream_fence();
   } else {
-    for (int64_t p = 0; p < HW; ++p) {
-      const A sp = s[p];
-      each_block(x + p * C, C, [&](const A* v, int64_t c0, int64_t n) {
-        x1_block<T>(v, g + c0, t, n);
-        write_block(y + p * C + c0, n, nt, obuf, [&](A* o) {
-          for (int64_t j = 0; j < n; ++j) o[j] = t[j] * sp;
-        });
-      });
-    }
+    rows(std::false_type{});
   }
-  stream_fence();
 }
 
 // ---- backward -----------------------------------------------------------------
+// The same shapes of loop as the forward: a row reduced in two alternating
+// vector accumulators (row_*), or rows swept kSweep at a time into per-column
+// arrays (sweep_*), each sum in an order fixed by the shape. Ties are counted
+// exactly (1 per equal element), so their order does not matter.
+
+// dx1 at a vector of pixels p .. p + kW (NCHW: every term per pixel), for x1
+// values t and dy values d.
+template <typename A>
+inline __attribute__((always_inline)) Vec<A> dx1_vec(const SpatialGrad<A>& sg, int64_t p, Vec<A> d, Vec<A> t) {
+  return d * vload(sg.s + p) + vload(sg.dcmean + p) +
+         ((t == vload(sg.cmax + p)) ? vload(sg.dcmax + p) : Vec<A>{});
+}
+template <typename A>
+inline A dx1_one(const SpatialGrad<A>& sg, int64_t p, A d, A t) {
+  return d * sg.s[p] + sg.dcmean[p] + (t == sg.cmax[p] ? sg.dcmax[p] : A(0));
+}
+
+// The terms of one pixel p (channels_last: one value each for its C channels).
+template <typename A>
+struct PixelGrad {
+  Vec<A> s, dm, dmx, mp;
+  A s1, dm1, dmx1, mp1;
+  PixelGrad(const SpatialGrad<A>& sg, int64_t p)
+      : s(vsplat(sg.s[p])), dm(vsplat(sg.dcmean[p])), dmx(vsplat(sg.dcmax[p])), mp(vsplat(sg.cmax[p])),
+        s1(sg.s[p]), dm1(sg.dcmean[p]), dmx1(sg.dcmax[p]), mp1(sg.cmax[p]) {}
+  inline __attribute__((always_inline)) Vec<A> dx1(Vec<A> d, Vec<A> t) const {
+    return d * s + dm + ((t == mp) ? dmx : Vec<A>{});
+  }
+  inline A dx1(A d, A t) const { return d * s1 + dm1 + (t == mp1 ? dmx1 : A(0)); }
+};
+
+// Two sums over a row of n elements, terms (u0, u1) = term(j) per vector
+// and one(j) per tail element: vectors alternate between two accumulator
+// pairs, then the tail, folded pairwise.
+template <typename A, typename Term, typename One>
+inline void row_sum2(int64_t n, Term&& term, One&& one, A& r0, A& r1) {
+  constexpr int64_t W = kW<A>;
+  Vec<A> a0{}, a1{}, b0{}, b1{};
+  int64_t j = 0;
+  for (; j + 2 * W <= n; j += 2 * W) {
+    Vec<A> u0, v0, u1, v1;
+    term(j, u0, v0);
+    term(j + W, u1, v1);
+    a0 += u0;
+    b0 += v0;
+    a1 += u1;
+    b1 += v1;
+  }
+  if (j + W <= n) {
+    Vec<A> u0, v0;
+    term(j, u0, v0);
+    a0 += u0;
+    b0 += v0;
+    j += W;
+  }
+  A ta = A(0), tb = A(0);
+  for (; j < n; ++j) {
+    A u, v;
+    one(j, u, v);
+    ta += u;
+    tb += v;
+  }
+  Vec<A> va = a0 + a1, vb = b0 + b1;
+  fold_lanes<false, W / 2, A>(va, vb);
+  r0 = va[0] + ta;
+  r1 = vb[0] + tb;
+}
+
+// Over `rows` rows (row r at offset r·stride), per column j of n:
+// sum[j] += u(r, j), cnt[j] += v(r, j) with (u, v) = term(r, off, j) for
+// vectors and one(r, off, j) for the tail (off = r·stride + j), rows in
+// order, swept kSweep at a time.
+template <typename A, typename Term, typename One>
+inline void sweep_sum2(int64_t rows, int64_t n, int64_t stride, Term&& term, One&& one, A* sum, A* cnt) {
+  constexpr int64_t W = kW<A>;
+  constexpr int64_t kSweep = 8;
+  for (int64_t r0 = 0; r0 < rows; r0 += kSweep) {
+    const int64_t r1 = std::min(rows, r0 + kSweep);
+    int64_t j = 0;
+    for (; j + 2 * W <= n; j += 2 * W) {
+      Vec<A> s0 = vload(sum + j), s1 = vload(sum + j + W), c0 = vload(cnt + j), c1 = vload(cnt + j + W);
+      for (int64_t r = r0; r < r1; ++r) {
+        Vec<A> u0, v0, u1, v1;
+        term(r, r * stride + j, j, u0, v0);
+        term(r, r * stride + j + W, j + W, u1, v1);
+        s0 += u0;
+        c0 += v0;
+        s1 += u1;
+        c1 += v1;
+      }
+      vstore(sum + j, s0);
+      vstore(sum + j + W, s1);
+      vstore(cnt + j, c0);
+      vstore(cnt + j + W, c1);
+    }
+    for (; j + W <= n; j += W) {
+      Vec<A> s0 = vload(sum + j), c0 = vload(cnt + j);
+      for (int64_t r = r0; r < r1; ++r) {
+        Vec<A> u0, v0;
+        term(r, r * stride + j, j, u0, v0);
+        s0 += u0;
+        c0 += v0;
+      }
+      vstore(sum + j, s0);
+      vstore(cnt + j, c0);
+    }
+    for (; j < n; ++j) {
+      A s0 = sum[j], c0 = cnt[j];
+      for (int64_t r = r0; r < r1; ++r) {
+        A u, v;
+        one(r, r * stride + j, j, u, v);
+        s0 += u;
+        c0 += v;
+      }
+      sum[j] = s0;
+      cnt[j] = c0;
+    }
+  }
+}
 
 // ds [HW] = Σ_c dy·x1 and cc [HW] = #{c : x1 == cmax} at each pixel.
 template <typename T>
 void cbam_spatial_grad(const T* dy, const T* x, const acc_t<T>* g, const acc_t<T>* cmax, int64_t C, int64_t HW,
                        bool cl, acc_t<T>* ds, acc_t<T>* cc) {
   using A = acc_t<T>;
-  A t[kBlock];
   if (!cl) {
     std::fill(ds, ds + HW, A(0));
     std::fill(cc, cc + HW, A(0));
-    for (int64_t c = 0; c < C; ++c) {
-      const A gc = g[c];
-      each_block2(dy + c * HW, x + c * HW, HW, [&](const A* d, const A* v, int64_t p0, int64_t n) {
-        x1_block<T>(v, gc, t, n);
-        add_prod_count_into(d, t, cmax + p0, n, ds + p0, cc + p0);
-      });
-    }
+    sweep_sum2<A>(
+        C, HW, HW,
+        [&](int64_t c, int64_t off, int64_t p, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
+          const Vec<A> t = vround_t<T>(vload_t(x + off) * vsplat(g[c]));
+          u = vload_t(dy + off) * t;
+          v = veq01(t, vload(cmax + p));
+        },
+        [&](int64_t c, int64_t off, int64_t p, A& u, A& v) {
+          const A t = round_t<T>(static_cast<A>(x[off]) * g[c]);
+          u = static_cast<A>(dy[off]) * t;
+          v = t == cmax[p] ? A(1) : A(0);
+        },
+        ds, cc);
     return;
   }
   for (int64_t p = 0; p < HW; ++p) {
+    const T* xp = x + p * C;
+    const T* dp = dy + p * C;
     const A mp = cmax[p];
     const Vec<A> vm = vsplat(mp);
-    Reduce2<false, A> r;
-    each_block2(dy + p * C, x + p * C, C, [&](const A* d, const A* v, int64_t c0, int64_t n) {
-      x1_block<T>(v, g + c0, t, n);
-      over_block<A>(n, [&](int64_t j) { const Vec<A> u = vload(t + j); r.add(vload(d + j) * u, veq01(u, vm)); },
-                    [&](int64_t j) { r.add_scalar(d[j] * t[j], t[j] == mp ? A(1) : A(0)); });
-    });
-    r.result(ds[p], cc[p]);
+    row_sum2<A>(
+        C,
+        [&](int64_t c, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
+          const Vec<A> t = vround_t<T>(vload_t(xp + c) * vload(g + c));
+          u = vload_t(dp + c) * t;
+          v = veq01(t, vm);
+        },
+        [&](int64_t c, A& u, A& v) {
+          const A t = round_t<T>(static_cast<A>(xp[c]) * g[c]);
+          u = static_cast<A>(dp[c]) * t;
+          v = t == mp ? A(1) : A(0);
+        },
+        ds[p], cc[p]);
   }
-}
-
-// out = dx1 of a block of n elements (x1 values t, dy values d) at pixels
-// p0 .. p0 + n (NCHW); out may alias t.
-template <typename A>
-inline void dx1_block(const SpatialGrad<A>& sg, const A* d, const A* t, int64_t p0, int64_t n, A* out) {
-  constexpr int64_t W = kW<A>;
-  const A* s = sg.s + p0;
-  const A* dm = sg.dcmean + p0;
-  const A* dmx = sg.dcmax + p0;
-  const A* mx = sg.cmax + p0;
-  int64_t j = 0;
-  for (; j + W <= n; j += W) {
-    const Vec<A> u = vload(t + j);
-    vstore(out + j, vload(d + j) * vload(s + j) + vload(dm + j) + ((u == vload(mx + j)) ? vload(dmx + j) : Vec<A>{}));
-  }
-  for (; j < n; ++j) out[j] = d[j] * s[j] + dm[j] + (t[j] == mx[j] ? dmx[j] : A(0));
-}
-// The same for n channels of one pixel p (channels_last).
-template <typename A>
-inline void dx1_block_at(const SpatialGrad<A>& sg, const A* d, const A* t, int64_t p, int64_t n, A* out) {
-  constexpr int64_t W = kW<A>;
-  const A sp = sg.s[p], dm = sg.dcmean[p], dmx = sg.dcmax[p], mp = sg.cmax[p];
-  const Vec<A> vs = vsplat(sp), vdm = vsplat(dm), vdmx = vsplat(dmx), vmp = vsplat(mp);
-  int64_t j = 0;
-  for (; j + W <= n; j += W) vstore(out + j, vload(d + j) * vs + vdm + ((vload(t + j) == vmp) ? vdmx : Vec<A>{}));
-  for (; j < n; ++j) out[j] = d[j] * sp + dm + (t[j] == mp ? dmx : A(0));
 }
 
 // dg [C] = Σ_hw dx1·x and cnt [C] = #{hw : x == mx} for each channel.
@@ -353,31 +565,47 @@ template <typename T>
 void cbam_channel_grad(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t<T>>& sg,
                        const acc_t<T>* mx, int64_t C, int64_t HW, bool cl, acc_t<T>* dg, acc_t<T>* cnt) {
   using A = acc_t<T>;
-  A t[kBlock];
   if (!cl) {
     for (int64_t c = 0; c < C; ++c) {
+      const T* xr = x + c * HW;
+      const T* dr = dy + c * HW;
       const A gc = g[c], mc = mx[c];
-      const Vec<A> vm = vsplat(mc);
-      Reduce2<false, A> r;
-      each_block2(dy + c * HW, x + c * HW, HW, [&](const A* d, const A* v, int64_t p0, int64_t n) {
-        x1_block<T>(v, gc, t, n);
-        dx1_block(sg, d, t, p0, n, t);
-        over_block<A>(n, [&](int64_t j) { const Vec<A> u = vload(v + j); r.add(vload(t + j) * u, veq01(u, vm)); },
-                      [&](int64_t j) { r.add_scalar(t[j] * v[j], v[j] == mc ? A(1) : A(0)); });
-      });
-      r.result(dg[c], cnt[c]);
+      const Vec<A> vg = vsplat(gc), vm = vsplat(mc);
+      row_sum2<A>(
+          HW,
+          [&](int64_t p, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
+            const Vec<A> xv = vload_t(xr + p);
+            u = dx1_vec(sg, p, vload_t(dr + p), vround_t<T>(xv * vg)) * xv;
+            v = veq01(xv, vm);
+          },
+          [&](int64_t p, A& u, A& v) {
+            const A xv = static_cast<A>(xr[p]);
+            u = dx1_one(sg, p, static_cast<A>(dr[p]), round_t<T>(xv * gc)) * xv;
+            v = xv == mc ? A(1) : A(0);
+          },
+          dg[c], cnt[c]);
     }
     return;
   }
   std::fill(dg, dg + C, A(0));
   std::fill(cnt, cnt + C, A(0));
-  for (int64_t p = 0; p < HW; ++p) {
-    each_block2(dy + p * C, x + p * C, C, [&](const A* d, const A* v, int64_t c0, int64_t n) {
-      x1_block<T>(v, g + c0, t, n);
-      dx1_block_at(sg, d, t, p, n, t);
-      add_prod_count_into(t, v, mx + c0, n, dg + c0, cnt + c0);
-    });
-  }
+  // Rows are pixels: each one's terms are splat once per row and column block.
+  sweep_sum2<A>(
+      HW, C, C,
+      [&](int64_t p, int64_t off, int64_t c, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
+        const Vec<A> xv = vload_t(x + off);
+        const Vec<A> t = vround_t<T>(xv * vload(g + c));
+        const Vec<A> d1 = vload_t(dy + off) * vsplat(sg.s[p]) + vsplat(sg.dcmean[p]) +
+                          ((t == vsplat(sg.cmax[p])) ? vsplat(sg.dcmax[p]) : Vec<A>{});
+        u = d1 * xv;
+        v = veq01(xv, vload(mx + c));
+      },
+      [&](int64_t p, int64_t off, int64_t c, A& u, A& v) {
+        const A xv = static_cast<A>(x[off]);
+        u = dx1_one(sg, p, static_cast<A>(dy[off]), round_t<T>(xv * g[c])) * xv;
+        v = xv == mx[c] ? A(1) : A(0);
+      },
+      dg, cnt);
 }
 
 // dx = dx1·g + share (+ tie where x is its channel's spatial max mx), per
@@ -387,42 +615,53 @@ void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t
              const acc_t<T>* share, const acc_t<T>* tie, int64_t C, int64_t HW, bool cl, bool nt, T* dx) {
   using A = acc_t<T>;
   constexpr int64_t W = kW<A>;
-  A t[kBlock], obuf[kBlock];
-  if (!cl) {
-    for (int64_t c = 0; c < C; ++c) {
-      const A gc = g[c], sh = share[c], tc = tie[c], mc = mx[c];
-      const Vec<A> vg = vsplat(gc), vsh = vsplat(sh), vtc = vsplat(tc), vm = vsplat(mc);
-      each_block2(dy + c * HW, x + c * HW, HW, [&](const A* d, const A* v, int64_t p0, int64_t n) {
-        x1_block<T>(v, gc, t, n);
-        dx1_block(sg, d, t, p0, n, t);
-        write_block(dx + c * HW + p0, n, nt, obuf, [&](A* o) {
-          int64_t j = 0;
-          for (; j + W <= n; j += W)
-            vstore(o + j, vload(t + j) * vg + vsh + ((vload(v + j) == vm) ? vtc : Vec<A>{}));
-          for (; j < n; ++j) o[j] = t[j] * gc + sh + (v[j] == mc ? tc : A(0));
-        });
-      });
+  auto rows = [&](auto nt_) {
+    constexpr bool kNt = decltype(nt_)::value;
+    if (!cl) {
+      for (int64_t c = 0; c < C; ++c) {
+        const T* xr = x + c * HW;
+        const T* dr = dy + c * HW;
+        T* out = dx + c * HW;
+        const A gc = g[c], sh = share[c], tc = tie[c], mc = mx[c];
+        const Vec<A> vg = vsplat(gc), vsh = vsplat(sh), vtc = vsplat(tc), vm = vsplat(mc);
+        int64_t p = 0;
+        for (; p + W <= HW; p += W) {
+          const Vec<A> xv = vload_t(xr + p);
+          const Vec<A> d1 = dx1_vec(sg, p, vload_t(dr + p), vround_t<T>(xv * vg));
+          vstore_t<kNt>(out + p, d1 * vg + vsh + ((xv == vm) ? vtc : Vec<A>{}));
+        }
+        for (; p < HW; ++p) {
+          const A xv = static_cast<A>(xr[p]);
+          const A d1 = dx1_one(sg, p, static_cast<A>(dr[p]), round_t<T>(xv * gc));
+          store_t(out + p, d1 * gc + sh + (xv == mc ? tc : A(0)));
+        }
+      }
+    } else {
+      for (int64_t p = 0; p < HW; ++p) {
+        const T* xr = x + p * C;
+        const T* dr = dy + p * C;
+        T* out = dx + p * C;
+        const PixelGrad<A> pg(sg, p);
+        int64_t c = 0;
+        for (; c + W <= C; c += W) {
+          const Vec<A> xv = vload_t(xr + c), vg = vload(g + c);
+          const Vec<A> d1 = pg.dx1(vload_t(dr + c), vround_t<T>(xv * vg));
+          vstore_t<kNt>(out + c, d1 * vg + vload(share + c) + ((xv == vload(mx + c)) ? vload(tie + c) : Vec<A>{}));
+        }
+        for (; c < C; ++c) {
+          const A xv = static_cast<A>(xr[c]);
+          const A d1 = pg.dx1(static_cast<A>(dr[c]), round_t<T>(xv * g[c]));
+          store_t(out + c, d1 * g[c] + share[c] + (xv == mx[c] ? tie[c] : A(0)));
+        }
+      }
     }
+  };
+  if (nt) {
+    rows(std::true_type{});
+    stream_fence();
   } else {
-    for (int64_t p = 0; p < HW; ++p) {
-      each_block2(dy + p * C, x + p * C, C, [&](const A* d, const A* v, int64_t c0, int64_t n) {
-        x1_block<T>(v, g + c0, t, n);
-        dx1_block_at(sg, d, t, p, n, t);
-        const A* gp = g + c0;
-        const A* sp = share + c0;
-        const A* tp = tie + c0;
-        const A* mp = mx + c0;
-        write_block(dx + p * C + c0, n, nt, obuf, [&](A* o) {
-          int64_t j = 0;
-          for (; j + W <= n; j += W)
-            vstore(o + j, vload(t + j) * vload(gp + j) + vload(sp + j) +
-                              ((vload(v + j) == vload(mp + j)) ? vload(tp + j) : Vec<A>{}));
-          for (; j < n; ++j) o[j] = t[j] * gp[j] + sp[j] + (v[j] == mp[j] ? tp[j] : A(0));
-        });
-      });
-    }
+    rows(std::false_type{});
   }
-  stream_fence();
 }
 
 #define FUSED_ATTN_INSTANTIATE_CBAM(T)                                                                         \
