@@ -120,18 +120,33 @@ struct Weights {
   const A* pws() const { return ws.data_ptr<A>(); }
 };
 
+// t in dtype acc, contiguous: t itself when it already is (the op's fixed
+// cost is dozens of such small calls; each that does nothing still costs a
+// dispatch).
+at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc) {
+  return t.scalar_type() == acc && t.is_contiguous() ? t : t.to(acc).contiguous();
+}
+
+// The value of a one-element CPU tensor, read directly (item() dispatches).
+double value_of(const at::Tensor& t) {
+  double v = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "value_of",
+                                  [&] { v = static_cast<double>(*t.const_data_ptr<scalar_t>()); });
+  return v;
+}
+
 template <typename A>
 Weights<A> weights(at::ScalarType acc, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                    const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& ws,
                    const c10::optional<at::Tensor>& bn_w, const c10::optional<at::Tensor>& bn_b) {
   Weights<A> out;
-  out.w1 = w1.to(acc).contiguous();
-  out.w2 = w2.to(acc).contiguous();
-  if (b1) out.b1 = b1->to(acc).contiguous();
-  if (b2) out.b2 = b2->to(acc).contiguous();
-  out.ws = ws.to(acc).contiguous();
-  if (bn_w) out.gamma = static_cast<A>(bn_w->item<double>());
-  if (bn_b) out.beta = static_cast<A>(bn_b->item<double>());
+  out.w1 = as_acc(w1, acc);
+  out.w2 = as_acc(w2, acc);
+  if (b1) out.b1 = as_acc(*b1, acc);
+  if (b2) out.b2 = as_acc(*b2, acc);
+  out.ws = as_acc(ws, acc);
+  if (bn_w) out.gamma = static_cast<A>(value_of(*bn_w));
+  if (bn_b) out.beta = static_cast<A>(value_of(*bn_b));
   return out;
 }
 
@@ -142,6 +157,7 @@ Weights<A> weights(at::ScalarType acc, const at::Tensor& w1, const c10::optional
 // The MLP's input rows of samples [n0, n0 + nb): [mean; max] ([2·nb, C]), or
 // ½mean + ½max ([nb, C]) when light.
 at::Tensor chunk_mlp_input(const Cbam& v, const at::Tensor& pooled, int64_t n0, int64_t nb) {
+  if (!v.light && nb == v.N) return pooled.view({2 * v.N, v.C});  // the whole batch: already [mean; max]
   const at::Tensor mean = pooled[0].narrow(0, n0, nb), mx = pooled[1].narrow(0, n0, nb);
   return v.light ? mean.mul(0.5).add_(mx.mul(0.5)) : at::cat({mean, mx});
 }
@@ -163,11 +179,12 @@ void chunk_logits(const Cbam& v, const Weights<A>& w, const at::Tensor& pooled, 
   if (w.b1.defined()) h.add_(w.b1.unsqueeze(1));
   A* hp = h.data_ptr<A>();
   for (int64_t i = 0; i < h.numel(); ++i) hp[i] = act_forward(v.act, hp[i]);
-  at::Tensor z = at::mm(w.w2, h);  // [C, branches·nb]
-  if (w.b2.defined()) z.add_(w.b2.unsqueeze(1));
-  at::Tensor out = logits.narrow(0, n0, nb);
-  if (v.light) out.copy_(z.t());
-  else at::add_out(out, z.narrow(1, 0, nb).t(), z.narrow(1, nb, nb).t());
+  // fc2 is linear: mlp(mean) + mlp(max) = W2·(h_mean + h_max) + 2·b2, one
+  // GEMM of nb columns instead of 2·nb (fc2 is half the MLP's work).
+  if (!v.light) h = at::add(h.narrow(1, 0, nb), h.narrow(1, nb, nb));
+  at::Tensor z = at::mm(w.w2, h);  // [C, nb]
+  if (w.b2.defined()) z.add_(w.b2.unsqueeze(1), v.light ? 1 : 2);
+  logits.narrow(0, n0, nb).copy_(z.t());
 }
 
 template <typename A>
@@ -323,8 +340,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const int64_t slice = v.C * v.HW;
     A mu = A(0), invstd = A(1);
     if (!batch_stats) {
-      mu = static_cast<A>(bn_rm->item<double>());
-      invstd = static_cast<A>(1.0 / std::sqrt(bn_rv->item<double>() + eps));
+      mu = static_cast<A>(value_of(*bn_rm));
+      invstd = static_cast<A>(1.0 / std::sqrt(value_of(*bn_rv) + eps));
     }
     const CbamPasses<T> k = cbam_passes<T>();
     const bool nt = stream_output(y, geo.row());
@@ -371,8 +388,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const double var = ss / static_cast<double>(count);
       mu = static_cast<A>(mean);
       invstd = static_cast<A>(1.0 / std::sqrt(var + eps));
-      stats[0].fill_(mean);
-      stats[1].fill_(var);
+      stats.data_ptr<A>()[0] = static_cast<A>(mean);
+      stats.data_ptr<A>()[1] = static_cast<A>(var);
       at::parallel_for(0, v.N, 1, [&](int64_t n0, int64_t n1) {
         std::vector<A> g(v.C), s(v.HW);
         for (int64_t n = n0; n < n1; ++n) {
@@ -382,8 +399,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         }
       });
     } else {
-      stats[0].fill_(bn_rm->item<double>());
-      stats[1].fill_(bn_rv->item<double>());
+      stats.data_ptr<A>()[0] = static_cast<A>(value_of(*bn_rm));
+      stats.data_ptr<A>()[1] = static_cast<A>(value_of(*bn_rv));
     }
   });
   return {y, pooled, logits, smap, z, stats};
@@ -430,7 +447,7 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
       const A* zp = z.data_ptr<A>();
       A* dbnp = dbn.data_ptr<A>();
       A* ccp = ccnt.data_ptr<A>();
-      const double st_mean = stats[0].item<double>(), st_var = stats[1].item<double>();
+      const double st_mean = value_of(stats[0]), st_var = value_of(stats[1]);
       const A mu = static_cast<A>(st_mean);
       const A invstd = static_cast<A>(1.0 / std::sqrt(st_var + eps));
       const int64_t slice = v.C * v.HW;
