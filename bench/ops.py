@@ -24,6 +24,11 @@ quartiles of each provider:
   (SE and ECA on a GPU also get ``cuda:two_phase``: the CUDA backend with
   its two-phase path forced, beside ``cuda``'s choice, usually the single
   launch),
+* on a GPU at N=1, forward: ``<backend>:graph`` — that fused forward captured
+  in a CUDA graph and replayed, the device time of its kernels without the
+  host's per-call overhead (Python, dispatch, launch: tens of µs, more than
+  the kernels take at N=1). Reported beside the others, left out of the
+  ratios (the eager providers pay that overhead),
 
 for the forward (under no_grad, modules in eval mode) and forward+backward
 (train mode; dx and every weight gradient through ``torch.autograd.grad`` with
@@ -403,6 +408,32 @@ def _step(module, backend, backward, xs, dys, params, mark_step):
     return run
 
 
+def _graphed(module, backend, xs):
+    """fn(i): replays a CUDA graph of the fused forward (no_grad) on input i,
+    captured at its first call: the device time of the op's kernels without
+    the host's per-call overhead (Python, dispatch, launch), which at N=1
+    exceeds the kernels' own time. As inside a CUDA-graphed network; not
+    comparable with the eager providers, so not a 'fused' backend in the ratios."""
+    graphs = {}
+
+    def run(i):
+        if i not in graphs:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad(), backend_context(backend):
+                for _ in range(2):
+                    module(xs[i])   # warm-up outside the capture (allocator, caches)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), backend_context(backend), torch.cuda.graph(graph):
+                out = module(xs[i])
+            graphs[i] = (graph, out)
+        graph, out = graphs[i]
+        graph.replay()
+        return out
+    return run
+
+
 def _errors(out, ref, backward, param_names):
     """max |y - ref| (fwd); max |dx - ref|, and the largest weight-gradient
     error relative to that gradient's largest magnitude (fwd+bwd)."""
@@ -464,6 +495,9 @@ def run_case(case, device, env, compile_modes, timing, rotate=True):
     impls.update({b: (fused, b, False) for b in backends})
     providers = {"copy": copy}
     providers.update({name: _step(m, b, case.backward, xs, dys, params, mark) for name, (m, b, mark) in impls.items()})
+    if device == "cuda" and case.N == 1 and not case.backward:
+        # The launch-bound end: also the fused forward's device time alone.
+        providers.update({f"{b}:graph": _graphed(fused, b, xs) for b in backends})
 
     # The float64 reference, with autograd for the gradients (left out, and
     # said so, where it would not fit in GPU memory).
@@ -494,7 +528,8 @@ def run_case(case, device, env, compile_modes, timing, rotate=True):
             if name != "copy" and ref is not None:
                 errors[name] = _errors(out, ref, case.backward, param_names)
             del out
-            for i in range(1, min(3, n_inputs)):
+            # (graph replays capture each input's graph here, not while timed)
+            for i in range(1, n_inputs if name.endswith(":graph") else min(3, n_inputs)):
                 fn(i)
         except Exception as e:  # noqa: BLE001 - a broken provider must not end a long run
             failed[name] = f"{type(e).__name__}: {e}"[:500]
