@@ -197,122 +197,165 @@ inline __attribute__((always_inline)) void fold_lanes(Vec<A>& va, Vec<A>& vb) {
   }
 }
 
-// ---- forward ------------------------------------------------------------------
+// ---- the reductions every pass uses -------------------------------------------
 
-// The sum and the max of a row of n values v(j) = x[j] (kScale: x1 = x[j]·g[j],
-// rounded to T), vectors alternating between two accumulators (vector k into
-// k mod 2), then the scalar tail, folded pairwise: the order depends on n
-// alone. The max is NaN-checked only when the sum is NaN.
-template <bool kScale, typename T>
-inline void row_sum_max(const T* x, const acc_t<T>* g, int64_t n, acc_t<T>& sum, acc_t<T>& mx) {
-  using A = acc_t<T>;
+// Two reductions of n terms: the first summed, the second summed or (kMax)
+// maxed, without NaN checks (the callers that max recheck where the sum is
+// NaN). term(...) gives both terms of a vector of elements, one(...) of a
+// single element.
+template <bool kMax, typename V> inline __attribute__((always_inline)) V combine2(V a, V b) {
+  if constexpr (kMax) return vmax_fast(a, b);
+  else return a + b;
+}
+template <bool kMax, typename A> inline A combine2_one(A a, A b) {
+  if constexpr (kMax) return b > a ? b : a;
+  else return a + b;
+}
+
+// Over one row: term(j, u, v) for the vector at j, one(j, u, v) for element
+// j; vectors alternate between two accumulator pairs (vector k into k mod 2),
+// then the tail, the lanes folded pairwise: an order fixed by n.
+template <bool kMax, typename A, typename Term, typename One>
+inline void row_reduce2(int64_t n, Term&& term, One&& one, A& r0, A& r1) {
   constexpr int64_t W = kW<A>;
-  constexpr A kLowest = -std::numeric_limits<A>::infinity();
-  auto val = [&](int64_t j) __attribute__((always_inline)) {
-    if constexpr (kScale) return vround_t<T>(vload_t(x + j) * vload(g + j));
-    else return vload_t(x + j);
-  };
-  auto one = [&](int64_t j) __attribute__((always_inline)) {
-    if constexpr (kScale) return round_t<T>(static_cast<A>(x[j]) * g[j]);
-    else return static_cast<A>(x[j]);
-  };
-  Vec<A> a0{}, a1{}, b0 = vsplat(kLowest), b1 = b0;
+  const A init = kMax ? -std::numeric_limits<A>::infinity() : A(0);
+  Vec<A> a0{}, a1{}, b0 = vsplat(init), b1 = b0;
   int64_t j = 0;
   for (; j + 2 * W <= n; j += 2 * W) {
-    const Vec<A> u0 = val(j), u1 = val(j + W);
+    Vec<A> u0, v0, u1, v1;
+    term(j, u0, v0);
+    term(j + W, u1, v1);
     a0 += u0;
     a1 += u1;
-    b0 = vmax_fast(b0, u0);
-    b1 = vmax_fast(b1, u1);
+    b0 = combine2<kMax>(b0, v0);
+    b1 = combine2<kMax>(b1, v1);
   }
   if (j + W <= n) {
-    const Vec<A> u0 = val(j);
+    Vec<A> u0, v0;
+    term(j, u0, v0);
     a0 += u0;
-    b0 = vmax_fast(b0, u0);
+    b0 = combine2<kMax>(b0, v0);
     j += W;
   }
-  A ta = A(0), tb = kLowest;
+  A ta = A(0), tb = init;
   for (; j < n; ++j) {
-    const A u = one(j);
+    A u, v;
+    one(j, u, v);
     ta += u;
-    tb = u > tb ? u : tb;
+    tb = combine2_one<kMax>(tb, v);
   }
-  Vec<A> va = a0 + a1, vb = vmax_fast(b0, b1);
-  fold_lanes<true, W / 2, A>(va, vb);
-  sum = va[0] + ta;
-  mx = vb[0] > tb ? vb[0] : tb;
-  if (sum != sum) {  // a NaN among the values, or inf − inf: the max again, with NaN checks
-    mx = kLowest;
-    for (int64_t i = 0; i < n; ++i) mx = max_nan(mx, one(i));
+  Vec<A> va = a0 + a1, vb = combine2<kMax>(b0, b1);
+  fold_lanes<kMax, W / 2, A>(va, vb);
+  r0 = va[0] + ta;
+  r1 = combine2_one<kMax>(vb[0], tb);
+}
+
+// Over `rows` rows (row r at offset r·stride), per column j of n:
+// first[j] += u and second[j] = combine(second[j], v), (u, v) =
+// term(r, off, j, ...) for a vector and one(r, off, j, ...) for an element
+// (off = r·stride + j), rows in order. The rows are swept kSweep at a time,
+// so each column's running results are loaded and stored once per kSweep
+// rows, not once per row. Both start as the caller sets them.
+template <bool kMax, typename A, typename Term, typename One>
+inline void sweep_reduce2(int64_t rows, int64_t n, int64_t stride, Term&& term, One&& one, A* first,
+                          A* second) {
+  constexpr int64_t W = kW<A>;
+  constexpr int64_t kSweep = 8;
+  for (int64_t r0 = 0; r0 < rows; r0 += kSweep) {
+    const int64_t r1 = std::min(rows, r0 + kSweep);
+    int64_t j = 0;
+    for (; j + 2 * W <= n; j += 2 * W) {
+      Vec<A> s0 = vload(first + j), s1 = vload(first + j + W), c0 = vload(second + j), c1 = vload(second + j + W);
+      for (int64_t r = r0; r < r1; ++r) {
+        Vec<A> u0, v0, u1, v1;
+        term(r, r * stride + j, j, u0, v0);
+        term(r, r * stride + j + W, j + W, u1, v1);
+        s0 += u0;
+        s1 += u1;
+        c0 = combine2<kMax>(c0, v0);
+        c1 = combine2<kMax>(c1, v1);
+      }
+      vstore(first + j, s0);
+      vstore(first + j + W, s1);
+      vstore(second + j, c0);
+      vstore(second + j + W, c1);
+    }
+    for (; j + W <= n; j += W) {
+      Vec<A> s0 = vload(first + j), c0 = vload(second + j);
+      for (int64_t r = r0; r < r1; ++r) {
+        Vec<A> u0, v0;
+        term(r, r * stride + j, j, u0, v0);
+        s0 += u0;
+        c0 = combine2<kMax>(c0, v0);
+      }
+      vstore(first + j, s0);
+      vstore(second + j, c0);
+    }
+    for (; j < n; ++j) {
+      A s0 = first[j], c0 = second[j];
+      for (int64_t r = r0; r < r1; ++r) {
+        A u, v;
+        one(r, r * stride + j, j, u, v);
+        s0 += u;
+        c0 = combine2_one<kMax>(c0, v);
+      }
+      first[j] = s0;
+      second[j] = c0;
+    }
   }
 }
 
-// Over `rows` rows of n values (row r at x + r·stride), per column j:
-// sum[j] += v(r, j) and mx[j] = max(mx[j], v(r, j)) for r = 0, 1, ... in
-// order, v = x (kScale: x1 = x·g[r], rounded to T). The rows are swept
-// kSweep at a time, so each column's running sum and max are loaded and
-// stored once per kSweep rows, not once per row. sum and mx start as the
-// caller sets them; NaN columns get their max again with NaN checks.
+// ---- forward ------------------------------------------------------------------
+
+// v = x, or (kScale) x1 = x·g rounded to T: a vector at p, one element at p.
+template <bool kScale, typename T>
+inline __attribute__((always_inline)) Vec<acc_t<T>> pool_val(const T* p, Vec<acc_t<T>> g) {
+  if constexpr (kScale) return vround_t<T>(vload_t(p) * g);
+  else return vload_t(p);
+}
+template <bool kScale, typename T>
+inline acc_t<T> pool_one(const T* p, acc_t<T> g) {
+  if constexpr (kScale) return round_t<T>(static_cast<acc_t<T>>(*p) * g);
+  else return static_cast<acc_t<T>>(*p);
+}
+
+// The sum and the max of a row of n values v(j) (x, or kScale: x1 with
+// per-element gates g[j]). The max is NaN-checked only when the sum is NaN
+// (a NaN among the values, or inf − inf).
+template <bool kScale, typename T>
+inline void row_sum_max(const T* x, const acc_t<T>* g, int64_t n, acc_t<T>& sum, acc_t<T>& mx) {
+  using A = acc_t<T>;
+  row_reduce2<true, A>(
+      n,
+      [&](int64_t j, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
+        u = v = pool_val<kScale>(x + j, kScale ? vload(g + j) : Vec<A>{});
+      },
+      [&](int64_t j, A& u, A& v) { u = v = pool_one<kScale>(x + j, kScale ? g[j] : A(0)); }, sum, mx);
+  if (sum != sum) {
+    mx = -std::numeric_limits<A>::infinity();
+    for (int64_t i = 0; i < n; ++i) mx = max_nan(mx, pool_one<kScale>(x + i, kScale ? g[i] : A(0)));
+  }
+}
+
+// Per column j of `rows` rows of n values (row r at x + r·stride):
+// sum[j] += v(r, j), mx[j] = max(mx[j], v(r, j)), v = x (kScale: x1 with
+// the row's gate g[r]); columns whose sum is NaN get their max again with
+// NaN checks.
 template <bool kScale, typename T>
 inline void sweep_sum_max(const T* x, int64_t rows, int64_t n, int64_t stride, const acc_t<T>* g, acc_t<T>* sum,
                           acc_t<T>* mx) {
   using A = acc_t<T>;
-  constexpr int64_t W = kW<A>;
-  constexpr int64_t kSweep = 8;
-  auto val = [&](const T* p, int64_t r) __attribute__((always_inline)) {
-    if constexpr (kScale) return vround_t<T>(vload_t(p) * vsplat(g[r]));
-    else return vload_t(p);
-  };
-  auto one = [&](const T* p, int64_t r) __attribute__((always_inline)) {
-    if constexpr (kScale) return round_t<T>(static_cast<A>(*p) * g[r]);
-    else return static_cast<A>(*p);
-  };
-  for (int64_t r0 = 0; r0 < rows; r0 += kSweep) {
-    const int64_t r1 = std::min(rows, r0 + kSweep);
-    const T* x0 = x + r0 * stride;
-    int64_t j = 0;
-    for (; j + 2 * W <= n; j += 2 * W) {
-      Vec<A> s0 = vload(sum + j), s1 = vload(sum + j + W), m0 = vload(mx + j), m1 = vload(mx + j + W);
-      const T* p = x0 + j;
-      for (int64_t r = r0; r < r1; ++r, p += stride) {
-        const Vec<A> u0 = val(p, r), u1 = val(p + W, r);
-        s0 += u0;
-        s1 += u1;
-        m0 = vmax_fast(m0, u0);
-        m1 = vmax_fast(m1, u1);
-      }
-      vstore(sum + j, s0);
-      vstore(sum + j + W, s1);
-      vstore(mx + j, m0);
-      vstore(mx + j + W, m1);
-    }
-    for (; j + W <= n; j += W) {
-      Vec<A> s0 = vload(sum + j), m0 = vload(mx + j);
-      const T* p = x0 + j;
-      for (int64_t r = r0; r < r1; ++r, p += stride) {
-        const Vec<A> u0 = val(p, r);
-        s0 += u0;
-        m0 = vmax_fast(m0, u0);
-      }
-      vstore(sum + j, s0);
-      vstore(mx + j, m0);
-    }
-    for (; j < n; ++j) {
-      A s0 = sum[j], m0 = mx[j];
-      const T* p = x0 + j;
-      for (int64_t r = r0; r < r1; ++r, p += stride) {
-        const A u = one(p, r);
-        s0 += u;
-        m0 = u > m0 ? u : m0;
-      }
-      sum[j] = s0;
-      mx[j] = m0;
-    }
-  }
+  sweep_reduce2<true, A>(
+      rows, n, stride,
+      [&](int64_t r, int64_t off, int64_t, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
+        u = v = pool_val<kScale>(x + off, kScale ? vsplat(g[r]) : Vec<A>{});
+      },
+      [&](int64_t r, int64_t off, int64_t, A& u, A& v) { u = v = pool_one<kScale>(x + off, kScale ? g[r] : A(0)); },
+      sum, mx);
   for (int64_t j = 0; j < n; ++j) {
     if (sum[j] != sum[j]) {
       A m0 = -std::numeric_limits<A>::infinity();
-      for (int64_t r = 0; r < rows; ++r) m0 = max_nan(m0, one(x + r * stride + j, r));
+      for (int64_t r = 0; r < rows; ++r) m0 = max_nan(m0, pool_one<kScale>(x + r * stride + j, kScale ? g[r] : A(0)));
       mx[j] = m0;
     }
   }
@@ -396,10 +439,9 @@ void cbam_rescale(const T* x, const acc_t<T>* g, const acc_t<T>* s, int64_t C, i
 }
 
 // ---- backward -----------------------------------------------------------------
-// The same shapes of loop as the forward: a row reduced in two alternating
-// vector accumulators (row_*), or rows swept kSweep at a time into per-column
-// arrays (sweep_*), each sum in an order fixed by the shape. Ties are counted
-// exactly (1 per equal element), so their order does not matter.
+// The same loops as the forward (row_reduce2, sweep_reduce2), with sums for
+// both reductions. Ties are counted exactly (1 per equal element), so their
+// order does not matter.
 
 // dx1 at a vector of pixels p .. p + kW (NCHW: every term per pixel), for x1
 // values t and dy values d.
@@ -427,95 +469,6 @@ struct PixelGrad {
   inline A dx1(A d, A t) const { return d * s1 + dm1 + (t == mp1 ? dmx1 : A(0)); }
 };
 
-// Two sums over a row of n elements, terms (u0, u1) = term(j) per vector
-// and one(j) per tail element: vectors alternate between two accumulator
-// pairs, then the tail, folded pairwise.
-template <typename A, typename Term, typename One>
-inline void row_sum2(int64_t n, Term&& term, One&& one, A& r0, A& r1) {
-  constexpr int64_t W = kW<A>;
-  Vec<A> a0{}, a1{}, b0{}, b1{};
-  int64_t j = 0;
-  for (; j + 2 * W <= n; j += 2 * W) {
-    Vec<A> u0, v0, u1, v1;
-    term(j, u0, v0);
-    term(j + W, u1, v1);
-    a0 += u0;
-    b0 += v0;
-    a1 += u1;
-    b1 += v1;
-  }
-  if (j + W <= n) {
-    Vec<A> u0, v0;
-    term(j, u0, v0);
-    a0 += u0;
-    b0 += v0;
-    j += W;
-  }
-  A ta = A(0), tb = A(0);
-  for (; j < n; ++j) {
-    A u, v;
-    one(j, u, v);
-    ta += u;
-    tb += v;
-  }
-  Vec<A> va = a0 + a1, vb = b0 + b1;
-  fold_lanes<false, W / 2, A>(va, vb);
-  r0 = va[0] + ta;
-  r1 = vb[0] + tb;
-}
-
-// Over `rows` rows (row r at offset r·stride), per column j of n:
-// sum[j] += u(r, j), cnt[j] += v(r, j) with (u, v) = term(r, off, j) for
-// vectors and one(r, off, j) for the tail (off = r·stride + j), rows in
-// order, swept kSweep at a time.
-template <typename A, typename Term, typename One>
-inline void sweep_sum2(int64_t rows, int64_t n, int64_t stride, Term&& term, One&& one, A* sum, A* cnt) {
-  constexpr int64_t W = kW<A>;
-  constexpr int64_t kSweep = 8;
-  for (int64_t r0 = 0; r0 < rows; r0 += kSweep) {
-    const int64_t r1 = std::min(rows, r0 + kSweep);
-    int64_t j = 0;
-    for (; j + 2 * W <= n; j += 2 * W) {
-      Vec<A> s0 = vload(sum + j), s1 = vload(sum + j + W), c0 = vload(cnt + j), c1 = vload(cnt + j + W);
-      for (int64_t r = r0; r < r1; ++r) {
-        Vec<A> u0, v0, u1, v1;
-        term(r, r * stride + j, j, u0, v0);
-        term(r, r * stride + j + W, j + W, u1, v1);
-        s0 += u0;
-        c0 += v0;
-        s1 += u1;
-        c1 += v1;
-      }
-      vstore(sum + j, s0);
-      vstore(sum + j + W, s1);
-      vstore(cnt + j, c0);
-      vstore(cnt + j + W, c1);
-    }
-    for (; j + W <= n; j += W) {
-      Vec<A> s0 = vload(sum + j), c0 = vload(cnt + j);
-      for (int64_t r = r0; r < r1; ++r) {
-        Vec<A> u0, v0;
-        term(r, r * stride + j, j, u0, v0);
-        s0 += u0;
-        c0 += v0;
-      }
-      vstore(sum + j, s0);
-      vstore(cnt + j, c0);
-    }
-    for (; j < n; ++j) {
-      A s0 = sum[j], c0 = cnt[j];
-      for (int64_t r = r0; r < r1; ++r) {
-        A u, v;
-        one(r, r * stride + j, j, u, v);
-        s0 += u;
-        c0 += v;
-      }
-      sum[j] = s0;
-      cnt[j] = c0;
-    }
-  }
-}
-
 // ds [HW] = Σ_c dy·x1 and cc [HW] = #{c : x1 == cmax} at each pixel.
 template <typename T>
 void cbam_spatial_grad(const T* dy, const T* x, const acc_t<T>* g, const acc_t<T>* cmax, int64_t C, int64_t HW,
@@ -524,7 +477,7 @@ void cbam_spatial_grad(const T* dy, const T* x, const acc_t<T>* g, const acc_t<T
   if (!cl) {
     std::fill(ds, ds + HW, A(0));
     std::fill(cc, cc + HW, A(0));
-    sweep_sum2<A>(
+    sweep_reduce2<false, A>(
         C, HW, HW,
         [&](int64_t c, int64_t off, int64_t p, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
           const Vec<A> t = vround_t<T>(vload_t(x + off) * vsplat(g[c]));
@@ -544,7 +497,7 @@ void cbam_spatial_grad(const T* dy, const T* x, const acc_t<T>* g, const acc_t<T
     const T* dp = dy + p * C;
     const A mp = cmax[p];
     const Vec<A> vm = vsplat(mp);
-    row_sum2<A>(
+    row_reduce2<false, A>(
         C,
         [&](int64_t c, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
           const Vec<A> t = vround_t<T>(vload_t(xp + c) * vload(g + c));
@@ -571,7 +524,7 @@ void cbam_channel_grad(const T* dy, const T* x, const acc_t<T>* g, const Spatial
       const T* dr = dy + c * HW;
       const A gc = g[c], mc = mx[c];
       const Vec<A> vg = vsplat(gc), vm = vsplat(mc);
-      row_sum2<A>(
+      row_reduce2<false, A>(
           HW,
           [&](int64_t p, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
             const Vec<A> xv = vload_t(xr + p);
@@ -590,7 +543,7 @@ void cbam_channel_grad(const T* dy, const T* x, const acc_t<T>* g, const Spatial
   std::fill(dg, dg + C, A(0));
   std::fill(cnt, cnt + C, A(0));
   // Rows are pixels: each one's terms are splat once per row and column block.
-  sweep_sum2<A>(
+  sweep_reduce2<false, A>(
       HW, C, C,
       [&](int64_t p, int64_t off, int64_t c, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
         const Vec<A> xv = vload_t(x + off);
