@@ -73,6 +73,22 @@ namespace avx2 {
 }  // namespace avx2
 #endif
 
+// The MLPs' small products (channel_gate.h): the rows m split across
+// threads, each element one thread's fixed-order dot product, so the result
+// does not depend on the thread count.
+template <typename A>
+void rows_dot(const A* a, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo) {
+#if FUSED_ATTN_HAVE_AVX2_BUILD
+  const auto fn = use_avx2() ? &avx2::rows_dot<A> : &baseline::rows_dot<A>;
+#else
+  const auto fn = &baseline::rows_dot<A>;
+#endif
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(K * nb, 1));
+  at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) { fn(a, b, K, m0, m1, nb, out, ldo); });
+}
+template void rows_dot<float>(const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t);
+template void rows_dot<double>(const double*, const double*, int64_t, int64_t, int64_t, double*, int64_t);
+
 namespace {
 
 template <typename T>
@@ -167,20 +183,6 @@ at::Tensor chunk_mlp_input(const Cbam& v, const at::Tensor& pooled, int64_t n0, 
 // samples (a chunk of one would leave the other threads idle).
 int64_t sample_chunk(int64_t N, int64_t bytes_per_sample) {
   return std::min<int64_t>(N, std::max<int64_t>(chunk_samples(N, bytes_per_sample), at::get_num_threads()));
-}
-
-// out[n, m] = Σ_k a[m, k]·b[n, k] (a [M, K], b [nb, K], out rows ldo apart),
-// rows m split across threads (each element computed whole by one thread:
-// the same result at any thread count).
-template <typename A>
-void rows_dot(const A* a, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo) {
-#if FUSED_ATTN_HAVE_AVX2_BUILD
-  const auto fn = use_avx2() ? &avx2::rows_dot<A> : &baseline::rows_dot<A>;
-#else
-  const auto fn = &baseline::rows_dot<A>;
-#endif
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(K * nb, 1));
-  at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) { fn(a, b, K, m0, m1, nb, out, ldo); });
 }
 
 template <typename A>
@@ -553,12 +555,13 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
       // (÷ ties).
       auto stage_b = [&](int64_t c0, int64_t nb) {
         const at::Tensor dh = at::mm(da_all.narrow(0, c0, nb), w.w2);  // [nb, rd]
-        const at::Tensor inputs = chunk_mlp_input(v, pooled, c0, nb);  // [maps·nb, C]
+        const at::Tensor inputs = chunk_mlp_input(v, pooled, c0, nb).contiguous();  // [maps·nb, C]
         const A* dhp = dh.data_ptr<A>();
         A* hs = hsum.data_ptr<A>() + c0 * v.rd;
         std::vector<at::Tensor> dpool;
         for (int64_t b = 0; b < maps; ++b) {
-          at::Tensor pre = at::mm(inputs.narrow(0, b * nb, nb), w.w1.t());  // [nb, rd]
+          at::Tensor pre = at::empty({nb, v.rd}, aopt);  // [nb, rd]: the branch's rows against W1's
+          rows_dot(w.pw1(), inputs.const_data_ptr<A>() + b * nb * v.C, v.rd, v.C, nb, pre.data_ptr<A>(), v.rd);
           if (w.b1.defined()) pre.add_(w.b1);
           const A* pp = pre.data_ptr<A>();
           at::Tensor dpre = dpre_all[b].narrow(0, c0, nb);
