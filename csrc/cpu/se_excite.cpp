@@ -1,6 +1,8 @@
 // The SE excitation on the CPU: N×C and N×rd tensors only.
 //
-// The two matrix products per direction go to ATen (BLAS); the activations,
+// The forward's two matrix products are row dot products (channel_gate.h's
+// rows_dot) for chunks of up to 16 samples, BLAS GEMMs beyond; the
+// backward's go to ATen (BLAS). The activations,
 // gates and their derivatives are plain loops here, one call per chunk of
 // samples instead of a dozen small ATen ops (each costs microseconds of
 // dispatch and allocation, which at small H·W rivals the whole pass over x).
