@@ -18,6 +18,8 @@ void cbam_channel_grad(const T* dy, const T* x, const acc_t<T>* g, const Spatial
 template <typename T>
 void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t<T>>& sg, const acc_t<T>* mx,
              const acc_t<T>* share, const acc_t<T>* tie, int64_t C, int64_t HW, bool cl, bool nt, T* dx);
-// out[n·ldo + m] = Σ_k a[m·K + k]·b[n·K + k], m in [m0, m1), n < nb (the MLP's products).
+// out[n·ldo + m] = Σ_k a[m·K + k]·b[n·K + k] (+ bias_scale·bias[m]), m in [m0, m1), n < nb
+// (the MLP's products).
 template <typename A>
-void rows_dot(const A* a, const A* b, int64_t K, int64_t m0, int64_t m1, int64_t nb, A* out, int64_t ldo);
+void rows_dot(const A* a, const A* b, int64_t K, int64_t m0, int64_t m1, int64_t nb, const A* bias, A bias_scale,
+              A* out, int64_t ldo);

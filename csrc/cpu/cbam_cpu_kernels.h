@@ -19,26 +19,6 @@
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-// Rounds n values to T and back (x1 as the module stores it): a no-op for
-// float and double.
-template <typename T, typename A>
-inline void round_as(A* v, int64_t n) {
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    // c10::BFloat16's rule: nearest, ties to even; NaN to the quiet NaN.
-    uint32_t b[kBlock];
-    std::memcpy(b, v, n * sizeof(float));
-    for (int64_t j = 0; j < n; ++j) {
-      const uint32_t r = (b[j] + 0x7FFFu + ((b[j] >> 16) & 1u)) & 0xFFFF0000u;
-      b[j] = (b[j] & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC00000u : r;
-    }
-    std::memcpy(v, b, n * sizeof(float));
-  } else if constexpr (std::is_same_v<T, c10::Half>) {
-    T tmp[kBlock];
-    store_block(v, tmp, n);
-    load_block(tmp, v, n);
-  }
-}
-
 // ---- vectors ------------------------------------------------------------------
 // GCC's vector extensions, 32 bytes (8 floats, 4 doubles) in both builds (the
 // baseline build splits each into two SSE registers), so lane counts, and
@@ -157,15 +137,14 @@ inline __attribute__((always_inline)) void vstore_t(T* p, Vec<acc_t<T>> v) {
   }
 }
 
-// Scalar forms of the same, for the tails.
+// Scalar forms of the same, for the tails (round_t through vround_t, so a
+// tail element rounds exactly as a vector lane does).
 template <typename T>
 inline acc_t<T> round_t(acc_t<T> a) {
   if constexpr (std::is_same_v<T, acc_t<T>>) {
     return a;
   } else {
-    acc_t<T> v[1] = {a};
-    round_as<T>(v, 1);
-    return v[0];
+    return vround_t<T>(vsplat(a))[0];
   }
 }
 template <typename T>
@@ -455,18 +434,16 @@ inline A dx1_one(const SpatialGrad<A>& sg, int64_t p, A d, A t) {
   return d * sg.s[p] + sg.dcmean[p] + (t == sg.cmax[p] ? sg.dcmax[p] : A(0));
 }
 
-// The terms of one pixel p (channels_last: one value each for its C channels).
+// The terms of one pixel p splat (channels_last: one value each for its C
+// channels), for dx1 of a vector of those channels; dx1_one for one.
 template <typename A>
 struct PixelGrad {
   Vec<A> s, dm, dmx, mp;
-  A s1, dm1, dmx1, mp1;
   PixelGrad(const SpatialGrad<A>& sg, int64_t p)
-      : s(vsplat(sg.s[p])), dm(vsplat(sg.dcmean[p])), dmx(vsplat(sg.dcmax[p])), mp(vsplat(sg.cmax[p])),
-        s1(sg.s[p]), dm1(sg.dcmean[p]), dmx1(sg.dcmax[p]), mp1(sg.cmax[p]) {}
+      : s(vsplat(sg.s[p])), dm(vsplat(sg.dcmean[p])), dmx(vsplat(sg.dcmax[p])), mp(vsplat(sg.cmax[p])) {}
   inline __attribute__((always_inline)) Vec<A> dx1(Vec<A> d, Vec<A> t) const {
     return d * s + dm + ((t == mp) ? dmx : Vec<A>{});
   }
-  inline A dx1(A d, A t) const { return d * s1 + dm1 + (t == mp1 ? dmx1 : A(0)); }
 };
 
 // ds [HW] = Σ_c dy·x1 and cc [HW] = #{c : x1 == cmax} at each pixel.
@@ -542,15 +519,12 @@ void cbam_channel_grad(const T* dy, const T* x, const acc_t<T>* g, const Spatial
   }
   std::fill(dg, dg + C, A(0));
   std::fill(cnt, cnt + C, A(0));
-  // Rows are pixels: each one's terms are splat once per row and column block.
+  // Rows are pixels: each one's terms are splat per row and column block.
   sweep_reduce2<false, A>(
       HW, C, C,
       [&](int64_t p, int64_t off, int64_t c, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
         const Vec<A> xv = vload_t(x + off);
-        const Vec<A> t = vround_t<T>(xv * vload(g + c));
-        const Vec<A> d1 = vload_t(dy + off) * vsplat(sg.s[p]) + vsplat(sg.dcmean[p]) +
-                          ((t == vsplat(sg.cmax[p])) ? vsplat(sg.dcmax[p]) : Vec<A>{});
-        u = d1 * xv;
+        u = PixelGrad<A>(sg, p).dx1(vload_t(dy + off), vround_t<T>(xv * vload(g + c))) * xv;
         v = veq01(xv, vload(mx + c));
       },
       [&](int64_t p, int64_t off, int64_t c, A& u, A& v) {
@@ -603,7 +577,7 @@ void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t
         }
         for (; c < C; ++c) {
           const A xv = static_cast<A>(xr[c]);
-          const A d1 = pg.dx1(static_cast<A>(dr[c]), round_t<T>(xv * g[c]));
+          const A d1 = dx1_one(sg, p, static_cast<A>(dr[c]), round_t<T>(xv * g[c]));
           store_t(out + c, d1 * g[c] + share[c] + (xv == mx[c] ? tie[c] : A(0)));
         }
       }
@@ -619,14 +593,14 @@ void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t
 
 // ---- the MLP's small matrix products --------------------------------------------
 
-// out[n·ldo + m] = Σ_k a[m·K + k]·b[n·K + k] for rows m of a in [m0, m1) and
-// the nb rows n of b: dot products of contiguous rows, in kW lanes, then the
+// out[n·ldo + m] = Σ_k a[m·K + k]·b[n·K + k] (+ bias_scale·bias[m] when bias
+// is given) for rows m of a in [m0, m1) and the nb rows n of b: dot products of contiguous rows, in kW lanes, then the
 // lanes folded and the tail added (an order fixed by K). The MLP's matrices
 // are a few rows of pooled vectors against weight matrices of up to
 // 2048×128: MKL's GEMM takes 2-5x the time of these loops at 2-8 rows
 // (measured on the 2-core EPYC VM: [2048×128]·[128×2] in 250 µs).
 template <int64_t kRows, typename A>
-inline void dot_rows(const A* ar, const A* b, int64_t K, A* out, int64_t ldo) {
+inline void dot_rows(const A* ar, const A* b, int64_t K, A bias, A* out, int64_t ldo) {
   constexpr int64_t W = kW<A>;
   Vec<A> acc[kRows];
   for (int64_t j = 0; j < kRows; ++j) acc[j] = Vec<A>{};
@@ -640,26 +614,30 @@ inline void dot_rows(const A* ar, const A* b, int64_t K, A* out, int64_t ldo) {
     fold_lanes<false, W / 2, A>(va, vb);
     A tail = A(0);
     for (int64_t t = k; t < K; ++t) tail += ar[t] * b[j * K + t];
-    out[j * ldo] = va[0] + tail;
+    out[j * ldo] = (va[0] + tail) + bias;
   }
 }
 
 template <typename A>
-void rows_dot(const A* a, const A* b, int64_t K, int64_t m0, int64_t m1, int64_t nb, A* out, int64_t ldo) {
+void rows_dot(const A* a, const A* b, int64_t K, int64_t m0, int64_t m1, int64_t nb, const A* bias, A bias_scale,
+              A* out, int64_t ldo) {
   for (int64_t m = m0; m < m1; ++m) {
     const A* ar = a + m * K;
+    const A bm = bias ? bias_scale * bias[m] : A(0);
     int64_t n = 0;
-    for (; n + 4 <= nb; n += 4) dot_rows<4>(ar, b + n * K, K, out + n * ldo + m, ldo);
+    for (; n + 4 <= nb; n += 4) dot_rows<4>(ar, b + n * K, K, bm, out + n * ldo + m, ldo);
     switch (nb - n) {
-      case 3: dot_rows<3>(ar, b + n * K, K, out + n * ldo + m, ldo); break;
-      case 2: dot_rows<2>(ar, b + n * K, K, out + n * ldo + m, ldo); break;
-      case 1: dot_rows<1>(ar, b + n * K, K, out + n * ldo + m, ldo); break;
+      case 3: dot_rows<3>(ar, b + n * K, K, bm, out + n * ldo + m, ldo); break;
+      case 2: dot_rows<2>(ar, b + n * K, K, bm, out + n * ldo + m, ldo); break;
+      case 1: dot_rows<1>(ar, b + n * K, K, bm, out + n * ldo + m, ldo); break;
       default: break;
     }
   }
 }
-template void rows_dot<float>(const float*, const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
-template void rows_dot<double>(const double*, const double*, int64_t, int64_t, int64_t, int64_t, double*, int64_t);
+template void rows_dot<float>(const float*, const float*, int64_t, int64_t, int64_t, int64_t, const float*, float,
+                              float*, int64_t);
+template void rows_dot<double>(const double*, const double*, int64_t, int64_t, int64_t, int64_t, const double*,
+                               double, double*, int64_t);
 
 #define FUSED_ATTN_INSTANTIATE_CBAM(T)                                                                         \
   template void cbam_spatial_pool<T>(const T*, int64_t, int64_t, bool, acc_t<T>*, acc_t<T>*);                 \

@@ -77,17 +77,21 @@ namespace avx2 {
 // threads, each element one thread's fixed-order dot product, so the result
 // does not depend on the thread count.
 template <typename A>
-void rows_dot(const A* a, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo) {
+void rows_dot(const A* a, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo, const A* bias,
+              A bias_scale) {
 #if FUSED_ATTN_HAVE_AVX2_BUILD
   const auto fn = use_avx2() ? &avx2::rows_dot<A> : &baseline::rows_dot<A>;
 #else
   const auto fn = &baseline::rows_dot<A>;
 #endif
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(K * nb, 1));
-  at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) { fn(a, b, K, m0, m1, nb, out, ldo); });
+  at::parallel_for(0, M, grain,
+                   [&](int64_t m0, int64_t m1) { fn(a, b, K, m0, m1, nb, bias, bias_scale, out, ldo); });
 }
-template void rows_dot<float>(const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t);
-template void rows_dot<double>(const double*, const double*, int64_t, int64_t, int64_t, double*, int64_t);
+template void rows_dot<float>(const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t, const float*,
+                              float);
+template void rows_dot<double>(const double*, const double*, int64_t, int64_t, int64_t, double*, int64_t,
+                               const double*, double);
 
 namespace {
 
@@ -193,21 +197,14 @@ void chunk_logits(const Cbam& v, const Weights<A>& w, const at::Tensor& pooled, 
   // hᵀ [branches·nb, rd]: each input row against W1's rows.
   at::Tensor h = at::empty({rows, v.rd}, in.options());
   A* hp = h.data_ptr<A>();
-  rows_dot(w.pw1(), in.const_data_ptr<A>(), v.rd, v.C, rows, hp, v.rd);
-  const A* b1 = w.pb1();
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t r = 0; r < v.rd; ++r) hp[i * v.rd + r] = act_forward(v.act, hp[i * v.rd + r] + (b1 ? b1[r] : A(0)));
+  rows_dot(w.pw1(), in.const_data_ptr<A>(), v.rd, v.C, rows, hp, v.rd, w.pb1());
+  for (int64_t i = 0; i < rows * v.rd; ++i) hp[i] = act_forward(v.act, hp[i]);
   // fc2 is linear: mlp(mean) + mlp(max) = W2·(h_mean + h_max) + 2·b2, one
   // product of nb rows instead of 2·nb (fc2 is half the MLP's work).
   if (!v.light)
     for (int64_t i = 0; i < nb * v.rd; ++i) hp[i] += hp[nb * v.rd + i];
   A* out = logits.data_ptr<A>() + n0 * v.C;  // logits rows [n0, n0 + nb): [nb, C]
-  rows_dot(w.pw2(), hp, v.C, v.rd, nb, out, v.C);
-  if (const A* b2 = w.pb2()) {
-    const A scale = v.light ? A(1) : A(2);
-    for (int64_t i = 0; i < nb; ++i)
-      for (int64_t c = 0; c < v.C; ++c) out[i * v.C + c] += scale * b2[c];
-  }
+  rows_dot(w.pw2(), hp, v.C, v.rd, nb, out, v.C, w.pb2(), v.light ? A(1) : A(2));
 }
 
 template <typename A>
@@ -561,8 +558,8 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
         std::vector<at::Tensor> dpool;
         for (int64_t b = 0; b < maps; ++b) {
           at::Tensor pre = at::empty({nb, v.rd}, aopt);  // [nb, rd]: the branch's rows against W1's
-          rows_dot(w.pw1(), inputs.const_data_ptr<A>() + b * nb * v.C, v.rd, v.C, nb, pre.data_ptr<A>(), v.rd);
-          if (w.b1.defined()) pre.add_(w.b1);
+          rows_dot(w.pw1(), inputs.const_data_ptr<A>() + b * nb * v.C, v.rd, v.C, nb, pre.data_ptr<A>(), v.rd,
+                   w.pb1());
           const A* pp = pre.data_ptr<A>();
           at::Tensor dpre = dpre_all[b].narrow(0, c0, nb);
           A* dp = dpre.data_ptr<A>();

@@ -40,12 +40,14 @@ int64_t chunk_samples(int64_t N, int64_t bytes_per_sample);
 // whole cache lines.
 bool stream_output(const at::Tensor& out, int64_t row_elems);
 
-// out[n·ldo + m] = Σ_k a[m·K + k]·b[n·K + k] for m < M, n < nb (a [M, K] and
-// b [nb, K] contiguous): the excitation MLPs' products of a few pooled rows
-// with a weight matrix, where BLAS GEMMs are slow (2-5x at 2-8 rows, measured
-// with MKL). Threads split the rows of a; each element is one thread's
-// fixed-order dot product.
+// out[n·ldo + m] = Σ_k a[m·K + k]·b[n·K + k] + bias_scale·bias[m] (no bias
+// term when bias is null) for m < M, n < nb (a [M, K] and b [nb, K]
+// contiguous): the excitation MLPs' products of a few pooled rows with a
+// weight matrix, where BLAS GEMMs are slow (2-5x at 2-8 rows, measured with
+// MKL). Threads split the rows of a; each element is one thread's
+// fixed-order dot product, the bias added last.
 template <typename A>
-void rows_dot(const A* a, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo);
+void rows_dot(const A* a, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo,
+              const A* bias = nullptr, A bias_scale = A(1));
 
 }  // namespace fused_attn::cpu

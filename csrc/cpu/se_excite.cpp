@@ -36,24 +36,19 @@ void map_into(at::Tensor& out, const at::Tensor& in, F&& f) {
 // through BLAS (which is then the faster).
 constexpr int64_t kFewRows = 16;
 void linear_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, const std::optional<at::Tensor>& b) {
+  const auto dt = a.scalar_type();
   const bool few = a.size(0) <= kFewRows && a.is_contiguous() && w.is_contiguous() && out.is_contiguous() &&
-                   a.scalar_type() == w.scalar_type() && out.scalar_type() == a.scalar_type() &&
-                   (a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble);
+                   w.scalar_type() == dt && out.scalar_type() == dt && (!b || (b->is_contiguous() && b->scalar_type() == dt)) &&
+                   (dt == at::kFloat || dt == at::kDouble);
   if (!few) {
     if (b) at::addmm_out(out, *b, a, w.t());
     else at::mm_out(out, a, w.t());
     return;
   }
   const int64_t nb = a.size(0), M = w.size(0), K = w.size(1);
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "linear_into", [&] {
-    scalar_t* o = out.data_ptr<scalar_t>();
-    rows_dot<scalar_t>(w.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), M, K, nb, o, M);
-    if (b) {
-      const at::Tensor bb = b->to(a.scalar_type()).contiguous();
-      const scalar_t* bp = bb.const_data_ptr<scalar_t>();
-      for (int64_t n = 0; n < nb; ++n)
-        for (int64_t m = 0; m < M; ++m) o[n * M + m] += bp[m];
-    }
+  AT_DISPATCH_FLOATING_TYPES(dt, "linear_into", [&] {
+    rows_dot<scalar_t>(w.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), M, K, nb,
+                       out.data_ptr<scalar_t>(), M, b ? b->const_data_ptr<scalar_t>() : nullptr);
   });
 }
 
