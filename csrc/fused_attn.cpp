@@ -1,9 +1,10 @@
 // fused_attn's operator schemas and the Python module that loads them.
 //
 // Every backend registers its kernels for these schemas in its own file
-// (csrc/cpu/*, csrc/cuda/*); fake kernels and autograd are registered from
-// Python (fused_attn/ops/). There is no pybind11: importing fused_attn._C runs
-// the static registrations below, which is all the module is for.
+// (csrc/cpu/*, csrc/cuda/*); autograd, one kernel per forward op for every
+// device, in csrc/autograd.cpp; fake kernels are registered from Python
+// (fused_attn/ops/). There is no pybind11: importing fused_attn._C runs the
+// static registrations below, which is all the module is for.
 #include <Python.h>
 #include <torch/library.h>
 

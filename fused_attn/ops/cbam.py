@@ -9,7 +9,8 @@ running statistics when both are given, else with the batch's. Saved for the
 backward (accumulation dtype): pooled [2, N, C] (spatial mean and max of x),
 logits [N, C], smap [2, N, H·W] (channel mean and max of x1), z [N, H·W]
 (conv output) and bn_stats [2] (mean and biased variance used). Here: the
-argument checks shared by every entry point, fake kernels and autograd.
+argument checks shared by every entry point, fake kernels and the Triton op's
+autograd (the C++ op's is csrc/autograd.cpp).
 """
 import torch
 from torch._prims_common import suggest_memory_format
@@ -94,8 +95,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def register_cbam_autograd(forward_op, backward_op):
-    """Autograd for a CBAM forward op (the C++ one, or a backend's own with the
-    same signature): its backward is ``backward_op``."""
+    """Autograd for a backend's own CBAM forward op with the C++ op's signature
+    (the Triton one): its backward is ``backward_op``. The C++ ops' autograd is
+    the same formula in C++ (csrc/autograd.cpp), to spare them this Python
+    layer's per-call cost."""
 
     def backward(ctx, dy, *_unused):
         x, w1, b1, w2, b2, ws, bn_w, bn_b, pooled, logits, smap, z, stats = ctx.saved_tensors
@@ -111,6 +114,3 @@ def register_cbam_autograd(forward_op, backward_op):
 
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
 
-
-if HAS_C:
-    register_cbam_autograd("fused_attn::cbam_forward", torch.ops.fused_attn.cbam_backward)

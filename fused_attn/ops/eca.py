@@ -5,7 +5,8 @@ and ``fused_attn::eca_backward(grad_y, x, conv_weight, pooled, logits, padding, 
 -> (grad_x, grad_weight, grad_bias)`` are declared in C++ (csrc/fused_attn.cpp);
 conv_weight is [k] (k odd), conv_bias [1]; pooled and logits are [N, C] in the
 accumulation dtype; grad_bias is a [0] tensor when there is no bias. Here: the
-argument checks, fake kernels and autograd.
+argument checks, fake kernels and the Triton op's autograd (the C++ op's is
+csrc/autograd.cpp).
 """
 import torch
 from torch._prims_common import suggest_memory_format
@@ -71,8 +72,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def register_eca_autograd(forward_op, backward_op):
-    """Autograd for an ECA forward op (the C++ one, or a backend's own with the
-    same signature): its backward is ``backward_op``."""
+    """Autograd for a backend's own ECA forward op with the C++ op's signature
+    (the Triton one): its backward is ``backward_op``. The C++ ops' autograd is
+    the same formula in C++ (csrc/autograd.cpp), to spare them this Python
+    layer's per-call cost."""
 
     def backward(ctx, dy, *_unused):
         x, w, pooled, logits = ctx.saved_tensors
@@ -83,6 +86,3 @@ def register_eca_autograd(forward_op, backward_op):
 
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
 
-
-if HAS_C:
-    register_eca_autograd("fused_attn::eca_forward", torch.ops.fused_attn.eca_backward)

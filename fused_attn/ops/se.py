@@ -3,7 +3,8 @@
 ``fused_attn::se_forward`` and ``fused_attn::se_backward`` are declared in C++
 (csrc/fused_attn.cpp) and implemented per backend (csrc/cpu, csrc/cuda). Here:
 the argument checks shared by every entry point, the fake kernels that let
-``torch.compile`` and ``torch.export`` trace the ops, and the autograd formula.
+``torch.compile`` and ``torch.export`` trace the ops, and the autograd formula
+for the Triton op of the same signature (the C++ op's is csrc/autograd.cpp).
 """
 import contextlib
 
@@ -121,8 +122,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def register_se_autograd(forward_op, backward_op):
-    """Autograd for an SE forward op (the C++ one, or a backend's own with the
-    same signature): its backward is ``backward_op``."""
+    """Autograd for a backend's own SE forward op with the C++ op's signature
+    (the Triton one): its backward is ``backward_op``. The C++ ops' autograd is
+    the same formula in C++ (csrc/autograd.cpp), to spare them this Python
+    layer's per-call cost."""
 
     def backward(ctx, dy, *_unused):
         x, w1, w2, pooled, maxv, hidden, logits = ctx.saved_tensors
@@ -135,6 +138,3 @@ def register_se_autograd(forward_op, backward_op):
 
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
 
-
-if HAS_C:
-    register_se_autograd("fused_attn::se_forward", torch.ops.fused_attn.se_backward)
