@@ -112,6 +112,22 @@ def test_kernel_size_from_channels_matches_timm(C, k):
     assert fused_attn.reference.eca_kernel_size(C) == k == timm_eca.EcaModule(C).conv.kernel_size[0]
 
 
+def test_sigmoid_gate_across_the_float_range(backend):
+    """The CPU gates run on whole vectors with their own exp (csrc/cpu/vec_math.h):
+    y = x·sigmoid(x) (k = 1, weight 1, H = W = 1) against eager PyTorch from
+    -120 to 120, through where e^-x overflows float (the gate is exactly 0
+    beyond, so an infinite x gives NaN as in eager), and at ±inf, NaN, ±0."""
+    inf, nan = float("inf"), float("nan")
+    special = [inf, -inf, nan, 0.0, -0.0, 1e-30, -88.72, -88.73, -87.0, 88.72, 103.0]
+    z = torch.cat([torch.linspace(-120, 120, 4001), torch.tensor(special)])
+    x = z.reshape(1, -1, 1, 1)
+    y = fused_attn.efficient_channel_attention(x, torch.ones(1, 1, 1), gate="sigmoid")
+    expected = x * torch.sigmoid(x)
+    torch.testing.assert_close(y, expected, atol=1e-30, rtol=1e-6, equal_nan=True)
+    beyond = (x < -88.73) & x.isfinite()
+    assert beyond.sum() > 100 and (y[beyond] == 0).all()
+
+
 def test_deterministic(backend):
     variant = ECAVariant(k=5, padding="circular", bias=True)
     for memory_format in FORMATS:

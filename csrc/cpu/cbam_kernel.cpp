@@ -207,9 +207,11 @@ void chunk_logits(const Cbam& v, const Weights<A>& w, const at::Tensor& pooled, 
   rows_dot(w.pw2(), hp, v.C, v.rd, nb, out, v.C, w.pb2(), v.light ? A(1) : A(2));
 }
 
+// g = gate(a) for one sample's C logits (the light channel gate is always a
+// sigmoid, as in timm).
 template <typename A>
-inline A channel_gate_value(const Cbam& v, A a) {
-  return v.light ? sigmoid(a) : gate_value(v.gate, a);
+inline void channel_gates(const Cbam& v, const A* a, A* g) {
+  gate_into(v.light ? Gate::Sigmoid : v.gate, a, g, v.C);
 }
 
 // The conv's input maps of one sample from its channel mean and max.
@@ -293,7 +295,8 @@ struct Scratch {
 // s = gate(γ·(z − μ)·invstd + β) for one sample.
 template <typename A>
 void spatial_gate(const Cbam& v, const A* z, A mu, A invstd, A gamma, A beta, A* s) {
-  for (int64_t p = 0; p < v.HW; ++p) s[p] = gate_value(v.gate, gamma * (z[p] - mu) * invstd + beta);
+  for (int64_t p = 0; p < v.HW; ++p) s[p] = gamma * (z[p] - mu) * invstd + beta;
+  gate_into(v.gate, s, s, v.HW);
 }
 
 Cbam describe(const Geometry& geo, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& ws, bool light,
@@ -381,7 +384,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         for (int64_t n = n0; n < n1; ++n) {
           const T* xs = xp + n * slice;
           const A* a = lg + n * v.C;
-          for (int64_t c = 0; c < v.C; ++c) t.g[c] = channel_gate_value(v, a[c]);
+          channel_gates(v, a, t.g.data());
           A* cmean = sm + n * v.HW;
           A* cmax = sm + (v.N + n) * v.HW;
           k.channel_pool(xs, t.g.data(), v.C, v.HW, v.cl, cmean, cmax);
@@ -413,7 +416,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       at::parallel_for(0, v.N, 1, [&](int64_t n0, int64_t n1) {
         std::vector<A> g(v.C), s(v.HW);
         for (int64_t n = n0; n < n1; ++n) {
-          for (int64_t c = 0; c < v.C; ++c) g[c] = channel_gate_value(v, lg[n * v.C + c]);
+          channel_gates(v, lg + n * v.C, g.data());
           spatial_gate(v, zp + n * v.HW, mu, invstd, w.gamma, w.beta, s.data());
           k.rescale(xp + n * slice, g.data(), s.data(), v.C, v.HW, v.cl, nt, yp + n * slice);
         }
@@ -480,15 +483,16 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
         const T* xs = xp + n * slice;
         const T* dys = dyp + n * slice;
         const A* cmax = sm + (v.N + n) * v.HW;
-        for (int64_t c = 0; c < v.C; ++c) t.g[c] = channel_gate_value(v, lg[n * v.C + c]);
+        channel_gates(v, lg + n * v.C, t.g.data());
         A* dsp = t.dm.data();  // scratch [HW]
         A* cc = ccp + n * v.HW;
         k.spatial_grad(dys, xs, t.g.data(), cmax, v.C, v.HW, v.cl, dsp, cc);
         const A* zs = zp + n * v.HW;
-        for (int64_t p = 0; p < v.HW; ++p) {
-          const A bo = w.gamma * (zs[p] - mu) * invstd + w.beta;
-          dbnp[n * v.HW + p] = gate_grad(v.gate, dsp[p], bo, gate_value(v.gate, bo));
-        }
+        A* bo = t.s.data();  // the BatchNorm's output, then its gate
+        A* gs = t.m.data();
+        for (int64_t p = 0; p < v.HW; ++p) bo[p] = w.gamma * (zs[p] - mu) * invstd + w.beta;
+        gate_into(v.gate, bo, gs, v.HW);
+        for (int64_t p = 0; p < v.HW; ++p) dbnp[n * v.HW + p] = gate_grad(v.gate, dsp[p], bo[p], gs[p]);
       };
 
       // Per chunk of samples whose x, dy and dx stay cached between the
@@ -515,10 +519,10 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
         A* sp = row(cs, i);
         A* dcmean = row(cdcmean, i);
         A* dcmax = row(cdcmax, i);
-        for (int64_t c = 0; c < v.C; ++c) g[c] = channel_gate_value(v, a[c]);
+        channel_gates(v, a, g);
         // s and the conv's input maps.
         const A* zs = zp + n * v.HW;
-        for (int64_t p = 0; p < v.HW; ++p) sp[p] = gate_value(v.gate, w.gamma * (zs[p] - mu) * invstd + w.beta);
+        spatial_gate(v, zs, mu, invstd, w.gamma, w.beta, sp);
         conv_input(v, cmean, cmax, t.m.data());
         std::fill(t.dwsp.begin(), t.dwsp.end(), A(0));
         conv2d_backward(v, t.m.data(), w.pws(), dz, t.dm.data(), t.dwsp.data());

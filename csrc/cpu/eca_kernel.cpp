@@ -18,76 +18,104 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 
 namespace fused_attn::cpu {
 namespace {
 
-// The channel c + j - pad of a row of C, wrapped (circular) or -1 (zeros,
-// outside the row).
-inline int64_t tap(int64_t c, int64_t j, int64_t pad, int64_t C, Padding padding) {
-  int64_t i = c + j - pad;
-  if (i >= 0 && i < C) return i;
-  if (padding == Padding::Zeros) return -1;
+// A tap of the convolution shifts a row by off = j - pad: channel c reads
+// c + off. taps(C, off) splits [0, C) into the channels whose source lies in
+// the row, [c0, c1), and the rest (zero, or wrapped when circular).
+struct Taps {
+  int64_t c0, c1;
+};
+inline Taps taps(int64_t C, int64_t off) {
+  const int64_t c0 = std::clamp<int64_t>(-off, 0, C);
+  return {c0, std::clamp<int64_t>(C - off, c0, C)};
+}
+
+// The source channel of c, wrapped modulo C (circular padding; C may be
+// smaller than the shift).
+inline int64_t wrap(int64_t i, int64_t C) {
   i %= C;
   return i < 0 ? i + C : i;
 }
 
-// z = conv(p) + b and g = gate(z) for nb rows of C.
+// out[c] += wt · v[c + off] for every c of a row of C: the in-row channels in
+// one straight (vectorized) loop, the wrapped ones after it when circular.
+template <typename A>
+inline void add_tap(const A* v, A* out, int64_t C, int64_t off, A wt, Padding padding) {
+  const Taps t = taps(C, off);
+  for (int64_t c = t.c0; c < t.c1; ++c) out[c] += wt * v[c + off];
+  if (padding == Padding::Circular) {
+    for (int64_t c = 0; c < t.c0; ++c) out[c] += wt * v[wrap(c + off, C)];
+    for (int64_t c = t.c1; c < C; ++c) out[c] += wt * v[wrap(c + off, C)];
+  }
+}
+
+// z = conv(p) + b and g = gate(z) for nb rows of C. Each z[c] is b plus the
+// taps in order j = 0 .. k-1.
 template <typename A>
 void conv_gate_rows(const A* p, A* z, A* g, int64_t nb, int64_t C, const A* w, int64_t k, A b, Padding padding,
                     Gate gate) {
   const int64_t pad = (k - 1) / 2;
   for (int64_t n = 0; n < nb; ++n) {
-    const A* pr = p + n * C;
-    for (int64_t c = 0; c < C; ++c) {
-      A acc = b;
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t i = tap(c, j, pad, C, padding);
-        if (i >= 0) acc += w[j] * pr[i];
-      }
-      z[n * C + c] = acc;
-      g[n * C + c] = gate_value(gate, acc);
-    }
+    A* zr = z + n * C;
+    std::fill(zr, zr + C, b);
+    for (int64_t j = 0; j < k; ++j) add_tap(p + n * C, zr, C, j - pad, w[j], padding);
   }
+  gate_into(gate, z, g, nb * C);
 }
 
 // From s = Σ dy·x and the logits z: g = gate(z), dz = dL/dz, and dp = dL/dp
-// (the transposed convolution: dp[c] = Σ_j w[j] dz[c - j + pad]).
+// (the transposed convolution: dp[c] = Σ_j w[j] dz[c - j + pad], j in order).
 template <typename A>
 void conv_gate_rows_backward(const A* s, const A* z, A* g, A* dz, A* dp, int64_t nb, int64_t C, const A* w,
                              int64_t k, Padding padding, Gate gate) {
   const int64_t pad = (k - 1) / 2;
-  for (int64_t i = 0; i < nb * C; ++i) {
-    g[i] = gate_value(gate, z[i]);
-    dz[i] = gate_grad(gate, s[i], z[i], g[i]);
-  }
+  gate_into(gate, z, g, nb * C);
+  for (int64_t i = 0; i < nb * C; ++i) dz[i] = gate_grad(gate, s[i], z[i], g[i]);
   for (int64_t n = 0; n < nb; ++n) {
-    const A* dzr = dz + n * C;
-    for (int64_t c = 0; c < C; ++c) {
-      A acc = A(0);
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t i = tap(c, k - 1 - j, pad, C, padding);   // c - j + pad
-        if (i >= 0) acc += w[j] * dzr[i];
-      }
-      dp[n * C + c] = acc;
-    }
+    A* dpr = dp + n * C;
+    std::fill(dpr, dpr + C, A(0));
+    for (int64_t j = 0; j < k; ++j) add_tap(dz + n * C, dpr, C, pad - j, w[j], padding);
   }
 }
 
-// dw[j] = Σ_{n,c} dz[n, c] · p[n, c + j - pad], for the whole batch.
+// Σ_i a[i]·b[i] in 8 lanes (fixed order: lanes, then their pairwise sum, then
+// the tail).
+template <typename A>
+inline A dot_lanes(const A* a, const A* b, int64_t len) {
+  A acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8)
+    for (int64_t l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
+  A tail = 0;
+  for (; i < len; ++i) tail += a[i] * b[i];
+  return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) + tail;
+}
+
+// dw[j] = Σ_{n,c} dz[n, c] · p[n, c + j - pad], for the whole batch: per row
+// a fixed-order dot product, the rows summed in double in sample order.
 template <typename A>
 void conv_weight_grad(const A* p, const A* dz, A* dw, int64_t N, int64_t C, int64_t k, Padding padding) {
   const int64_t pad = (k - 1) / 2;
   for (int64_t j = 0; j < k; ++j) {
-    A acc = A(0);
+    const int64_t off = j - pad;
+    const Taps t = taps(C, off);
+    double acc = 0;
     for (int64_t n = 0; n < N; ++n) {
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t i = tap(c, j, pad, C, padding);
-        if (i >= 0) acc += dz[n * C + c] * p[n * C + i];
+      const A* dzr = dz + n * C;
+      const A* pr = p + n * C;
+      A row = dot_lanes(dzr + t.c0, pr + t.c0 + off, t.c1 - t.c0);
+      if (padding == Padding::Circular) {
+        for (int64_t c = 0; c < t.c0; ++c) row += dzr[c] * pr[wrap(c + off, C)];
+        for (int64_t c = t.c1; c < C; ++c) row += dzr[c] * pr[wrap(c + off, C)];
       }
+      acc += static_cast<double>(row);
     }
-    dw[j] = acc;
+    dw[j] = static_cast<A>(acc);
   }
 }
 

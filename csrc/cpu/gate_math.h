@@ -20,6 +20,24 @@ inline A gate_value(Gate gate, A z) {
   return gate == Gate::Sigmoid ? sigmoid(z) : std::min(std::max(z + A(3), A(0)), A(6)) / A(6);
 }
 
+// The gates of n values at once: g[i] = gate(z[i]) (g may be z). Float
+// sigmoids run on whole vectors (vec_math.h, the CPU's best ISA:
+// sigmoid_into, se_kernel.cpp); every excitation computes its gates here, in
+// the forward and again in the backward, so both directions see the same g.
+void sigmoid_into(const float* z, float* g, int64_t n);
+inline void sigmoid_into(const double* z, double* g, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) g[i] = sigmoid(z[i]);
+}
+
+template <typename A>
+inline void gate_into(Gate gate, const A* z, A* g, int64_t n) {
+  if (gate == Gate::Sigmoid) {
+    sigmoid_into(z, g, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) g[i] = gate_value(gate, z[i]);
+  }
+}
+
 // d gate(z) / dz, times grad; g = gate(z).
 template <typename A>
 inline A gate_grad(Gate gate, A grad, A z, A g) {

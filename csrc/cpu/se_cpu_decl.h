@@ -8,3 +8,5 @@ template <typename T>
 void forward_pass(const ScaleJob<T>& write, const PoolJob<T>& read, int64_t C, int64_t HW, bool cl, bool nt);
 template <typename T>
 void backward_pass(const DxJob<T>& write, const ReduceJob<T>& read, int64_t C, int64_t HW, bool cl, bool nt);
+// g = 1 / (1 + e^-z) for n floats (vec_math.h).
+void sigmoid_rows(const float* z, float* g, int64_t n);

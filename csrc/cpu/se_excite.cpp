@@ -69,13 +69,13 @@ void forward_impl(const SeWeights& w, Act act, Gate gate, const at::Tensor& p, a
   } else {
     linear_into(logits, p, w.w1, w.b1);
   }
-  map_into<A>(g, logits, [gate](A z, int64_t) { return gate_value(gate, z); });
+  gate_into(gate, logits.data_ptr<A>(), g.data_ptr<A>(), logits.numel());
 }
 
 template <typename A>
 void backward_impl(const SeWeights& w, Act act, Gate gate, const at::Tensor& s, const at::Tensor& hidden,
                    const at::Tensor& logits, at::Tensor& g, at::Tensor& dz, at::Tensor& dh, at::Tensor& dp) {
-  map_into<A>(g, logits, [gate](A z, int64_t) { return gate_value(gate, z); });
+  gate_into(gate, logits.data_ptr<A>(), g.data_ptr<A>(), logits.numel());
   const A* sp = s.data_ptr<A>();
   const A* gp = g.data_ptr<A>();
   map_into<A>(dz, logits, [&](A z, int64_t i) { return gate_grad(gate, sp[i], z, gp[i]); });

@@ -39,6 +39,7 @@ namespace fused_attn::cpu {
 namespace baseline {
 #include "se_cpu_decl.h"
 #include "se_cpu_kernels.h"
+#include "vec_math.h"
 }  // namespace baseline
 
 #if FUSED_ATTN_HAVE_AVX2_BUILD
@@ -257,6 +258,13 @@ bool use_avx2() {
 #else
   return false;
 #endif
+}
+
+void sigmoid_into(const float* z, float* g, int64_t n) {
+#if FUSED_ATTN_HAVE_AVX2_BUILD
+  if (use_avx2()) return avx2::sigmoid_rows(z, g, n);
+#endif
+  baseline::sigmoid_rows(z, g, n);
 }
 
 const char* isa_name() { return use_avx2() ? "avx2" : "baseline"; }

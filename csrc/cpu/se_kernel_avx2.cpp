@@ -25,6 +25,7 @@
 namespace fused_attn::cpu::avx2 {
 #include "se_cpu_decl.h"
 #include "se_cpu_kernels.h"
+#include "vec_math.h"
 }  // namespace fused_attn::cpu::avx2
 
 #pragma GCC pop_options
