@@ -23,3 +23,9 @@ void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t
 template <typename A>
 void rows_dot(const A* a, const A* b, int64_t K, int64_t m0, int64_t m1, int64_t nb, const A* bias, A bias_scale,
               A* out, int64_t ldo);
+// out[r·ldo + j] = Σ_t a[r·ar + t·at]·B[t·ldb + j] for rows r < R, columns j
+// in [j0, j1), t < T ascending (the MLP backward's products and the weight
+// gradients: a·B, or aᵀ·B with ar = 1).
+template <typename A>
+void rows_times(const A* a, int64_t ar, int64_t at, const A* B, int64_t ldb, int64_t R, int64_t T, int64_t j0,
+                int64_t j1, A* out, int64_t ldo);

@@ -639,6 +639,62 @@ template void rows_dot<float>(const float*, const float*, int64_t, int64_t, int6
 template void rows_dot<double>(const double*, const double*, int64_t, int64_t, int64_t, int64_t, const double*,
                                double, double*, int64_t);
 
+// Rows of a times B, as sums of B's rows scaled by a's elements: for kR rows
+// of the output and two vectors of its columns at once, accumulators in
+// registers, t ascending. Each output element is one accumulator over t in
+// order whatever the blocking, so the columns left over, done one element at
+// a time, and any split of the columns across threads give the same bits.
+// The MLP backward's products (dL/da·W2, dL/dpre·W1: a few rows of pooled
+// width) and the weight gradients (Σ_n outer products over a few samples),
+// where MKL's GEMM is as slow as for the forward's (see dot_rows).
+template <int64_t kR, typename A>
+inline void times_block(const A* a, int64_t ar, int64_t at, const A* B, int64_t ldb, int64_t T, A* out,
+                        int64_t ldo) {
+  constexpr int64_t W = kW<A>;
+  Vec<A> acc[kR][2];
+  for (int64_t r = 0; r < kR; ++r) acc[r][0] = acc[r][1] = Vec<A>{};
+  for (int64_t t = 0; t < T; ++t) {
+    const Vec<A> b0 = vload(B + t * ldb), b1 = vload(B + t * ldb + W);
+    for (int64_t r = 0; r < kR; ++r) {
+      const A s = a[r * ar + t * at];
+      acc[r][0] += s * b0;
+      acc[r][1] += s * b1;
+    }
+  }
+  for (int64_t r = 0; r < kR; ++r) {
+    std::memcpy(out + r * ldo, &acc[r][0], sizeof(Vec<A>));
+    std::memcpy(out + r * ldo + W, &acc[r][1], sizeof(Vec<A>));
+  }
+}
+
+template <typename A>
+void rows_times(const A* a, int64_t ar, int64_t at, const A* B, int64_t ldb, int64_t R, int64_t T, int64_t j0,
+                int64_t j1, A* out, int64_t ldo) {
+  constexpr int64_t JB = 2 * kW<A>;
+  int64_t j = j0;
+  for (; j + JB <= j1; j += JB) {
+    int64_t r = 0;
+    for (; r + 4 <= R; r += 4) times_block<4>(a + r * ar, ar, at, B + j, ldb, T, out + r * ldo + j, ldo);
+    switch (R - r) {
+      case 3: times_block<3>(a + r * ar, ar, at, B + j, ldb, T, out + r * ldo + j, ldo); break;
+      case 2: times_block<2>(a + r * ar, ar, at, B + j, ldb, T, out + r * ldo + j, ldo); break;
+      case 1: times_block<1>(a + r * ar, ar, at, B + j, ldb, T, out + r * ldo + j, ldo); break;
+      default: break;
+    }
+  }
+  for (; j < j1; ++j) {
+    for (int64_t r = 0; r < R; ++r) {
+      A acc = A(0);
+      for (int64_t t = 0; t < T; ++t) acc += a[r * ar + t * at] * B[t * ldb + j];
+      out[r * ldo + j] = acc;
+    }
+  }
+}
+template void rows_times<float>(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, int64_t,
+                                int64_t, float*, int64_t);
+template void rows_times<double>(const double*, int64_t, int64_t, const double*, int64_t, int64_t, int64_t,
+                                 int64_t, int64_t, double*, int64_t);
+
 #define FUSED_ATTN_INSTANTIATE_CBAM(T)                                                                         \
   template void cbam_spatial_pool<T>(const T*, int64_t, int64_t, bool, acc_t<T>*, acc_t<T>*);                 \
   template void cbam_channel_pool<T>(const T*, const acc_t<T>*, int64_t, int64_t, bool, acc_t<T>*, acc_t<T>*); \

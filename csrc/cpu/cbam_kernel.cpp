@@ -93,6 +93,62 @@ template void rows_dot<float>(const float*, const float*, int64_t, int64_t, int6
 template void rows_dot<double>(const double*, const double*, int64_t, int64_t, int64_t, double*, int64_t,
                                const double*, double);
 
+// out = a·b (a [R, T]) or aᵀ·b (a [T, R]), b [T, M], all 2-D: our fixed-order
+// row kernels (rows_times) when the product is small in the sense below, the
+// columns split across threads in blocks (each element's order does not
+// depend on the split); BLAS otherwise. Small: a·b with at most kFewRows rows
+// (a few samples' rows against a weight matrix), aᵀ·b with at most
+// kFewTerms terms per element (the weight gradients of a small batch).
+namespace {
+constexpr int64_t kFewRows = 16, kFewTerms = 32;
+
+bool row_kernels_take(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  const auto dt = a.scalar_type();
+  return (dt == at::kFloat || dt == at::kDouble) && b.scalar_type() == dt && out.scalar_type() == dt &&
+         a.is_contiguous() && b.is_contiguous() && out.is_contiguous();
+}
+
+void row_kernels(at::Tensor& out, const at::Tensor& a, bool transposed, const at::Tensor& b) {
+  const int64_t R = out.size(0), M = out.size(1), T = b.size(0);
+  const int64_t ar = transposed ? 1 : T, at_ = transposed ? R : 1;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "rows_times", [&] {
+    using A = scalar_t;
+#if FUSED_ATTN_HAVE_AVX2_BUILD
+    const auto fn = use_avx2() ? &avx2::rows_times<A> : &baseline::rows_times<A>;
+#else
+    const auto fn = &baseline::rows_times<A>;
+#endif
+    constexpr int64_t kCols = 64 / sizeof(A);  // columns per task block
+    const int64_t blocks = (M + kCols - 1) / kCols;
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(R * T * kCols, 1));
+    const A* ap = a.const_data_ptr<A>();
+    const A* bp = b.const_data_ptr<A>();
+    A* op = out.data_ptr<A>();
+    at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+      fn(ap, ar, at_, bp, M, R, T, b0 * kCols, std::min(M, b1 * kCols), op, M);
+    });
+  });
+}
+}  // namespace
+
+void small_mm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (a.size(0) <= kFewRows && row_kernels_take(out, a, b)) row_kernels(out, a, false, b);
+  else at::mm_out(out, a, b);
+}
+
+at::Tensor small_mm(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, b.options());
+  small_mm_out(out, a, b);
+  return out;
+}
+
+at::Tensor small_mm_tn(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(1), b.size(1)}, b.options());
+  if (a.size(0) <= kFewTerms && row_kernels_take(out, a, b)) row_kernels(out, a, true, b);
+  else at::mm_out(out, a.t(), b);
+  return out;
+}
+
 namespace {
 
 template <typename T>
@@ -555,7 +611,7 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
       // spatial pools' shares per element: the mean's (÷ H·W) and the max's
       // (÷ ties).
       auto stage_b = [&](int64_t c0, int64_t nb) {
-        const at::Tensor dh = at::mm(da_all.narrow(0, c0, nb), w.w2);  // [nb, rd]
+        const at::Tensor dh = small_mm(da_all.narrow(0, c0, nb), w.w2);  // [nb, rd]
         const at::Tensor inputs = chunk_mlp_input(v, pooled, c0, nb).contiguous();  // [maps·nb, C]
         const A* dhp = dh.data_ptr<A>();
         A* hs = hsum.data_ptr<A>() + c0 * v.rd;
@@ -571,7 +627,7 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
             hs[e] += act_forward(v.act, pp[e]);
             dp[e] = act_backward(v.act, dhp[e], pp[e]);
           }
-          dpool.push_back(at::mm(dpre, w.w1));  // [nb, C]
+          dpool.push_back(small_mm(dpre, w.w1));  // [nb, C]
         }
         const A invHW = A(1) / static_cast<A>(v.HW);
         const A* dmean = dpool[0].data_ptr<A>();
@@ -654,8 +710,8 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
 
   // The weight gradients, whole batch, fixed order.
   const double branches = light ? 1.0 : 2.0;
-  at::Tensor dw2 = at::mm(da_all.t(), hsum);                                  // [C, rd]
-  at::Tensor dw1 = at::mm(dpre_all.reshape({-1, v.rd}).t(), chunk_mlp_input(v, pooled, 0, v.N));  // [rd, C]
+  at::Tensor dw2 = small_mm_tn(da_all, hsum);                                  // [C, rd]
+  at::Tensor dw1 = small_mm_tn(dpre_all.reshape({-1, v.rd}), chunk_mlp_input(v, pooled, 0, v.N).contiguous());  // [rd, C]
   at::Tensor db1 = dpre_all.sum({0, 1});
   at::Tensor db2 = da_all.sum(0).mul_(branches);
   at::Tensor dws = dws_part.sum(0);

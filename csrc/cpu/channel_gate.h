@@ -50,4 +50,12 @@ template <typename A>
 void rows_dot(const A* a, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo,
               const A* bias = nullptr, A bias_scale = A(1));
 
+// out = a·b, a·b and aᵀ·b (2-D, accumulation dtype): the excitations' other
+// small products (their backward's, and the weight gradients), through
+// fixed-order row kernels where BLAS is slow (a·b of at most 16 rows, aᵀ·b
+// summing at most 32 terms), BLAS beyond (cbam_kernel.cpp).
+void small_mm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+at::Tensor small_mm(const at::Tensor& a, const at::Tensor& b);
+at::Tensor small_mm_tn(const at::Tensor& a, const at::Tensor& b);
+
 }  // namespace fused_attn::cpu

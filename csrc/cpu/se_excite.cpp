@@ -80,13 +80,13 @@ void backward_impl(const SeWeights& w, Act act, Gate gate, const at::Tensor& s, 
   const A* gp = g.data_ptr<A>();
   map_into<A>(dz, logits, [&](A z, int64_t i) { return gate_grad(gate, sp[i], z, gp[i]); });
   if (!w.two_layer()) {
-    at::mm_out(dp, dz, w.w1);
+    small_mm_out(dp, dz, w.w1);
     return;
   }
-  at::mm_out(dh, dz, *w.w2);  // dL/da, turned into dL/dh in place
+  small_mm_out(dh, dz, *w.w2);  // dL/da, turned into dL/dh in place
   const A* hp = hidden.data_ptr<A>();
   map_into<A>(dh, dh, [&](A da, int64_t i) { return act_backward(act, da, hp[i]); });
-  at::mm_out(dp, dh, w.w1);
+  small_mm_out(dp, dh, w.w1);
 }
 
 }  // namespace
@@ -109,10 +109,10 @@ ExciteWeightGrads excite_weight_grads(const SeWeights& w, Act act, const at::Ten
   ExciteWeightGrads out;
   // fc1's output gradient: dL/dhidden with two layers, dL/dlogits with one.
   const at::Tensor& d_first = w.two_layer() ? dh : dz;
-  out.dw1 = at::mm(d_first.t(), pooled);
+  out.dw1 = small_mm_tn(d_first, pooled);
   if (has_b1) out.db1 = d_first.sum(0);
   if (w.two_layer()) {
-    out.dw2 = at::mm(dz.t(), activate(hidden, act));
+    out.dw2 = small_mm_tn(dz, activate(hidden, act));
     if (has_b2) out.db2 = dz.sum(0);
   }
   return out;
