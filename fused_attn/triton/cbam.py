@@ -44,7 +44,8 @@ from ..ops.cbam import check_cbam_args, check_cbam_names, register_cbam_autograd
 from ..ops.se import acc_dtype
 from ..reference.se import ACTIVATIONS, GATES
 from . import INTERPRET
-from .se import _POISON, _act_backward, _linear, _new_output, _tl_acc, dense, gate_backward, tiles
+from .se import (_POISON, _act_backward, _linear, _new_output, _tl_acc, dense, gate_backward, on_tensor_device,
+                 pixel_block_grid, sample_and_block, tiles)
 
 # Tiles for the passes that reduce over H·W (per channel) and over C (per
 # pixel); the elementwise passes use the first. Powers of two.
@@ -123,8 +124,8 @@ def _x1(x, g, T: tl.constexpr, ACC: tl.constexpr):
 def _channel_pool_kernel(x_ptr, g_ptr, smap_ptr, N, C, HW, stride_n, stride_c, stride_hw,
                          ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     # smap[0, n, p] = mean_c x1, smap[1, n, p] = max_c x1.
-    n = tl.program_id(0).to(tl.int64)
-    offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    n, hw_block = sample_and_block(HW, BLOCK_HW)
+    offs_hw = hw_block * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
     col = x_ptr + n * stride_n + offs_hw[None, :].to(tl.int64) * stride_hw
     acc = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
@@ -149,9 +150,9 @@ def _channel_pool_kernel(x_ptr, g_ptr, smap_ptr, N, C, HW, stride_n, stride_c, s
 def _rescale_kernel(x_ptr, g_ptr, s_ptr, y_ptr, C, HW, stride_n, stride_c, stride_hw,
                     ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     # y = x1 · s[n, p]; y has x's strides.
-    n = tl.program_id(0).to(tl.int64)
+    n, hw_block = sample_and_block(HW, BLOCK_HW)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_hw = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    offs_hw = hw_block * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_c = offs_c < C
     mask_hw = offs_hw < HW
     mask = mask_c[:, None] & mask_hw[None, :]
@@ -167,8 +168,8 @@ def _rescale_kernel(x_ptr, g_ptr, s_ptr, y_ptr, C, HW, stride_n, stride_c, strid
 def _pixel_reduce_kernel(dy_ptr, x_ptr, g_ptr, cmax_ptr, ds_ptr, cnt_ptr, C, HW, stride_n, stride_c, stride_hw,
                          ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     # ds[n, p] = Σ_c dy·x1; cnt[n, p] = #{c : x1 == cmax[n, p]}.
-    n = tl.program_id(0).to(tl.int64)
-    offs_hw = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    n, hw_block = sample_and_block(HW, BLOCK_HW)
+    offs_hw = hw_block * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
     cmax = tl.load(cmax_ptr + n * HW + offs_hw, mask=mask_hw, other=0.0)
     base = n * stride_n + offs_hw[None, :].to(tl.int64) * stride_hw
@@ -234,9 +235,9 @@ def _input_grad_kernel(dy_ptr, x_ptr, dx_ptr, g_ptr, s_ptr, dcmean_ptr, dcmax_pt
                        C, HW, stride_n, stride_c, stride_hw,
                        ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     # dx = dx1·g + a[n, c] (+ b[n, c] where x is its channel's spatial max).
-    n = tl.program_id(0).to(tl.int64)
+    n, hw_block = sample_and_block(HW, BLOCK_HW)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_hw = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    offs_hw = hw_block * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_c = offs_c < C
     mask_hw = offs_hw < HW
     mask = mask_c[:, None] & mask_hw[None, :]
@@ -279,11 +280,11 @@ def _conv_kernel(in_ptr, w_ptr, out_ptr, H, W, CIN, COUT, K, PAD, ACC: tl.conste
                  TAPS: tl.constexpr):
     # out[n, co] = Σ_ci Σ_ij w[co, ci, i, j] · in[n, ci] shifted by (i − PAD, j − PAD), zero padding
     # ('same' size, stride 1); the taps summed by one tree reduction (a fixed order).
-    row = tl.program_id(0).to(tl.int64)          # n·COUT + co
+    HW = H * W
+    row, block = sample_and_block(HW, BLOCK)   # row = n·COUT + co
     n = row // COUT
     co = row % COUT
-    HW = H * W
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    offs = block * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HW
     v, t, tmask = _tap_tile(in_ptr, n, offs, mask, H, W, CIN, K, PAD, ACC, TAPS)
     wv = tl.load(w_ptr + co * CIN * K * K + t, mask=tmask, other=0.0)
@@ -296,16 +297,15 @@ def _conv_wgrad_kernel(in_ptr, dz_ptr, part_ptr, H, W, CIN, K, PAD, ACC: tl.cons
                        TAPS: tl.constexpr):
     # part[n, b, tap] = Σ_{p in block b} dz[n, p] · in[n, ci, p shifted by (i − PAD, j − PAD)]: one
     # pixel block's share of the weight gradient (summed over n and b in torch, fixed order).
-    n = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1)
     HW = H * W
+    n, b = sample_and_block(HW, BLOCK)
     offs = b * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HW
     v, t, tmask = _tap_tile(in_ptr, n, offs, mask, H, W, CIN, K, PAD, ACC, TAPS)
     d = tl.load(dz_ptr + n * HW + offs, mask=mask, other=0.0).to(ACC)
     part = tl.sum(d[:, None] * v, axis=0)
     taps = CIN * K * K
-    tl.store(part_ptr + (n * tl.num_programs(1) + b) * taps + t, part, mask=tmask)
+    tl.store(part_ptr + tl.program_id(0).to(tl.int64) * taps + t, part, mask=tmask)  # part[n, b]
 
 
 def _map_tiles(cin, k):
@@ -320,7 +320,7 @@ def _conv(inp, w, H, W):
     COUT, k = w.shape[0], w.shape[-1]
     out = _empty(inp, (N, COUT, HW), inp.dtype)
     block, taps = _map_tiles(CIN, k)
-    grid = (N * COUT, triton.cdiv(HW, block))
+    grid = (N * COUT * triton.cdiv(HW, block),)  # (row, pixel block) pairs: sample_and_block
     _launch(_conv_kernel)[grid](inp.contiguous(), w.contiguous(), out, H, W, CIN, COUT, k, (k - 1) // 2,
                                 ACC=_tl_acc(inp.dtype), BLOCK=block, TAPS=taps)
     return out
@@ -332,7 +332,7 @@ def _conv_weight_grad(inp, dz, k, H, W):
     block, taps = _map_tiles(CIN, k)
     blocks = triton.cdiv(HW, block)
     part = _empty(inp, (N, blocks, CIN * k * k), inp.dtype)
-    grid = (N, blocks)   # N on the first axis: the others are limited to 65535
+    grid = (N * blocks,)   # (n, pixel block) pairs: sample_and_block
     _launch(_conv_wgrad_kernel)[grid](inp.contiguous(), dz.contiguous(), part, H, W, CIN, k, (k - 1) // 2,
                                       ACC=_tl_acc(inp.dtype), BLOCK=block, TAPS=taps)
     return part.sum((0, 1)).view(CIN, k, k)
@@ -370,7 +370,7 @@ def _pix_tiles(HW):
 
 
 def _pixel_grid(N, HW):
-    return (N, triton.cdiv(HW, _pix_tiles(HW)[1]))
+    return (N * triton.cdiv(HW, _pix_tiles(HW)[1]),)  # (n, pixel block) pairs: sample_and_block
 
 
 def _in_layout(grad_y, x, strides):
@@ -381,6 +381,7 @@ def _in_layout(grad_y, x, strides):
 
 
 @triton_op("fused_attn::cbam_forward_triton", mutates_args=())
+@on_tensor_device
 def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[torch.Tensor], fc2_weight: torch.Tensor,
                  fc2_bias: Optional[torch.Tensor], spatial_weight: torch.Tensor, bn_weight: Optional[torch.Tensor],
                  bn_bias: Optional[torch.Tensor], bn_running_mean: Optional[torch.Tensor],
@@ -446,12 +447,13 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
     gamma, beta = _bn_affine(bn_weight, bn_bias, acc, x)
     s = GATES[gate](gamma * (z - mu) * invstd + beta).contiguous()
 
-    _launch(_rescale_kernel)[(N, triton.cdiv(C, bc), triton.cdiv(HW, bhw))](
+    _launch(_rescale_kernel)[pixel_block_grid(N, C, HW, bc, bhw)](
         x, g, s, y, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
     return y, pooled, logits, smap, z.contiguous(), stats_d.to(acc)
 
 
 @triton_op("fused_attn::cbam_backward_triton", mutates_args=())
+@on_tensor_device
 def cbam_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[torch.Tensor],
                   fc2_weight: torch.Tensor, fc2_bias: Optional[torch.Tensor], spatial_weight: torch.Tensor,
                   bn_weight: Optional[torch.Tensor], bn_bias: Optional[torch.Tensor], pooled: torch.Tensor,
@@ -558,7 +560,7 @@ def cbam_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tenso
     b = (dpool[1] / scnt).contiguous()            # the max's share per tie
 
     # Pass 3: dx.
-    _launch(_input_grad_kernel)[(N, triton.cdiv(C, bc), triton.cdiv(HW, bhw))](
+    _launch(_input_grad_kernel)[pixel_block_grid(N, C, HW, bc, bhw)](
         dy, x, dx, g, s, dcmean, dcmax, cmax, mx, a, b, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
     return grads_out(dx, dw1, db1, dw2, db2, dws, dgamma.to(acc), dbeta.to(acc))
 

@@ -7,14 +7,13 @@ over x. Two phases, 3|x| forward and 4|x| backward, like the SE ops.
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch.library import triton_op
 
 from ..ops.eca import register_eca_autograd
 from ..ops.se import acc_dtype
 from ..reference.eca import pad_channels
 from ..reference.se import GATES
-from .se import dense, gate_backward, input_grad_pass, pool_pass, reduce_pass, scale_pass
+from .se import dense, gate_backward, input_grad_pass, on_tensor_device, pool_pass, reduce_pass, scale_pass
 
 
 def _windows(v, k, padding):
@@ -23,6 +22,7 @@ def _windows(v, k, padding):
 
 
 @triton_op("fused_attn::eca_forward_triton", mutates_args=())
+@on_tensor_device
 def eca_forward(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor], padding: str,
                 gate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same contract as ``fused_attn::eca_forward``: (y, pooled, logits)."""
@@ -30,13 +30,20 @@ def eca_forward(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: Optional[
     x, strides = dense(x)
     pooled, _ = pool_pass(x, strides, False)
     k = conv_weight.shape[0]
-    logits = F.conv1d(pad_channels(pooled, (k - 1) // 2, padding)[:, None, :], conv_weight.to(acc).view(1, 1, k),
-                      None if conv_bias is None else conv_bias.to(acc))[:, 0, :].contiguous()
+    # The convolution as windows · w, not F.conv1d: cuDNN may run an fp32
+    # convolution in TF32 (torch.backends.cudnn.allow_tf32 is on by default),
+    # ~1e-3 relative error in the logits; an fp32 matmul stays in fp32 unless
+    # the user opts in.
+    logits = _windows(pooled, k, padding) @ conv_weight.to(acc)
+    if conv_bias is not None:
+        logits = logits + conv_bias.to(acc)
+    logits = logits.contiguous()
     y = scale_pass(x, strides, GATES[gate](logits))
     return y, pooled, logits
 
 
 @triton_op("fused_attn::eca_backward_triton", mutates_args=())
+@on_tensor_device
 def eca_backward(grad_y: torch.Tensor, x: torch.Tensor, conv_weight: torch.Tensor, pooled: torch.Tensor,
                  logits: torch.Tensor, padding: str, gate: str, has_bias: bool
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,6 +16,8 @@ The ops are ``torch.library.triton_op``s, so ``torch.compile`` sees the kernels
 (no graph break). Under ``TRITON_INTERPRET=1`` they also run on CPU tensors,
 which is how CI checks them.
 """
+import contextlib
+import functools
 import os
 from typing import Optional
 
@@ -34,13 +36,40 @@ _BLOCK_HW = 128
 _POISON = os.environ.get("FUSED_ATTN_DEBUG_POISON", "0") not in ("", "0")
 
 
+def on_tensor_device(fn):
+    """Runs an op's body with its first tensor's CUDA device current. Triton
+    launches on the current device, and PyTorch puts no device guard around a
+    Python op's body: x on cuda:1 while cuda:0 is current would launch on the
+    wrong GPU. Changes nothing (and traces nothing) when the device already is
+    current, as under torch.compile, whose generated code guards devices."""
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        ctx = contextlib.nullcontext()
+        if t is not None and t.is_cuda and t.device.index is not None and t.device.index != torch.cuda.current_device():
+            ctx = torch.cuda.device(t.device)
+        with ctx:
+            return fn(*args, **kwargs)
+    return guarded
+
+
 def _new_output(like):
     out = torch.empty_like(like)
     return out.fill_(float("nan")) if _POISON else out
 
 
 @triton.jit
-def _pool_kernel(x_ptr, pooled_ptr, maxv_ptr, C, HW, stride_n, stride_c, stride_hw, inv_hw,
+def sample_and_block(HW, BLOCK_HW: tl.constexpr):
+    """(n, pixel block) of a program tiled over pixels, both enumerated on grid
+    axis 0: it allows 2³¹ − 1 programs, axes 1 and 2 only 65535 (a 4100×4100
+    map has 131,329 blocks of 128 pixels)."""
+    pid = tl.program_id(0)
+    blocks = tl.cdiv(HW, BLOCK_HW)
+    return (pid // blocks).to(tl.int64), pid % blocks
+
+
+@triton.jit
+def _pool_kernel(x_ptr, pooled_ptr, maxv_ptr, C, HW, stride_n, stride_c, stride_hw,
                  WITH_MAX: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     # pooled[n, c] = mean_hw x (or 0.5·mean + 0.5·max); maxv[n, c] = max_hw x.
     n = tl.program_id(0).to(tl.int64)
@@ -57,7 +86,9 @@ def _pool_kernel(x_ptr, pooled_ptr, maxv_ptr, C, HW, stride_n, stride_c, stride_
         if WITH_MAX:
             # NaN propagates, as torch.amax's does.
             mx = tl.where(mask, tl.maximum(mx, v, propagate_nan=tl.PropagateNan.ALL), mx)
-    mean = tl.sum(acc, axis=1) * inv_hw
+    # Divided by the integer: a Python float argument would reach a compiled
+    # kernel as fp32, and 1/HW in fp32 is off by up to half an fp32 ulp in fp64.
+    mean = tl.sum(acc, axis=1) / HW  # 0/0 = NaN for H·W = 0, as torch's mean of nothing
     if WITH_MAX:
         m = tl.max(mx, axis=1)
         # tl.max does not propagate NaN; torch.amax does.
@@ -72,9 +103,9 @@ def _pool_kernel(x_ptr, pooled_ptr, maxv_ptr, C, HW, stride_n, stride_c, stride_
 def _scale_kernel(x_ptr, g_ptr, y_ptr, C, HW, stride_n, stride_c, stride_hw,
                   ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     # y = x · g[n, c]; y has x's strides.
-    n = tl.program_id(0).to(tl.int64)
+    n, hw_block = sample_and_block(HW, BLOCK_HW)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_hw = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    offs_hw = hw_block * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_c = offs_c < C
     mask = mask_c[:, None] & (offs_hw[None, :] < HW)
     g = tl.load(g_ptr + n * C + offs_c, mask=mask_c, other=0.0)
@@ -113,9 +144,9 @@ def _reduce_kernel(dy_ptr, x_ptr, maxv_ptr, s_ptr, cnt_ptr, C, HW, stride_n, str
 def _dx_kernel(dy_ptr, x_ptr, dx_ptr, g_ptr, a_ptr, b_ptr, maxv_ptr, C, HW, stride_n, stride_c, stride_hw,
                WITH_MAX: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     # dx = dy·g + a (+ b where x == maxv), coefficients per (n, c).
-    n = tl.program_id(0).to(tl.int64)
+    n, hw_block = sample_and_block(HW, BLOCK_HW)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_hw = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    offs_hw = hw_block * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_c = offs_c < C
     mask = mask_c[:, None] & (offs_hw[None, :] < HW)
     nc = n * C + offs_c
@@ -188,6 +219,13 @@ def tiles(HW, block_c=_BLOCK_C, block_hw=_BLOCK_HW):
     narrow = min(block_hw, triton.next_power_of_2(max(1, HW)))
     return max(block_c, min(256, block_c * block_hw // narrow)), narrow
 
+
+def pixel_block_grid(N, C, HW, block_c, block_hw):
+    """The grid of a pass tiled over channels and pixels: (sample, pixel block)
+    pairs on axis 0 (``sample_and_block``), channel blocks on axis 1."""
+    return (N * triton.cdiv(HW, block_hw), triton.cdiv(C, block_c))
+
+
 def pool_pass(x, strides, with_max):
     """pooled [N, C] (mean, or 0.5·mean + 0.5·max) and maxv ([0, 0] unless with_max)."""
     N, C, H, W = x.shape
@@ -197,8 +235,7 @@ def pool_pass(x, strides, with_max):
     if N > 0 and C > 0:
         bc, bhw = tiles(H * W)
         grid = (N, triton.cdiv(C, bc))
-        inv_hw = 1.0 / (H * W) if H * W else float("nan")  # the mean of nothing is NaN, as torch's is
-        wrap_triton(_pool_kernel)[grid](x, pooled, maxv, C, H * W, *strides, inv_hw, WITH_MAX=with_max,
+        wrap_triton(_pool_kernel)[grid](x, pooled, maxv, C, H * W, *strides, WITH_MAX=with_max,
                                         ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
     return pooled, maxv
 
@@ -209,7 +246,7 @@ def scale_pass(x, strides, g):
     y = _new_output(x)
     if x.numel() > 0:
         bc, bhw = tiles(H * W)
-        grid = (N, triton.cdiv(C, bc), triton.cdiv(H * W, bhw))
+        grid = pixel_block_grid(N, C, H * W, bc, bhw)
         wrap_triton(_scale_kernel)[grid](x, g.contiguous(), y, C, H * W, *strides, ACC=_tl_acc(x.dtype),
                                          BLOCK_C=bc, BLOCK_HW=bhw)
     return y
@@ -240,13 +277,14 @@ def input_grad_pass(dy, x, strides, g, dp, maxv, cnt, with_max):
     dx = _new_output(x)
     if x.numel() > 0:
         bc, bhw = tiles(HW)
-        grid = (N, triton.cdiv(C, bc), triton.cdiv(HW, bhw))
+        grid = pixel_block_grid(N, C, HW, bc, bhw)
         wrap_triton(_dx_kernel)[grid](dy, x, dx, g.contiguous(), a, b, maxv, C, HW, *strides, WITH_MAX=with_max,
                                       ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
     return dx
 
 
 @triton_op("fused_attn::se_forward_triton", mutates_args=())
+@on_tensor_device
 def se_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[torch.Tensor],
                fc2_weight: Optional[torch.Tensor], fc2_bias: Optional[torch.Tensor], act: str, gate: str,
                pool: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -268,6 +306,7 @@ def se_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[tor
 
 
 @triton_op("fused_attn::se_backward_triton", mutates_args=())
+@on_tensor_device
 def se_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tensor, fc2_weight: Optional[torch.Tensor],
                 pooled: torch.Tensor, maxv: torch.Tensor, hidden: torch.Tensor, logits: torch.Tensor, act: str,
                 gate: str, pool: str, has_fc1_bias: bool, has_fc2_bias: bool
