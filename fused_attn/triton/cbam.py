@@ -37,39 +37,19 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ..ops.cbam import check_cbam_args, check_cbam_names, register_cbam_autograd
 from ..ops.se import acc_dtype
 from ..reference.se import ACTIVATIONS, GATES
-from . import INTERPRET
-from .se import (_POISON, _act_backward, _linear, _new_output, _tl_acc, dense, gate_backward, on_tensor_device,
-                 pixel_block_grid, sample_and_block, tiles)
+from .se import (_POISON, _act_backward, _linear, _new_output, _tl_acc, dense, gate_backward, launch,
+                 on_tensor_device, pixel_block_grid, sample_and_block, tiles)
 
 # Tiles for the passes that reduce over H·W (per channel) and over C (per
 # pixel); the elementwise passes use the first. Powers of two.
 _BLOCK_C, _BLOCK_HW = 16, 128
 _PIX_BLOCK_C, _PIX_BLOCK_HW = 32, 64
 _MAP_BLOCK = 128     # at most this many pixels per program in the convolutions on the maps
-
-
-class _launch:
-    """``_launch(kernel)[grid](*args)``: ``wrap_triton``'s launch, except on fake tensors under
-    TRITON_INTERPRET=1. There ``wrap_triton`` hands back the interpreted kernel itself, which
-    would try to run on them when the op's body serves as its fake kernel (opcheck, tracing);
-    compiled, ``wrap_triton`` records the launch instead and this changes nothing."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-
-    def __getitem__(self, grid):
-        def launch(*args, **meta):
-            if INTERPRET and any(isinstance(a, torch.Tensor) and is_fake(a) for a in args):
-                return
-            wrap_triton(self.kernel)[grid](*args, **meta)
-
-        return launch
 
 
 def _empty(like, shape, dtype):
@@ -321,8 +301,8 @@ def _conv(inp, w, H, W):
     out = _empty(inp, (N, COUT, HW), inp.dtype)
     block, taps = _map_tiles(CIN, k)
     grid = (N * COUT * triton.cdiv(HW, block),)  # (row, pixel block) pairs: sample_and_block
-    _launch(_conv_kernel)[grid](inp.contiguous(), w.contiguous(), out, H, W, CIN, COUT, k, (k - 1) // 2,
-                                ACC=_tl_acc(inp.dtype), BLOCK=block, TAPS=taps)
+    launch(_conv_kernel)[grid](inp.contiguous(), w.contiguous(), out, H, W, CIN, COUT, k, (k - 1) // 2,
+                               ACC=_tl_acc(inp.dtype), BLOCK=block, TAPS=taps)
     return out
 
 
@@ -333,8 +313,8 @@ def _conv_weight_grad(inp, dz, k, H, W):
     blocks = triton.cdiv(HW, block)
     part = _empty(inp, (N, blocks, CIN * k * k), inp.dtype)
     grid = (N * blocks,)   # (n, pixel block) pairs: sample_and_block
-    _launch(_conv_wgrad_kernel)[grid](inp.contiguous(), dz.contiguous(), part, H, W, CIN, k, (k - 1) // 2,
-                                      ACC=_tl_acc(inp.dtype), BLOCK=block, TAPS=taps)
+    launch(_conv_wgrad_kernel)[grid](inp.contiguous(), dz.contiguous(), part, H, W, CIN, k, (k - 1) // 2,
+                                     ACC=_tl_acc(inp.dtype), BLOCK=block, TAPS=taps)
     return part.sum((0, 1)).view(CIN, k, k)
 
 
@@ -412,8 +392,8 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
     pooled = _empty(x, (2, N, C), acc)
     bc, bhw = _tiles(HW)
     pc, phw = _pix_tiles(HW)
-    _launch(_spatial_pool_kernel)[(N, triton.cdiv(C, bc))](
-        x, pooled, N, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+    launch(_spatial_pool_kernel)[(N, triton.cdiv(C, bc))](
+       x, pooled, N, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
     w1, w2 = fc1_weight.to(acc), fc2_weight.to(acc)
     b1 = None if fc1_bias is None else fc1_bias.to(acc)
     b2 = None if fc2_bias is None else fc2_bias.to(acc)
@@ -431,8 +411,8 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
 
     # The spatial gate.
     smap = _empty(x, (2, N, HW), acc)
-    _launch(_channel_pool_kernel)[_pixel_grid(N, HW)](
-        x, g, smap, N, C, HW, *strides, ACC=tacc, BLOCK_C=pc, BLOCK_HW=phw)
+    launch(_channel_pool_kernel)[_pixel_grid(N, HW)](
+       x, g, smap, N, C, HW, *strides, ACC=tacc, BLOCK_C=pc, BLOCK_HW=phw)
     ws = spatial_weight.to(acc).unsqueeze(0)                      # [1, maps, k, k]
     z = _conv(_conv_input(smap, light, max_first), ws, H, W)[:, 0]   # [N, H·W]
     if batch_stats:
@@ -447,8 +427,8 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
     gamma, beta = _bn_affine(bn_weight, bn_bias, acc, x)
     s = GATES[gate](gamma * (z - mu) * invstd + beta).contiguous()
 
-    _launch(_rescale_kernel)[pixel_block_grid(N, C, HW, bc, bhw)](
-        x, g, s, y, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+    launch(_rescale_kernel)[pixel_block_grid(N, C, HW, bc, bhw)](
+       x, g, s, y, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
     return y, pooled, logits, smap, z.contiguous(), stats_d.to(acc)
 
 
@@ -499,8 +479,8 @@ def cbam_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tenso
     ccnt = _empty(x, (N, HW), acc)
     bc, bhw = _tiles(HW)
     pc, phw = _pix_tiles(HW)
-    _launch(_pixel_reduce_kernel)[_pixel_grid(N, HW)](
-        dy, x, g, cmax, ds, ccnt, C, HW, *strides, ACC=tacc, BLOCK_C=pc, BLOCK_HW=phw)
+    launch(_pixel_reduce_kernel)[_pixel_grid(N, HW)](
+       dy, x, g, cmax, ds, ccnt, C, HW, *strides, ACC=tacc, BLOCK_C=pc, BLOCK_HW=phw)
 
     # The BatchNorm backward (batch statistics: through the batch mean and variance too).
     mu = bn_stats[0].to(acc)
@@ -537,8 +517,8 @@ def cbam_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tenso
     mx = pooled[1].contiguous()
     dg = _empty(x, (N, C), acc)
     scnt = _empty(x, (N, C), acc)
-    _launch(_channel_reduce_kernel)[(N, triton.cdiv(C, bc))](
-        dy, x, g, s, dcmean, dcmax, cmax, mx, dg, scnt, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+    launch(_channel_reduce_kernel)[(N, triton.cdiv(C, bc))](
+       dy, x, g, s, dcmean, dcmax, cmax, mx, dg, scnt, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
 
     # The channel gate and the MLP backward; the weight gradients as GEMMs over the batch.
     da = dg * (1 - g) * g if light else gate_backward(gate, dg, logits, g)
@@ -560,8 +540,8 @@ def cbam_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tenso
     b = (dpool[1] / scnt).contiguous()            # the max's share per tie
 
     # Pass 3: dx.
-    _launch(_input_grad_kernel)[pixel_block_grid(N, C, HW, bc, bhw)](
-        dy, x, dx, g, s, dcmean, dcmax, cmax, mx, a, b, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+    launch(_input_grad_kernel)[pixel_block_grid(N, C, HW, bc, bhw)](
+       dy, x, dx, g, s, dcmean, dcmax, cmax, mx, a, b, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
     return grads_out(dx, dw1, db1, dw2, db2, dws, dgamma.to(acc), dbeta.to(acc))
 
 

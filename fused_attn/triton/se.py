@@ -24,16 +24,44 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
+from triton.runtime.jit import JITFunction
 
 from ..ops.se import acc_dtype, register_se_autograd
 from ..reference.se import ACTIVATIONS, GATES
+from . import INTERPRET
 
 _BLOCK_C = 16
 _BLOCK_HW = 128
 # As in the C++ backends: FUSED_ATTN_DEBUG_POISON=1 fills outputs with NaN
 # before the kernels write them (the tests set it).
 _POISON = os.environ.get("FUSED_ATTN_DEBUG_POISON", "0") not in ("", "0")
+
+
+class launch:
+    """``launch(kernel)[grid](*args)``: ``wrap_triton``'s launch (which
+    ``torch.compile`` records as a kernel call), with two exceptions under
+    TRITON_INTERPRET=1. On fake tensors it does nothing: ``wrap_triton`` hands
+    back the interpreted kernel there, which would try to run on them when the
+    op's body serves as its fake kernel (opcheck, tracing). And a kernel that
+    the interpreter made no ``JITFunction`` (triton 3.6, with torch 2.11's
+    ``wrap_triton``, which refuses it) is called directly, as it would run
+    eagerly anyway."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        def run(*args, **meta):
+            if INTERPRET:
+                if any(isinstance(a, torch.Tensor) and is_fake(a) for a in args):
+                    return
+                if not isinstance(self.kernel, JITFunction):
+                    return self.kernel[grid](*args, **meta)
+            wrap_triton(self.kernel)[grid](*args, **meta)
+
+        return run
 
 
 def on_tensor_device(fn):
@@ -235,8 +263,8 @@ def pool_pass(x, strides, with_max):
     if N > 0 and C > 0:
         bc, bhw = tiles(H * W)
         grid = (N, triton.cdiv(C, bc))
-        wrap_triton(_pool_kernel)[grid](x, pooled, maxv, C, H * W, *strides, WITH_MAX=with_max,
-                                        ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
+        launch(_pool_kernel)[grid](x, pooled, maxv, C, H * W, *strides, WITH_MAX=with_max,
+                                   ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
     return pooled, maxv
 
 
@@ -247,8 +275,8 @@ def scale_pass(x, strides, g):
     if x.numel() > 0:
         bc, bhw = tiles(H * W)
         grid = pixel_block_grid(N, C, H * W, bc, bhw)
-        wrap_triton(_scale_kernel)[grid](x, g.contiguous(), y, C, H * W, *strides, ACC=_tl_acc(x.dtype),
-                                         BLOCK_C=bc, BLOCK_HW=bhw)
+        launch(_scale_kernel)[grid](x, g.contiguous(), y, C, H * W, *strides, ACC=_tl_acc(x.dtype),
+                                    BLOCK_C=bc, BLOCK_HW=bhw)
     return y
 
 
@@ -263,8 +291,8 @@ def reduce_pass(grad_y, x, strides, maxv, with_max):
     if N > 0 and C > 0:
         bc, bhw = tiles(H * W)
         grid = (N, triton.cdiv(C, bc))
-        wrap_triton(_reduce_kernel)[grid](dy, x, maxv, s, cnt, C, H * W, *strides, WITH_MAX=with_max,
-                                          ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
+        launch(_reduce_kernel)[grid](dy, x, maxv, s, cnt, C, H * W, *strides, WITH_MAX=with_max,
+                                     ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
     return dy, s, cnt
 
 
@@ -278,8 +306,8 @@ def input_grad_pass(dy, x, strides, g, dp, maxv, cnt, with_max):
     if x.numel() > 0:
         bc, bhw = tiles(HW)
         grid = pixel_block_grid(N, C, HW, bc, bhw)
-        wrap_triton(_dx_kernel)[grid](dy, x, dx, g.contiguous(), a, b, maxv, C, HW, *strides, WITH_MAX=with_max,
-                                      ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
+        launch(_dx_kernel)[grid](dy, x, dx, g.contiguous(), a, b, maxv, C, HW, *strides, WITH_MAX=with_max,
+                                 ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
     return dx
 
 
