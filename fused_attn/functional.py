@@ -137,15 +137,23 @@ def _bn_update(stats, running_mean, running_var, num_batches_tracked, momentum, 
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)
             if momentum is None:
-                momentum = 1.0 / float(num_batches_tracked)
+                # 1 / batches as a device tensor, not float(num_batches_tracked):
+                # no host sync (CUDA graphs), no graph break (torch.compile).
+                momentum = num_batches_tracked.double().reciprocal()
         if momentum is None:
             momentum = 0.0
+
+        def update(running, batch):
+            batch = batch.to(running.dtype)
+            if isinstance(momentum, torch.Tensor):
+                running.mul_(1 - momentum).add_(batch * momentum)
+            else:
+                running.mul_(1 - momentum).add_(batch, alpha=momentum)
+
         if running_mean is not None:
-            mean = stats[0].to(running_mean.dtype)
-            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+            update(running_mean, stats[0])
         if running_var is not None:
-            var = (stats[1] * (count / max(count - 1, 1))).to(running_var.dtype)
-            running_var.mul_(1 - momentum).add_(var, alpha=momentum)
+            update(running_var, stats[1] * (count / max(count - 1, 1)))
 
 
 def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, *, bn_weight=None, bn_bias=None,
