@@ -949,7 +949,9 @@ bool plan_for(SeFused& p, bool force, const DeviceInfo& dev, Accept accept) {
             p.smem = bytes(G, cb, p.staged);
             if (accept(p)) return true;
           }
-          return false;
+          // The device holds none of these clusters: go on with wider ones
+          // (smaller blocks), then unstaged weights and other groupings,
+          // rather than give up on the fused path.
         }
       }
     }
