@@ -7,6 +7,9 @@
 #   make test    set up, build, run the whole test suite
 #   make build   (re)build the extension in place
 #   make cmake   build the extension with CMake and smoke-test the library
+#   make test-floor  the oldest torch we support (2.11, the GPU machine's): its own
+#                venv (.venv-floor) and a copy of the tracked tree (build/floor), the
+#                CPU kernels built against it, then the suite ($(FLOOR_TESTS))
 #   make clean
 
 PYTHON ?= python3
@@ -20,7 +23,17 @@ export MAX_JOBS
 # test and model dependencies, and the build tools.
 DEPS := torch torchvision timm numpy matplotlib pytest hypothesis ninja setuptools wheel
 
-.PHONY: bench test build cmake clean venv
+# The support floor: torch 2.11 with the torchvision of its release. Its
+# triton (3.6) interpreter needs numpy < 2.4 (2.4 refuses int() of a 1-element
+# array, which the interpreter does for every loop bound); setuptools < 82 is
+# torch 2.11's own pin.
+FLOOR_VENV ?= .venv-floor
+FLOOR_PY := $(abspath $(FLOOR_VENV))/bin/python
+FLOOR_DEPS := torch==2.11.0 torchvision==0.26.0 "numpy<2.4" "setuptools<82" timm pytest pytest-xdist hypothesis ninja wheel matplotlib
+FLOOR_SRC := build/floor
+FLOOR_TESTS ?= tests
+
+.PHONY: bench test test-floor build cmake clean venv
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +60,22 @@ bench: venv
 test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+$(FLOOR_VENV)/.deps: Makefile
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_PY) -m pip install --upgrade pip
+	$(FLOOR_PY) -m pip install $(FLOOR_DEPS)
+	touch $@
+
+# A copy of the tracked files, so that its in-place build (against torch 2.11)
+# leaves the main tree's extension alone.
+test-floor: $(FLOOR_VENV)/.deps
+	rm -rf $(FLOOR_SRC) && mkdir -p $(FLOOR_SRC)
+	git ls-files -z | xargs -0 tar cf - | tar xf - -C $(FLOOR_SRC)
+	cd $(FLOOR_SRC) && FUSED_ATTN_NO_CUDA=1 $(FLOOR_PY) setup.py -q build_ext --inplace
+	cd $(FLOOR_SRC) && $(FLOOR_PY) -m pytest -q -p no:cacheprovider -n $(MAX_JOBS) $(FLOOR_TESTS)
+
 cmake: venv
 	$(PY) tools/cmake_build.py
 
 clean:
-	rm -rf build *.egg-info fused_attn/*.so $(VENV)
+	rm -rf build *.egg-info fused_attn/*.so $(VENV) $(FLOOR_VENV)
