@@ -243,8 +243,11 @@ def tiles(HW, block_c=_BLOCK_C, block_hw=_BLOCK_HW):
     """(BLOCK_C, BLOCK_HW) for a pass over x: the default [block_c, block_hw]
     tile, narrowed to H·W and widened over C by as much (to at most 256
     channels) when H·W is smaller (late stages: 7×7, 1×1), so fewer lanes are
-    masked and fewer programs launched. Powers of two."""
-    narrow = min(block_hw, triton.next_power_of_2(max(1, HW)))
+    masked and fewer programs launched. Powers of two. H·W is specialized
+    (int(): a guard on its value under torch.compile(dynamic=True)) — the
+    tile is a constexpr, so the kernel is specialized on it anyway — rather
+    than pushed through next_power_of_2's bit operations as a SymInt."""
+    narrow = min(block_hw, triton.next_power_of_2(max(1, int(HW))))
     return max(block_c, min(256, block_c * block_hw // narrow)), narrow
 
 
