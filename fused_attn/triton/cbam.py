@@ -393,7 +393,7 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
     bc, bhw = _tiles(HW)
     pc, phw = _pix_tiles(HW)
     launch(_spatial_pool_kernel)[(N, triton.cdiv(C, bc))](
-       x, pooled, N, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+        x, pooled, N, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
     w1, w2 = fc1_weight.to(acc), fc2_weight.to(acc)
     b1 = None if fc1_bias is None else fc1_bias.to(acc)
     b2 = None if fc2_bias is None else fc2_bias.to(acc)
@@ -412,7 +412,7 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
     # The spatial gate.
     smap = _empty(x, (2, N, HW), acc)
     launch(_channel_pool_kernel)[_pixel_grid(N, HW)](
-       x, g, smap, N, C, HW, *strides, ACC=tacc, BLOCK_C=pc, BLOCK_HW=phw)
+        x, g, smap, N, C, HW, *strides, ACC=tacc, BLOCK_C=pc, BLOCK_HW=phw)
     ws = spatial_weight.to(acc).unsqueeze(0)                      # [1, maps, k, k]
     z = _conv(_conv_input(smap, light, max_first), ws, H, W)[:, 0]   # [N, H·W]
     if batch_stats:
@@ -428,7 +428,7 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
     s = GATES[gate](gamma * (z - mu) * invstd + beta).contiguous()
 
     launch(_rescale_kernel)[pixel_block_grid(N, C, HW, bc, bhw)](
-       x, g, s, y, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+        x, g, s, y, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
     return y, pooled, logits, smap, z.contiguous(), stats_d.to(acc)
 
 
@@ -480,7 +480,7 @@ def cbam_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tenso
     bc, bhw = _tiles(HW)
     pc, phw = _pix_tiles(HW)
     launch(_pixel_reduce_kernel)[_pixel_grid(N, HW)](
-       dy, x, g, cmax, ds, ccnt, C, HW, *strides, ACC=tacc, BLOCK_C=pc, BLOCK_HW=phw)
+        dy, x, g, cmax, ds, ccnt, C, HW, *strides, ACC=tacc, BLOCK_C=pc, BLOCK_HW=phw)
 
     # The BatchNorm backward (batch statistics: through the batch mean and variance too).
     mu = bn_stats[0].to(acc)
@@ -518,7 +518,7 @@ def cbam_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tenso
     dg = _empty(x, (N, C), acc)
     scnt = _empty(x, (N, C), acc)
     launch(_channel_reduce_kernel)[(N, triton.cdiv(C, bc))](
-       dy, x, g, s, dcmean, dcmax, cmax, mx, dg, scnt, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+        dy, x, g, s, dcmean, dcmax, cmax, mx, dg, scnt, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
 
     # The channel gate and the MLP backward; the weight gradients as GEMMs over the batch.
     da = dg * (1 - g) * g if light else gate_backward(gate, dg, logits, g)
@@ -541,7 +541,7 @@ def cbam_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tenso
 
     # Pass 3: dx.
     launch(_input_grad_kernel)[pixel_block_grid(N, C, HW, bc, bhw)](
-       dy, x, dx, g, s, dcmean, dcmax, cmax, mx, a, b, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+        dy, x, dx, g, s, dcmean, dcmax, cmax, mx, a, b, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
     return grads_out(dx, dw1, db1, dw2, db2, dws, dgamma.to(acc), dbeta.to(acc))
 
 
