@@ -11,7 +11,10 @@ import sys
 
 import torch
 
-import fused_attn
+# The repository's fused_attn, also when it was built in place rather than
+# installed (python puts tools/, not the root, on the path).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fused_attn  # noqa: E402
 
 SHAPES = [(2, 3, 5, 7), (2, 40, 8, 8), (1, 264, 4, 4)]
 # CBAM adds few long rows: its reductions' eight-warps-per-row and split paths.
