@@ -129,3 +129,34 @@ def test_cpu_streaming_stores(monkeypatch, dtype, memory_format):
         grads_ref = torch.autograd.grad(y_ref, [t for t in leaves if t is not None], dy.double())
         for g, g_ref in zip(grads, grads_ref):
             assert_close(g, g_ref, dtype, grad=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+@pytest.mark.parametrize("hw", [(7, 7), (13, 17), (17, 19)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_cpu_row_reductions_do_not_depend_on_the_batch(dtype, memory_format, hw):
+    """The CPU passes reduce short NCHW rows in groups (one row's adds alone
+    wait on their latency): a sample's pooled mean and max (SE forward) and
+    its Σ dy·x (through ECA's per-sample dx) must be bitwise what the sample
+    gives alone, where its rows fall into other groups or into none (fewer
+    rows than a group). 7×7 is grouped; 13×17 and 17×19 (16 and 64 lanes)
+    are not."""
+    if "cpu" not in cpu_backends():
+        pytest.skip("C++ extension not built")
+    variant = SEVariant(pool="avgmax")
+    x, w1, b1, w2, b2 = se_sample((5, 3, *hw), dtype, memory_format, variant, seed=12)
+    x = x.detach()
+    dy = torch.randn(x.shape).to(dtype).to(memory_format=memory_format)
+    w = torch.randn(3).to(dtype)
+    se = torch.ops.fused_attn.se_forward
+    eca_fwd, eca_bwd = torch.ops.fused_attn.eca_forward, torch.ops.fused_attn.eca_backward
+    with torch.no_grad():
+        _, pooled, maxv, _, _ = se(x, w1, b1, w2, b2, "relu", "sigmoid", "avgmax")
+        _, p, z = eca_fwd(x, w, None, "zeros", "sigmoid")
+        dx = eca_bwd(dy, x, w, p, z, "zeros", "sigmoid", False)[0]
+        for n in range(x.shape[0]):
+            xn, dyn = x[n:n + 1], dy[n:n + 1]
+            _, pooled_n, maxv_n, _, _ = se(xn, w1, b1, w2, b2, "relu", "sigmoid", "avgmax")
+            assert torch.equal(pooled[n:n + 1], pooled_n) and torch.equal(maxv[n:n + 1], maxv_n), n
+            _, p_n, z_n = eca_fwd(xn, w, None, "zeros", "sigmoid")
+            assert torch.equal(dx[n:n + 1], eca_bwd(dyn, xn, w, p_n, z_n, "zeros", "sigmoid", False)[0]), n

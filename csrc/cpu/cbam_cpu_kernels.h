@@ -15,166 +15,13 @@
 // Layout of one sample: NCHW rows are the H·W pixels of a channel;
 // channels_last rows are the C channels of a pixel.
 
-// Vector arguments of inlined helpers change no real ABI.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-// ---- vectors ------------------------------------------------------------------
-// GCC's vector extensions, 32 bytes (8 floats, 4 doubles) in both builds (the
-// baseline build splits each into two SSE registers), so lane counts, and
-// with them every reduction order, are the same in both.
-template <typename A> struct VecOf { typedef A type __attribute__((vector_size(32))); };
-template <typename A> using Vec = typename VecOf<A>::type;
-template <typename A> constexpr int64_t kW = 32 / sizeof(A);
-// Lane indices for __builtin_shuffle: integers of A's width.
-template <typename A> struct MaskOf { typedef int64_t type __attribute__((vector_size(32))); };
-template <> struct MaskOf<float> { typedef int32_t type __attribute__((vector_size(32))); };
-template <typename A> using MaskVec = typename MaskOf<A>::type;
-
-template <typename A> inline __attribute__((always_inline)) Vec<A> vload(const A* p) {
-  Vec<A> v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <typename A> inline __attribute__((always_inline)) void vstore(A* p, Vec<A> v) { std::memcpy(p, &v, sizeof v); }
-template <typename A> inline __attribute__((always_inline)) Vec<A> vsplat(A a) { return Vec<A>{} + a; }
-// max propagating NaN (torch.amax's rule), lane by lane.
-template <typename V> inline __attribute__((always_inline)) V vmax_nan(V m, V v) {
-  return ((v > m) | (v != v)) ? v : m;
-}
-// 1 where a == b, else 0, lane by lane.
-template <typename V> inline __attribute__((always_inline)) V veq01(V a, V b) {
-  return (a == b) ? (V{} + 1) : V{};
-}
-
-// ---- whole vectors of T, in acc_t ---------------------------------------------
-// vload_t converts kW<A> elements of T on the way in, vstore_t on the way
-// out, vround_t rounds to T and back (x1 as the module stores it).
-typedef uint32_t U32x8 __attribute__((vector_size(32)));  // a float vector's bits
-typedef int32_t I32x8 __attribute__((vector_size(32)));
-// The same bits as another type of the same size (std::bit_cast, C++17).
-template <typename To, typename From>
-inline __attribute__((always_inline)) To bits_as(const From& f) {
-  static_assert(sizeof(To) == sizeof(From));
-  To t;
-  std::memcpy(&t, &f, sizeof t);
-  return t;
-}
-
-template <typename T>
-inline __attribute__((always_inline)) Vec<acc_t<T>> vload_t(const T* p) {
-  using A = acc_t<T>;
-  if constexpr (std::is_same_v<T, A>) {
-    return vload(p);
-  } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    typedef uint16_t U16x8 __attribute__((vector_size(16)));
-    U16x8 h;
-    std::memcpy(&h, p, sizeof h);
-    const U32x8 b = __builtin_convertvector(h, U32x8) << 16;
-    return bits_as<Vec<A>>(b);
-  } else {
-#ifdef FUSED_ATTN_F16C
-    const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return bits_as<Vec<A>>(v);
-#else
-    Vec<A> v{};
-    for (int64_t j = 0; j < kW<A>; ++j) v[j] = static_cast<A>(p[j]);
-    return v;
-#endif
-  }
-}
-
-template <typename T>
-inline __attribute__((always_inline)) Vec<acc_t<T>> vround_t(Vec<acc_t<T>> v) {
-  using A = acc_t<T>;
-  if constexpr (std::is_same_v<T, A>) {
-    return v;
-  } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    // c10::BFloat16's rule: nearest, ties to even; NaN to the quiet NaN.
-    const U32x8 b = bits_as<U32x8>(v);
-    const U32x8 r = (b + 0x7FFFu + ((b >> 16) & 1u)) & 0xFFFF0000u;
-    const I32x8 mag = bits_as<I32x8>(b) & 0x7FFFFFFF;  // |v|'s bits, compared signed
-    const U32x8 out = (mag > 0x7F800000) ? (U32x8{} + 0x7FC00000u) : r;
-    return bits_as<Vec<A>>(out);
-  } else {
-#ifdef FUSED_ATTN_F16C
-    const __m256 r = _mm256_cvtph_ps(_mm256_cvtps_ph(bits_as<__m256>(v), _MM_FROUND_TO_NEAREST_INT));
-    return bits_as<Vec<A>>(r);
-#else
-    for (int64_t j = 0; j < kW<A>; ++j) v[j] = static_cast<A>(static_cast<T>(v[j]));
-    return v;
-#endif
-  }
-}
-
-// Stores one vector as T; kNt: a streaming store (AVX2 build; p is then
-// aligned to the vector's size in T, as stream_output's whole-line rows are).
-template <bool kNt, typename T>
-inline __attribute__((always_inline)) void vstore_t(T* p, Vec<acc_t<T>> v) {
-  using A = acc_t<T>;
-#ifdef FUSED_ATTN_F16C
-  if constexpr (kNt) {
-    if constexpr (std::is_same_v<T, float>) {
-      _mm256_stream_ps(p, bits_as<__m256>(v));
-    } else if constexpr (std::is_same_v<T, double>) {
-      _mm256_stream_pd(p, bits_as<__m256d>(v));
-    } else {
-      A a[kW<A>];
-      T tmp[kW<A>];
-      std::memcpy(a, &v, sizeof a);
-      store_block(a, tmp, kW<A>);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp)));
-    }
-    return;
-  }
-#endif
-  if constexpr (std::is_same_v<T, A>) {
-    vstore(p, v);
-  } else {
-    A a[kW<A>];
-    std::memcpy(a, &v, sizeof a);
-    store_block(a, p, kW<A>);
-  }
-}
-
-// Scalar forms of the same, for the tails (round_t through vround_t, so a
-// tail element rounds exactly as a vector lane does).
-template <typename T>
-inline acc_t<T> round_t(acc_t<T> a) {
-  if constexpr (std::is_same_v<T, acc_t<T>>) {
-    return a;
-  } else {
-    return vround_t<T>(vsplat(a))[0];
-  }
-}
-template <typename T>
-inline void store_t(T* p, acc_t<T> a) {
-  if constexpr (std::is_same_v<T, acc_t<T>>) {
-    *p = a;
-  } else {
-    store_block(&a, p, 1);
-  }
-}
+// The vector types and loads/stores (Vec, vload_t, vstore_t, ...) are
+// se_cpu_kernels.h's.
 
 // The max without NaN checks (one instruction: keeps m when v is NaN). The
 // passes that use it take the sum of the same values beside it, which any
 // NaN makes NaN, and take the max again with the checks only there.
 template <typename V> inline __attribute__((always_inline)) V vmax_fast(V m, V v) { return (v > m) ? v : m; }
-
-// Folds the lanes of va (summed) and vb (summed, or kMax: maxed with NaN
-// checks) pairwise: lane j takes lane j + w for w = kW/2 .. 1, by shuffles
-// (the order of a scalar tree, without its stores). Lane 0 holds the result.
-template <bool kMax, int64_t w, typename A>
-inline __attribute__((always_inline)) void fold_lanes(Vec<A>& va, Vec<A>& vb) {
-  if constexpr (w > 0) {
-    MaskVec<A> m;
-    for (int64_t j = 0; j < kW<A>; ++j) m[j] = (j + w) % kW<A>;
-    va += __builtin_shuffle(va, m);
-    const Vec<A> hi = __builtin_shuffle(vb, m);
-    vb = kMax ? vmax_nan(vb, hi) : vb + hi;
-    fold_lanes<kMax, w / 2, A>(va, vb);
-  }
-}
 
 // ---- the reductions every pass uses -------------------------------------------
 
@@ -710,5 +557,3 @@ FUSED_ATTN_INSTANTIATE_CBAM(double)
 FUSED_ATTN_INSTANTIATE_CBAM(c10::Half)
 FUSED_ATTN_INSTANTIATE_CBAM(c10::BFloat16)
 #undef FUSED_ATTN_INSTANTIATE_CBAM
-
-#pragma GCC diagnostic pop
