@@ -9,10 +9,10 @@
 // The loops are written over fixed-size blocks with one accumulator per lane
 // (`acc[j] += v[j]`), which the compiler vectorizes without reassociating a
 // reduction, so results do not depend on the vector width or on the number of
-// threads: every reduction order is fixed by the shape alone. NCHW rows with
-// float accumulation are reduced on explicit 8-lane vectors (GCC vector
-// extensions, the same lanes in both builds) in that same order, short rows
-// several at a time (pool_rows_vec / reduce_rows_vec). (The AVX2 build
+// threads: every reduction order is fixed by the shape alone. NCHW rows are
+// reduced on explicit 32-byte vectors (GCC vector extensions, the same lanes
+// in both builds), short rows several at a time (pool_rows_vec /
+// reduce_rows_vec). (The AVX2 build
 // may contract a·b + c into an FMA, so the two builds can differ in the last
 // bit; each is deterministic run to run.)
 //
@@ -290,18 +290,6 @@ inline __attribute__((always_inline)) void fold_lanes(Vec<A>& va, Vec<A>& vb) {
 // (`|`, not `||`: no branch, so loops of it can vectorize.)
 template <typename A> inline A max_nan(A m, A v) { return ((v > m) | (v != v)) ? v : m; }
 
-// Fixed-order pairwise sum / max of L lanes.
-template <int64_t L, typename A> inline A lanes_sum(A* a) {
-  for (int64_t w = L / 2; w > 0; w /= 2)
-    for (int64_t j = 0; j < w; ++j) a[j] += a[j + w];
-  return a[0];
-}
-template <int64_t L, typename A> inline A lanes_max(A* a) {
-  for (int64_t w = L / 2; w > 0; w /= 2)
-    for (int64_t j = 0; j < w; ++j) a[j] = max_nan(a[j], a[j + w]);
-  return a[0];
-}
-
 // Writes the block computed by `fill(o)` to dst, streaming it when `nt`.
 template <typename T, typename A, typename Fill>
 inline void write_block(T* dst, int64_t n, bool nt, A* buf, Fill&& fill) {
@@ -321,7 +309,8 @@ inline void write_block(T* dst, int64_t n, bool nt, A* buf, Fill&& fill) {
 // one). Each unit's result depends on the shape alone, never on which thread
 // runs it or what runs beside it.
 //
-// NCHW read unit: one row (n, c), reduced over H·W with L lanes (with_lanes).
+// NCHW read unit: one row (n, c), reduced over H·W with L lanes (with_lanes),
+// or, for short rows, a group of kGroup rows.
 // channels_last read unit: a segment of one sample's pixel rows, of a length
 // fixed by C, summed into its own partial vector; the partials are added in
 // segment order afterwards (finish_*).
@@ -351,35 +340,6 @@ inline void for_blocks2(const T* row_a, const T* row_b, int64_t len, Body&& body
   if (i < len) body(load_block(row_a + i, buf_a, len - i), load_block(row_b + i, buf_b, len - i), len - i);
 }
 
-// Full blocks accumulate in L lanes (kept in registers: their loops have a
-// compile-time trip count); the partial last block goes to a scalar that is
-// added after the lanes are folded. Both orders are fixed by the shape.
-template <int64_t L, bool kMax, typename T>
-inline void pool_row(const T* row, int64_t HW, acc_t<T>& sum, acc_t<T>& mx) {
-  using A = acc_t<T>;
-  constexpr A kLowest = -std::numeric_limits<A>::infinity();
-  A s[L], m[L], buf[kBlock];
-  std::fill(s, s + L, A(0));
-  if (kMax) std::fill(m, m + L, kLowest);
-  int64_t i = 0;
-  for (; i + L <= HW; i += L) {
-    const A* v = load_block(row + i, buf, L);
-    for (int64_t j = 0; j < L; ++j) s[j] += v[j];
-    if (kMax)
-      for (int64_t j = 0; j < L; ++j) m[j] = max_nan(m[j], v[j]);
-  }
-  A tail_s = 0, tail_m = kLowest;
-  if (i < HW) {
-    const A* v = load_block(row + i, buf, HW - i);
-    for (int64_t j = 0; j < HW - i; ++j) {
-      tail_s += v[j];
-      if (kMax) tail_m = max_nan(tail_m, v[j]);
-    }
-  }
-  sum = lanes_sum<L>(s) + tail_s;
-  mx = kMax ? max_nan(lanes_max<L>(m), tail_m) : A(0);
-}
-
 // Calls f(std::integral_constant<int64_t, L>) with the lane count for rows of
 // length HW: 8 or 16 for short rows (less tree to fold per row), kBlock else.
 template <typename F>
@@ -389,40 +349,13 @@ inline void with_lanes(int64_t HW, F&& f) {
   else f(std::integral_constant<int64_t, kBlock>{});
 }
 
-template <int64_t L, bool kCnt, typename T>
-inline void reduce_row(const T* dy, const T* x, int64_t HW, acc_t<T> m, acc_t<T>& s_out, acc_t<T>& k_out) {
-  using A = acc_t<T>;
-  A s[L], k[L], bd[kBlock], bx[kBlock];
-  std::fill(s, s + L, A(0));
-  if (kCnt) std::fill(k, k + L, A(0));
-  int64_t i = 0;
-  for (; i + L <= HW; i += L) {
-    const A* vd = load_block(dy + i, bd, L);
-    const A* vx = load_block(x + i, bx, L);
-    for (int64_t j = 0; j < L; ++j) s[j] += vd[j] * vx[j];
-    if (kCnt)
-      for (int64_t j = 0; j < L; ++j) k[j] += vx[j] == m ? A(1) : A(0);
-  }
-  A tail_s = 0, tail_k = 0;
-  if (i < HW) {
-    const A* vd = load_block(dy + i, bd, HW - i);
-    const A* vx = load_block(x + i, bx, HW - i);
-    for (int64_t j = 0; j < HW - i; ++j) {
-      tail_s += vd[j] * vx[j];
-      if (kCnt) tail_k += vx[j] == m ? A(1) : A(0);
-    }
-  }
-  s_out = lanes_sum<L>(s) + tail_s;
-  k_out = kCnt ? lanes_sum<L>(k) + tail_k : A(0);
-}
-
-// The same reductions on whole vectors, for float accumulation (8 lanes to a
-// Vec<float>), over R rows at once (row g at x + g·HW). Each row's order is
-// exactly pool_row<L>'s / reduce_row<L>'s: L lanes over blocks of L, folded
-// pairwise (lane j takes lane j + w for w = L/2 .. 1: whole vectors while
-// w ≥ 8, then within the vector), then the tail in order; so a row's result
-// does not depend on R or on which rows share its group. Why vectors: the
-// scalar max (NaN-propagating, a branch per element) did not vectorize and
+// An NCHW row's reductions, over R rows at once (row g at x + g·HW): full
+// blocks of L elements accumulate in L lanes (L / kW whole vectors), the
+// lanes are folded pairwise (lane j takes lane j + w for w = L/2 .. 1: whole
+// vectors while w ≥ kW, then within the vector), then the partial last block
+// is added in order. The order is fixed by HW alone, so a row's result does
+// not depend on R or on which rows share its group. Why vectors: a scalar
+// NaN-propagating max (a branch per element) did not vectorize and
 // mispredicted on every other element (NCHW avgmax SE forward: 2.0 ms at
 // 8×2048×7², against 0.5 ms in channels_last); why groups: a short row alone
 // (H·W < 64, the 7×7 maps) is a chain of a few dependent vector adds and a
@@ -431,8 +364,8 @@ inline void reduce_row(const T* dy, const T* x, int64_t HW, acc_t<T> m, acc_t<T>
 template <int64_t L, int64_t R, bool kMax, typename T>
 inline void pool_rows_vec(const T* x, int64_t HW, acc_t<T>* sum, acc_t<T>* mx) {
   using A = acc_t<T>;
-  static_assert(kW<A> == 8 && L % 8 == 0, "8-lane vectors");
-  constexpr int64_t Q = L / 8;
+  constexpr int64_t W = kW<A>, Q = L / W;
+  static_assert(L % W == 0, "whole vectors of lanes");
   constexpr A kLowest = -std::numeric_limits<A>::infinity();
   Vec<A> s[R][Q], m[R][Q];
   for (int64_t g = 0; g < R; ++g)
@@ -444,7 +377,7 @@ inline void pool_rows_vec(const T* x, int64_t HW, acc_t<T>* sum, acc_t<T>* mx) {
   for (; i + L <= HW; i += L) {
     for (int64_t g = 0; g < R; ++g)
       for (int64_t q = 0; q < Q; ++q) {
-        const Vec<A> v = vload_t(x + g * HW + i + 8 * q);
+        const Vec<A> v = vload_t(x + g * HW + i + W * q);
         s[g][q] += v;
         if (kMax) m[g][q] = vmax_nan(m[g][q], v);
       }
@@ -461,19 +394,19 @@ inline void pool_rows_vec(const T* x, int64_t HW, acc_t<T>* sum, acc_t<T>* mx) {
         s[g][q] += s[g][q + w];
         if (kMax) m[g][q] = vmax_nan(m[g][q], m[g][q + w]);
       }
-    fold_lanes<kMax, 4, A>(s[g][0], m[g][0]);
+    fold_lanes<kMax, W / 2, A>(s[g][0], m[g][0]);
     sum[g] = s[g][0][0] + tail_s;
     mx[g] = kMax ? max_nan(m[g][0][0], tail_m) : A(0);
   }
 }
 
-// s[g] = Σ dy·x and (kCnt) k[g] = #{x == mx[g]} of R rows, as reduce_row<L>.
+// s[g] = Σ dy·x and (kCnt) k[g] = #{x == mx[g]} of R rows, in the same order.
 template <int64_t L, int64_t R, bool kCnt, typename T>
 inline void reduce_rows_vec(const T* dy, const T* x, int64_t HW, const acc_t<T>* mx, acc_t<T>* s_out,
                             acc_t<T>* k_out) {
   using A = acc_t<T>;
-  static_assert(kW<A> == 8 && L % 8 == 0, "8-lane vectors");
-  constexpr int64_t Q = L / 8;
+  constexpr int64_t W = kW<A>, Q = L / W;
+  static_assert(L % W == 0, "whole vectors of lanes");
   Vec<A> s[R][Q], k[R][Q], m[R];
   for (int64_t g = 0; g < R; ++g) {
     for (int64_t q = 0; q < Q; ++q) s[g][q] = k[g][q] = Vec<A>{};
@@ -483,7 +416,7 @@ inline void reduce_rows_vec(const T* dy, const T* x, int64_t HW, const acc_t<T>*
   for (; i + L <= HW; i += L) {
     for (int64_t g = 0; g < R; ++g)
       for (int64_t q = 0; q < Q; ++q) {
-        const int64_t o = g * HW + i + 8 * q;
+        const int64_t o = g * HW + i + W * q;
         const Vec<A> vx = vload_t(x + o);
         s[g][q] += vload_t(dy + o) * vx;
         if (kCnt) k[g][q] += veq01(vx, m[g]);
@@ -501,7 +434,7 @@ inline void reduce_rows_vec(const T* dy, const T* x, int64_t HW, const acc_t<T>*
         s[g][q] += s[g][q + w];
         k[g][q] += k[g][q + w];
       }
-    fold_lanes<false, 4, A>(s[g][0], k[g][0]);
+    fold_lanes<false, W / 2, A>(s[g][0], k[g][0]);
     s_out[g] = s[g][0][0] + tail_s;
     if (kCnt) k_out[g] = k[g][0][0] + tail_k;
   }
@@ -510,10 +443,8 @@ inline void reduce_rows_vec(const T* dy, const T* x, int64_t HW, const acc_t<T>*
 // Short rows go in groups of kGroup.
 constexpr int64_t kGroup = 4;
 
-// Whether NCHW rows of T are reduced on vectors (float accumulation), and
-// whether `rows` rows of HW elements are reduced in groups.
-template <typename T>
-constexpr bool vector_rows() { return kW<acc_t<T>> == 8; }
+// Whether `rows` NCHW rows of HW elements are reduced in groups (of 8 lanes,
+// with_lanes's choice for them).
 inline bool grouped_rows(int64_t HW, int64_t rows) { return HW < 64 && rows >= kGroup; }
 
 // Group b covers rows [b·kGroup, (b+1)·kGroup) of `rows`; the last one, when
@@ -604,31 +535,24 @@ void forward_pass(const ScaleJob<T>& sj, const PoolJob<T>& pj, int64_t C, int64_
     auto pool_unit = [&](int64_t r) {
       A sum, mx;
       with_lanes(HW, [&](auto lanes) {
-        if constexpr (vector_rows<T>()) {
-          if (want_max) pool_rows_vec<lanes, 1, true>(pj.x + r * HW, HW, &sum, &mx);
-          else pool_rows_vec<lanes, 1, false>(pj.x + r * HW, HW, &sum, &mx);
-        } else {
-          if (want_max) pool_row<lanes, true>(pj.x + r * HW, HW, sum, mx);
-          else pool_row<lanes, false>(pj.x + r * HW, HW, sum, mx);
-        }
+        if (want_max) pool_rows_vec<lanes, 1, true>(pj.x + r * HW, HW, &sum, &mx);
+        else pool_rows_vec<lanes, 1, false>(pj.x + r * HW, HW, &sum, &mx);
       });
       finish(r, sum, mx);
     };
-    if constexpr (vector_rows<T>()) {
-      const int64_t rows = pj.nb * C;
-      if (grouped_rows(HW, rows)) {
-        auto pool_group = [&](int64_t b) {
-          const int64_t r0 = group_start(b, rows), first = b * kGroup;
-          A sum[kGroup], mx[kGroup];
-          if (want_max) pool_rows_vec<8, kGroup, true>(pj.x + r0 * HW, HW, sum, mx);
-          else pool_rows_vec<8, kGroup, false>(pj.x + r0 * HW, HW, sum, mx);
-          for (int64_t r = first; r < r0 + kGroup; ++r) finish(r, sum[r - r0], mx[r - r0]);
-        };
-        interleaved(sj.nb * C, HW, scale_row, (rows + kGroup - 1) / kGroup, kGroup * HW, pool_group);
-        return;
-      }
+    const int64_t rows = pj.nb * C;
+    if (grouped_rows(HW, rows)) {
+      auto pool_group = [&](int64_t b) {
+        const int64_t r0 = group_start(b, rows), first = b * kGroup;
+        A sum[kGroup], mx[kGroup];
+        if (want_max) pool_rows_vec<8, kGroup, true>(pj.x + r0 * HW, HW, sum, mx);
+        else pool_rows_vec<8, kGroup, false>(pj.x + r0 * HW, HW, sum, mx);
+        for (int64_t r = first; r < r0 + kGroup; ++r) finish(r, sum[r - r0], mx[r - r0]);
+      };
+      interleaved(sj.nb * C, HW, scale_row, (rows + kGroup - 1) / kGroup, kGroup * HW, pool_group);
+      return;
     }
-    interleaved(sj.nb * C, HW, scale_row, pj.nb * C, HW, pool_unit);
+    interleaved(sj.nb * C, HW, scale_row, rows, HW, pool_unit);
     return;
   }
   const int64_t seg = cl_segment_rows(C);
@@ -705,35 +629,28 @@ void backward_pass(const DxJob<T>& dj, const ReduceJob<T>& rj, int64_t C, int64_
       with_lanes(HW, [&](auto lanes) {
         const T* dy = rj.dy + r * HW;
         const T* x = rj.x + r * HW;
-        if constexpr (vector_rows<T>()) {
-          if (want_cnt) reduce_rows_vec<lanes, 1, true>(dy, x, HW, rj.maxv + r, rj.s + r, &k);
-          else reduce_rows_vec<lanes, 1, false>(dy, x, HW, nullptr, rj.s + r, &k);
-        } else {
-          if (want_cnt) reduce_row<lanes, true>(dy, x, HW, rj.maxv[r], rj.s[r], k);
-          else reduce_row<lanes, false>(dy, x, HW, A(0), rj.s[r], k);
-        }
+        if (want_cnt) reduce_rows_vec<lanes, 1, true>(dy, x, HW, rj.maxv + r, rj.s + r, &k);
+        else reduce_rows_vec<lanes, 1, false>(dy, x, HW, nullptr, rj.s + r, &k);
       });
       if (want_cnt) rj.cnt[r] = k;
     };
-    if constexpr (vector_rows<T>()) {
-      const int64_t rows = rj.nb * C;
-      if (grouped_rows(HW, rows)) {
-        auto reduce_group = [&](int64_t b) {
-          const int64_t r0 = group_start(b, rows), first = b * kGroup;
-          const int64_t off = r0 * HW;
-          A s[kGroup], k[kGroup];
-          if (want_cnt) reduce_rows_vec<8, kGroup, true>(rj.dy + off, rj.x + off, HW, rj.maxv + r0, s, k);
-          else reduce_rows_vec<8, kGroup, false>(rj.dy + off, rj.x + off, HW, nullptr, s, k);
-          for (int64_t r = first; r < r0 + kGroup; ++r) {
-            rj.s[r] = s[r - r0];
-            if (want_cnt) rj.cnt[r] = k[r - r0];
-          }
-        };
-        interleaved(dj.nb * C, HW, dx_row, (rows + kGroup - 1) / kGroup, 2 * kGroup * HW, reduce_group);
-        return;
-      }
+    const int64_t rows = rj.nb * C;
+    if (grouped_rows(HW, rows)) {
+      auto reduce_group = [&](int64_t b) {
+        const int64_t r0 = group_start(b, rows), first = b * kGroup;
+        const int64_t off = r0 * HW;
+        A s[kGroup], k[kGroup];
+        if (want_cnt) reduce_rows_vec<8, kGroup, true>(rj.dy + off, rj.x + off, HW, rj.maxv + r0, s, k);
+        else reduce_rows_vec<8, kGroup, false>(rj.dy + off, rj.x + off, HW, nullptr, s, k);
+        for (int64_t r = first; r < r0 + kGroup; ++r) {
+          rj.s[r] = s[r - r0];
+          if (want_cnt) rj.cnt[r] = k[r - r0];
+        }
+      };
+      interleaved(dj.nb * C, HW, dx_row, (rows + kGroup - 1) / kGroup, 2 * kGroup * HW, reduce_group);
+      return;
     }
-    interleaved(dj.nb * C, HW, dx_row, rj.nb * C, 2 * HW, reduce_unit);
+    interleaved(dj.nb * C, HW, dx_row, rows, 2 * HW, reduce_unit);
     return;
   }
   const int64_t seg = cl_segment_rows(C);
