@@ -10,6 +10,9 @@
 #   make test-floor  the oldest torch we support (2.11, the GPU machine's): its own
 #                venv (.venv-floor) and a copy of the tracked tree (build/floor), the
 #                CPU kernels built against it, then the suite ($(FLOOR_TESTS))
+#   make gpu-prebuild  the CUDA build for a lent GPU (torch 2.11 of the floor venv, sm_90) into
+#                .prebuilt/ with its stamp (tools/build_stamp.py): carry `.prebuilt` in the device
+#                call and bench/gpu_check.sh's build step uses it instead of compiling there
 #   make clean
 
 PYTHON ?= python3
@@ -33,7 +36,7 @@ FLOOR_DEPS := torch==2.11.0 torchvision==0.26.0 "numpy<2.4" "setuptools<82" timm
 FLOOR_SRC := build/floor
 FLOOR_TESTS ?= tests
 
-.PHONY: bench test test-floor build cmake clean venv
+.PHONY: bench test test-floor gpu-prebuild build cmake clean venv
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -75,8 +78,24 @@ test-floor: $(FLOOR_VENV)/.deps
 	cd $(FLOOR_SRC) && FUSED_ATTN_NO_CUDA=1 $(FLOOR_PY) setup.py -q build_ext --inplace
 	cd $(FLOOR_SRC) && FUSED_ATTN_REQUIRE_CUDA_BUILD=0 $(FLOOR_PY) -m pytest -q -p no:cacheprovider -n $(MAX_JOBS) $(FLOOR_TESTS)
 
+# Device time is short (a quarter hour a session, its start included) and the
+# CUDA build takes minutes of it: build here, against the GPU machine's torch
+# (the floor's 2.11), from a copy of the tracked tree. build/gpu is kept, so a
+# rebuild after a small change recompiles only what changed.
+GPU_ARCHS ?= 9.0
+GPU_SRC := build/gpu
+PREBUILT := .prebuilt
+gpu-prebuild: $(FLOOR_VENV)/.deps
+	rm -rf $(GPU_SRC)/csrc && mkdir -p $(GPU_SRC)
+	git ls-files -z | xargs -0 tar cf - | tar xf - -C $(GPU_SRC)
+	cd $(GPU_SRC) && FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$(GPU_ARCHS) $(FLOOR_PY) setup.py -q build_ext --inplace
+	mkdir -p $(PREBUILT)
+	cp $(GPU_SRC)/fused_attn/_C.abi3.so $(PREBUILT)/_C.abi3.so
+	cd $(GPU_SRC) && $(FLOOR_PY) tools/build_stamp.py $(GPU_ARCHS) > $(abspath $(PREBUILT))/STAMP
+	@cat $(PREBUILT)/STAMP; ls -l $(PREBUILT)
+
 cmake: venv
 	$(PY) tools/cmake_build.py
 
 clean:
-	rm -rf build *.egg-info fused_attn/*.so $(VENV) $(FLOOR_VENV)
+	rm -rf build *.egg-info fused_attn/*.so $(PREBUILT) $(VENV) $(FLOOR_VENV)

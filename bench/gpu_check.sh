@@ -11,9 +11,12 @@
 #                                           #          bench models bench-full
 #
 # A short lease (one command of at most 10 minutes, a quarter hour in all):
+# first `make gpu-prebuild` here, then, with carry [".prebuilt"],
 #
 #   GPU_LOG_DIR=/tmp/gpu GPU_LOG_TAR=$OUT/gpu_logs.tgz GPU_STEP_TIMEOUT=240 \
 #     bench/gpu_check.sh build gpu-test sanitize-quick bench
+#
+# (the build step uses .prebuilt when its stamp matches, and compiles otherwise).
 #
 # gpu-test runs only the GPU tests (pytest -m gpu, on pytest-xdist workers when
 # it is installed); sanitize-quick only memcheck on the CUDA backend. Every
@@ -58,6 +61,31 @@ run_step() {  # name, log file, command...
   return $rc
 }
 
+# `make gpu-prebuild` (on the development machine) leaves a CUDA build and its
+# stamp in .prebuilt/; carried along, it saves the build's minutes of device
+# time. Used only when the stamp computed here matches (same sources, torch,
+# CUDA and architectures) and the library loads with its CUDA kernels.
+use_prebuilt() {
+  [ -f .prebuilt/_C.abi3.so ] && [ -f .prebuilt/STAMP ] || return 1
+  local want have
+  want=$($PY tools/build_stamp.py "$TORCH_CUDA_ARCH_LIST" 2>&1); have=$(cat .prebuilt/STAMP)
+  if [ "$want" != "$have" ]; then
+    note "build: not using .prebuilt (built from: $have; here: $want)"
+    return 1
+  fi
+  cp .prebuilt/_C.abi3.so fused_attn/_C.abi3.so
+  if $PY -c "import sys, fused_attn; sys.exit(0 if fused_attn.backends()['cuda'].devices else 1)" \
+      > "$LOG/build.log" 2>&1; then
+    $PY -c "import fused_attn; [print(s) for s in fused_attn.backends().values()]" >> "$LOG/build.log" 2>&1
+    note "build: using .prebuilt ($have)"
+    pack
+    return 0
+  fi
+  note "build: .prebuilt does not load here ($(tail -1 "$LOG/build.log" | cut -c1-160)); building"
+  rm -f fused_attn/_C.abi3.so
+  return 1
+}
+
 note "gpu_check on $gpu: steps ${steps[*]}; commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 nvidia-smi > "$LOG/nvidia-smi.txt" 2>&1
 $PY - > "$LOG/versions.txt" 2>&1 <<'PYEOF'
@@ -75,6 +103,7 @@ for step in "${steps[@]}"; do
     build)
       cap=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")
       export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$cap} MAX_JOBS=${MAX_JOBS:-16}
+      use_prebuilt && continue
       before=$status
       if ! run_step build build.log $PY -m pip install --no-build-isolation --no-deps -v -e .; then
         # An editable install needs pip and setuptools new enough for PEP 660;
