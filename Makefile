@@ -91,6 +91,7 @@ gpu-prebuild: $(FLOOR_VENV)/.deps
 	cd $(GPU_SRC) && FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$(GPU_ARCHS) $(FLOOR_PY) setup.py -q build_ext --inplace
 	mkdir -p $(PREBUILT)
 	cp $(GPU_SRC)/fused_attn/_C.abi3.so $(PREBUILT)/_C.abi3.so
+	strip --strip-debug $(PREBUILT)/_C.abi3.so  # host debug info: 50 MB of a carry's 64 (the kernels' -lineinfo stays)
 	cd $(GPU_SRC) && $(FLOOR_PY) tools/build_stamp.py $(GPU_ARCHS) > $(abspath $(PREBUILT))/STAMP
 	@cat $(PREBUILT)/STAMP; ls -l $(PREBUILT)
 

@@ -74,9 +74,8 @@ use_prebuilt() {
     return 1
   fi
   cp .prebuilt/_C.abi3.so fused_attn/_C.abi3.so
-  if $PY -c "import sys, fused_attn; sys.exit(0 if fused_attn.backends()['cuda'].devices else 1)" \
-      > "$LOG/build.log" 2>&1; then
-    $PY -c "import fused_attn; [print(s) for s in fused_attn.backends().values()]" >> "$LOG/build.log" 2>&1
+  if $PY -c "import sys, fused_attn; b = fused_attn.backends(); [print(s) for n, s in b.items() if n != 'cuda']; print(b['cuda'])
+sys.exit(0 if b['cuda'].devices else 1)" > "$LOG/build.log" 2>&1; then
     note "build: using .prebuilt ($have)"
     pack
     return 0
