@@ -8,15 +8,17 @@
 #
 #   bench/gpu_check.sh                      # build test sanitize bench
 #   bench/gpu_check.sh build gpu-test       # some of: build test gpu-test sanitize sanitize-quick
-#                                           #          bench models bench-full
+#                                           #          bench bench-fast models bench-full
 #
 # A short lease (one command of at most 10 minutes, a quarter hour in all):
 # first `make gpu-prebuild` here, then, with carry [".prebuilt"],
 #
-#   GPU_LOG_DIR=/tmp/gpu GPU_LOG_TAR=$OUT/gpu_logs.tgz GPU_STEP_TIMEOUT=240 \
-#     bench/gpu_check.sh build gpu-test sanitize-quick bench
+#   GPU_LOG_DIR=/tmp/gpu GPU_LOG_TAR=$OUT/gpu_logs.tgz GPU_STEP_TIMEOUT=170 \
+#     bench/gpu_check.sh build gpu-test sanitize-quick bench-fast
 #
-# (the build step uses .prebuilt when its stamp matches, and compiles otherwise).
+# (the build step uses .prebuilt when its stamp matches, and compiles
+# otherwise; bench-fast leaves out torch.compile, whose compile per row would
+# take the quick grid past any one step's limit: `bench` in a later call).
 #
 # gpu-test runs only the GPU tests (pytest -m gpu, on pytest-xdist workers when
 # it is installed); sanitize-quick only memcheck on the CUDA backend. Every
@@ -137,6 +139,10 @@ for step in "${steps[@]}"; do
       ;;
     bench)
       run_step bench bench_ops_quick.log $PY -m bench.ops --device cuda --quick --out "$LOG"
+      ;;
+    bench-fast)  # the quick grid without torch.compile (a compile per row is most of bench's time)
+      run_step bench-fast bench_ops_quick_nocompile.log $PY -m bench.ops --device cuda --quick --compile none \
+        --out "$LOG"
       ;;
     models)
       run_step models bench_models_quick.log $PY -m bench.models --device cuda --quick --out "$LOG"

@@ -726,6 +726,8 @@ def main(argv=None):
 
     all_cases = cases(args.ops, args.mode, device)
     stem = f"ops_{args.mode}" if len(args.ops) == len(OPS) else f"ops_{args.mode}_{'-'.join(o.name for o in args.ops)}"
+    if not args.compile_modes:  # a run without torch.compile does not replace one with it
+        stem += "_nocompile"
     out = args.out or os.path.join(common.RESULTS, common.device_folder(env))
     timing = TIMING[device][args.mode]
     progress = common.Progress(len(all_cases))
