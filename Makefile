@@ -80,19 +80,22 @@ test-floor: $(FLOOR_VENV)/.deps
 
 # Device time is short (a quarter hour a session, its start included) and the
 # CUDA build takes minutes of it: build here, against the GPU machine's torch
-# (the floor's 2.11), from a copy of the tracked tree. build/gpu is kept, so a
+# (the floor's 2.11), from a copy of the working tree. build/gpu is kept, so a
 # rebuild after a small change recompiles only what changed.
 GPU_ARCHS ?= 9.0
 GPU_SRC := build/gpu
 PREBUILT := .prebuilt
+# The files copied are the ones a device call sends: tracked, and untracked
+# but not ignored. STAMP goes last, so a failed step leaves no stamp to match.
 gpu-prebuild: $(FLOOR_VENV)/.deps
-	rm -rf $(GPU_SRC)/csrc && mkdir -p $(GPU_SRC)
-	git ls-files -z | xargs -0 tar cf - | tar xf - -C $(GPU_SRC)
-	cd $(GPU_SRC) && FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$(GPU_ARCHS) $(FLOOR_PY) setup.py -q build_ext --inplace
-	mkdir -p $(PREBUILT)
+	rm -rf $(GPU_SRC)/csrc $(PREBUILT)/STAMP && mkdir -p $(GPU_SRC) $(PREBUILT)
+	git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf $(GPU_SRC).tar
+	tar xf $(GPU_SRC).tar -C $(GPU_SRC) && rm $(GPU_SRC).tar
+	cd $(GPU_SRC) && FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(GPU_ARCHS)" $(FLOOR_PY) setup.py -q build_ext --inplace
 	cp $(GPU_SRC)/fused_attn/_C.abi3.so $(PREBUILT)/_C.abi3.so
 	strip --strip-debug $(PREBUILT)/_C.abi3.so  # host debug info: 50 MB of a carry's 64 (the kernels' -lineinfo stays)
-	cd $(GPU_SRC) && $(FLOOR_PY) tools/build_stamp.py $(GPU_ARCHS) > $(abspath $(PREBUILT))/STAMP
+	cd $(GPU_SRC) && $(FLOOR_PY) tools/build_stamp.py "$(GPU_ARCHS)" > $(abspath $(PREBUILT))/STAMP.tmp
+	mv $(PREBUILT)/STAMP.tmp $(PREBUILT)/STAMP
 	@cat $(PREBUILT)/STAMP; ls -l $(PREBUILT)
 
 cmake: venv

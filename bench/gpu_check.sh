@@ -70,19 +70,34 @@ run_step() {  # name, log file, command...
 use_prebuilt() {
   [ -f .prebuilt/_C.abi3.so ] && [ -f .prebuilt/STAMP ] || return 1
   local want have
-  want=$($PY tools/build_stamp.py "$TORCH_CUDA_ARCH_LIST" 2>&1); have=$(cat .prebuilt/STAMP)
+  want=$($PY tools/build_stamp.py "$TORCH_CUDA_ARCH_LIST" 2>> "$LOG/build.log"); have=$(cat .prebuilt/STAMP)
   if [ "$want" != "$have" ]; then
     note "build: not using .prebuilt (built from: $have; here: $want)"
     return 1
   fi
-  cp .prebuilt/_C.abi3.so fused_attn/_C.abi3.so
-  if $PY -c "import sys, fused_attn; b = fused_attn.backends(); [print(s) for n, s in b.items() if n != 'cuda']; print(b['cuda'])
-sys.exit(0 if b['cuda'].devices else 1)" > "$LOG/build.log" 2>&1; then
+  cp .prebuilt/_C.abi3.so fused_attn/_C.abi3.so || return 1
+  # Loads, was built for this GPU, and runs: a small SE forward on the CUDA backend.
+  if $PY - > "$LOG/build.log" 2>&1 <<'PYEOF'; then
+import sys, torch, fused_attn
+from fused_attn import _extension
+b = fused_attn.backends()
+[print(s) for n, s in b.items() if n != "cuda"]
+print(b["cuda"])
+cap = "%d%d0" % torch.cuda.get_device_capability(0)
+if not b["cuda"].devices or cap not in _extension.CUDA_ARCHS.split(","):
+    print(f"no CUDA kernels for this GPU (sm {cap}; built: {_extension.CUDA_ARCHS or 'none'})")
+    sys.exit(1)
+x = torch.randn(2, 8, 4, 4, device="cuda")
+with fused_attn.use_backend("cuda"):
+    y = fused_attn.squeeze_excitation(x, torch.randn(2, 8, device="cuda"), None, torch.randn(8, 2, device="cuda"))
+torch.cuda.synchronize()
+print("a CUDA SE forward ran:", tuple(y.shape))
+PYEOF
     note "build: using .prebuilt ($have)"
     pack
     return 0
   fi
-  note "build: .prebuilt does not load here ($(tail -1 "$LOG/build.log" | cut -c1-160)); building"
+  note "build: .prebuilt does not load or run here ($(tail -1 "$LOG/build.log" | cut -c1-160)); building"
   rm -f fused_attn/_C.abi3.so
   return 1
 }
@@ -110,8 +125,9 @@ for step in "${steps[@]}"; do
         # An editable install needs pip and setuptools new enough for PEP 660;
         # the in-place build needs neither, and the tests and benchmarks run
         # from the repository root, where it puts fused_attn/_C.
-        # Not after a compile error: that would only fail again.
-        grep -q "Error compiling objects" "$LOG/build.log" ||
+        # Not after a compile error, nor after the step's time ran out: that
+        # would only fail again, or take the next steps' time too.
+        grep -q -e "Error compiling objects" -e "gpu_check: cut off" "$LOG/build.log" ||
           { run_step "build (in place)" build_inplace.log $PY setup.py build_ext --inplace && status=$before; }
       fi
       $PY -c "import fused_attn; [print(s) for s in fused_attn.backends().values()]" >> "$LOG/build.log" 2>&1

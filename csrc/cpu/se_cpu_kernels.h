@@ -112,7 +112,12 @@ template <typename A> inline __attribute__((always_inline)) Vec<A> vload(const A
   return v;
 }
 template <typename A> inline __attribute__((always_inline)) void vstore(A* p, Vec<A> v) { std::memcpy(p, &v, sizeof v); }
-template <typename A> inline __attribute__((always_inline)) Vec<A> vsplat(A a) { return Vec<A>{} + a; }
+// a in every lane (-0 stays -0: `Vec<A>{} + a` would make it +0).
+template <typename A> inline __attribute__((always_inline)) Vec<A> vsplat(A a) {
+  Vec<A> v;
+  for (int64_t j = 0; j < kW<A>; ++j) v[j] = a;
+  return v;
+}
 // max propagating NaN (torch.amax's rule), lane by lane.
 template <typename V> inline __attribute__((always_inline)) V vmax_nan(V m, V v) {
   return ((v > m) | (v != v)) ? v : m;
@@ -425,13 +430,6 @@ inline void combine_segments(int64_t r0, int64_t r1, int64_t C, int64_t nseg, co
   }
 }
 
-// y[i] = x[i]·g[i] (kPer: one gate per element, a channels_last pixel row)
-// or x[i]·g[0] (an NCHW row) for i < len, in whole vectors. The last vector
-// of a row longer than one ends at the row's end, overlapping the one before
-// it (the same values written twice), so a row has no scalar tail and no
-// vectorizer prologue: on 49-pixel rows those made the rescale 1.5× the time
-// of a plain multiply loop over the same bytes. With kNt (streaming stores)
-// rows are whole cache lines, so there is no overlap.
 // A coefficient as a vector at element i: the elements' own (kPer) or the
 // row's one, splat.
 template <bool kPer, typename A>
@@ -440,6 +438,14 @@ inline __attribute__((always_inline)) Vec<A> coef_at(const A* p, int64_t i) {
   else return vsplat(p[0]);
 }
 
+// y[i] = x[i]·g[i] (kPer: one gate per element, a channels_last pixel row)
+// or x[i]·g[0] (an NCHW row) for i < len, in whole vectors. The last vector
+// of a row longer than one ends at the row's end, overlapping the one before
+// it (the same values written twice), so a row has no scalar tail and no
+// vectorizer prologue: on 49-pixel rows those made the rescale 1.5× the time
+// of a plain multiply loop over the same bytes. With kNt (streaming stores)
+// rows are whole cache lines, so there is no overlap. The overlap re-reads
+// x after storing y: y must not be x (the passes write fresh tensors).
 template <bool kNt, bool kPer, typename T>
 inline void scale_vec(const T* x, T* y, int64_t len, const acc_t<T>* g) {
   using A = acc_t<T>;
