@@ -83,9 +83,11 @@ from fused_attn import _extension
 b = fused_attn.backends()
 [print(s) for n, s in b.items() if n != "cuda"]
 print(b["cuda"])
+if not b["cuda"].devices:
+    sys.exit(1)
 cap = "%d%d0" % torch.cuda.get_device_capability(0)
-if not b["cuda"].devices or cap not in _extension.CUDA_ARCHS.split(","):
-    print(f"no CUDA kernels for this GPU (sm {cap}; built: {_extension.CUDA_ARCHS or 'none'})")
+if cap not in _extension.CUDA_ARCHS.split(","):
+    print(f"no CUDA kernels for this GPU (sm {cap}; built for: {_extension.CUDA_ARCHS})")
     sys.exit(1)
 x = torch.randn(2, 8, 4, 4, device="cuda")
 with fused_attn.use_backend("cuda"):
