@@ -1,0 +1,47 @@
+// One-thread timings of the CPU MLP products (rows_dot, csrc/cpu/cbam_cpu_kernels.h,
+// AVX2 build) at the SE/CBAM excitation shapes: fc1 = [rd, C] against 2·nb pooled
+// rows, fc2 = [C, rd] against nb hidden rows. Prints the best of 300 calls and
+// writes every output to $DUMP (if set) so two builds can be compared bitwise.
+// Built and run by ab.sh against the sources of two commits.
+#include "csrc/cpu/cbam_kernel_avx2.cpp"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <tuple>
+
+using fused_attn::cpu::avx2::rows_dot;
+
+template <class F>
+double best_us(F f, int reps = 300) {
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    best = std::min(best, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+int main() {
+  std::mt19937 gen(0);
+  std::normal_distribution<float> normal;
+  std::vector<float> dump;
+  for (auto [C, rd, nb] : {std::tuple{2048, 128, 8}, std::tuple{1024, 64, 8}, std::tuple{256, 16, 8},
+                           std::tuple{1000, 62, 3}, std::tuple{517, 33, 5}, std::tuple{7, 3, 1}}) {
+    std::vector<float> w1(rd * C), w2(C * rd), in(2 * nb * C), h(2 * nb * rd), out(nb * C), b2(C);
+    for (auto* v : {&w1, &w2, &in, &h, &b2})
+      for (auto& e : *v) e = normal(gen);
+    const double t1 = best_us([&] { rows_dot<float>(w1.data(), in.data(), C, 0, rd, 2 * nb, nullptr, 1.f, h.data(), rd); });
+    const double t2 = best_us([&] { rows_dot<float>(w2.data(), h.data(), rd, 0, C, nb, b2.data(), 2.f, out.data(), C); });
+    dump.insert(dump.end(), h.begin(), h.end());
+    dump.insert(dump.end(), out.begin(), out.end());
+    std::printf("rows_dot C=%d rd=%d rows=%d: fc1 %.1f us, fc2 %.1f us (one thread, best of 300)\n", C, rd, 2 * nb, t1, t2);
+  }
+  if (const char* path = std::getenv("DUMP")) {
+    FILE* f = std::fopen(path, "wb");
+    std::fwrite(dump.data(), sizeof(float), dump.size(), f);
+    std::fclose(f);
+  }
+}
