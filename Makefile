@@ -74,7 +74,7 @@ $(FLOOR_VENV)/.deps: Makefile
 # against 2.11: FORCE_CUDA=1 by hand), so CI's CUDA-build requirement is off.
 test-floor: $(FLOOR_VENV)/.deps
 	rm -rf $(FLOOR_SRC) && mkdir -p $(FLOOR_SRC)
-	git ls-files -z | xargs -0 tar cf - | tar xf - -C $(FLOOR_SRC)
+	git ls-files -z | tar --null -T - -cf - | tar xf - -C $(FLOOR_SRC)
 	cd $(FLOOR_SRC) && FUSED_ATTN_NO_CUDA=1 $(FLOOR_PY) setup.py -q build_ext --inplace
 	cd $(FLOOR_SRC) && FUSED_ATTN_REQUIRE_CUDA_BUILD=0 $(FLOOR_PY) -m pytest -q -p no:cacheprovider -n $(MAX_JOBS) $(FLOOR_TESTS)
 
