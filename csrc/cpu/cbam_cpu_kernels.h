@@ -228,20 +228,21 @@ void cbam_channel_pool(const T* x, const acc_t<T>* g, int64_t C, int64_t HW, boo
 
 // y[j] = x1·s of a row of n elements, x1 = x[j]·g (one gate, or kGateVec:
 // g[j]) rounded to T, s one value (or kScaleVec: s[j]); kNt: streaming stores.
+// Whole vectors over the row, the last one overlapping (over_row).
 template <bool kGateVec, bool kScaleVec, bool kNt, typename T>
 inline void rescale_row(const T* x, const acc_t<T>* g, const acc_t<T>* s, int64_t n, T* y) {
   using A = acc_t<T>;
-  constexpr int64_t W = kW<A>;
-  const Vec<A> gs = vsplat(kGateVec ? A(0) : g[0]), ss = vsplat(kScaleVec ? A(0) : s[0]);
-  int64_t j = 0;
-  for (; j + W <= n; j += W) {
-    const Vec<A> t = vround_t<T>(vload_t(x + j) * (kGateVec ? vload(g + j) : gs));
-    vstore_t<kNt>(y + j, t * (kScaleVec ? vload(s + j) : ss));
-  }
-  for (; j < n; ++j) {
-    const A t = round_t<T>(static_cast<A>(x[j]) * g[kGateVec ? j : 0]);
-    store_t(y + j, t * s[kScaleVec ? j : 0]);
-  }
+  const Coef<kGateVec, A> cg(g);
+  const Coef<kScaleVec, A> cs(s);
+  over_row<kNt, kW<A>>(
+      n,
+      [&](int64_t j, auto nt) {
+        vstore_t<decltype(nt)::value>(y + j, vround_t<T>(vload_t(x + j) * cg.at(j)) * cs.at(j));
+      },
+      [&](int64_t j) {
+        const A t = round_t<T>(static_cast<A>(x[j]) * g[kGateVec ? j : 0]);
+        store_t(y + j, t * s[kScaleVec ? j : 0]);
+      });
 }
 
 // y = x1·s (s [HW], the spatial gate); nt: streaming stores.
@@ -383,7 +384,8 @@ void cbam_channel_grad(const T* dy, const T* x, const acc_t<T>* g, const Spatial
 }
 
 // dx = dx1·g + share (+ tie where x is its channel's spatial max mx), per
-// channel share and tie; nt: streaming stores.
+// channel share and tie; nt: streaming stores. Whole vectors over each row,
+// the last one overlapping (over_row).
 template <typename T>
 void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t<T>>& sg, const acc_t<T>* mx,
              const acc_t<T>* share, const acc_t<T>* tie, int64_t C, int64_t HW, bool cl, bool nt, T* dx) {
@@ -398,17 +400,18 @@ void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t
         T* out = dx + c * HW;
         const A gc = g[c], sh = share[c], tc = tie[c], mc = mx[c];
         const Vec<A> vg = vsplat(gc), vsh = vsplat(sh), vtc = vsplat(tc), vm = vsplat(mc);
-        int64_t p = 0;
-        for (; p + W <= HW; p += W) {
-          const Vec<A> xv = vload_t(xr + p);
-          const Vec<A> d1 = dx1_vec(sg, p, vload_t(dr + p), vround_t<T>(xv * vg));
-          vstore_t<kNt>(out + p, d1 * vg + vsh + ((xv == vm) ? vtc : Vec<A>{}));
-        }
-        for (; p < HW; ++p) {
-          const A xv = static_cast<A>(xr[p]);
-          const A d1 = dx1_one(sg, p, static_cast<A>(dr[p]), round_t<T>(xv * gc));
-          store_t(out + p, d1 * gc + sh + (xv == mc ? tc : A(0)));
-        }
+        over_row<kNt, W>(
+            HW,
+            [&](int64_t p, auto nt) {
+              const Vec<A> xv = vload_t(xr + p);
+              const Vec<A> d1 = dx1_vec(sg, p, vload_t(dr + p), vround_t<T>(xv * vg));
+              vstore_t<decltype(nt)::value>(out + p, d1 * vg + vsh + ((xv == vm) ? vtc : Vec<A>{}));
+            },
+            [&](int64_t p) {
+              const A xv = static_cast<A>(xr[p]);
+              const A d1 = dx1_one(sg, p, static_cast<A>(dr[p]), round_t<T>(xv * gc));
+              store_t(out + p, d1 * gc + sh + (xv == mc ? tc : A(0)));
+            });
       }
     } else {
       for (int64_t p = 0; p < HW; ++p) {
@@ -416,17 +419,19 @@ void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t
         const T* dr = dy + p * C;
         T* out = dx + p * C;
         const PixelGrad<A> pg(sg, p);
-        int64_t c = 0;
-        for (; c + W <= C; c += W) {
-          const Vec<A> xv = vload_t(xr + c), vg = vload(g + c);
-          const Vec<A> d1 = pg.dx1(vload_t(dr + c), vround_t<T>(xv * vg));
-          vstore_t<kNt>(out + c, d1 * vg + vload(share + c) + ((xv == vload(mx + c)) ? vload(tie + c) : Vec<A>{}));
-        }
-        for (; c < C; ++c) {
-          const A xv = static_cast<A>(xr[c]);
-          const A d1 = dx1_one(sg, p, static_cast<A>(dr[c]), round_t<T>(xv * g[c]));
-          store_t(out + c, d1 * g[c] + share[c] + (xv == mx[c] ? tie[c] : A(0)));
-        }
+        over_row<kNt, W>(
+            C,
+            [&](int64_t c, auto nt) {
+              const Vec<A> xv = vload_t(xr + c), vg = vload(g + c);
+              const Vec<A> d1 = pg.dx1(vload_t(dr + c), vround_t<T>(xv * vg));
+              vstore_t<decltype(nt)::value>(
+                  out + c, d1 * vg + vload(share + c) + ((xv == vload(mx + c)) ? vload(tie + c) : Vec<A>{}));
+            },
+            [&](int64_t c) {
+              const A xv = static_cast<A>(xr[c]);
+              const A d1 = dx1_one(sg, p, static_cast<A>(dr[c]), round_t<T>(xv * g[c]));
+              store_t(out + c, d1 * g[c] + share[c] + (xv == mx[c] ? tie[c] : A(0)));
+            });
       }
     }
   };
