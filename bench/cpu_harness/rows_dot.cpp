@@ -1,6 +1,9 @@
-// One-thread timings of the CPU MLP products (rows_dot, csrc/cpu/cbam_cpu_kernels.h,
-// AVX2 build) at the SE/CBAM excitation shapes: fc1 = [rd, C] against 2·nb pooled
-// rows, fc2 = [C, rd] against nb hidden rows. Prints the best of 300 calls and
+// One-thread timings of the CPU MLP products (csrc/cpu/cbam_cpu_kernels.h, AVX2
+// build) at the SE/CBAM excitation shapes. rows_dot, the forward: fc1 = [rd, C]
+// against 2·nb pooled rows, fc2 = [C, rd] against nb hidden rows. rows_times,
+// the backward (as CBAM's at N = nb): dh = da [nb, C]·W2 [C, rd],
+// dpool = dpre [2nb, rd]·W1 [rd, C], dW2 = daᵀ·h ([C, rd], nb terms),
+// dW1 = dpreᵀ·pooled ([rd, C], 2nb terms). Prints the best of 300 calls and
 // writes every output to $DUMP (if set) so two builds can be compared bitwise.
 // Built and run by ab.sh against the sources of two commits.
 #include "csrc/cpu/cbam_kernel_avx2.cpp"
@@ -12,6 +15,7 @@
 #include <tuple>
 
 using fused_attn::cpu::avx2::rows_dot;
+using fused_attn::cpu::avx2::rows_times;
 
 template <class F>
 double best_us(F f, int reps = 300) {
@@ -38,6 +42,17 @@ int main() {
     dump.insert(dump.end(), h.begin(), h.end());
     dump.insert(dump.end(), out.begin(), out.end());
     std::printf("rows_dot C=%d rd=%d rows=%d: fc1 %.1f us, fc2 %.1f us (one thread, best of 300)\n", C, rd, 2 * nb, t1, t2);
+    // The backward's products, a [R, T] (ar = T, at = 1) or aᵀ (a [T, R]: ar = 1, at = R).
+    std::vector<float> da(nb * C), dpre(2 * nb * rd), dh(nb * rd), dpool(2 * nb * C), dw2(C * rd), dw1(rd * C);
+    for (auto* v : {&da, &dpre})
+      for (auto& e : *v) e = normal(gen);
+    const double t3 = best_us([&] { rows_times<float>(da.data(), C, 1, w2.data(), rd, nb, C, 0, rd, dh.data(), rd); });
+    const double t4 = best_us([&] { rows_times<float>(dpre.data(), rd, 1, w1.data(), C, 2 * nb, rd, 0, C, dpool.data(), C); });
+    const double t5 = best_us([&] { rows_times<float>(da.data(), 1, C, h.data(), rd, C, nb, 0, rd, dw2.data(), rd); });
+    const double t6 = best_us([&] { rows_times<float>(dpre.data(), 1, rd, in.data(), C, rd, 2 * nb, 0, C, dw1.data(), C); });
+    for (auto* v : {&dh, &dpool, &dw2, &dw1}) dump.insert(dump.end(), v->begin(), v->end());
+    std::printf("rows_times C=%d rd=%d N=%d: dh %.1f us, dpool %.1f us, dW2 %.1f us, dW1 %.1f us (one thread, best of 300)\n",
+                C, rd, nb, t3, t4, t5, t6);
   }
   if (const char* path = std::getenv("DUMP")) {
     FILE* f = std::fopen(path, "wb");

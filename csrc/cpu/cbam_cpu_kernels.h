@@ -453,12 +453,15 @@ void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t
 // of these loops at 2-8 rows (measured on the 2-core EPYC VM:
 // [2048×128]·[128×2] in 250 µs).
 //
-// kM = 2 rows of a against kN = 4 rows of b at a time: eight independent
-// accumulators, where one row of a against four rows of b (four FMA chains)
-// left the FMA units waiting on their latency (fc1 at 2048×128, 16 rows, one
-// thread: 200 → 150-165 µs). The blocking changes which loads are shared, not
-// any element's sum: each element is accumulated, folded and finished the
-// same way whatever block it falls in.
+// kM = 3 rows of a against kN = 4 rows of b at a time: twelve independent
+// accumulators, 7 loads per 12 FMAs, 16 vector registers in all (AVX2 has
+// 16). One row of a against four (four FMA chains) left the FMA units
+// waiting on their latency, and 2×4 (8 chains, 6 loads per 8 FMAs) was still
+// bound by its loads: fc1 at 2048×128, 16 rows, one thread: 1×4 200 µs,
+// 2×4 150-165 µs, 3×4 94-115 µs (bench/cpu_harness/rows_dot.cpp). Rows of a
+// left over go two or one at a time. The blocking changes which loads are
+// shared, not any element's sum: each element is accumulated, folded and
+// finished the same way whatever block it falls in.
 template <int64_t kM, int64_t kN, typename A>
 inline void dot_block(const A* a, const A* b, int64_t K, const A* bias, A bias_scale, A* out, int64_t ldo) {
   constexpr int64_t W = kW<A>;
@@ -507,6 +510,7 @@ template <typename A>
 void rows_dot(const A* a, const A* b, int64_t K, int64_t m0, int64_t m1, int64_t nb, const A* bias, A bias_scale,
               A* out, int64_t ldo) {
   int64_t m = m0;
+  for (; m + 3 <= m1; m += 3) dot_rows<3>(a, b, K, m, nb, bias, bias_scale, out, ldo);
   for (; m + 2 <= m1; m += 2) dot_rows<2>(a, b, K, m, nb, bias, bias_scale, out, ldo);
   if (m < m1) dot_rows<1>(a, b, K, m, nb, bias, bias_scale, out, ldo);
 }
@@ -547,18 +551,36 @@ template <typename A>
 void rows_times(const A* a, int64_t ar, int64_t at, const A* B, int64_t ldb, int64_t R, int64_t T, int64_t j0,
                 int64_t j1, A* out, int64_t ldo) {
   constexpr int64_t JB = 2 * kW<A>;
-  int64_t j = j0;
-  for (; j + JB <= j1; j += JB) {
-    int64_t r = 0;
-    for (; r + 4 <= R; r += 4) times_block<4>(a + r * ar, ar, at, B + j, ldb, T, out + r * ldo + j, ldo);
-    switch (R - r) {
-      case 3: times_block<3>(a + r * ar, ar, at, B + j, ldb, T, out + r * ldo + j, ldo); break;
-      case 2: times_block<2>(a + r * ar, ar, at, B + j, ldb, T, out + r * ldo + j, ldo); break;
-      case 1: times_block<1>(a + r * ar, ar, at, B + j, ldb, T, out + r * ldo + j, ldo); break;
-      default: break;
+  // Column panels of B small enough to stay in L1 (about 16 KiB) while every
+  // block of rows passes over them; within a panel, rows outer, so each block
+  // writes its output rows in runs of the panel's width (columns outer
+  // scattered the writes over all R rows, 64 bytes each: a weight gradient
+  // of 128 rows ran at half the speed of the same work in 16 rows).
+  const int64_t panel = std::max<int64_t>(JB, (int64_t{4096} * 4 / static_cast<int64_t>(sizeof(A)) /
+                                               std::max<int64_t>(T, 1)) / JB * JB);
+  const int64_t jv = j0 + (j1 - j0) / JB * JB;  // the end of the whole blocks
+  for (int64_t p0 = j0; p0 < jv; p0 += panel) {
+    const int64_t p1 = std::min(jv, p0 + panel);
+    auto blocks = [&](auto rows, int64_t r) {
+      constexpr int64_t kR = decltype(rows)::value;
+      for (int64_t j = p0; j < p1; j += JB) times_block<kR>(a + r * ar, ar, at, B + j, ldb, T, out + r * ldo + j, ldo);
+    };
+    // Six rows at a time (12 accumulators), the last 7 or 8 as 4 + 3 or
+    // 4 + 4, not 6 + 1 or 6 + 2 (a block of 2 rows has 4 FMA chains: too
+    // few to hide their latency over long sums).
+    for (int64_t r = 0; r < R;) {
+      const int64_t left = R - r;
+      switch (left >= 9 || left == 6 ? 6 : left >= 7 ? 4 : left) {
+        case 6: blocks(std::integral_constant<int64_t, 6>{}, r); r += 6; break;
+        case 5: blocks(std::integral_constant<int64_t, 5>{}, r); r += 5; break;
+        case 4: blocks(std::integral_constant<int64_t, 4>{}, r); r += 4; break;
+        case 3: blocks(std::integral_constant<int64_t, 3>{}, r); r += 3; break;
+        case 2: blocks(std::integral_constant<int64_t, 2>{}, r); r += 2; break;
+        default: blocks(std::integral_constant<int64_t, 1>{}, r); r += 1; break;
+      }
     }
   }
-  for (; j < j1; ++j) {
+  for (int64_t j = jv; j < j1; ++j) {
     for (int64_t r = 0; r < R; ++r) {
       A acc = A(0);
       for (int64_t t = 0; t < T; ++t) acc += a[r * ar + t * at] * B[t * ldb + j];
