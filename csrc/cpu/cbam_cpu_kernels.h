@@ -81,12 +81,12 @@ inline void row_reduce2(int64_t n, Term&& term, One&& one, A& r0, A& r1) {
 // term(r, off, j, ...) for a vector and one(r, off, j, ...) for an element
 // (off = r·stride + j), rows in order. The rows are swept kSweep at a time,
 // so each column's running results are loaded and stored once per kSweep
-// rows, not once per row. Both start as the caller sets them.
-template <bool kMax, typename A, typename Term, typename One>
-inline void sweep_reduce2(int64_t rows, int64_t n, int64_t stride, Term&& term, One&& one, A* first,
-                          A* second) {
+// rows, not once per row. Both start as the caller sets them. Each column's
+// terms are combined in row order whatever kSweep: the result does not
+// depend on it.
+template <int64_t kSweep, bool kMax, typename A, typename Term, typename One>
+inline void sweep_rows_k(int64_t rows, int64_t n, int64_t stride, Term&& term, One&& one, A* first, A* second) {
   constexpr int64_t W = kW<A>;
-  constexpr int64_t kSweep = 8;
   for (int64_t r0 = 0; r0 < rows; r0 += kSweep) {
     const int64_t r1 = std::min(rows, r0 + kSweep);
     int64_t j = 0;
@@ -131,6 +131,29 @@ inline void sweep_reduce2(int64_t rows, int64_t n, int64_t stride, Term&& term, 
   }
 }
 
+// Whether a pass over rows row_bytes apart, read from DRAM, goes row by row
+// (sweep_reduce2's by_row) rather than 8 rows at a time: for rows of 512 B
+// (exclusive) to 8 KiB. Reading 8 such rows in step is 8 short interleaved streams per
+// tensor that the hardware prefetchers follow badly from DRAM. Shorter rows
+// make a band of at most 4 KiB (one stream); longer ones, streams long
+// enough to be followed. Cold (from DRAM), one thread, N = 8
+// (bench/cpu_harness/cbam_passes.cpp, AMD EPYC): channels_last 256×56×56
+// spatial pool 2.5-2.7 → 1.4 ms, channel grad 6.5-7.1 → 2.3 ms; NCHW
+// 1024×14×14 spatial grad 1.40 → 0.48-0.53 ms. From cache (the forward's
+// channel pool of a cached chunk) 8 rows at a time stays faster for one
+// tensor; for two (dy and x: 16 streams) row by row is faster there too
+// (channels_last 512×28×28 channel grad 1.9-2.8 → 1.1 ms).
+inline bool by_row(int64_t row_bytes) { return row_bytes > 512 && row_bytes < 8192; }
+
+// sweep_rows_k 8 rows at a time, or row by row (each row read front to
+// back, the running results loaded and stored per row): the same results.
+template <bool kMax, typename A, typename Term, typename One>
+inline void sweep_reduce2(int64_t rows, int64_t n, int64_t stride, bool row_by_row, Term&& term, One&& one,
+                          A* first, A* second) {
+  if (row_by_row) sweep_rows_k<1, kMax>(rows, n, stride, term, one, first, second);
+  else sweep_rows_k<8, kMax>(rows, n, stride, term, one, first, second);
+}
+
 // ---- forward ------------------------------------------------------------------
 
 // v = x, or (kScale) x1 = x·g rounded to T: a vector at p, one element at p.
@@ -168,11 +191,11 @@ inline void row_sum_max(const T* x, const acc_t<T>* g, int64_t n, acc_t<T>& sum,
 // the row's gate g[r]); columns whose sum is NaN get their max again with
 // NaN checks.
 template <bool kScale, typename T>
-inline void sweep_sum_max(const T* x, int64_t rows, int64_t n, int64_t stride, const acc_t<T>* g, acc_t<T>* sum,
-                          acc_t<T>* mx) {
+inline void sweep_sum_max(const T* x, int64_t rows, int64_t n, int64_t stride, bool row_by_row, const acc_t<T>* g,
+                          acc_t<T>* sum, acc_t<T>* mx) {
   using A = acc_t<T>;
   sweep_reduce2<true, A>(
-      rows, n, stride,
+      rows, n, stride, row_by_row,
       [&](int64_t r, int64_t off, int64_t, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
         u = v = pool_val<kScale>(x + off, kScale ? vsplat(g[r]) : Vec<A>{});
       },
@@ -202,7 +225,9 @@ void cbam_spatial_pool(const T* x, int64_t C, int64_t HW, bool cl, acc_t<T>* mea
   }
   std::fill(mean, mean + C, A(0));
   std::fill(mx, mx + C, -std::numeric_limits<A>::infinity());
-  sweep_sum_max<false>(x, HW, C, C, static_cast<const A*>(nullptr), mean, mx);
+  // The forward's first read of x: from DRAM.
+  sweep_sum_max<false>(x, HW, C, C, by_row(C * static_cast<int64_t>(sizeof(T))), static_cast<const A*>(nullptr),
+                       mean, mx);
   for (int64_t c = 0; c < C; ++c) mean[c] *= inv;
 }
 
@@ -215,7 +240,7 @@ void cbam_channel_pool(const T* x, const acc_t<T>* g, int64_t C, int64_t HW, boo
   if (!cl) {
     std::fill(cmean, cmean + HW, A(0));
     std::fill(cmax, cmax + HW, -std::numeric_limits<A>::infinity());
-    sweep_sum_max<true>(x, C, HW, HW, g, cmean, cmax);
+    sweep_sum_max<true>(x, C, HW, HW, false, g, cmean, cmax);  // x cached (the chunk): 8 rows at a time
     for (int64_t p = 0; p < HW; ++p) cmean[p] *= inv;
     return;
   }
@@ -303,7 +328,7 @@ void cbam_spatial_grad(const T* dy, const T* x, const acc_t<T>* g, const acc_t<T
     std::fill(ds, ds + HW, A(0));
     std::fill(cc, cc + HW, A(0));
     sweep_reduce2<false, A>(
-        C, HW, HW,
+        C, HW, HW, by_row(HW * static_cast<int64_t>(sizeof(T))),
         [&](int64_t c, int64_t off, int64_t p, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
           const Vec<A> t = vround_t<T>(vload_t(x + off) * vsplat(g[c]));
           u = vload_t(dy + off) * t;
@@ -369,7 +394,7 @@ void cbam_channel_grad(const T* dy, const T* x, const acc_t<T>* g, const Spatial
   std::fill(cnt, cnt + C, A(0));
   // Rows are pixels: each one's terms are splat per row and column block.
   sweep_reduce2<false, A>(
-      HW, C, C,
+      HW, C, C, by_row(C * static_cast<int64_t>(sizeof(T))),
       [&](int64_t p, int64_t off, int64_t c, Vec<A>& u, Vec<A>& v) __attribute__((always_inline)) {
         const Vec<A> xv = vload_t(x + off);
         u = PixelGrad<A>(sg, p).dx1(vload_t(dy + off), vround_t<T>(xv * vload(g + c))) * xv;
