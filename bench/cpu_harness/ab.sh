@@ -36,9 +36,9 @@ for args in "2048 49 nchw" "2048 49 cl" "517 13 nchw" "517 13 cl"; do
   cmp -s "$work/A.cdump" "$work/B.cdump" || same=0
 done
 if [ $same = 1 ]; then echo "# cbam_passes: A and B outputs bitwise equal"; else echo "# cbam_passes: A and B outputs DIFFER"; fi
-for args in "2048 49 nchw" "2048 49 cl"; do
+for args in "2048 49 nchw" "2048 49 cl" "1024 196 nchw cold" "512 784 cl cold" "256 3136 cl cold"; do
   for r in $(seq "$ROUNDS"); do
-    for ref in A B; do "$work/$ref/cbam_passes" $args | sed "s/^/$ref round $r: /"; done
+    for ref in A B; do REPS=150 "$work/$ref/cbam_passes" $args | sed "s/^/$ref round $r: /"; done
   done
 done
 for args in "2048 49 nchw warm 1" "2048 49 cl warm 1" "2048 49 nchw cold 2" "2048 49 cl cold 2"; do
