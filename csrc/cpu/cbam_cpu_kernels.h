@@ -131,16 +131,16 @@ inline void sweep_rows_k(int64_t rows, int64_t n, int64_t stride, Term&& term, O
   }
 }
 
-// Whether a pass over rows row_bytes apart, read from DRAM, goes row by row
-// (sweep_reduce2's by_row) rather than 8 rows at a time: for rows of 512 B
-// (exclusive) to 8 KiB. Reading 8 such rows in step is 8 short interleaved streams per
-// tensor that the hardware prefetchers follow badly from DRAM. Shorter rows
-// make a band of at most 4 KiB (one stream); longer ones, streams long
-// enough to be followed. Cold (from DRAM), one thread, N = 8
+// Whether a pass over rows row_bytes apart goes row by row (sweep_reduce2's
+// row_by_row) rather than 8 rows at a time: for rows longer than 512 B and
+// shorter than 8 KiB. Reading 8 such rows in step is 8 short interleaved
+// streams per tensor, which the hardware prefetchers follow badly from DRAM;
+// shorter rows make a band of at most 4 KiB (one stream), longer ones
+// streams long enough to be followed. Cold (from DRAM), one thread, N = 8
 // (bench/cpu_harness/cbam_passes.cpp, AMD EPYC): channels_last 256×56×56
 // spatial pool 2.5-2.7 → 1.4 ms, channel grad 6.5-7.1 → 2.3 ms; NCHW
 // 1024×14×14 spatial grad 1.40 → 0.48-0.53 ms. From cache (the forward's
-// channel pool of a cached chunk) 8 rows at a time stays faster for one
+// channel pool of a cached chunk), 8 rows at a time stays faster for one
 // tensor; for two (dy and x: 16 streams) row by row is faster there too
 // (channels_last 512×28×28 channel grad 1.9-2.8 → 1.1 ms).
 inline bool by_row(int64_t row_bytes) { return row_bytes > 512 && row_bytes < 8192; }
