@@ -531,8 +531,11 @@ inline void dot_block(const A* a, const A* b, int64_t K, const A* bias, A bias_s
 
 // kM rows of a (from row m) against all nb rows of b, four at a time; the
 // first block of 4 prefetches the next kM rows of a (into L1 when they take
-// at most 8 KiB, else L2). Fewer than 4 rows of b (SE at N ≤ 1): none (its
-// variants of the tail blocks made the compiled loops slower).
+// at most 8 KiB, else L2). With fewer than 4 rows of b (batches of N ≤ 3:
+// SE's products, CBAM's fc2) none does: prefetching variants of the tail
+// blocks made the compiled loops slower. (The 3×4 block's 16 registers are
+// AVX2's; the baseline build splits each vector in two SSE registers and
+// spills: it is the fallback for CPUs without AVX2.)
 template <int64_t kM, typename A>
 inline void dot_rows(const A* a, const A* b, int64_t K, int64_t m, int64_t nb, const A* bias, A bias_scale,
                      A* out, int64_t ldo) {
