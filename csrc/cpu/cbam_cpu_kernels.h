@@ -137,12 +137,12 @@ inline void sweep_rows_k(int64_t rows, int64_t n, int64_t stride, Term&& term, O
 // streams per tensor, which the hardware prefetchers follow badly from DRAM;
 // shorter rows make a band of at most 4 KiB (one stream), longer ones
 // streams long enough to be followed. Cold (from DRAM), one thread, N = 8
-// (bench/cpu_harness/cbam_passes.cpp, AMD EPYC): channels_last 256×56×56
-// spatial pool 2.5-2.7 → 1.4 ms, channel grad 6.5-7.1 → 2.3 ms; NCHW
-// 1024×14×14 spatial grad 1.40 → 0.48-0.53 ms. From cache (the forward's
-// channel pool of a cached chunk), 8 rows at a time stays faster for one
-// tensor; for two (dy and x: 16 streams) row by row is faster there too
-// (channels_last 512×28×28 channel grad 1.9-2.8 → 1.1 ms).
+// (bench/cpu_harness/cbam_passes.cpp; cpu_harness_ab_5887fc8.txt, AMD EPYC):
+// channels_last 256×56×56 spatial pool 2.5-2.6 → 1.4 ms, channel grad
+// 6.3-6.8 → 2.3-3.9 ms; NCHW 1024×14×14 spatial grad 1.45-1.76 → 0.55-0.57
+// ms. From cache (the harness warm), 8 rows at a time stays faster for one
+// tensor (the forward's channel pool of a cached chunk keeps it); for two
+// (dy and x: 16 streams) row by row was faster there too.
 inline bool by_row(int64_t row_bytes) { return row_bytes > 512 && row_bytes < 8192; }
 
 // sweep_rows_k 8 rows at a time, or row by row (each row read front to
@@ -482,8 +482,9 @@ void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t
 // accumulators, 7 loads per 12 FMAs, 16 vector registers in all (AVX2 has
 // 16). One row of a against four (four FMA chains) left the FMA units
 // waiting on their latency, and 2×4 (8 chains, 6 loads per 8 FMAs) was still
-// bound by its loads: fc1 at 2048×128, 16 rows, one thread: 1×4 200 µs,
-// 2×4 150-165 µs, 3×4 94-115 µs (bench/cpu_harness/rows_dot.cpp). Rows of a
+// bound by its loads: fc1 at 2048×128, 16 rows, one thread: 1×4 200-201 µs,
+// 2×4 147-161 µs, 3×4 97-113 µs (bench/cpu_harness/rows_dot.cpp;
+// cpu_harness_ab.txt, cpu_harness_ab_acaeacd.txt). Rows of a
 // left over go two or one at a time. The blocking changes which loads are
 // shared, not any element's sum: each element is accumulated, folded and
 // finished the same way whatever block it falls in.
@@ -492,9 +493,10 @@ void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t
 // weights: contiguous after this block's), kM·W elements per step, into L1
 // (kPf = 3) or L2 (kPf = 2). In a network the weights come from DRAM at
 // every call; the hardware prefetchers left fc2's short rows waiting on it.
-// rows_dot harness, one thread, weights from DRAM: fc2 at 2048×128 172-196
-// → 99-123 µs (into L1), fc1 165-175 → 133-150 µs (into L2: its next block,
-// 24 KiB, does not fit in L1 beside the current one).
+// rows_dot harness, one thread, weights from DRAM, 2048×128: fc1 164-181 →
+// 122-132 µs, fc2 185-192 → 129-130 µs (cpu_harness_ab_9dc29ba.txt). fc1's
+// next block (24 KiB) goes to L2: it does not fit in L1 beside the current
+// one.
 template <int64_t kM, int64_t kN, typename A, int kPf = 0>
 inline void dot_block(const A* a, const A* b, int64_t K, const A* bias, A bias_scale, A* out, int64_t ldo) {
   constexpr int64_t W = kW<A>;
