@@ -267,6 +267,43 @@ def test_deterministic_algorithms_mode(backend):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
+def test_thread_count_does_not_change_bits(backend, memory_format):
+    """Outputs, dx and every weight gradient are bitwise the same on 1 and 2
+    threads. The threads split the MLP's weight rows (the C++ row products
+    take them 3, 2 or 1 at a time, so a split regroups them) and the samples
+    (the passes); each element must be formed in the same order either way.
+    C = 130, rd = 32: a 2-way split of fc1's 32 rows leaves 5×3 + 1 per
+    thread against 10×3 + 2 on one thread; N = 5 puts 10 rows against fc1."""
+    if backend != "cpu":
+        pytest.skip("the thread count is the C++ backend's (eager PyTorch's own reductions depend on it)")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 130, 7, 9, generator=g).contiguous(memory_format=memory_format).requires_grad_()
+    w1 = (torch.randn(32, 130, generator=g) * 130 ** -0.5).requires_grad_()
+    b1 = torch.randn(32, generator=g).requires_grad_()
+    w2 = (torch.randn(130, 32, generator=g) * 0.5).requires_grad_()
+    ws = (torch.randn(1, 2, 7, 7, generator=g) * 0.2).requires_grad_()
+    bn = dict(bn_weight=torch.tensor([0.9]), bn_bias=torch.tensor([0.1]))  # batch statistics
+    leaves = [x, w1, b1, w2, ws]
+
+    def run():
+        outs = (fused_attn.squeeze_excitation(x, w1, b1, w2, None, act="silu", pool="avgmax"),
+                fused_attn.cbam(x, w1, b1, w2, None, ws, **bn, act="silu"))
+        grads = torch.autograd.grad(sum((o * o).sum() for o in outs), leaves)
+        return [o.detach() for o in outs] + list(grads)
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(previous)
+    for i, (a, b) in enumerate(zip(one, two)):
+        assert torch.equal(a, b), f"result {i} differs between 1 and 2 threads"
+
+
 def test_permuted_views_neither_nchw_nor_channels_last(backend):
     base = torch.randn(2, 9, 13, 24)
     x = base.permute(0, 2, 1, 3)[:, ::2]           # [2, 7, 9, 24]: C strided by 2·24, H by 24·... no dense layout
