@@ -3,7 +3,8 @@
 # rows_dot.cpp (the MLP products), passes.cpp (the SE/ECA big-tensor
 # passes) and cbam_passes.cpp (CBAM's), compiled against each commit's csrc/
 # (AVX2 build, the torch of .venv), checked bitwise (rows_dot, cbam_passes),
-# then run in alternation, ROUNDS times each (this VM's speed drifts from minute to minute: compare like rounds).
+# then run in alternation, ROUNDS times each (this VM's speed drifts from
+# minute to minute: compare like rounds).
 #
 #   bench/cpu_harness/ab.sh A_REF B_REF [ROUNDS] > bench/results/<cpu>/cpu_harness_ab.txt
 set -euo pipefail
@@ -31,8 +32,8 @@ for r in $(seq "$ROUNDS"); do
 done
 same=1
 for args in "2048 49 nchw" "2048 49 cl" "517 13 nchw" "517 13 cl"; do
-  DUMP="$work/A.cdump" "$work/A/cbam_passes" $args > /dev/null
-  DUMP="$work/B.cdump" "$work/B/cbam_passes" $args > /dev/null
+  REPS=1 DUMP="$work/A.cdump" "$work/A/cbam_passes" $args > /dev/null  # outputs only: one call per pass
+  REPS=1 DUMP="$work/B.cdump" "$work/B/cbam_passes" $args > /dev/null
   cmp -s "$work/A.cdump" "$work/B.cdump" || same=0
 done
 if [ $same = 1 ]; then echo "# cbam_passes: A and B outputs bitwise equal"; else echo "# cbam_passes: A and B outputs DIFFER"; fi
