@@ -29,6 +29,13 @@ median times; the same for the compiled three. 1.0 means the attention blocks
 cost nothing any more, 0 that fusing changed nothing. It is left out when the
 attention blocks cost nothing measurable (t_eager <= t_no_attn).
 
+Inside the networks (inference pass, eager and fused): the time per call spent
+in the attention blocks themselves, by forward hooks around each block
+(BlockTimer), in a separate run of the same calls. A whole network's time
+moves by a few percent from run to run on a shared machine; this shows what
+the blocks cost where they run (their input just written by the layer
+before), which the whole-network difference can hide.
+
 On a GPU: bf16 autocast, channels_last, batch 64 for inference and 32 for
 training, timed with CUDA events. On a CPU: fp32, NCHW, batch 8, few
 iterations (a ResNet-50 training step takes seconds there). Timing: warm-up
@@ -182,6 +189,73 @@ class Clock:
         return time.perf_counter() - t0
 
 
+class BlockTimer:
+    """Time spent inside the given submodules of a model, summed per call of
+    the model: forward pre/post hooks around each block, perf_counter on a CPU,
+    CUDA events on a GPU (recorded on the current stream: the span is the
+    GPU's time from the block's first kernel to its last, no host sync inside
+    the model). Forward only: the backward of a block is not seen."""
+
+    def __init__(self, model, paths, cuda):
+        self.cuda, self.spans, self._open = cuda, [], None
+        self.handles = []
+        for path in paths:
+            block = model.get_submodule(path)
+            self.handles.append(block.register_forward_pre_hook(self._start))
+            self.handles.append(block.register_forward_hook(self._stop))
+
+    def _now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _start(self, module, args):
+        self._open = self._now()
+
+    def _stop(self, module, args, out):
+        self.spans.append((self._open, self._now()))
+
+    def take(self):
+        """Seconds inside the blocks since the last take()."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            total = sum(a.elapsed_time(b) for a, b in self.spans) / 1e3
+        else:
+            total = sum(b - a for a, b in self.spans)
+        self.spans.clear()
+        return total
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def time_blocks(providers, models, paths, clock, *, rounds, reps):
+    """{name: median and quartiles (ms)} of the time per call of providers[name]
+    spent inside the blocks at ``paths`` of models[name] (BlockTimer), the
+    providers taking turns in rounds. Run apart from measure(): the hooks
+    cost a little, and the models' own times are measured without them."""
+    timers = {name: BlockTimer(models[name], paths, clock.cuda) for name in providers}
+    times = {name: [] for name in providers}
+    try:
+        for _ in range(rounds):
+            for name, fn in providers.items():
+                timers[name].take()
+                for _ in range(reps):
+                    fn()
+                    times[name].append(timers[name].take())
+    finally:
+        for t in timers.values():
+            t.remove()
+    out = {}
+    for name, ts in times.items():
+        q1, med, q3 = _quartiles(ts)
+        out[name] = {"median_ms": med * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3, "reps": len(ts)}
+    return out
+
+
 def measure(providers, clock, *, warmup, rounds, reps, batch, compiled=(), progress=None):
     """{name: median and quartiles (ms), images/s, first call (s)[, peak extra
     memory]} of each step function; providers take turns in rounds."""
@@ -306,6 +380,11 @@ def run_model(name, args, device, clock, timing, write_row, progress):
             del ref
         t = {k: s["median_ms"] for k, s in stats.items()}
         row = dict(base, **{"pass": pass_, "batch": batch, "providers": stats})
+        if pass_ == "inference":   # the blocks' own time inside each network (forward hooks)
+            progress("time inside the attention blocks")
+            blocks = time_blocks({k: providers[k] for k in (EAGER, FUSED)}, nets, paths, clock,
+                                 rounds=rounds, reps=reps)
+            row["blocks"] = {k: dict(b, share=b["median_ms"] / t[k]) for k, b in blocks.items()}
         row["speedup_vs_eager"] = {k: t[EAGER] / v for k, v in t.items()}
         row["overhead_removed"] = {"eager": overhead_removed(t[EAGER], t[FUSED], t[NO_ATTN])}
         row["attention_share"] = {"eager": 1 - t[NO_ATTN] / t[EAGER]}
@@ -391,6 +470,18 @@ def markdown(env, rows):
     for r in rows:
         for model, pass_, k, ips, lo, hi, speedup, removed in _table_lines(r):
             lines.append(f"| {model} | {pass_} | {k} | {ips:.1f} ({lo:.1f}–{hi:.1f}) | {speedup:.2f}× | {removed} |")
+    with_blocks = [r for r in rows if r.get("blocks")]
+    if with_blocks:
+        lines += ["", "Inside the networks (inference): the time per call spent in the attention blocks, measured by "
+                  "forward hooks around each block in a separate run of the same calls (median, quartiles in "
+                  "brackets), and its share of the network's median time.", "",
+                  "| model | blocks | eager (ms) | fused (ms) | eager / fused | share of the network (eager → fused) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in with_blocks:
+            e, f = r["blocks"][EAGER], r["blocks"][FUSED]
+            lines.append(f"| {r['model']} | {r['convert']['stripped']} | {e['median_ms']:.3g} "
+                         f"({e['q1_ms']:.3g}–{e['q3_ms']:.3g}) | {f['median_ms']:.3g} ({f['q1_ms']:.3g}–{f['q3_ms']:.3g}) | "
+                         f"{e['median_ms'] / f['median_ms']:.2f}× | {e['share']:.1%} → {f['share']:.1%} |")
     lines += ["", "| model | blocks fused | skipped | no-attn twin | params (with / without attention) | "
               "fused − eager (max abs, eval) | output max abs |", "|---|---:|---:|---|---:|---:|---:|"]
     seen = set()
@@ -415,6 +506,10 @@ def print_row(row):
     for model, pass_, k, ips, lo, hi, speedup, removed in _table_lines(row):
         print(f"{model:<22} {pass_:<9} {k:<16} {ips:9.1f} {f'({lo:.1f}–{hi:.1f})':>17} {speedup:7.2f}× "
               f"{removed:>8}", flush=True)
+    if row.get("blocks"):
+        e, f = row["blocks"][EAGER], row["blocks"][FUSED]
+        print(f"{row['model']:<22} {row['pass']:<9} inside the attention blocks: eager {e['median_ms']:.3g} ms "
+              f"({e['share']:.1%} of the network), fused {f['median_ms']:.3g} ms ({f['share']:.1%})", flush=True)
 
 
 # ---------------------------------------------------------------------------- command line

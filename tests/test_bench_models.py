@@ -60,16 +60,25 @@ def test_models_benchmark_runs_and_writes_json_and_markdown(tmp_path, one_thread
         check = row["check"]
         assert math.isfinite(check["max_abs_diff"]) and check["max_abs_output"] > 0
         assert check["max_abs_diff"] <= TOLERANCE[row["precision"]] * max(1.0, check["max_abs_output"])
-    # CBAM is not fused yet: reported as skipped and stripped, so the benchmark still has a baseline.
     cbam = next(r for r in data["rows"] if r["model"] == "resnet50_cbam")
-    assert cbam["convert"]["skipped"] + cbam["convert"]["swapped"] == 16
+    assert cbam["convert"]["swapped"] == 16 and cbam["convert"]["skipped"] == 0
+
+    for row in data["rows"]:   # the blocks' own time, inference only, each a share of its network's time
+        if row["pass"] != "inference":
+            assert "blocks" not in row
+            continue
+        assert set(row["blocks"]) == {"eager", "fused"}
+        for name, b in row["blocks"].items():
+            assert 0 < b["q1_ms"] <= b["median_ms"] <= b["q3_ms"] and b["reps"] >= 1
+            assert 0 < b["share"] < 1
+            assert b["share"] == pytest.approx(b["median_ms"] / row["providers"][name]["median_ms"])
 
     md = (tmp_path / "models_smoke.md").read_text()
     for name in models:
         for pass_ in ("inference", "train"):
             for provider in ("eager", "fused", "no-attn"):
                 assert f"| {name} | {pass_} | {provider} |" in md
-    assert md.count("| resnet50_cbam | 0 |") + md.count("| resnet50_cbam | 16 |") == 1
+    assert md.count("| resnet50_cbam | 16 |") == 2   # the blocks' table and the conversion table
 
 
 def test_overhead_removed():
