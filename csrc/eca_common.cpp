@@ -11,6 +11,7 @@
 #include <ATen/ops/flip.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/mv.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 namespace fused_attn {
@@ -77,6 +78,10 @@ at::Tensor eca_bias_grad(const at::Tensor& dz, const at::Tensor& w, bool has_bia
 // [n, C] → [n, C, k] windows of the padded rows.
 static at::Tensor windows(const at::Tensor& v, int64_t k, Padding padding) {
   const int64_t pad = (k - 1) / 2, C = v.size(1);
+  // No channels, no windows (the padded row would be shorter than k, and the
+  // wrap-around below would take a remainder by 0: on CUDA, junk indices and
+  // a device-side assert).
+  if (C == 0) return at::zeros({v.size(0), 0, k}, v.options());
   at::Tensor padded;
   if (padding == Padding::Zeros) {
     padded = at::constant_pad_nd(v, {pad, pad}, 0);

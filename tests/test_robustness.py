@@ -1,7 +1,7 @@
 """Works where models run, and refuses bad input clearly (SE, ECA and CBAM, every
 CPU backend): autocast, torch.export, torch.compile of a converted timm model
 (fullgraph, dynamic batch), DDP, deterministic mode, non-contiguous views,
-N = 0, NaN / Inf, large fp16 / bf16 magnitudes, and bad arguments."""
+zero-size dimensions, NaN / Inf, large fp16 / bf16 magnitudes, and bad arguments."""
 import copy
 import os
 import tempfile
@@ -12,7 +12,7 @@ from torch import nn
 
 import fused_attn
 
-from .utils import TOL, assert_close, cpu_backends
+from .utils import TOL, ZERO_SIZE_SHAPES, assert_close, check_zero_size, cpu_backends
 
 BACKENDS = [b for b in cpu_backends()]
 
@@ -334,13 +334,33 @@ def test_size_one_dims_with_arbitrary_strides(backend, shape):
         assert_close(g, g_ref, torch.float32, grad=True)
 
 
-def test_empty_batch_returns_empty(backend):
-    x = torch.randn(0, 16, 5, 5, requires_grad=True)
-    outs, _ = _both_ops(x)
-    for o in outs:
-        assert o.shape == x.shape
-        g, = torch.autograd.grad(o.sum(), [x])
-        assert g.shape == x.shape
+@pytest.mark.parametrize("shape", ZERO_SIZE_SHAPES, ids=["N0", "C0", "H0", "W0"])
+def test_zero_size_dimension_gives_an_empty_output(backend, shape):
+    if backend == "reference":
+        pytest.skip("eager PyTorch (and so the reference) raises on the max of nothing")
+    check_zero_size(shape, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gpu_backend", ["cuda", "triton"])
+def test_zero_size_dimension_gives_an_empty_output_on_gpu(gpu_backend):
+    """As above on CUDA tensors, in a child process: a device-side assert
+    would poison this process's CUDA context for every later test."""
+    import subprocess
+    import sys
+
+    status = fused_attn.backends()[gpu_backend]
+    if "cuda" not in status.devices:
+        pytest.skip(status.detail)
+    code = ("import fused_attn\n"
+            "from tests.utils import ZERO_SIZE_SHAPES, check_zero_size\n"
+            f"with fused_attn.use_backend({gpu_backend!r}):\n"
+            "    for shape in ZERO_SIZE_SHAPES:\n"
+            "        check_zero_size(shape, 'cuda')\n"
+            "import torch; torch.cuda.synchronize()\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 def test_nan_and_inf_propagate_like_the_reference(backend):

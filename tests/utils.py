@@ -247,3 +247,38 @@ def misaligned_copy(x):
     assert shifted.data_ptr() % 16 != 0 and shifted.is_contiguous(memory_format=torch.channels_last if cl else
                                                                   torch.contiguous_format)
     return shifted
+
+
+ZERO_SIZE_SHAPES = [(0, 16, 5, 5), (2, 0, 5, 5), (2, 16, 0, 5), (2, 16, 5, 0)]
+
+
+def check_zero_size(shape, device):
+    """Every op and variant on an x with a zero-size dimension (under the
+    backend in force) returns an empty output of x's shape, and its backward
+    gradients of the right shapes, without raising. (The reference cannot be
+    the oracle here: like eager PyTorch, its amax of nothing raises.)"""
+    g = torch.Generator().manual_seed(0)
+    C = shape[1]
+    rd = max(1, C // 4)
+
+    def leaf(*size, scale=1.0):
+        return (torch.randn(*size, generator=g) * scale).to(device).requires_grad_()
+
+    x = leaf(*shape)
+    w1, w2, wc, ws = leaf(rd, C), leaf(C, rd), leaf(5), leaf(1, 2, 3, 3, scale=0.2)
+    bnw, bnb = torch.tensor([0.9], device=device), torch.tensor([0.1], device=device)
+    stats = dict(bn_running_mean=torch.tensor([0.1], device=device), bn_running_var=torch.tensor([1.2], device=device))
+    cases = {
+        "se avgmax": (lambda: fused_attn.squeeze_excitation(x, w1, None, w2, None, pool="avgmax"), [w1, w2]),
+        "eca zeros": (lambda: fused_attn.efficient_channel_attention(x, wc), [wc]),
+        "eca circular": (lambda: fused_attn.efficient_channel_attention(x, wc, padding="circular"), [wc]),
+        "cbam eval": (lambda: fused_attn.cbam(x, w1, None, w2, None, ws, bn_weight=bnw, bn_bias=bnb, **stats), [w1, w2, ws]),
+        "cbam train": (lambda: fused_attn.cbam(x, w1, None, w2, None, ws, bn_weight=bnw, bn_bias=bnb, bn_training=True),
+                       [w1, w2, ws]),
+    }
+    for name, (run, weights) in cases.items():
+        y = run()
+        assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device, name
+        grads = torch.autograd.grad(y.sum(), [x, *weights])
+        for t, gr in zip([x, *weights], grads):
+            assert gr.shape == t.shape, name

@@ -18,6 +18,8 @@ from .se import dense, gate_backward, input_grad_pass, on_tensor_device, pool_pa
 
 def _windows(v, k, padding):
     """[n, C] → [n, C, k]: windows[n, c, j] = v[n, c + j - pad] of the padded rows."""
+    if v.shape[1] == 0:   # no channels, no windows (the padded row would be shorter than k)
+        return v.new_zeros((v.shape[0], 0, k))
     return pad_channels(v, (k - 1) // 2, padding).unfold(1, k, 1)
 
 

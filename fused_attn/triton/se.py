@@ -303,7 +303,8 @@ def input_grad_pass(dy, x, strides, g, dp, maxv, cnt, with_max):
     """dx = dy·g + dp spread over H·W (the max's half over the tied maxima)."""
     N, C, H, W = x.shape
     HW = H * W
-    a = (dp * ((0.5 if with_max else 1.0) / HW)).contiguous()
+    # (H·W = 0: dx is empty and a unused; only the division must not raise)
+    a = (dp * ((0.5 if with_max else 1.0) / max(HW, 1))).contiguous()
     b = (dp * 0.5 / cnt).contiguous() if with_max else a
     dx = _new_output(x)
     if x.numel() > 0:
