@@ -69,7 +69,9 @@ bool plan_single_launch(SeFused& f, const Geometry& geo, bool backward) {
               f.eca ? "ECA " : "SE ", backward ? "backward" : "forward", " has no plan for x of shape ",
               geo.x.sizes(), " (", geo.x.scalar_type(), ", ", geo.cl ? "channels_last" : "NCHW",
               ") on this device: it needs sm_90 or newer, float32/float16/bfloat16, and a group of samples whose ",
-              "slices fit in the shared memory of a cluster of at most 16 blocks");
+              "slices fit in the shared memory of a cluster of at most 16 blocks",
+              se_fused_refusal().empty() ? "" : "; the runtime refused the last plan it was asked about: ",
+              se_fused_refusal());
   return ok;
 }
 

@@ -43,6 +43,7 @@
 #include <map>
 #include <mutex>
 #include <numeric>
+#include <string>
 #include <tuple>
 #include <type_traits>
 
@@ -834,13 +835,28 @@ cudaLaunchConfig_t config_of(const SeFused& p, cudaStream_t stream, cudaLaunchAt
   return cfg;
 }
 
+// Why runnable() last refused a plan on a runtime call, for the error a
+// forced single launch raises (empty when no call has failed).
+std::mutex refusal_mu;
+std::string last_refusal;
+
+void note_refusal(const char* call, cudaError_t err, const SeFused& p, const cudaFuncAttributes& attrs) {
+  const std::lock_guard<std::mutex> lock(refusal_mu);
+  last_refusal = std::string(call) + ": " + cudaGetErrorString(err) + " (cluster " + std::to_string(p.cluster) +
+                 ", " + std::to_string(p.smem) + " B dynamic + " + std::to_string(attrs.sharedSizeBytes) +
+                 " B static shared memory, ptx " + std::to_string(attrs.ptxVersion) + ")";
+}
+
 // Whether the device can run the kernel with this cluster size and shared
 // memory: the first time, the function's attributes are raised (dynamic
-// shared memory up to the device's opt-in limit, clusters of 16) and the
-// occupancy calculator asked; answers are kept per (kernel, device, cluster,
-// bytes), so a launch makes no extra runtime calls (and none during graph
-// capture after the first eager call). The function attributes are raised
-// before the key's answer is known: harmless for the plans it refuses.
+// shared memory up to the device's opt-in limit less the kernel's static
+// shared memory, which the runtime counts against the same limit; clusters
+// of 16) and the occupancy calculator asked; answers are kept per (kernel,
+// device, cluster, bytes), so a launch makes no extra runtime calls (and
+// none during graph capture after the first eager call). The function
+// attributes are raised before the key's answer is known: harmless for the
+// plans it refuses. A refusal by a failed runtime call is noted
+// (se_fused_refusal) and its error cleared.
 template <typename T>
 bool runnable(KernelPtr<T> k, const SeFused& p, const DeviceInfo& dev) {
   static std::mutex mu;
@@ -849,21 +865,33 @@ bool runnable(KernelPtr<T> k, const SeFused& p, const DeviceInfo& dev) {
   const std::lock_guard<std::mutex> lock(mu);
   const auto it = known.find(key);
   if (it != known.end()) return it->second;
-  // The code the device runs must be sm_90's or newer: a build without it
-  // would JIT older PTX, whose kernel body is empty (a trap).
   cudaFuncAttributes attrs{};
-  bool ok = cudaFuncGetAttributes(&attrs, k) == cudaSuccess && attrs.ptxVersion >= 90 &&
-            cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(dev.smem_optin)) == cudaSuccess &&
-            (p.cluster <= 8 ||
-             cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess);
-  if (ok) {
-    cudaLaunchAttribute attr[1];
-    const cudaLaunchConfig_t cfg = config_of(p, nullptr, attr);
-    int clusters = 0;
-    ok = cudaOccupancyMaxActiveClusters(&clusters, k, &cfg) == cudaSuccess && clusters >= 1;
+  bool ok = false;
+  auto call = [&](const char* what, cudaError_t err) {
+    if (err != cudaSuccess) {
+      note_refusal(what, err, p, attrs);
+      cudaGetLastError();  // clear the error the refusal left
+    }
+    return err == cudaSuccess;
+  };
+  if (call("cudaFuncGetAttributes", cudaFuncGetAttributes(&attrs, k))) {
+    const int64_t dynamic = dev.smem_optin - static_cast<int64_t>(attrs.sharedSizeBytes);
+    // The code the device runs must be sm_90's or newer (a build without it
+    // would JIT older PTX, whose kernel body is empty: a trap), and the plan's
+    // bytes must fit beside the static shared memory.
+    ok = attrs.ptxVersion >= 90 && p.smem <= dynamic &&
+         call("cudaFuncSetAttribute(MaxDynamicSharedMemorySize)",
+              cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic))) &&
+         (p.cluster <= 8 || call("cudaFuncSetAttribute(NonPortableClusterSizeAllowed)",
+                                 cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1)));
+    if (ok) {
+      cudaLaunchAttribute attr[1];
+      const cudaLaunchConfig_t cfg = config_of(p, nullptr, attr);
+      int clusters = 0;
+      ok = call("cudaOccupancyMaxActiveClusters", cudaOccupancyMaxActiveClusters(&clusters, k, &cfg)) &&
+           clusters >= 1;
+    }
   }
-  if (!ok) cudaGetLastError();  // clear the error the refusal left
   known.emplace(key, ok);
   return ok;
 }
@@ -1023,6 +1051,11 @@ bool se_fused_plan_for(SeFused& p, bool backward, bool force, int sms, int64_t s
   dev.sms = sms;
   dev.smem_optin = smem_optin;
   return plan_on(p, backward, force, dev, false);
+}
+
+std::string se_fused_refusal() {
+  const std::lock_guard<std::mutex> lock(refusal_mu);
+  return last_refusal;
 }
 
 cudaError_t se_fused_forward(const SeFused& p, cudaStream_t stream) { return launch_planned<false>(p, stream); }
