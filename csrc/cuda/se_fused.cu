@@ -975,6 +975,7 @@ bool plan_for(SeFused& p, bool force, const DeviceInfo& dev, Accept accept) {
             p.vec = vec;
             p.staged = !p.eca && (staged || bytes(G, cb, true) <= budget);  // ECA reads its k weights directly
             p.smem = bytes(G, cb, p.staged);
+            if (p.smem > budget) continue;  // (a wider split's rounding to whole packs can grow a block)
             if (accept(p)) return true;
           }
           // The device holds none of these clusters: go on with wider ones
