@@ -116,6 +116,8 @@ def _selected(path, kind, include, exclude):
     def matches(spec):
         if callable(spec):
             return spec(path, kind)
+        if isinstance(spec, str):   # one kind or pattern (iterating it would match single characters)
+            spec = (spec,)
         return any(s == kind or fnmatch.fnmatchcase(path, s) for s in spec)
 
     if include is not None and not matches(include):
@@ -154,9 +156,10 @@ def convert(model, *, inplace=True, include=None, exclude=None, strict_classes=T
         model: any ``nn.Module`` (a root that is itself an attention block is
             converted too and returned).
         inplace: convert ``model`` itself (default) or a deep copy.
-        include / exclude: which blocks to touch: an iterable of kinds
-            ("se", "ese", "eca", "ceca", "cbam", "lcbam") and/or ``fnmatch`` patterns on the
-            module's path ("layer4.*"), or a callable ``(path, kind) -> bool``.
+        include / exclude: which blocks to touch: a kind ("se", "ese", "eca",
+            "ceca", "cbam", "lcbam") or an ``fnmatch`` pattern on the module's
+            path ("layer4.*"), an iterable of them, or a callable
+            ``(path, kind) -> bool``.
         strict_classes: only convert the classes whose forward is known
             (timm, torchvision, the official ECA layer); a module of another
             class with the same layout is reported, not converted. Set False

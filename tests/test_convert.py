@@ -182,6 +182,14 @@ def test_include_exclude():
     assert report.total == 0
     _, report = convert(copy.deepcopy(model), include=lambda path, kind: path.startswith("layer1"))
     assert report.total == 2
+    # A single string is one kind or pattern, not an iterable of characters
+    # (whose "*" would match every path).
+    _, report = convert(copy.deepcopy(model), include="layer4.*")
+    assert report.total == 2 and all(p.startswith("layer4.") for p in report.paths)
+    _, report = convert(copy.deepcopy(model), include="se")
+    assert report.total == 8
+    _, report = convert(copy.deepcopy(model), exclude="se")
+    assert report.total == 0
 
 
 def test_converted_model_pickles_and_loads_checkpoints_both_ways():
