@@ -204,6 +204,28 @@ def test_running_statistics_over_steps(backend, momentum):
         torch.testing.assert_close(buffers[k], ref_buffers[k], atol=1e-6, rtol=1e-5, msg=k)
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids(VARIANTS))
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
+def test_gradcheck_float64(backend, variant, memory_format):
+    """Every input's gradient (x, the MLP, the spatial conv, the BatchNorm's
+    affine parameters) against float64 finite differences."""
+    if backend == "triton" and memory_format != torch.contiguous_format:
+        pytest.skip("the interpreter is slow: NCHW only")
+    shape = (2, 5, 3, 4) if backend == "triton" else (2, 6, 4, 5)
+    x, params, buffers = cbam_sample(shape, torch.float64, memory_format, variant, seed=2)
+    params = {k: None if v is None else v.double() for k, v in params.items()}   # a .double() module
+    buffers = {k: v.double() if v.is_floating_point() else v for k, v in buffers.items()}
+    names = [k for k, v in params.items() if v is not None]
+    wrt = [x.requires_grad_()] + [params[k].requires_grad_() for k in names]
+
+    def f(x, *ws):
+        fresh = {k: v.clone() for k, v in buffers.items()}   # train mode updates the running statistics
+        return run(fused_attn.cbam, x, {**params, **dict(zip(names, ws))}, fresh, variant)
+
+    # (Triton: fast mode, a random projection of the Jacobian, few calls of the slow interpreter.)
+    assert torch.autograd.gradcheck(f, wrt, eps=1e-6, atol=1e-7, fast_mode=backend == "triton")
+
+
 def test_deterministic(backend):
     variant = CBAMVariant(train=True)
     x, params, buffers = cbam_sample((3, 24, 9, 9), torch.float32, torch.channels_last, variant)
