@@ -32,8 +32,9 @@ quartiles of each provider:
 
 for the forward (under no_grad, modules in eval mode) and forward+backward
 (train mode; dx and every weight gradient through ``torch.autograd.grad`` with
-a random dy). Beside the times: effective GB/s on the floor bytes of
-DESIGN.md §4 (forward 2|x|, forward+backward 5|x|), that as a % of the copy's
+a random dy). Beside the times: effective GB/s on the floor bytes (the
+project's byte model: forward 2|x|, read x and write y; forward+backward
+5|x|, adding read dy and x, write dx), that as a % of the copy's
 bandwidth, the best fused backend's speedup over eager and over the best
 compiled mode, and each provider's error against the float64 reference
 (``fused_attn.reference``): max |y - ref| forward; max |dx - ref| and the
@@ -91,7 +92,7 @@ def site(net, C, H, W=None, **kw):
 
 
 def floor_bytes(x_bytes, backward):
-    """DESIGN.md §4: a forward that reads x once and writes y once moves 2|x|;
+    """The byte model: a forward that reads x once and writes y once moves 2|x|;
     forward+backward 5|x| (2|x| forward, 3|x| backward: read dy and x, write dx)."""
     return 5 * x_bytes if backward else 2 * x_bytes
 
@@ -639,7 +640,8 @@ def markdown(env, rows):
     backend's GB/s and % of copy bandwidth, its speedups, and the errors."""
     lines = [f"# bench.ops on {env_line(env)}", "",
              "Medians in ms (quartiles in the JSON). GB/s and % copy: the best fused backend on the floor bytes "
-             "of DESIGN.md §4 (forward 2|x|, forward+backward 5|x|), against `out.copy_(x)`'s 2|x|. "
+             "(forward 2|x|: read x, write y; forward+backward 5|x|: also read dy and x, write dx), against "
+             "`out.copy_(x)`'s 2|x|. "
              "vs compile: against the fastest compiled mode. err: the best fused backend's largest error "
              "against the float64 reference (fwd+bwd: y, dx, and weight gradients relative to their max).", ""]
     groups = {}

@@ -36,7 +36,8 @@ def _legend(env, rel):
     compiled = ("the fastest of " + ", ".join(modes)) if len(modes) > 1 else f"{modes[0] if modes else 'default'} mode"
     return [f"{_where(env)}, {env['date'][:10]} ([`{rel}`]({rel})). Medians in ms; compile = `torch.compile` "
             f"({compiled}); fused = the fastest fused backend; copy = `out.copy_(x)`; % copy BW = the fused op's "
-            "bandwidth on the floor bytes of DESIGN.md §4 (fwd 2|x|, fwd+bwd 5|x|) as a share of the copy's "
+            "bandwidth on the floor bytes (fwd 2|x|: read x, write y; fwd+bwd 5|x|: also read dy and x, write dx) "
+            "as a share of the copy's "
             "(2|x|); vs eager / vs compile = fused's speedup.", ""]
 
 

@@ -94,3 +94,19 @@ def test_op_selection_and_stem(tmp_path):
     assert not (tmp_path / "ops_smoke.json").exists() and not (tmp_path / "ops_smoke_eca.json").exists()
     with pytest.raises(SystemExit):
         bench_ops.main(["--smoke", "--op", "nope", "--no-save"])
+
+
+def test_overhead_benchmark_writes_every_layer(tmp_path):
+    from bench import overhead
+
+    overhead.main(["--smoke", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "overhead.json").read_text())
+    assert data["mode"] == "smoke" and data["environment"]["torch"]
+    rows = data["rows"]["per_call"]
+    assert [(r["op"], r["grad"]) for r in rows] == [(op, g) for op in ("se", "eca", "cbam") for g in (False, True)]
+    for r in rows:
+        assert set(r["times"]) == {"eager", "module", "functional", "op"}
+        for t in r["times"].values():
+            assert 0 < t["q1_us"] <= t["median_us"] <= t["q3_us"] and t["calls"] > 0
+    md = (tmp_path / "overhead.md").read_text()
+    assert "| cbam | no_grad |" in md and "| se | on |" in md
