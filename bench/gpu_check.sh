@@ -8,13 +8,13 @@
 #
 #   bench/gpu_check.sh                      # build test sanitize bench
 #   bench/gpu_check.sh build gpu-test       # some of: build test gpu-test sanitize sanitize-quick
-#                                           #          bench bench-fast models bench-full
+#                                           #          bench bench-fast overhead models bench-full
 #
 # A short lease (one command of at most 10 minutes, a quarter hour in all):
 # first `make gpu-prebuild` here, then, with carry [".prebuilt"],
 #
 #   GPU_LOG_DIR=/tmp/gpu GPU_LOG_TAR=$OUT/gpu_logs.tgz GPU_STEP_TIMEOUT=170 \
-#     bench/gpu_check.sh build gpu-test sanitize-quick bench-fast
+#     bench/gpu_check.sh build gpu-test sanitize-quick overhead bench-fast
 #
 # (the build step uses .prebuilt when its stamp matches, and compiles
 # otherwise; bench-fast leaves out torch.compile, whose compile per row would
@@ -161,6 +161,9 @@ for step in "${steps[@]}"; do
     bench-fast)  # the quick grid without torch.compile (a compile per row is most of bench's time)
       run_step bench-fast bench_ops_quick_nocompile.log $PY -m bench.ops --device cuda --quick --compile none \
         --out "$LOG"
+      ;;
+    overhead)  # host time per call, layer by layer (seconds)
+      run_step overhead bench_overhead.log $PY -m bench.overhead --device cuda --out "$LOG"
       ;;
     models)
       run_step models bench_models_quick.log $PY -m bench.models --device cuda --quick --out "$LOG"

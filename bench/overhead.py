@@ -16,8 +16,9 @@ work): median wall time per call of
   autograd, the kernels),
 
 under ``no_grad`` and with gradients enabled (the op then records its
-autograd node and saves what the backward needs). On a GPU a call is host
-time until the launches are queued (then a synchronize per burst).
+autograd node and saves what the backward needs). On a GPU each call is
+timed to its end (a synchronize after it): the host's work, the launches'
+latency and the (tiny) kernels.
 
 Part 2, CPU only: CBAM's op at N=8, C=2048 with H·W = 7×7 against the same
 op at H·W = 1×1 (no big-tensor work to speak of: the MLP's products, the
