@@ -19,12 +19,14 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    skip_gpu = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA device")
+    skip_slow = (None if os.environ.get("FUSED_ATTN_SLOW_TESTS") == "1"
+                 else pytest.mark.skip(reason="slow: set FUSED_ATTN_SLOW_TESTS=1"))
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if skip_gpu and "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+        if skip_slow and "slow" in item.keywords:
+            item.add_marker(skip_slow)
 
 
 def _cpu_impls():

@@ -558,3 +558,62 @@ def test_fuzz_against_reference(backend, op):
         _check_fuzz(case, op)
 
     run()
+
+
+@pytest.mark.slow
+def test_64bit_indexing_on_the_cpu():
+    """One bfloat16 sample of 2.15·10⁹ elements (4.3 GB; offsets within the
+    sample past int32) through the C++ backend: SE forward and backward, ECA
+    and CBAM forward, each checked at the last 8×8 pixels of every channel
+    against float64 arithmetic from independent per-channel pools. Needs
+    ~14 GB of memory: FUSED_ATTN_SLOW_TESTS=1."""
+    if "cpu" not in cpu_backends():
+        pytest.skip("needs the C++ backend")
+    N, C, H, W = 1, 64, 5800, 5800
+    assert N * C * H * W > 2**31
+    g = torch.Generator().manual_seed(0)
+    x = torch.empty((N, C, H, W), dtype=torch.bfloat16)
+    for c in range(C):                      # per channel: no 8.6 GB float32 temporary
+        x[0, c] = torch.randn((H, W), generator=g) + 0.01 * (c - C / 2)
+    mean = torch.stack([x[0, c].double().mean() for c in range(C)])      # [C], float64
+    mx = torch.stack([x[0, c].amax().double() for c in range(C)])
+    corner = x[0, :, -11:, -11:].double()      # the last 8×8 pixels and the 3 before them (7×7 conv)
+    tol = dict(atol=2e-2, rtol=2e-2)
+
+    def last8(t):
+        return t[0, :, -8:, -8:].double()
+
+    w1 = (torch.randn(16, C, generator=g) * C ** -0.5).bfloat16()
+    w2 = (torch.randn(C, 16, generator=g) * 0.25).bfloat16()
+    hid = mean @ w1.double().t()
+    gate = torch.sigmoid(torch.relu(hid) @ w2.double().t())             # [C]
+    with fused_attn.use_backend("cpu"):
+        xg = x.requires_grad_()
+        y = fused_attn.squeeze_excitation(xg, w1, None, w2, None)
+        torch.testing.assert_close(last8(y), corner[:, -8:, -8:] * gate[:, None, None], **tol)
+        # dy = y (no third 4.3 GB tensor): dL/dp = Σ_hw y·x, through the gate and the MLP, over H·W.
+        (dx,) = torch.autograd.grad(y, [xg], y.detach())
+        s = torch.stack([(y[0, c].detach().double() * x[0, c].detach().double()).sum() for c in range(C)])
+        dp = ((s * gate * (1 - gate)) @ w2.double() * (hid > 0)) @ w1.double()
+        expected = last8(y.detach()) * gate[:, None, None] + (dp / (H * W))[:, None, None]
+        torch.testing.assert_close(last8(dx), expected, **tol)
+        del y, dx, s
+        x = x.detach()
+
+        wc = torch.tensor([0.3, -0.5, 0.8, 0.4, -0.2]).bfloat16()
+        z = torch.nn.functional.conv1d(mean[None, None], wc.double()[None, None], padding=2)[0, 0]
+        y = fused_attn.efficient_channel_attention(x, wc)
+        torch.testing.assert_close(last8(y), corner[:, -8:, -8:] * torch.sigmoid(z)[:, None, None], **tol)
+        del y
+
+        ws = (torch.randn(1, 2, 7, 7, generator=g) * 0.05).bfloat16()
+        bn = dict(bn_weight=torch.tensor([0.9]), bn_bias=torch.tensor([0.1]), bn_running_mean=torch.tensor([0.05]),
+                  bn_running_var=torch.tensor([0.8]))
+        y = fused_attn.cbam(x, w1, None, w2, None, ws, **bn)
+        mlp = lambda p: torch.relu(p @ w1.double().t()) @ w2.double().t()   # noqa: E731
+        gc = torch.sigmoid(mlp(mean) + mlp(mx))
+        x1 = (corner.float() * gc.float()[:, None, None]).bfloat16().double()   # rounded as x's dtype, as the op does
+        m = torch.stack([x1.mean(0), x1.amax(0)])[None]                          # [1, 2, 11, 11]
+        zc = torch.nn.functional.conv2d(m, ws.double(), padding=3)[0, 0, -8:, -8:]   # right and bottom: true borders
+        sp = torch.sigmoid((zc - 0.05) / (0.8 + 1e-5) ** 0.5 * 0.9 + 0.1)
+        torch.testing.assert_close(last8(y), x1[:, -8:, -8:] * sp, **tol)
