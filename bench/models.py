@@ -249,11 +249,7 @@ def time_blocks(providers, models, paths, clock, *, rounds, reps):
     finally:
         for t in timers.values():
             t.remove()
-    out = {}
-    for name, ts in times.items():
-        q1, med, q3 = _quartiles(ts)
-        out[name] = {"median_ms": med * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3, "reps": len(ts)}
-    return out
+    return {name: common.quartiles_ms(ts) for name, ts in times.items()}
 
 
 def measure(providers, clock, *, warmup, rounds, reps, batch, compiled=(), progress=None):

@@ -586,7 +586,11 @@ def test_64bit_indexing_on_the_cpu():
     w1 = (torch.randn(16, C, generator=g) * C ** -0.5).bfloat16()
     w2 = (torch.randn(C, 16, generator=g) * 0.25).bfloat16()
     hid = mean @ w1.double().t()
-    gate = torch.sigmoid(torch.relu(hid) @ w2.double().t())             # [C]
+
+    def mlp(p):
+        return torch.relu(p @ w1.double().t()) @ w2.double().t()
+
+    gate = torch.sigmoid(mlp(mean))                                      # [C]
     with fused_attn.use_backend("cpu"):
         xg = x.requires_grad_()
         y = fused_attn.squeeze_excitation(xg, w1, None, w2, None)
@@ -610,7 +614,6 @@ def test_64bit_indexing_on_the_cpu():
         bn = dict(bn_weight=torch.tensor([0.9]), bn_bias=torch.tensor([0.1]), bn_running_mean=torch.tensor([0.05]),
                   bn_running_var=torch.tensor([0.8]))
         y = fused_attn.cbam(x, w1, None, w2, None, ws, **bn)
-        mlp = lambda p: torch.relu(p @ w1.double().t()) @ w2.double().t()   # noqa: E731
         gc = torch.sigmoid(mlp(mean) + mlp(mx))
         x1 = (corner.float() * gc.float()[:, None, None]).bfloat16().double()   # rounded as x's dtype, as the op does
         m = torch.stack([x1.mean(0), x1.amax(0)])[None]                          # [1, 2, 11, 11]

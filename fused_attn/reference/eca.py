@@ -29,7 +29,7 @@ def pad_channels(p, pad, padding):
     """p [N, C] padded by ``pad`` on both ends of C: zeros, or wrapped around
     (index (c - pad) mod C, which equals F.pad(mode='circular') whenever
     pad <= C and stays defined when C is smaller than the kernel)."""
-    if padding == "zeros" or (padding == "circular" and p.shape[1] == 0):   # no channels: nothing to wrap around
+    if padding == "zeros":
         return F.pad(p, (pad, pad))
     if padding == "circular":
         C = p.shape[1]
