@@ -4,7 +4,7 @@
 #   make bench   set up, build (CPU kernels only when no GPU is visible), run the op
 #                microbenchmark (python -m bench.ops: fused vs eager vs torch.compile vs copy;
 #                BENCH_ARGS="--full", "--op se", ... pass through)
-#   make test    set up, build, run the whole test suite
+#   make test    set up, build, run the whole test suite (on TEST_JOBS xdist workers)
 #   make build   (re)build the extension in place
 #   make cmake   build the extension with CMake and smoke-test the library
 #   make test-floor  the oldest torch we support (2.11, the GPU machine's): its own
@@ -24,7 +24,7 @@ export MAX_JOBS
 
 # One environment for everything: torch (the registry's default build), the
 # test and model dependencies, and the build tools.
-DEPS := torch torchvision timm numpy matplotlib pytest hypothesis ninja setuptools wheel
+DEPS := torch torchvision timm numpy matplotlib pytest pytest-xdist hypothesis ninja setuptools wheel
 
 # The support floor: torch 2.11 with the torchvision of its release. Its
 # triton (3.6) interpreter needs numpy < 2.4 (2.4 refuses int() of a 1-element
@@ -60,8 +60,11 @@ bench: venv
 	fi
 	$(PY) -m bench.ops $(BENCH_ARGS)
 
+# The suite on TEST_JOBS xdist workers (one per core by default; TEST_JOBS=0
+# runs it in this process, as a debugger wants).
+TEST_JOBS ?= $(MAX_JOBS)
 test: build
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 $(FLOOR_VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(FLOOR_VENV)
