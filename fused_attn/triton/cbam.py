@@ -42,7 +42,7 @@ from torch.library import triton_op
 from ..ops.cbam import check_cbam_args, check_cbam_names, register_cbam_autograd
 from ..ops.se import acc_dtype
 from ..reference.se import ACTIVATIONS, GATES
-from .se import (_POISON, _act_backward, _linear, _new_output, _tl_acc, dense, gate_backward, launch,
+from .se import (_POISON, _act_backward, _linear, _new_output, _tl_acc, dense, gate_backward, launch, mean_of,
                  on_tensor_device, pixel_block_grid, sample_and_block, tiles)
 
 # Tiles for the passes that reduce over H·W (per channel) and over C (per
@@ -60,9 +60,10 @@ def _empty(like, shape, dtype):
 # ---- the passes over x --------------------------------------------------------
 
 @triton.jit
-def _spatial_pool_kernel(x_ptr, pooled_ptr, N, C, HW, stride_n, stride_c, stride_hw,
+def _spatial_pool_kernel(x_ptr, pooled_ptr, plane, C, HW, stride_n, stride_c, stride_hw,
                          ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    # pooled[0, n, c] = mean_hw x, pooled[1, n, c] = max_hw x.
+    # pooled[0, n, c] = mean_hw x, pooled[1, n, c] = max_hw x. plane = N·C, from the host: an int
+    # argument is typed int64 when it needs to be, a product N·C in the kernel would be int32.
     n = tl.program_id(0).to(tl.int64)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
@@ -79,9 +80,8 @@ def _spatial_pool_kernel(x_ptr, pooled_ptr, N, C, HW, stride_n, stride_c, stride
     has_nan = tl.max(tl.where(mx != mx, 1, 0), axis=1) > 0
     m = tl.where(has_nan, float("nan"), tl.max(mx, axis=1))
     nc = n * C + offs_c
-    # Divided by the integer: a float scalar argument would be fp32, too coarse for fp64.
-    tl.store(pooled_ptr + nc, tl.sum(acc, axis=1) / HW, mask=mask_c)
-    tl.store(pooled_ptr + N * C + nc, m, mask=mask_c)
+    tl.store(pooled_ptr + nc, mean_of(tl.sum(acc, axis=1), HW, ACC), mask=mask_c)
+    tl.store(pooled_ptr + plane + nc, m, mask=mask_c)
 
 
 @triton.jit
@@ -101,9 +101,9 @@ def _x1(x, g, T: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def _channel_pool_kernel(x_ptr, g_ptr, smap_ptr, N, C, HW, stride_n, stride_c, stride_hw,
+def _channel_pool_kernel(x_ptr, g_ptr, smap_ptr, plane, C, HW, stride_n, stride_c, stride_hw,
                          ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    # smap[0, n, p] = mean_c x1, smap[1, n, p] = max_c x1.
+    # smap[0, n, p] = mean_c x1, smap[1, n, p] = max_c x1; plane = N·H·W (as above).
     n, hw_block = sample_and_block(HW, BLOCK_HW)
     offs_hw = hw_block * BLOCK_HW + tl.arange(0, BLOCK_HW)
     mask_hw = offs_hw < HW
@@ -122,8 +122,8 @@ def _channel_pool_kernel(x_ptr, g_ptr, smap_ptr, N, C, HW, stride_n, stride_c, s
     has_nan = tl.max(tl.where(mx != mx, 1, 0), axis=0) > 0
     m = tl.where(has_nan, float("nan"), tl.max(mx, axis=0))
     np_ = n * HW + offs_hw
-    tl.store(smap_ptr + np_, tl.sum(acc, axis=0) / C, mask=mask_hw)
-    tl.store(smap_ptr + N * HW + np_, m, mask=mask_hw)
+    tl.store(smap_ptr + np_, mean_of(tl.sum(acc, axis=0), C, ACC), mask=mask_hw)
+    tl.store(smap_ptr + plane + np_, m, mask=mask_hw)
 
 
 @triton.jit
@@ -393,7 +393,7 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
     bc, bhw = _tiles(HW)
     pc, phw = _pix_tiles(HW)
     launch(_spatial_pool_kernel)[(N, triton.cdiv(C, bc))](
-        x, pooled, N, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+        x, pooled, N * C, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
     w1, w2 = fc1_weight.to(acc), fc2_weight.to(acc)
     b1 = None if fc1_bias is None else fc1_bias.to(acc)
     b2 = None if fc2_bias is None else fc2_bias.to(acc)
@@ -412,7 +412,7 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
     # The spatial gate.
     smap = _empty(x, (2, N, HW), acc)
     launch(_channel_pool_kernel)[_pixel_grid(N, HW)](
-        x, g, smap, N, C, HW, *strides, ACC=tacc, BLOCK_C=pc, BLOCK_HW=phw)
+        x, g, smap, N * HW, C, HW, *strides, ACC=tacc, BLOCK_C=pc, BLOCK_HW=phw)
     ws = spatial_weight.to(acc).unsqueeze(0)                      # [1, maps, k, k]
     z = _conv(_conv_input(smap, light, max_first), ws, H, W)[:, 0]   # [N, H·W]
     if batch_stats:

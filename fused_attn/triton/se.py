@@ -97,6 +97,19 @@ def sample_and_block(HW, BLOCK_HW: tl.constexpr):
 
 
 @triton.jit
+def mean_of(total, count, ACC: tl.constexpr):
+    """total / count, correctly rounded. Compiled for a GPU, fp32's `/` is an
+    approximate divide (div.full.f32, up to 2 ulp); the interpreter's is exact.
+    The count stays an integer argument: a Python float would reach a compiled
+    kernel as fp32, and 1/count in fp32 is off by up to half an fp32 ulp in
+    fp64. 0/0 is NaN, as torch's mean of nothing."""
+    if ACC == tl.float32:
+        return tl.div_rn(total, tl.full([], count, ACC))
+    else:
+        return total / count
+
+
+@triton.jit
 def _pool_kernel(x_ptr, pooled_ptr, maxv_ptr, C, HW, stride_n, stride_c, stride_hw,
                  WITH_MAX: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     # pooled[n, c] = mean_hw x (or 0.5·mean + 0.5·max); maxv[n, c] = max_hw x.
@@ -114,9 +127,7 @@ def _pool_kernel(x_ptr, pooled_ptr, maxv_ptr, C, HW, stride_n, stride_c, stride_
         if WITH_MAX:
             # NaN propagates, as torch.amax's does.
             mx = tl.where(mask, tl.maximum(mx, v, propagate_nan=tl.PropagateNan.ALL), mx)
-    # Divided by the integer: a Python float argument would reach a compiled
-    # kernel as fp32, and 1/HW in fp32 is off by up to half an fp32 ulp in fp64.
-    mean = tl.sum(acc, axis=1) / HW  # 0/0 = NaN for H·W = 0, as torch's mean of nothing
+    mean = mean_of(tl.sum(acc, axis=1), HW, ACC)
     if WITH_MAX:
         m = tl.max(mx, axis=1)
         # tl.max does not propagate NaN; torch.amax does.
