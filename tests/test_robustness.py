@@ -560,21 +560,17 @@ def test_fuzz_against_reference(backend, op):
     run()
 
 
-@pytest.mark.slow
-def test_64bit_indexing_on_the_cpu():
+def _check_64bit_indexing(device, backend):
     """One bfloat16 sample of 2.15·10⁹ elements (4.3 GB; offsets within the
-    sample past int32) through the C++ backend: SE forward and backward, ECA
-    and CBAM forward, each checked at the last 8×8 pixels of every channel
-    against float64 arithmetic from independent per-channel pools. Needs
-    ~14 GB of memory: FUSED_ATTN_SLOW_TESTS=1."""
-    if "cpu" not in cpu_backends():
-        pytest.skip("needs the C++ backend")
+    sample past int32) through one backend: SE forward and backward, ECA and
+    CBAM forward, each checked at the last 8×8 pixels of every channel
+    against float64 arithmetic from independent per-channel pools."""
     N, C, H, W = 1, 64, 5800, 5800
     assert N * C * H * W > 2**31
-    g = torch.Generator().manual_seed(0)
-    x = torch.empty((N, C, H, W), dtype=torch.bfloat16)
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.empty((N, C, H, W), dtype=torch.bfloat16, device=device)
     for c in range(C):                      # per channel: no 8.6 GB float32 temporary
-        x[0, c] = torch.randn((H, W), generator=g) + 0.01 * (c - C / 2)
+        x[0, c] = torch.randn((H, W), generator=g, device=device) + 0.01 * (c - C / 2)
     mean = torch.stack([x[0, c].double().mean() for c in range(C)])      # [C], float64
     mx = torch.stack([x[0, c].amax().double() for c in range(C)])
     corner = x[0, :, -11:, -11:].double()      # the last 8×8 pixels and the 3 before them (7×7 conv)
@@ -583,15 +579,18 @@ def test_64bit_indexing_on_the_cpu():
     def last8(t):
         return t[0, :, -8:, -8:].double()
 
-    w1 = (torch.randn(16, C, generator=g) * C ** -0.5).bfloat16()
-    w2 = (torch.randn(C, 16, generator=g) * 0.25).bfloat16()
+    def randn(*shape):
+        return torch.randn(shape, generator=g, device=device)
+
+    w1 = (randn(16, C) * C ** -0.5).bfloat16()
+    w2 = (randn(C, 16) * 0.25).bfloat16()
     hid = mean @ w1.double().t()
 
     def mlp(p):
         return torch.relu(p @ w1.double().t()) @ w2.double().t()
 
     gate = torch.sigmoid(mlp(mean))                                      # [C]
-    with fused_attn.use_backend("cpu"):
+    with fused_attn.use_backend(backend):
         xg = x.requires_grad_()
         y = fused_attn.squeeze_excitation(xg, w1, None, w2, None)
         torch.testing.assert_close(last8(y), corner[:, -8:, -8:] * gate[:, None, None], **tol)
@@ -604,15 +603,15 @@ def test_64bit_indexing_on_the_cpu():
         del y, dx, s
         x = x.detach()
 
-        wc = torch.tensor([0.3, -0.5, 0.8, 0.4, -0.2]).bfloat16()
+        wc = torch.tensor([0.3, -0.5, 0.8, 0.4, -0.2], device=device).bfloat16()
         z = torch.nn.functional.conv1d(mean[None, None], wc.double()[None, None], padding=2)[0, 0]
         y = fused_attn.efficient_channel_attention(x, wc)
         torch.testing.assert_close(last8(y), corner[:, -8:, -8:] * torch.sigmoid(z)[:, None, None], **tol)
         del y
 
-        ws = (torch.randn(1, 2, 7, 7, generator=g) * 0.05).bfloat16()
-        bn = dict(bn_weight=torch.tensor([0.9]), bn_bias=torch.tensor([0.1]), bn_running_mean=torch.tensor([0.05]),
-                  bn_running_var=torch.tensor([0.8]))
+        ws = (randn(1, 2, 7, 7) * 0.05).bfloat16()
+        bn = {k: torch.tensor([v], device=device) for k, v in
+              dict(bn_weight=0.9, bn_bias=0.1, bn_running_mean=0.05, bn_running_var=0.8).items()}
         y = fused_attn.cbam(x, w1, None, w2, None, ws, **bn)
         gc = torch.sigmoid(mlp(mean) + mlp(mx))
         x1 = (corner.float() * gc.float()[:, None, None]).bfloat16().double()   # rounded as x's dtype, as the op does
@@ -620,3 +619,27 @@ def test_64bit_indexing_on_the_cpu():
         zc = torch.nn.functional.conv2d(m, ws.double(), padding=3)[0, 0, -8:, -8:]   # right and bottom: true borders
         sp = torch.sigmoid((zc - 0.05) / (0.8 + 1e-5) ** 0.5 * 0.9 + 0.1)
         torch.testing.assert_close(last8(y), x1[:, -8:, -8:] * sp, **tol)
+
+
+@pytest.mark.slow
+def test_64bit_indexing_on_the_cpu():
+    """_check_64bit_indexing on the C++ backend. Needs ~14 GB of memory and
+    about two minutes: FUSED_ATTN_SLOW_TESTS=1."""
+    if "cpu" not in cpu_backends():
+        pytest.skip("needs the C++ backend")
+    _check_64bit_indexing("cpu", "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.xdist_group("gpu-memory")      # one at a time: with --dist loadgroup, in one worker
+@pytest.mark.parametrize("backend", ["cuda", pytest.param("triton", marks=pytest.mark.slow)])
+def test_64bit_indexing_on_the_gpu(backend):
+    """_check_64bit_indexing on CUDA tensors. Triton's pool passes run one
+    program per (sample, 16 channels) — 4 programs here, minutes — so its
+    case is opt-in (FUSED_ATTN_SLOW_TESTS=1)."""
+    if "cuda" not in fused_attn.backends()[backend].devices:
+        pytest.skip(fused_attn.backends()[backend].detail)
+    free, _ = torch.cuda.mem_get_info()
+    if free < 20 * 2**30:
+        pytest.skip(f"needs 20 GiB of free GPU memory, {free / 2**30:.1f} GiB free")
+    _check_64bit_indexing("cuda", backend)
