@@ -15,7 +15,11 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two intra-op threads (the kernels' parallel paths), but no more threads in
+# all than cores: on pytest-xdist workers, the cores shared out among them
+# (oversubscribed, the suite ran 1.2× slower on two workers than on one).
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _workers)))
 
 
 def pytest_collection_modifyitems(config, items):
