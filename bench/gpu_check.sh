@@ -7,25 +7,32 @@
 # Logs go to $GPU_LOG_DIR (default bench/results/<gpu-name>/); commit them.
 #
 #   bench/gpu_check.sh                      # build test sanitize bench
-#   bench/gpu_check.sh build gpu-test       # some of: build test gpu-test sanitize sanitize-quick
-#                                           #          bench bench-fast overhead models bench-full
+#   bench/gpu_check.sh build gpu-test       # some of: build test gpu-test gpu-test-quick sanitize
+#                                           #   sanitize-quick bench bench-fast overhead models bench-full
 #
 # A short lease (one command of at most 10 minutes, a quarter hour in all):
 # first `make gpu-prebuild` here, then, with carry [".prebuilt"],
 #
-#   GPU_LOG_DIR=/tmp/gpu GPU_LOG_TAR=$OUT/gpu_logs.tgz GPU_STEP_TIMEOUT=170 \
-#     bench/gpu_check.sh build gpu-test sanitize-quick overhead bench-fast
+#   GPU_LOG_DIR=/tmp/gpu GPU_LOG_TAR=$OUT/gpu_logs.tgz GPU_DEADLINE=570 \
+#     bench/gpu_check.sh build gpu-test-quick:170 sanitize-quick:60 overhead:40 bench-fast:150 gpu-test
 #
 # (the build step uses .prebuilt when its stamp matches, and compiles
-# otherwise; bench-fast leaves out torch.compile, whose compile per row would
-# take the quick grid past any one step's limit: `bench` in a later call).
+# otherwise; gpu-test-quick runs one in FUSED_ATTN_SUBSET=6 of each big test
+# matrix's cases and every other GPU test; bench-fast leaves out torch.compile,
+# whose compile per row would take the quick grid past any one step's limit:
+# `bench` in a later call; the whole gpu-test last, for whatever time is left).
 #
 # gpu-test runs only the GPU tests (pytest -m gpu, on pytest-xdist workers when
-# it is installed); sanitize-quick only memcheck on the CUDA backend. Every
-# step is cut off after GPU_STEP_TIMEOUT seconds (default: none), and after
-# each step the whole log directory is re-packed into GPU_LOG_TAR (one file:
-# a lease returns few), so a command stopped at its limit still returns the
-# logs of the steps it finished.
+# it is installed, the tests that hold many GiB of GPU memory in one of them);
+# sanitize-quick only memcheck on the CUDA backend. A step is cut off after
+# the seconds written after it (`step:170`), or GPU_STEP_TIMEOUT (default:
+# none), and never runs past GPU_DEADLINE seconds from the start (a step with
+# less than 20 s left is skipped); in a pytest step, tests not started by
+# GPU_TEST_MARGIN (45) seconds before its end are skipped (FUSED_ATTN_STOP_AT),
+# so its log still ends with the summary of what ran. After each step the whole log
+# directory is re-packed into GPU_LOG_TAR (one file: a lease returns few), so
+# a command stopped at its limit still returns the logs of the steps it
+# finished.
 #
 # Runs on the GPU machine as is (no network): TORCH_CUDA_ARCH_LIST defaults
 # to the visible GPU's architecture.
@@ -47,17 +54,26 @@ pack() {  # the log directory as one archive, when GPU_LOG_TAR is set
     && mv "$GPU_LOG_TAR.tmp" "$GPU_LOG_TAR"
   return 0
 }
+t_start=$(date +%s)
+step_limit=${GPU_STEP_TIMEOUT:-}   # the current step's (set per step below)
+stop_at() {  # for pytest's FUSED_ATTN_STOP_AT (tests/conftest.py): the step's end, less a margin
+  [ -n "$step_limit" ] && echo $(( $(date +%s) + step_limit - ${GPU_TEST_MARGIN:-45} ))
+  return 0
+}
 run_step() {  # name, log file, command...
   local name=$1 file=$2; shift 2
   local t0=$(date +%s)
-  if [ -n "${GPU_STEP_TIMEOUT:-}" ]; then
-    timeout --kill-after=10 "$GPU_STEP_TIMEOUT" "$@" > "$LOG/$file" 2>&1
+  if [ -n "$step_limit" ]; then
+    timeout --kill-after=15 "$step_limit" "$@" > "$LOG/$file" 2>&1
   else
     "$@" > "$LOG/$file" 2>&1
   fi
   local rc=$?
-  [ $rc -eq 124 ] && echo "gpu_check: cut off after ${GPU_STEP_TIMEOUT} s" >> "$LOG/$file"
+  [ $rc -eq 124 ] && echo "gpu_check: cut off after ${step_limit} s" >> "$LOG/$file"
   note "$name: exit $rc in $(( $(date +%s) - t0 )) s ($file: $(tail -1 "$LOG/$file" | cut -c1-160))"
+  local late
+  late=$(grep -o 'SKIPPED \[[0-9]*\] .*past FUSED_ATTN_STOP_AT' "$LOG/$file" | grep -o '[0-9][0-9]*' | head -1)
+  [ -n "$late" ] && note "$name: $late tests not started (the step's time ran out; counted as skipped above)"
   [ $rc -ne 0 ] && status=1
   pack
   return $rc
@@ -116,7 +132,18 @@ except ImportError as e:
 print("gpu", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
 PYEOF
 
-for step in "${steps[@]}"; do
+for spec in "${steps[@]}"; do
+  step=${spec%%:*}
+  step_limit=${GPU_STEP_TIMEOUT:-}
+  [ "$spec" != "$step" ] && step_limit=${spec#*:}
+  if [ -n "${GPU_DEADLINE:-}" ]; then
+    left=$(( GPU_DEADLINE - ($(date +%s) - t_start) ))
+    if [ $left -lt 20 ]; then
+      note "$step: skipped, ${left} s left before GPU_DEADLINE"
+      continue
+    fi
+    { [ -z "$step_limit" ] || [ "$step_limit" -gt "$left" ]; } && step_limit=$left
+  fi
   case $step in
     build)
       cap=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")
@@ -135,13 +162,15 @@ for step in "${steps[@]}"; do
       $PY -c "import fused_attn; [print(s) for s in fused_attn.backends().values()]" >> "$LOG/build.log" 2>&1
       ;;
     test)
-      FUSED_ATTN_REQUIRE_EXTENSION=1 run_step test tests.log $PY -m pytest -q -rfEs --maxfail=100 -p no:cacheprovider tests
+      FUSED_ATTN_STOP_AT=$(stop_at) FUSED_ATTN_REQUIRE_EXTENSION=1 run_step test tests.log $PY -m pytest -q -rfEs --maxfail=100 -p no:cacheprovider tests
       ;;
-    gpu-test)
+    gpu-test|gpu-test-quick)
       xdist=()
-      $PY -c "import xdist" 2>/dev/null && xdist=(-n "${GPU_TEST_WORKERS:-8}")
-      FUSED_ATTN_REQUIRE_EXTENSION=1 run_step gpu-test tests_gpu.log $PY -m pytest -q -rfEs -m gpu \
-        "${xdist[@]}" --maxfail=100 -p no:cacheprovider tests
+      $PY -c "import xdist" 2>/dev/null && xdist=(-n "${GPU_TEST_WORKERS:-8}" --dist loadgroup)
+      subset=1 file=tests_gpu.log
+      [ $step = gpu-test-quick ] && subset=${GPU_TEST_SUBSET:-6} file=tests_gpu_quick.log
+      FUSED_ATTN_STOP_AT=$(stop_at) FUSED_ATTN_SUBSET=$subset FUSED_ATTN_REQUIRE_EXTENSION=1 run_step $step $file $PY -m pytest -q -rfEs -m gpu \
+        "${xdist[@]}" --durations=25 --maxfail=100 -p no:cacheprovider tests
       ;;
     sanitize-quick)
       run_step "sanitize memcheck (cuda)" sanitize_memcheck_cuda.log \

@@ -13,6 +13,10 @@ import torch  # noqa: E402  (does not import triton)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import collections  # noqa: E402
+import time  # noqa: E402
+import zlib  # noqa: E402
+
 import pytest  # noqa: E402
 
 # Two intra-op threads (the kernels' parallel paths), but no more threads in
@@ -21,8 +25,40 @@ import pytest  # noqa: E402
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _workers)))
 
+# FUSED_ATTN_SUBSET=K keeps one in K of the cases of every test function with
+# more than MATRIX cases (the dtype × layout × shape × variant matrices), drawn
+# by a hash of the test's id, so the same ones every run and all of the
+# smaller tests: a first pass over everything when time is short (a GPU lease).
+MATRIX = 100
+
+
+def _subset(config, items):
+    k = int(os.environ.get("FUSED_ATTN_SUBSET", "1"))
+    if k <= 1:
+        return items
+    per_function = collections.Counter(item.nodeid.split("[")[0] for item in items)
+    keep, drop = [], []
+    for item in items:
+        big = per_function[item.nodeid.split("[")[0]] > MATRIX
+        (drop if big and zlib.crc32(item.nodeid.encode()) % k else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    return keep
+
+
+# FUSED_ATTN_STOP_AT=<unix time>: a test not started by then is skipped (and
+# says so), so a run with a hard time limit (bench/gpu_check.sh on a lease)
+# still ends with its summary instead of being killed mid-test.
+_STOP_AT = float(os.environ.get("FUSED_ATTN_STOP_AT") or 0)
+
+
+def pytest_runtest_setup(item):
+    if _STOP_AT and time.time() > _STOP_AT:
+        pytest.skip("not started: past FUSED_ATTN_STOP_AT, the run's time limit")
+
 
 def pytest_collection_modifyitems(config, items):
+    items[:] = _subset(config, items)
     skip_gpu = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA device")
     skip_slow = (None if os.environ.get("FUSED_ATTN_SLOW_TESTS") == "1"
                  else pytest.mark.skip(reason="slow: set FUSED_ATTN_SLOW_TESTS=1"))
