@@ -241,18 +241,24 @@ def _input_grad_kernel(dy_ptr, x_ptr, dx_ptr, g_ptr, s_ptr, dcmean_ptr, dcmax_pt
 # a loop over the taps (which the interpreter runs op by op, in Python).
 
 @triton.jit
-def _tap_tile(in_ptr, n, offs, mask, H, W, CIN, K, PAD, ACC: tl.constexpr, TAPS: tl.constexpr):
-    # The [pixels, taps] tile of sample n's maps: v[p, t] = in[n, ci, p shifted by (i − PAD, j − PAD)]
-    # for tap t = (ci, i, j), zero outside the map (and for the padding taps ≥ CIN·K·K); with the
-    # tap indices and their mask.
+def _taps(CIN, K, TAPS: tl.constexpr):
+    # The tap indices t = (ci, i, j) padded to TAPS, and their mask.
     t = tl.arange(0, TAPS)
-    tmask = t < CIN * K * K
+    return t, t < CIN * K * K
+
+
+@triton.jit
+def _tap_tile(in_ptr, n, offs, mask, t, tmask, H, W, CIN, K, PAD, ACC: tl.constexpr):
+    # The [pixels, taps] tile of sample n's maps: v[p, t] = in[n, ci, p shifted by (i − PAD, j − PAD)]
+    # for tap t = (ci, i, j), zero outside the map (and for the padding taps ≥ CIN·K·K). The taps
+    # come from the caller: an index returned from here would derive from in_ptr for Inductor's
+    # mutation analysis, which would then take a store through it as a write to in_ptr.
     ci = t // (K * K)
     yy = (offs // W)[:, None] + ((t // K) % K - PAD)[None, :]
     xx = (offs % W)[:, None] + (t % K - PAD)[None, :]
     ok = mask[:, None] & tmask[None, :] & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
     src = in_ptr + (n * CIN + ci[None, :].to(tl.int64)) * (H * W) + yy * W + xx
-    return tl.load(src, mask=ok, other=0.0).to(ACC), t, tmask
+    return tl.load(src, mask=ok, other=0.0).to(ACC)
 
 
 @triton.jit
@@ -266,7 +272,8 @@ def _conv_kernel(in_ptr, w_ptr, out_ptr, H, W, CIN, COUT, K, PAD, ACC: tl.conste
     co = row % COUT
     offs = block * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HW
-    v, t, tmask = _tap_tile(in_ptr, n, offs, mask, H, W, CIN, K, PAD, ACC, TAPS)
+    t, tmask = _taps(CIN, K, TAPS)
+    v = _tap_tile(in_ptr, n, offs, mask, t, tmask, H, W, CIN, K, PAD, ACC)
     wv = tl.load(w_ptr + co * CIN * K * K + t, mask=tmask, other=0.0)
     acc = tl.sum(v * wv[None, :].to(ACC), axis=1)
     tl.store(out_ptr + row * HW + offs, acc, mask=mask)
@@ -281,7 +288,8 @@ def _conv_wgrad_kernel(in_ptr, dz_ptr, part_ptr, H, W, CIN, K, PAD, ACC: tl.cons
     n, b = sample_and_block(HW, BLOCK)
     offs = b * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HW
-    v, t, tmask = _tap_tile(in_ptr, n, offs, mask, H, W, CIN, K, PAD, ACC, TAPS)
+    t, tmask = _taps(CIN, K, TAPS)
+    v = _tap_tile(in_ptr, n, offs, mask, t, tmask, H, W, CIN, K, PAD, ACC)
     d = tl.load(dz_ptr + n * HW + offs, mask=mask, other=0.0).to(ACC)
     part = tl.sum(d[:, None] * v, axis=0)
     taps = CIN * K * K
