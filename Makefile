@@ -10,6 +10,9 @@
 #   make test-floor  the oldest torch we support (2.11, the GPU machine's): its own
 #                venv (.venv-floor) and a copy of the tracked tree (build/floor), the
 #                CPU kernels built against it, then the suite ($(FLOOR_TESTS))
+#   make triton-check  every Triton kernel variant the ops launch, compiled for sm_90 without a
+#                GPU (the interpreter never compiles them) by the GPU machine's triton (the
+#                floor venv's 3.6), and checked by Inductor's mutation analysis
 #   make gpu-prebuild  the CUDA build for a lent GPU (torch 2.11 of the floor venv, sm_90) into
 #                .prebuilt/ with its stamp (tools/build_stamp.py): carry `.prebuilt` in the device
 #                call and bench/gpu_check.sh's build step uses it instead of compiling there
@@ -36,7 +39,7 @@ FLOOR_DEPS := torch==2.11.0 torchvision==0.26.0 "numpy<2.4" "setuptools<82" timm
 FLOOR_SRC := build/floor
 FLOOR_TESTS ?= tests
 
-.PHONY: bench test test-floor gpu-prebuild build cmake clean venv
+.PHONY: bench test test-floor triton-check gpu-prebuild build cmake clean venv
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +83,12 @@ test-floor: $(FLOOR_VENV)/.deps
 	git ls-files -z | tar --null -T - -cf - | tar xf - -C $(FLOOR_SRC)
 	cd $(FLOOR_SRC) && FUSED_ATTN_NO_CUDA=1 $(FLOOR_PY) setup.py -q build_ext --inplace
 	cd $(FLOOR_SRC) && FUSED_ATTN_REQUIRE_CUDA_BUILD=0 $(FLOOR_PY) -m pytest -q -p no:cacheprovider -n $(MAX_JOBS) $(FLOOR_TESTS)
+
+# The interpreter runs the Triton kernels but never compiles them: a kernel
+# that the compiler rejects, or whose writes torch.compile's analysis misses,
+# would otherwise first show on a GPU.
+triton-check: $(FLOOR_VENV)/.deps
+	$(FLOOR_PY) tools/triton_compile_check.py --mutation
 
 # Device time is short (a quarter hour a session, its start included) and the
 # CUDA build takes minutes of it: build here, against the GPU machine's torch
