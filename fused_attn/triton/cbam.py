@@ -42,8 +42,8 @@ from torch.library import triton_op
 from ..ops.cbam import check_cbam_args, check_cbam_names, register_cbam_autograd
 from ..ops.se import acc_dtype
 from ..reference.se import ACTIVATIONS, GATES
-from .se import (_POISON, _act_backward, _linear, _new_output, _tl_acc, dense, gate_backward, launch, mean_of,
-                 on_tensor_device, pixel_block_grid, sample_and_block, tiles)
+from .se import (_POISON, _act_backward, _linear, _new_output, _tl_acc, dense, gate_backward, hw_split, launch,
+                 mean_of, on_tensor_device, pixel_block_grid, sample_and_block, split_range, tiles)
 
 # Tiles for the passes that reduce over H·W (per channel) and over C (per
 # pixel); the elementwise passes use the first. Powers of two.
@@ -60,27 +60,30 @@ def _empty(like, shape, dtype):
 # ---- the passes over x --------------------------------------------------------
 
 @triton.jit
-def _spatial_pool_kernel(x_ptr, pooled_ptr, plane, C, HW, stride_n, stride_c, stride_hw,
-                         ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+def _spatial_pool_kernel(x_ptr, pooled_ptr, plane, C, HW, CHUNK, stride_n, stride_c, stride_hw,
+                         SPLIT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     # pooled[0, n, c] = mean_hw x, pooled[1, n, c] = max_hw x. plane = N·C, from the host: an int
     # argument is typed int64 when it needs to be, a product N·C in the kernel would be int32.
+    # SPLIT: the split's pixels (se.split_range) into pooled[split] = (sum, max), for the host.
     n = tl.program_id(0).to(tl.int64)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
+    lo, hi, part = split_range(HW, CHUNK, 2 * plane)
     row = x_ptr + n * stride_n + offs_c[:, None].to(tl.int64) * stride_c
     acc = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
     mx = tl.full([BLOCK_C, BLOCK_HW], float("-inf"), ACC)
-    for hw0 in range(0, HW, BLOCK_HW):
+    for hw0 in range(lo, hi, BLOCK_HW):
         offs_hw = hw0 + tl.arange(0, BLOCK_HW)
-        mask = mask_c[:, None] & (offs_hw[None, :] < HW)
+        mask = mask_c[:, None] & (offs_hw[None, :] < hi)
         v = tl.load(row + offs_hw[None, :].to(tl.int64) * stride_hw, mask=mask, other=0.0).to(ACC)
         acc += v
         mx = tl.where(mask, tl.maximum(mx, v, propagate_nan=tl.PropagateNan.ALL), mx)
     # tl.max drops NaNs; torch.amax (the reference) keeps them.
     has_nan = tl.max(tl.where(mx != mx, 1, 0), axis=1) > 0
     m = tl.where(has_nan, float("nan"), tl.max(mx, axis=1))
-    nc = n * C + offs_c
-    tl.store(pooled_ptr + nc, mean_of(tl.sum(acc, axis=1), HW, ACC), mask=mask_c)
+    nc = part + n * C + offs_c
+    total = tl.sum(acc, axis=1)
+    tl.store(pooled_ptr + nc, total if SPLIT else mean_of(total, HW, ACC), mask=mask_c)
     tl.store(pooled_ptr + plane + nc, m, mask=mask_c)
 
 
@@ -184,20 +187,22 @@ def _dx1(dy, x1, s_ptr, dcmean_ptr, dcmax_ptr, cmax_ptr, pix, mask_hw):
 
 @triton.jit
 def _channel_reduce_kernel(dy_ptr, x_ptr, g_ptr, s_ptr, dcmean_ptr, dcmax_ptr, cmax_ptr, mx_ptr, dg_ptr, cnt_ptr,
-                           C, HW, stride_n, stride_c, stride_hw,
+                           plane, C, HW, CHUNK, stride_n, stride_c, stride_hw,
                            ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    # dg[n, c] = Σ_hw dx1·x; cnt[n, c] = #{p : x == mx[n, c]}.
+    # dg[split, n, c] = Σ_hw dx1·x; cnt[split, n, c] = #{p : x == mx[n, c]}, over the split's pixels
+    # (se.split_range; plane = N·C).
     n = tl.program_id(0).to(tl.int64)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
+    lo, hi, part = split_range(HW, CHUNK, plane)
     g = tl.load(g_ptr + n * C + offs_c, mask=mask_c, other=0.0)
     mx = tl.load(mx_ptr + n * C + offs_c, mask=mask_c, other=0.0)
     base = n * stride_n + offs_c[:, None].to(tl.int64) * stride_c
     acc = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
     cnt = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
-    for hw0 in range(0, HW, BLOCK_HW):
+    for hw0 in range(lo, hi, BLOCK_HW):
         offs_hw = hw0 + tl.arange(0, BLOCK_HW)
-        mask_hw = offs_hw < HW
+        mask_hw = offs_hw < hi
         mask = mask_c[:, None] & mask_hw[None, :]
         off = base + offs_hw[None, :].to(tl.int64) * stride_hw
         x = tl.load(x_ptr + off, mask=mask, other=0.0).to(ACC)
@@ -206,8 +211,9 @@ def _channel_reduce_kernel(dy_ptr, x_ptr, g_ptr, s_ptr, dcmean_ptr, dcmax_ptr, c
         d = _dx1(dy, x1, s_ptr, dcmean_ptr, dcmax_ptr, cmax_ptr, n * HW + offs_hw, mask_hw)
         acc += tl.where(mask, d * x, 0.0)
         cnt += tl.where(mask & (x == mx[:, None]), 1.0, 0.0)
-    tl.store(dg_ptr + n * C + offs_c, tl.sum(acc, axis=1), mask=mask_c)
-    tl.store(cnt_ptr + n * C + offs_c, tl.sum(cnt, axis=1), mask=mask_c)
+    nc = part + n * C + offs_c
+    tl.store(dg_ptr + nc, tl.sum(acc, axis=1), mask=mask_c)
+    tl.store(cnt_ptr + nc, tl.sum(cnt, axis=1), mask=mask_c)
 
 
 @triton.jit
@@ -397,11 +403,14 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
     tacc = _tl_acc(x.dtype)
 
     # The channel gate.
-    pooled = _empty(x, (2, N, C), acc)
     bc, bhw = _tiles(HW)
     pc, phw = _pix_tiles(HW)
-    launch(_spatial_pool_kernel)[(N, triton.cdiv(C, bc))](
-        x, pooled, N * C, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+    splits, chunk = hw_split(x, N * triton.cdiv(C, bc), HW, bhw)
+    pooled = _empty(x, ((splits,) if splits > 1 else ()) + (2, N, C), acc)
+    launch(_spatial_pool_kernel)[(N, triton.cdiv(C, bc), splits)](
+        x, pooled, N * C, C, HW, chunk, *strides, SPLIT=splits > 1, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+    if splits > 1:
+        pooled = torch.stack((pooled[:, 0].sum(0) / HW, pooled[:, 1].amax(0)))
     w1, w2 = fc1_weight.to(acc), fc2_weight.to(acc)
     b1 = None if fc1_bias is None else fc1_bias.to(acc)
     b2 = None if fc2_bias is None else fc2_bias.to(acc)
@@ -523,10 +532,15 @@ def cbam_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tenso
 
     # Pass 2: the channel gate's gradient per channel, and the spatial max's ties.
     mx = pooled[1].contiguous()
-    dg = _empty(x, (N, C), acc)
-    scnt = _empty(x, (N, C), acc)
-    launch(_channel_reduce_kernel)[(N, triton.cdiv(C, bc))](
-        dy, x, g, s, dcmean, dcmax, cmax, mx, dg, scnt, C, HW, *strides, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+    splits, chunk = hw_split(x, N * triton.cdiv(C, bc), HW, bhw)
+    lead = (splits,) if splits > 1 else ()
+    dg = _empty(x, lead + (N, C), acc)
+    scnt = _empty(x, lead + (N, C), acc)
+    launch(_channel_reduce_kernel)[(N, triton.cdiv(C, bc), splits)](
+        dy, x, g, s, dcmean, dcmax, cmax, mx, dg, scnt, N * C, C, HW, chunk, *strides,
+        ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+    if splits > 1:
+        dg, scnt = dg.sum(0), scnt.sum(0)
 
     # The channel gate and the MLP backward; the weight gradients as GEMMs over the batch.
     da = dg * (1 - g) * g if light else gate_backward(gate, dg, logits, g)

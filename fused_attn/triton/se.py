@@ -6,7 +6,9 @@ Two phases, three launches per direction:
     forward:  pool (read x)  ->  excitation on [N, C] (torch, fp32)  ->  rescale (read x, write y)
     backward: Σ dy·x and tie counts (read dy, x)  ->  excitation backward (torch)  ->  dx (read dy [, x], write dx)
 
-3|x| forward and 4|x| backward (DESIGN.md §4, "two-phase fused"). Tiles are
+3|x| forward and 4|x| backward (DESIGN.md §4, "two-phase fused"). A pass that
+reduces over H·W splits its rows of pixels over several programs when the
+rows alone are too few to fill the GPU (``hw_split``). Tiles are
 [BLOCK_C, BLOCK_HW] over one sample, addressed through the strides of x, so
 NCHW and channels_last are handled by the same kernels without a layout
 conversion (hw = h·W + w works for both dense layouts). Offsets are int64.
@@ -110,32 +112,51 @@ def mean_of(total, count, ACC: tl.constexpr):
 
 
 @triton.jit
-def _pool_kernel(x_ptr, pooled_ptr, maxv_ptr, C, HW, stride_n, stride_c, stride_hw,
-                 WITH_MAX: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    # pooled[n, c] = mean_hw x (or 0.5·mean + 0.5·max); maxv[n, c] = max_hw x.
+def split_range(HW, CHUNK, plane):
+    # The pixels [lo, hi) of this program's split (axis 2 of a grid from hw_split) and the offset
+    # of its [N, C] (or [N, ·]) slice of the partials, plane elements each.
+    split = tl.program_id(2).to(tl.int64)
+    lo = split * CHUNK
+    return lo, tl.minimum(lo + CHUNK, HW), split * plane
+
+
+@triton.jit
+def _pool_kernel(x_ptr, pooled_ptr, maxv_ptr, plane, C, HW, CHUNK, stride_n, stride_c, stride_hw,
+                 WITH_MAX: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                 BLOCK_HW: tl.constexpr):
+    # pooled[n, c] = mean_hw x (or 0.5·mean + 0.5·max); maxv[n, c] = max_hw x. SPLIT: program
+    # (n, c block, split) pools pixels [split·CHUNK, +CHUNK) into the partials pooled[split, n, c]
+    # (the sum) and maxv[split, n, c], which the host combines (hw_split); plane = N·C.
     n = tl.program_id(0).to(tl.int64)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
+    lo, hi, part = split_range(HW, CHUNK, plane)
     row = x_ptr + n * stride_n + offs_c[:, None].to(tl.int64) * stride_c
     acc = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
     mx = tl.full([BLOCK_C, BLOCK_HW], float("-inf"), ACC)
-    for hw0 in range(0, HW, BLOCK_HW):
+    for hw0 in range(lo, hi, BLOCK_HW):
         offs_hw = hw0 + tl.arange(0, BLOCK_HW)
-        mask = mask_c[:, None] & (offs_hw[None, :] < HW)
+        mask = mask_c[:, None] & (offs_hw[None, :] < hi)
         v = tl.load(row + offs_hw[None, :].to(tl.int64) * stride_hw, mask=mask, other=0.0).to(ACC)
         acc += v
         if WITH_MAX:
             # NaN propagates, as torch.amax's does.
             mx = tl.where(mask, tl.maximum(mx, v, propagate_nan=tl.PropagateNan.ALL), mx)
-    mean = mean_of(tl.sum(acc, axis=1), HW, ACC)
+    total = tl.sum(acc, axis=1)
+    nc = part + n * C + offs_c
     if WITH_MAX:
         m = tl.max(mx, axis=1)
         # tl.max does not propagate NaN; torch.amax does.
         has_nan = tl.max(tl.where(mx != mx, 1, 0), axis=1) > 0
         m = tl.where(has_nan, float("nan"), m)
-        tl.store(maxv_ptr + n * C + offs_c, m, mask=mask_c)
-        mean = 0.5 * mean + 0.5 * m
-    tl.store(pooled_ptr + n * C + offs_c, mean, mask=mask_c)
+        tl.store(maxv_ptr + nc, m, mask=mask_c)
+    if SPLIT:
+        tl.store(pooled_ptr + nc, total, mask=mask_c)
+    else:
+        mean = mean_of(total, HW, ACC)
+        if WITH_MAX:
+            mean = 0.5 * mean + 0.5 * m
+        tl.store(pooled_ptr + nc, mean, mask=mask_c)
 
 
 @triton.jit
@@ -154,29 +175,32 @@ def _scale_kernel(x_ptr, g_ptr, y_ptr, C, HW, stride_n, stride_c, stride_hw,
 
 
 @triton.jit
-def _reduce_kernel(dy_ptr, x_ptr, maxv_ptr, s_ptr, cnt_ptr, C, HW, stride_n, stride_c, stride_hw,
+def _reduce_kernel(dy_ptr, x_ptr, maxv_ptr, s_ptr, cnt_ptr, plane, C, HW, CHUNK, stride_n, stride_c, stride_hw,
                    WITH_MAX: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    # s[n, c] = Σ_hw dy·x; cnt[n, c] = #{hw : x == maxv[n, c]}.
+    # s[split, n, c] = Σ_hw dy·x; cnt[split, n, c] = #{hw : x == maxv[n, c]}, over the split's
+    # pixels (all of them when unsplit; the host sums the partials otherwise).
     n = tl.program_id(0).to(tl.int64)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
+    lo, hi, part = split_range(HW, CHUNK, plane)
     base = n * stride_n + offs_c[:, None].to(tl.int64) * stride_c
     acc = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
     cnt = tl.zeros([BLOCK_C, BLOCK_HW], ACC)
     if WITH_MAX:
         m = tl.load(maxv_ptr + n * C + offs_c, mask=mask_c, other=0.0)
-    for hw0 in range(0, HW, BLOCK_HW):
+    for hw0 in range(lo, hi, BLOCK_HW):
         offs_hw = hw0 + tl.arange(0, BLOCK_HW)
-        mask = mask_c[:, None] & (offs_hw[None, :] < HW)
+        mask = mask_c[:, None] & (offs_hw[None, :] < hi)
         off = base + offs_hw[None, :].to(tl.int64) * stride_hw
         x = tl.load(x_ptr + off, mask=mask, other=0.0).to(ACC)
         dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(ACC)
         acc += dy * x
         if WITH_MAX:
             cnt += tl.where(mask & (x == m[:, None]), 1.0, 0.0)
-    tl.store(s_ptr + n * C + offs_c, tl.sum(acc, axis=1), mask=mask_c)
+    nc = part + n * C + offs_c
+    tl.store(s_ptr + nc, tl.sum(acc, axis=1), mask=mask_c)
     if WITH_MAX:
-        tl.store(cnt_ptr + n * C + offs_c, tl.sum(cnt, axis=1), mask=mask_c)
+        tl.store(cnt_ptr + nc, tl.sum(cnt, axis=1), mask=mask_c)
 
 
 @triton.jit
@@ -268,17 +292,58 @@ def pixel_block_grid(N, C, HW, block_c, block_hw):
     return (N * triton.cdiv(HW, block_hw), triton.cdiv(C, block_c))
 
 
+# A pass that reduces over H·W runs one program per (sample, channel block)
+# and row of pixels. When those are too few to fill the GPU (small N·C, large
+# H·W: early stages at small batch), the rows are split over grid axis 2 into
+# partials that torch then sums in a fixed order (deterministic, no atomics):
+# enough programs for _WAVES per SM, each still at least _MIN_SPLIT_TILES tiles.
+# Without a GPU (the interpreter) the split is the one a 132-SM GPU would take.
+_WAVES, _MIN_SPLIT_TILES, _NO_GPU_SMS = 4, 4, 132
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def hw_split(x, rows, HW, block_hw):
+    """(S, CHUNK): the programs sharing each of ``rows`` rows of H·W pixels,
+    and the pixels of each (a multiple of block_hw; the last may hold fewer,
+    none holds none). (1, H·W) when the rows alone fill the GPU — and when the
+    batch is symbolic (torch.compile, dynamic=True), which a choice here
+    would guard on."""
+    if not isinstance(rows, int) or HW <= block_hw:
+        return 1, HW
+    sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
+        if x.device.type == "cuda" else _NO_GPU_SMS
+    n_tiles = triton.cdiv(HW, block_hw)
+    splits = min(triton.cdiv(_WAVES * sms, rows), n_tiles // _MIN_SPLIT_TILES)
+    if splits <= 1:
+        return 1, HW
+    chunk = triton.cdiv(n_tiles, splits) * block_hw
+    return triton.cdiv(HW, chunk), chunk
+
+
 def pool_pass(x, strides, with_max):
     """pooled [N, C] (mean, or 0.5·mean + 0.5·max) and maxv ([0, 0] unless with_max)."""
     N, C, H, W = x.shape
+    HW = H * W
     acc = acc_dtype(x.dtype)
-    pooled = x.new_empty((N, C), dtype=acc)
-    maxv = x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
-    if N > 0 and C > 0:
-        bc, bhw = tiles(H * W)
-        grid = (N, triton.cdiv(C, bc))
-        launch(_pool_kernel)[grid](x, pooled, maxv, C, H * W, *strides, WITH_MAX=with_max,
-                                   ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
+    if N == 0 or C == 0:
+        return x.new_empty((N, C), dtype=acc), x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
+    bc, bhw = tiles(HW)
+    splits, chunk = hw_split(x, N * triton.cdiv(C, bc), HW, bhw)
+    lead = (splits,) if splits > 1 else ()
+    pooled = x.new_empty(lead + (N, C), dtype=acc)
+    maxv = x.new_empty(lead + (N, C) if with_max else (0, 0), dtype=acc)
+    launch(_pool_kernel)[(N, triton.cdiv(C, bc), splits)](
+        x, pooled, maxv, N * C, C, HW, chunk, *strides, WITH_MAX=with_max, SPLIT=splits > 1,
+        ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
+    if splits > 1:
+        pooled = pooled.sum(0) / HW
+        if with_max:
+            maxv = maxv.amax(0)
+            pooled = 0.5 * pooled + 0.5 * maxv
     return pooled, maxv
 
 
@@ -300,13 +365,19 @@ def reduce_pass(grad_y, x, strides, maxv, with_max):
     acc = acc_dtype(x.dtype)
     fmt = torch.contiguous_format if strides == (C * H * W, H * W, 1) else torch.channels_last
     dy = grad_y if grad_y.is_contiguous(memory_format=fmt) else torch.empty_like(x).copy_(grad_y)
-    s = x.new_empty((N, C), dtype=acc)
-    cnt = x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
-    if N > 0 and C > 0:
-        bc, bhw = tiles(H * W)
-        grid = (N, triton.cdiv(C, bc))
-        launch(_reduce_kernel)[grid](dy, x, maxv, s, cnt, C, H * W, *strides, WITH_MAX=with_max,
-                                     ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
+    if N == 0 or C == 0:
+        return dy, x.new_empty((N, C), dtype=acc), x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
+    bc, bhw = tiles(H * W)
+    splits, chunk = hw_split(x, N * triton.cdiv(C, bc), H * W, bhw)
+    lead = (splits,) if splits > 1 else ()
+    s = x.new_empty(lead + (N, C), dtype=acc)
+    cnt = x.new_empty(lead + (N, C) if with_max else (0, 0), dtype=acc)
+    launch(_reduce_kernel)[(N, triton.cdiv(C, bc), splits)](
+        dy, x, maxv, s, cnt, N * C, C, H * W, chunk, *strides, WITH_MAX=with_max,
+        ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
+    if splits > 1:
+        s = s.sum(0)
+        cnt = cnt.sum(0) if with_max else cnt
     return dy, s, cnt
 
 
