@@ -1,6 +1,8 @@
 // Scalar gates, activations and their derivatives for the CPU excitations (SE, ECA, CBAM), in
 // the accumulation type. PyTorch's definitions: sigmoid, and hard-sigmoid =
-// relu6(z + 3) / 6 with slope 1/6 strictly inside (-3, 3).
+// relu6(z + 3) / 6 with slope 1/6 strictly inside (-3, 3), and 0 at a NaN z (as ATen's
+// vectorized hardtanh backward gives it; its scalar tail passes grad through instead, so
+// the reference's own choice depends on where in the tensor the NaN sits).
 #pragma once
 
 #include "../se.h"
