@@ -58,7 +58,9 @@ Path cuda_path() {
 
 bool plan_single_launch(SeFused& f, const Geometry& geo, bool backward) {
   const Path path = cuda_path();
-  if (path == Path::TwoPhase) return false;
+  // An x with no elements (C or H·W zero) has nothing to launch, even when the
+  // single launch is forced: the two-phase path returns its empty (or NaN-mean) outputs.
+  if (path == Path::TwoPhase || geo.x.numel() == 0) return false;
   f.dtype = dtype_of(geo.x.scalar_type());
   f.N = geo.N;
   f.C = geo.C;
