@@ -145,8 +145,9 @@ bool se_fused_plan(SeFused& p, bool backward, bool force);
 // The same plan for an sm_90 device with these limits, without asking the
 // runtime whether it can run it (no device needed: for tests of the planner).
 bool se_fused_plan_for(SeFused& p, bool backward, bool force, int sms, int64_t smem_optin);
-// The last runtime call that failed while checking whether the device can
-// run a plan, its error and the plan's sizes ("" when none has).
+// The runtime call that said no while this thread's latest se_fused_plan
+// checked whether the device can run a plan (answers are kept, so also a
+// kept refusal), its error and the plan's sizes ("" when none did).
 std::string se_fused_refusal();
 cudaError_t se_fused_forward(const SeFused& p, cudaStream_t stream);
 cudaError_t se_fused_backward(const SeFused& p, cudaStream_t stream);

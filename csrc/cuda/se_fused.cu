@@ -835,16 +835,15 @@ cudaLaunchConfig_t config_of(const SeFused& p, cudaStream_t stream, cudaLaunchAt
   return cfg;
 }
 
-// Why runnable() last refused a plan on a runtime call, for the error a
-// forced single launch raises (empty when no call has failed).
-std::mutex refusal_mu;
-std::string last_refusal;
+// Why runnable() refused a plan on a runtime call during this thread's
+// latest se_fused_plan (empty when none was), for the error a forced single
+// launch raises right after: not a refusal of some earlier, other shape's.
+thread_local std::string last_refusal;
 
-void note_refusal(const char* call, cudaError_t err, const SeFused& p, const cudaFuncAttributes& attrs) {
-  const std::lock_guard<std::mutex> lock(refusal_mu);
-  last_refusal = std::string(call) + ": " + cudaGetErrorString(err) + " (cluster " + std::to_string(p.cluster) +
-                 ", " + std::to_string(p.smem) + " B dynamic + " + std::to_string(attrs.sharedSizeBytes) +
-                 " B static shared memory, ptx " + std::to_string(attrs.ptxVersion) + ")";
+std::string refusal_text(const char* call, cudaError_t err, const SeFused& p, const cudaFuncAttributes& attrs) {
+  return std::string(call) + ": " + cudaGetErrorString(err) + " (cluster " + std::to_string(p.cluster) + ", " +
+         std::to_string(p.smem) + " B dynamic + " + std::to_string(attrs.sharedSizeBytes) +
+         " B static shared memory, ptx " + std::to_string(attrs.ptxVersion) + ")";
 }
 
 // Whether the device can run the kernel with this cluster size and shared
@@ -855,21 +854,26 @@ void note_refusal(const char* call, cudaError_t err, const SeFused& p, const cud
 // device, cluster, bytes), so a launch makes no extra runtime calls (and
 // none during graph capture after the first eager call). The function
 // attributes are raised before the key's answer is known: harmless for the
-// plans it refuses. A refusal by a failed runtime call is noted
-// (se_fused_refusal) and its error cleared.
+// plans it refuses. A refusal by a failed runtime call is kept with the
+// answer, noted for this thread's plan (se_fused_refusal), and its error cleared.
 template <typename T>
 bool runnable(KernelPtr<T> k, const SeFused& p, const DeviceInfo& dev) {
   static std::mutex mu;
-  static std::map<std::tuple<const void*, int, int, int64_t>, bool> known;
+  // (kernel, device, cluster, bytes) → (runnable, why not when a runtime call said no)
+  static std::map<std::tuple<const void*, int, int, int64_t>, std::pair<bool, std::string>> known;
   const auto key = std::make_tuple(reinterpret_cast<const void*>(k), dev.device, p.cluster, p.smem);
   const std::lock_guard<std::mutex> lock(mu);
   const auto it = known.find(key);
-  if (it != known.end()) return it->second;
+  if (it != known.end()) {
+    if (!it->second.second.empty()) last_refusal = it->second.second;
+    return it->second.first;
+  }
   cudaFuncAttributes attrs{};
   bool ok = false;
+  std::string why;
   auto call = [&](const char* what, cudaError_t err) {
     if (err != cudaSuccess) {
-      note_refusal(what, err, p, attrs);
+      why = refusal_text(what, err, p, attrs);
       cudaGetLastError();  // clear the error the refusal left
     }
     return err == cudaSuccess;
@@ -892,7 +896,8 @@ bool runnable(KernelPtr<T> k, const SeFused& p, const DeviceInfo& dev) {
            clusters >= 1;
     }
   }
-  known.emplace(key, ok);
+  if (!why.empty()) last_refusal = why;
+  known.emplace(key, std::make_pair(ok, why));
   return ok;
 }
 
@@ -1044,7 +1049,10 @@ bool plan_on(SeFused& p, bool backward, bool force, const DeviceInfo& dev, bool 
 
 }  // namespace
 
-bool se_fused_plan(SeFused& p, bool backward, bool force) { return plan_on(p, backward, force, device_info(), true); }
+bool se_fused_plan(SeFused& p, bool backward, bool force) {
+  last_refusal.clear();
+  return plan_on(p, backward, force, device_info(), true);
+}
 
 bool se_fused_plan_for(SeFused& p, bool backward, bool force, int sms, int64_t smem_optin) {
   DeviceInfo dev;
@@ -1054,10 +1062,7 @@ bool se_fused_plan_for(SeFused& p, bool backward, bool force, int sms, int64_t s
   return plan_on(p, backward, force, dev, false);
 }
 
-std::string se_fused_refusal() {
-  const std::lock_guard<std::mutex> lock(refusal_mu);
-  return last_refusal;
-}
+std::string se_fused_refusal() { return last_refusal; }
 
 cudaError_t se_fused_forward(const SeFused& p, cudaStream_t stream) { return launch_planned<false>(p, stream); }
 
