@@ -239,6 +239,36 @@ def test_cuda_graph_capture_and_replay(backend, memory_format):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
+def test_single_launch_planned_first_inside_a_capture():
+    """The single launch's first call for a plan asks the runtime whether the
+    device can run it (function attributes, cluster occupancy) and keeps the
+    answer. Here that first call happens during CUDA graph capture, in a fresh
+    process (no earlier call has answered it): the capture must succeed, on
+    the forced single-launch path, and its replay match eager."""
+    import subprocess
+    import sys
+
+    require_cuda_backend(single_launch=True)
+    code = (
+        "import torch, fused_attn\n"
+        "x = torch.randn(3, 192, 9, 9, device='cuda')\n"
+        "w1, w2 = torch.randn(12, 192, device='cuda') * 0.1, torch.randn(192, 12, device='cuda') * 0.3\n"
+        "graph = torch.cuda.CUDAGraph()\n"
+        "with fused_attn.use_backend('cuda'):\n"
+        "    with torch.cuda.graph(graph):\n"
+        "        y = fused_attn.squeeze_excitation(x, w1, None, w2, None)\n"
+        "    x.copy_(torch.randn_like(x))\n"
+        "    graph.replay()\n"
+        "    torch.cuda.synchronize()\n"
+        "    torch.testing.assert_close(y, fused_attn.squeeze_excitation(x, w1, None, w2, None), atol=0, rtol=0)\n"
+        "print('ok')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, FUSED_ATTN_CUDA_PATH="fused")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-4000:]
+
+
 def test_runs_on_the_current_stream_and_device(backend):
     """Work queued on a side stream sees the op's results after a sync of
     that stream only (the kernels went to the current stream)."""
