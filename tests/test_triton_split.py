@@ -22,6 +22,12 @@ if not triton_pkg.AVAILABLE:
 
 from fused_attn.triton import se as tse  # noqa: E402
 
+# CPU tensors under the interpreter (CI), CUDA tensors on a GPU (132 SMs on an
+# H100 or H200: the same splits).
+DEVICE = "cpu" if "cpu" in fused_attn.backends()["triton"].devices else "cuda"
+if DEVICE not in fused_attn.backends()["triton"].devices:
+    pytest.skip(fused_attn.backends()["triton"].detail, allow_module_level=True)
+
 DTYPES = (torch.float32, torch.bfloat16)
 SHAPE = (1, 3, 33, 33)        # H·W = 1089: two programs a row, of 640 and 449 pixels
 
@@ -63,20 +69,20 @@ def test_the_shapes_here_are_split():
 @pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids(DTYPES))
 def test_se(dtype, memory_format, variant):
-    check_se_against_reference(SHAPE, dtype, memory_format, variant)
+    check_se_against_reference(SHAPE, dtype, memory_format, variant, device=DEVICE)
 
 
 @pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids(DTYPES))
 def test_eca(dtype, memory_format):
-    check_eca_against_reference(SHAPE, dtype, memory_format, ECA_VARIANTS[0])
+    check_eca_against_reference(SHAPE, dtype, memory_format, ECA_VARIANTS[0], device=DEVICE)
 
 
 @pytest.mark.parametrize("variant", [CBAMVariant(k=3), CBAMVariant(light=True, k=3, train=True)], ids=str)
 @pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids(DTYPES))
 def test_cbam(dtype, memory_format, variant):
-    check_against_reference(SHAPE, dtype, memory_format, variant)
+    check_against_reference(SHAPE, dtype, memory_format, variant, device=DEVICE)
 
 
 @pytest.mark.parametrize("light", [False, True], ids=["cbam", "light"])
@@ -85,7 +91,7 @@ def test_cbam_ties_across_splits(light):
     splits; the tie counts are summed over them (float64: exact). SiLU: a
     ReLU MLP may pass no gradient to the max at all."""
     check_against_reference(SHAPE, torch.float64, torch.contiguous_format, CBAMVariant(light=light, k=3, act="silu"),
-                            integer=True)
+                            integer=True, device=DEVICE)
 
 
 @pytest.mark.parametrize("nan", [False, True], ids=["ties", "nan"])
@@ -100,6 +106,7 @@ def test_se_max_pool_across_splits(nan):
         x[0, 1, -1, -1] = float("nan")
     w1, w2 = torch.randn(2, 3, generator=g).double(), torch.randn(3, 2, generator=g).double()
     dy = torch.randn(SHAPE, generator=g).double()
+    x, w1, w2, dy = (t.to(DEVICE) for t in (x, w1, w2, dy))
     outs = []
     for backend in ("triton", "reference"):
         xi = x.clone().requires_grad_()
