@@ -634,9 +634,9 @@ def test_64bit_indexing_on_the_cpu():
 @pytest.mark.xdist_group("gpu-memory")      # one at a time: with --dist loadgroup, in one worker
 @pytest.mark.parametrize("backend", ["cuda", pytest.param("triton", marks=pytest.mark.slow)])
 def test_64bit_indexing_on_the_gpu(backend):
-    """_check_64bit_indexing on CUDA tensors. Triton's pool passes run one
-    program per (sample, 16 channels) — 4 programs here, minutes — so its
-    case is opt-in (FUSED_ATTN_SLOW_TESTS=1)."""
+    """_check_64bit_indexing on CUDA tensors. Triton's case is opt-in
+    (FUSED_ATTN_SLOW_TESTS=1) until it has been timed on a GPU: its pool
+    passes ran 4 programs here before they split rows (se.hw_split)."""
     if "cuda" not in fused_attn.backends()[backend].devices:
         pytest.skip(fused_attn.backends()[backend].detail)
     free, _ = torch.cuda.mem_get_info()
