@@ -42,8 +42,8 @@ from torch.library import triton_op
 from ..ops.cbam import check_cbam_args, check_cbam_names, register_cbam_autograd
 from ..ops.se import acc_dtype
 from ..reference.se import ACTIVATIONS, GATES
-from .se import (_POISON, _act_backward, _linear, _new_output, _tl_acc, dense, gate_backward, hw_split, launch,
-                 mean_of, on_tensor_device, pixel_block_grid, sample_and_block, split_range, tiles)
+from .se import (_POISON, _act_backward, _linear, _new_output, _tl_acc, dense, gate_backward, launch, mean_of,
+                 on_tensor_device, pixel_block_grid, row_reduce_grid, sample_and_block, split_range, tiles)
 
 # Tiles for the passes that reduce over H·W (per channel) and over C (per
 # pixel); the elementwise passes use the first. Powers of two.
@@ -405,11 +405,11 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
     # The channel gate.
     bc, bhw = _tiles(HW)
     pc, phw = _pix_tiles(HW)
-    splits, chunk = hw_split(x, N * triton.cdiv(C, bc), HW, bhw)
-    pooled = _empty(x, ((splits,) if splits > 1 else ()) + (2, N, C), acc)
-    launch(_spatial_pool_kernel)[(N, triton.cdiv(C, bc), splits)](
-        x, pooled, N * C, C, HW, chunk, *strides, SPLIT=splits > 1, ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
-    if splits > 1:
+    grid, chunk, lead = row_reduce_grid(x, N, C, HW, bc, bhw)
+    pooled = _empty(x, lead + (2, N, C), acc)
+    launch(_spatial_pool_kernel)[grid](
+        x, pooled, N * C, C, HW, chunk, *strides, SPLIT=bool(lead), ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
+    if lead:
         pooled = torch.stack((pooled[:, 0].sum(0) / HW, pooled[:, 1].amax(0)))
     w1, w2 = fc1_weight.to(acc), fc2_weight.to(acc)
     b1 = None if fc1_bias is None else fc1_bias.to(acc)
@@ -532,14 +532,13 @@ def cbam_backward(grad_y: torch.Tensor, x: torch.Tensor, fc1_weight: torch.Tenso
 
     # Pass 2: the channel gate's gradient per channel, and the spatial max's ties.
     mx = pooled[1].contiguous()
-    splits, chunk = hw_split(x, N * triton.cdiv(C, bc), HW, bhw)
-    lead = (splits,) if splits > 1 else ()
+    grid, chunk, lead = row_reduce_grid(x, N, C, HW, bc, bhw)
     dg = _empty(x, lead + (N, C), acc)
     scnt = _empty(x, lead + (N, C), acc)
-    launch(_channel_reduce_kernel)[(N, triton.cdiv(C, bc), splits)](
+    launch(_channel_reduce_kernel)[grid](
         dy, x, g, s, dcmean, dcmax, cmax, mx, dg, scnt, N * C, C, HW, chunk, *strides,
         ACC=tacc, BLOCK_C=bc, BLOCK_HW=bhw)
-    if splits > 1:
+    if lead:
         dg, scnt = dg.sum(0), scnt.sum(0)
 
     # The channel gate and the MLP backward; the weight gradients as GEMMs over the batch.

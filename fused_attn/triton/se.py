@@ -324,6 +324,15 @@ def hw_split(x, rows, HW, block_hw):
     return triton.cdiv(HW, chunk), chunk
 
 
+def row_reduce_grid(x, N, C, HW, block_c, block_hw):
+    """(grid, CHUNK, lead) of a pass that reduces rows of H·W pixels, one per
+    (sample, channel block): grid (N, channel blocks, splits) and CHUNK from
+    hw_split; lead, the partials' leading shape: (splits,) when split, () when
+    not (the kernel then writes the final [N, …] values)."""
+    splits, chunk = hw_split(x, N * triton.cdiv(C, block_c), HW, block_hw)
+    return (N, triton.cdiv(C, block_c), splits), chunk, (splits,) if splits > 1 else ()
+
+
 def pool_pass(x, strides, with_max):
     """pooled [N, C] (mean, or 0.5·mean + 0.5·max) and maxv ([0, 0] unless with_max)."""
     N, C, H, W = x.shape
@@ -332,14 +341,13 @@ def pool_pass(x, strides, with_max):
     if N == 0 or C == 0:
         return x.new_empty((N, C), dtype=acc), x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
     bc, bhw = tiles(HW)
-    splits, chunk = hw_split(x, N * triton.cdiv(C, bc), HW, bhw)
-    lead = (splits,) if splits > 1 else ()
+    grid, chunk, lead = row_reduce_grid(x, N, C, HW, bc, bhw)
     pooled = x.new_empty(lead + (N, C), dtype=acc)
     maxv = x.new_empty(lead + (N, C) if with_max else (0, 0), dtype=acc)
-    launch(_pool_kernel)[(N, triton.cdiv(C, bc), splits)](
-        x, pooled, maxv, N * C, C, HW, chunk, *strides, WITH_MAX=with_max, SPLIT=splits > 1,
+    launch(_pool_kernel)[grid](
+        x, pooled, maxv, N * C, C, HW, chunk, *strides, WITH_MAX=with_max, SPLIT=bool(lead),
         ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
-    if splits > 1:
+    if lead:
         pooled = pooled.sum(0) / HW
         if with_max:
             maxv = maxv.amax(0)
@@ -368,14 +376,13 @@ def reduce_pass(grad_y, x, strides, maxv, with_max):
     if N == 0 or C == 0:
         return dy, x.new_empty((N, C), dtype=acc), x.new_empty((N, C) if with_max else (0, 0), dtype=acc)
     bc, bhw = tiles(H * W)
-    splits, chunk = hw_split(x, N * triton.cdiv(C, bc), H * W, bhw)
-    lead = (splits,) if splits > 1 else ()
+    grid, chunk, lead = row_reduce_grid(x, N, C, H * W, bc, bhw)
     s = x.new_empty(lead + (N, C), dtype=acc)
     cnt = x.new_empty(lead + (N, C) if with_max else (0, 0), dtype=acc)
-    launch(_reduce_kernel)[(N, triton.cdiv(C, bc), splits)](
+    launch(_reduce_kernel)[grid](
         dy, x, maxv, s, cnt, N * C, C, H * W, chunk, *strides, WITH_MAX=with_max,
         ACC=_tl_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw)
-    if splits > 1:
+    if lead:
         s = s.sum(0)
         cnt = cnt.sum(0) if with_max else cnt
     return dy, s, cnt
