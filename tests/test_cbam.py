@@ -241,6 +241,30 @@ def test_deterministic(backend):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_cpu_chunks_of_samples(monkeypatch, threads, train):
+    """The C++ backend walks the batch in chunks of samples (sample_chunk:
+    the cache budget, at least one sample per thread, evened out to a multiple
+    of the thread count). Budgets from one sample to the whole batch, with 1-3
+    threads, at N = 7 (odd, so chunks are uneven or cut), must all match the
+    reference, running statistics included."""
+    if "cpu" not in cpu_impls():
+        pytest.skip("C++ extension not built")
+    variant = CBAMVariant(train=train)
+    shape = (7, 24, 5, 6)
+    per_sample = 24 * 5 * 6 * 4 * 2
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for samples in (1, 2, 3, 5, 7):
+            monkeypatch.setenv("FUSED_ATTN_CPU_CHUNK_BYTES", str(samples * per_sample))
+            with fused_attn.use_backend("cpu"):
+                check_against_reference(shape, torch.float32, torch.channels_last, variant, seed=samples)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_zero_batch(backend):
     x, params, buffers = cbam_sample((2, 8, 4, 4), torch.float32, torch.contiguous_format, CBAMVariant())
     y = run(fused_attn.cbam, x[:0], params, buffers, CBAMVariant())

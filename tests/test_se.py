@@ -87,8 +87,10 @@ def test_deterministic(backend):
 
 
 def test_cpu_chunking_does_not_change_results(monkeypatch):
-    """The CPU backend walks the batch in cache-sized chunks of samples; one
-    sample per chunk and the whole batch in one chunk must agree."""
+    """The CPU backend walks the batch in chunks of samples (pipeline_chunk):
+    one sample per chunk, uneven chunks (6 as 4 + 2), the whole batch at once,
+    the size its model picks, and the size the cache budget alone allows must
+    all agree."""
     if "cpu" not in cpu_backends():
         pytest.skip("C++ extension not built")
     variant = SEVariant(pool="avgmax")
@@ -96,15 +98,21 @@ def test_cpu_chunking_does_not_change_results(monkeypatch):
     wrt = [t for t in inputs if t is not None]
     dy = torch.randn(inputs[0].shape)
     results = []
-    for budget in ("1", str(1 << 30)):
-        monkeypatch.setenv("FUSED_ATTN_CPU_CHUNK_BYTES", budget)
+    settings = [("FUSED_ATTN_CPU_CHUNK_SAMPLES", "1"), ("FUSED_ATTN_CPU_CHUNK_SAMPLES", "4"),
+                ("FUSED_ATTN_CPU_CHUNK_SAMPLES", "6"), (None, None), ("FUSED_ATTN_CPU_CHUNK_BYTES", "1")]
+    for name, value in settings:
+        monkeypatch.delenv("FUSED_ATTN_CPU_CHUNK_SAMPLES", raising=False)
+        monkeypatch.delenv("FUSED_ATTN_CPU_CHUNK_BYTES", raising=False)
+        if name:
+            monkeypatch.setenv(name, value)
         with fused_attn.use_backend("cpu"):
             y = run_se(*inputs, variant)
             results.append([y] + list(torch.autograd.grad(y, wrt, dy)))
     # Per-sample passes are the same; the chunk's matmuls (and the order the
     # weight gradients are summed in) change, so agreement is to fp32 rounding.
-    for a, b in zip(*results):
-        assert_close(a, b, torch.float32, grad=True)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert_close(a, b, torch.float32, grad=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)

@@ -21,19 +21,33 @@ using ExciteBackward =
 
 // y = x · g. pooled [N, C] (acc dtype) receives the pool: mean, or
 // 0.5·mean + 0.5·max with maxv [N, C] receiving the max when maxv is not
-// empty. y is dense like geo.x.
+// empty. y is dense like geo.x. excite_bytes: what one call of the
+// excitation reads whatever the chunk's size (its weights), which sets the
+// chunk size with the rest of pipeline_chunk's model.
 void gate_forward_cpu(const Geometry& geo, at::Tensor& y, at::Tensor& pooled, at::Tensor& maxv,
-                      const ExciteForward& excite);
+                      int64_t excite_bytes, const ExciteForward& excite);
 
 // dx = dy·g + dL/dpooled spread over H·W (the max's share over its tied
 // maxima when maxv is not empty). dy is dense like geo.x.
 void gate_backward_cpu(const Geometry& geo, const at::Tensor& dy, const at::Tensor& maxv, at::Tensor& dx,
-                       const ExciteBackward& excite);
+                       int64_t excite_bytes, const ExciteBackward& excite);
 
 // Samples per cache-resident chunk when each touches bytes_per_sample of the
 // big tensors: as many as fit half the last-level cache (4-32 MiB;
 // FUSED_ATTN_CPU_CHUNK_BYTES overrides), at least one.
 int64_t chunk_samples(int64_t N, int64_t bytes_per_sample);
+
+// Samples per chunk of the pipelined channel-gate passes, where chunk k's
+// writing pass runs beside chunk k + 1's reading pass. What that leaves
+// unoverlapped is the first chunk's reading pass (nb · first_read_bytes from
+// DRAM) and, per chunk, a fixed cost plus the excitation's excite_bytes:
+// about nb·R + (N / nb)·(F + E) in bytes moved, least at
+// nb = sqrt(N (F + E) / R). Capped by chunk_samples(N, cached_bytes), and
+// evened out over the chunks it takes. (One chunk of the whole batch, which
+// the cache alone would allow, leaves nothing to overlap: 1.2-1.4x slower
+// forwards at N=8 on a 2-core Xeon VM.) FUSED_ATTN_CPU_CHUNK_SAMPLES
+// overrides the whole choice.
+int64_t pipeline_chunk(int64_t N, int64_t first_read_bytes, int64_t cached_bytes, int64_t excite_bytes);
 
 // Whether to write `out` (rows of row_elems elements) with streaming stores:
 // large outputs (FUSED_ATTN_CPU_STREAM_BYTES, default 8 MiB) whose rows are

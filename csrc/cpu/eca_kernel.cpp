@@ -137,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_forward_cpu(const at::Tensor&
   const at::Tensor wa = w.to(acc).contiguous();
   const double bias = b ? b->item<double>() : 0.0;
   const int64_t k = w.size(0);
-  gate_forward_cpu(geo, out.y, out.pooled, no_max, [&](int64_t n0, int64_t nb, at::Tensor& g) {
+  gate_forward_cpu(geo, out.y, out.pooled, no_max, static_cast<int64_t>(wa.nbytes()), [&](int64_t n0, int64_t nb, at::Tensor& g) {
     if (acc == at::kDouble) {
       conv_gate_rows<double>(out.pooled.data_ptr<double>() + n0 * C, out.logits.data_ptr<double>() + n0 * C,
                              g.data_ptr<double>(), nb, C, wa.data_ptr<double>(), k, bias, padding, gate);
@@ -166,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_backward_cpu(
   const int64_t N = geo.N, C = geo.C, k = w.size(0);
   at::Tensor dz = at::zeros({N, C}, x_in.options().dtype(acc));  // dL/dlogits of every sample
   at::Tensor no_max = at::empty({0, 0}, dz.options());
-  gate_backward_cpu(geo, dy, no_max, dx, [&](int64_t n0, int64_t nb, const at::Tensor& s, at::Tensor& g, at::Tensor& dp) {
+  gate_backward_cpu(geo, dy, no_max, dx, static_cast<int64_t>(wa.nbytes()), [&](int64_t n0, int64_t nb, const at::Tensor& s, at::Tensor& g, at::Tensor& dp) {
     if (acc == at::kDouble) {
       conv_gate_rows_backward<double>(s.data_ptr<double>(), logits.data_ptr<double>() + n0 * C, g.data_ptr<double>(),
                                       dz.data_ptr<double>() + n0 * C, dp.data_ptr<double>(), nb, C,

@@ -25,6 +25,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -64,6 +65,14 @@ Kernels<T> kernels() {
   return {&baseline::forward_pass<T>, &baseline::backward_pass<T>};
 }
 
+// What the excitation reads per call whatever the chunk: its weights.
+int64_t weight_bytes(const SeWeights& w) {
+  int64_t b = static_cast<int64_t>(w.w1.nbytes());
+  for (const auto* t : {&w.b1, &w.w2, &w.b2})
+    if (t->has_value()) b += static_cast<int64_t>((*t)->nbytes());
+  return b;
+}
+
 at::Tensor rows(const at::Tensor& t, int64_t n0, int64_t nb) { return t.numel() ? t.narrow(0, n0, nb) : t; }
 
 template <typename A>
@@ -74,10 +83,8 @@ A* ptr_or_null(const at::Tensor& t, int64_t offset) {
 }  // namespace
 
 // Bytes of the big tensors a chunk may touch and still be cached when it is
-// read the second time: half the last-level cache, between 4 and 32 MiB
-// (measured on a 2-core Xeon VM: one 25 MiB chunk beat four 6 MiB ones, the
-// rescale's re-read coming from L3 either way). FUSED_ATTN_CPU_CHUNK_BYTES
-// overrides.
+// read the second time: half the last-level cache, between 4 and 32 MiB.
+// FUSED_ATTN_CPU_CHUNK_BYTES overrides.
 static int64_t cache_budget() {
   if (const char* env = std::getenv("FUSED_ATTN_CPU_CHUNK_BYTES")) {
     const long long v = std::atoll(env);
@@ -99,6 +106,26 @@ int64_t chunk_samples(int64_t N, int64_t bytes_per_sample) {
   return std::clamp<int64_t>(cache_budget() / std::max<int64_t>(bytes_per_sample, 1), 1, std::max<int64_t>(N, 1));
 }
 
+// The fixed cost of one chunk of the pipelined passes (a parallel region, the
+// excitation's calls), as the bytes DRAM moves meanwhile: ~10 µs at ~25 GB/s,
+// read off ECA's forward at 8×2048×7² on the 2-core Xeon VM (two samples per
+// chunk beat one by ~20 µs: four chunks fewer).
+constexpr int64_t kChunkFixedBytes = int64_t{256} << 10;
+
+int64_t pipeline_chunk(int64_t N, int64_t first_read_bytes, int64_t cached_bytes, int64_t excite_bytes) {
+  if (N <= 1) return 1;
+  if (const char* env = std::getenv("FUSED_ATTN_CPU_CHUNK_SAMPLES")) {
+    const long long v = std::atoll(env);
+    if (v > 0) return std::min<int64_t>(v, N);
+  }
+  const double per_chunk = static_cast<double>(kChunkFixedBytes + std::max<int64_t>(excite_bytes, 0));
+  const double best = std::sqrt(static_cast<double>(N) * per_chunk / static_cast<double>(std::max<int64_t>(first_read_bytes, 1)));
+  int64_t nb = std::clamp<int64_t>(std::llround(best), 1, std::min(N, chunk_samples(N, cached_bytes)));
+  // As many chunks as that takes, evened out (8 as 4 + 4, not 7 + 1).
+  const int64_t chunks = (N + nb - 1) / nb;
+  return (N + chunks - 1) / chunks;
+}
+
 // Stream an output to memory (non-temporal stores) when it is large (8 MiB or
 // more: unlikely to be cache-resident for the next layer, and writing it
 // through the cache evicts the chunk being re-read) and its rows are whole
@@ -114,12 +141,13 @@ bool stream_output(const at::Tensor& out, int64_t row_elems) {
 }
 
 void gate_forward_cpu(const Geometry& geo, at::Tensor& y, at::Tensor& pooled, at::Tensor& maxv,
-                      const ExciteForward& excite) {
+                      int64_t excite_bytes, const ExciteForward& excite) {
   const int64_t N = geo.N, C = geo.C, HW = geo.HW;
   if (N == 0) return;
   const at::Tensor& x = geo.x;
   const auto opts = pooled.options();
-  const int64_t chunk = chunk_samples(N, C * HW * static_cast<int64_t>(x.element_size()) * 2);
+  const int64_t xs = C * HW * static_cast<int64_t>(x.element_size());
+  const int64_t chunk = pipeline_chunk(N, xs, 2 * xs, excite_bytes);
   const bool nt = stream_output(y, geo.row());
   // Software pipeline over chunks: chunk k is rescaled in the same parallel
   // pass that pools chunk k + 1.
@@ -148,7 +176,7 @@ void gate_forward_cpu(const Geometry& geo, at::Tensor& y, at::Tensor& pooled, at
 }
 
 void gate_backward_cpu(const Geometry& geo, const at::Tensor& dy, const at::Tensor& maxv, at::Tensor& dx,
-                       const ExciteBackward& excite) {
+                       int64_t excite_bytes, const ExciteBackward& excite) {
   const int64_t N = geo.N, C = geo.C, HW = geo.HW;
   if (N == 0) return;
   const at::Tensor& x = geo.x;
@@ -156,8 +184,9 @@ void gate_backward_cpu(const Geometry& geo, const at::Tensor& dy, const at::Tens
   const auto opts = x.options().dtype(acc_dtype(x));
   at::Tensor s = at::empty({N, C}, opts);
   at::Tensor cnt = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
-  // A chunk touches dy, x and dx.
-  const int64_t chunk = chunk_samples(N, C * HW * static_cast<int64_t>(x.element_size()) * 3);
+  // The first chunk's reduction reads dy and x; a chunk touches dy, x and dx.
+  const int64_t xs = C * HW * static_cast<int64_t>(x.element_size());
+  const int64_t chunk = pipeline_chunk(N, 2 * xs, 3 * xs, excite_bytes);
   const bool nt = stream_output(dx, geo.row());
   // The same pipeline as the forward: dx of chunk k and Σ dy·x of chunk
   // k + 1 in one pass.
@@ -209,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   if (geo.N == 0) return out.tuple();
 
   const SeWeights w = se_weights(w1, b1, w2, b2, acc_dtype(x_in));
-  gate_forward_cpu(geo, out.y, out.pooled, out.maxv, [&](int64_t n0, int64_t nb, at::Tensor& g) {
+  gate_forward_cpu(geo, out.y, out.pooled, out.maxv, weight_bytes(w), [&](int64_t n0, int64_t nb, at::Tensor& g) {
     at::Tensor h = rows(out.hidden, n0, nb);
     at::Tensor z = out.logits.narrow(0, n0, nb);
     excite_forward(w, act, gate, out.pooled.narrow(0, n0, nb), h, z, g);
@@ -239,7 +268,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   const int64_t rd = w1.size(0);
   at::Tensor dz = at::zeros({N, C}, opts);             // dL/dlogits, every sample: for the weight gradients
   at::Tensor dh = at::zeros({two ? N : 0, rd}, opts);  // dL/dhidden
-  gate_backward_cpu(geo, dy, maxv, dx, [&](int64_t n0, int64_t nb, const at::Tensor& s, at::Tensor& g, at::Tensor& dp) {
+  // The excitation backward's small products cost about four forward ones per
+  // call (BLAS at a few rows; measured at 8×2048×7²: the whole batch in one
+  // chunk beat two chunks by 9%, bench/cpu_chunks.py).
+  gate_backward_cpu(geo, dy, maxv, dx, 4 * weight_bytes(w), [&](int64_t n0, int64_t nb, const at::Tensor& s, at::Tensor& g, at::Tensor& dp) {
     at::Tensor dz_c = dz.narrow(0, n0, nb), dh_c = rows(dh, n0, nb);
     excite_backward(w, act, gate, s, rows(hidden, n0, nb), logits.narrow(0, n0, nb), g, dz_c, dh_c, dp);
   });
