@@ -13,6 +13,8 @@
 #   make triton-check  every Triton kernel variant the ops launch, compiled for sm_90 without a
 #                GPU (the interpreter never compiles them) by the GPU machine's triton (the
 #                floor venv's 3.6), and checked by Inductor's mutation analysis
+#   make cuda-emu  the CBAM and SE two-phase CUDA kernels run on the CPU (fibers for threads,
+#                ASan/UBSan) against a double-precision reference (tools/cuda_emu/README.md)
 #   make gpu-prebuild  the CUDA build for a lent GPU (torch 2.11 of the floor venv, sm_90) into
 #                .prebuilt/ with its stamp (tools/build_stamp.py): carry `.prebuilt` in the device
 #                call and bench/gpu_check.sh's build step uses it instead of compiling there
@@ -39,7 +41,7 @@ FLOOR_DEPS := torch==2.11.0 torchvision==0.26.0 "numpy<2.4" "setuptools<82" timm
 FLOOR_SRC := build/floor
 FLOOR_TESTS ?= tests
 
-.PHONY: bench test test-floor triton-check gpu-prebuild build cmake clean venv
+.PHONY: bench test test-floor triton-check cuda-emu gpu-prebuild build cmake clean venv
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +91,11 @@ test-floor: $(FLOOR_VENV)/.deps
 # would otherwise first show on a GPU.
 triton-check: $(FLOOR_VENV)/.deps
 	$(FLOOR_PY) tools/triton_compile_check.py --mutation
+
+# The CUDA kernels' logic checked without a GPU: an emulation that runs them
+# on the CPU (needs g++ only; builds under build/cuda_emu).
+cuda-emu:
+	bash tools/cuda_emu/run.sh
 
 # Device time is short (a quarter hour a session, its start included) and the
 # CUDA build takes minutes of it: build here, against the GPU machine's torch

@@ -1,0 +1,364 @@
+// CBAM kernels (cbam_kernels.cu) against a double-precision reference of cbam_cuda.h's formulas.
+#include "cbam_cuda.h"
+#include "common.h"
+
+#include <algorithm>
+
+using namespace fused_attn::cuda;
+
+namespace {
+
+struct CbamCase {
+  int N, C, H, W;
+  bool cl;
+  int sm;
+  int mis_x, mis_dy, mis_out;  // elements past 16-byte alignment
+  int mode;                    // 0 random, 1 ties, 2 with NaN / inf
+  int policy;
+  std::string str() const {
+    char b[256];
+    std::snprintf(b, sizeof b, "N=%d C=%d H=%d W=%d %s sm=%d mis(x,dy,out)=(%d,%d,%d) mode=%s policy=%d", N, C, H, W,
+                  cl ? "channels_last" : "NCHW", sm, mis_x, mis_dy, mis_out,
+                  mode == 0 ? "random" : mode == 1 ? "ties" : "nonfinite", policy);
+    return b;
+  }
+};
+
+template <class T>
+bool run_cbam(const CbamCase& k, std::mt19937_64& rng) {
+  using A = typename Ty<T>::A;
+  const int64_t N = k.N, C = k.C, HW = int64_t{k.H} * k.W, total = N * C * HW;
+  const double u = std::is_same<A, double>::value ? 1.2e-16 : 6.0e-8;
+  std::uniform_real_distribution<double> U(-2, 2), P(0.05, 1), S(-1, 1);
+  std::uniform_int_distribution<int> pick(0, 4), pct(0, 99);
+  const double tie_vals[5] = {-1, -0.5, 0.5, 1, 1.5};
+  auto idx = [&](int64_t n, int64_t c, int64_t q) { return k.cl ? (n * HW + q) * C + c : (n * C + c) * HW + q; };
+
+  Buf<T> x(total, k.mis_x), dy(total, k.mis_dy), out(total, k.mis_out);
+  Buf<A> g(N * C), mx(N * C), a(N * C), b(N * C), s(N * HW), cmax(N * HW), dcmean(N * HW), dcmax(N * HW);
+  Buf<A> sum_pix(N * HW), ext_pix(N * HW), sum_ch(N * C), ext_ch(N * C);
+  for (int64_t i = 0; i < total; ++i) {
+    double v = k.mode == 1 ? tie_vals[pick(rng)] : U(rng);
+    if (k.mode == 2) {
+      const int r = pct(rng);
+      if (r == 0) v = INFINITY;
+      else if (r == 1) v = -INFINITY;
+      else if (r == 2) v = NAN;
+    }
+    x[i] = Ty<T>::from_d(v);
+    dy[i] = Ty<T>::from_d(S(rng));
+  }
+  for (int64_t i = 0; i < N * C; ++i) {
+    g[i] = static_cast<A>(k.mode == 1 ? (pick(rng) < 2 ? 0.5 : 1.0) : P(rng));
+    a[i] = static_cast<A>(S(rng));
+    b[i] = static_cast<A>(S(rng));
+  }
+  for (int64_t i = 0; i < N * HW; ++i) {
+    s[i] = static_cast<A>(P(rng));
+    dcmean[i] = static_cast<A>(S(rng));
+    dcmax[i] = static_cast<A>(S(rng));
+  }
+  // x1 exactly as the formula says: the product in A, rounded to T.
+  auto xa = [&](int64_t n, int64_t c, int64_t q) -> A { return static_cast<A>(Ty<T>::to_d(x[idx(n, c, q)])); };
+  auto x1 = [&](int64_t n, int64_t c, int64_t q) -> double {
+    const A prod = xa(n, c, q) * g[n * C + c];
+    return Ty<T>::round_acc(prod);
+  };
+  auto nanmax = [](double m, double v) { return (m > v || m != m) ? m : v; };
+  // Reference max pools (inputs of the later passes).
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t q = 0; q < HW; ++q) {
+      double m = -INFINITY;
+      for (int64_t c = 0; c < C; ++c) m = nanmax(m, x1(n, c, q));
+      cmax[n * HW + q] = static_cast<A>(m);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      double m = -INFINITY;
+      for (int64_t q = 0; q < HW; ++q) m = nanmax(m, xa(n, c, q));
+      mx[n * C + c] = static_cast<A>(m);
+    }
+  }
+
+  CbamPass p;
+  p.dtype = Ty<T>::dt;
+  p.N = N, p.C = C, p.HW = HW;
+  p.channels_last = k.cl;
+  p.sm_count = k.sm;
+  p.x = x.p, p.dy = dy.p, p.g = g.p, p.mx = mx.p, p.a = a.p, p.b = b.p;
+  p.s = s.p, p.cmax = cmax.p, p.dcmean = dcmean.p, p.dcmax = dcmax.p;
+  bool ok = true;
+  const std::string tn = Ty<T>::name;
+
+  auto run_reduce = [&](CbamReduce kind, const char* kname, Buf<A>& sum, Buf<A>& ext, int64_t outputs) {
+    CbamPass q = p;
+    q.sum = sum.p, q.ext = ext.p;
+    sum.fill_bytes(0xff), ext.fill_bytes(0xff);
+    q.segments = cbam_reduce_segments(q, kind);
+    Buf<A> ws(q.segments > 1 ? 2 * q.segments * N * outputs : 0);
+    if (q.segments > 1) {
+      ws.fill_bytes(0xff);
+      q.partials = ws.p;
+      // A wrong segment count must be refused.
+      CbamPass bad = q;
+      bad.segments = q.segments + 1;
+      if (cbam_reduce(bad, kind, nullptr) != cudaErrorInvalidValue) {
+        std::printf("  %s: accepted a wrong segment count\n", kname);
+        ok = false;
+      }
+    }
+    const cudaError_t e = cbam_reduce(q, kind, nullptr);
+    if (e != cudaSuccess || cudaGetLastError() != cudaSuccess) {
+      std::printf("  %s returned %d\n", kname, static_cast<int>(e));
+      ok = false;
+    }
+    return q.segments;
+  };
+
+  // ---- ChannelPool: mean_c x1, max_c x1 per pixel.
+  {
+    const int64_t segs = run_reduce(CbamReduce::ChannelPool, "ChannelPool", sum_pix, ext_pix, HW);
+    Check cs(tn + " ChannelPool.sum segs=" + std::to_string(segs)), ce(tn + " ChannelPool.ext");
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t q = 0; q < HW; ++q) {
+        double sm = 0, mag = 0;
+        for (int64_t c = 0; c < C; ++c) sm += x1(n, c, q), mag += std::fabs(x1(n, c, q));
+        cs.near(at2(n, q), sum_pix[n * HW + q], sm / C, u * (C / 8.0 + 40) * mag / C + 1e-300);
+        ce.exact(at2(n, q), ext_pix[n * HW + q], cmax[n * HW + q]);
+      }
+    ok &= cs.done() & ce.done();
+  }
+  // ---- PixelReduce: Σ_c dy·x1, #{c : x1 == cmax}.
+  {
+    const int64_t segs = run_reduce(CbamReduce::PixelReduce, "PixelReduce", sum_pix, ext_pix, HW);
+    Check cs(tn + " PixelReduce.sum segs=" + std::to_string(segs)), ce(tn + " PixelReduce.ext");
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t q = 0; q < HW; ++q) {
+        double sm = 0, mag = 0, cnt = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const double d = Ty<T>::to_d(dy[idx(n, c, q)]), v = x1(n, c, q);
+          sm += d * v, mag += std::fabs(d * v);
+          cnt += v == static_cast<double>(cmax[n * HW + q]);
+        }
+        cs.near(at2(n, q), sum_pix[n * HW + q], sm, u * (C / 8.0 + 40) * mag + 1e-300);
+        ce.exact(at2(n, q), ext_pix[n * HW + q], cnt);
+      }
+    ok &= cs.done() & ce.done();
+  }
+  auto dx1 = [&](int64_t n, int64_t c, int64_t q, double* mag) {
+    const int64_t pix = n * HW + q;
+    const double t1 = Ty<T>::to_d(dy[idx(n, c, q)]) * s[pix];
+    double d = t1 + dcmean[pix];
+    *mag = std::fabs(t1) + std::fabs(dcmean[pix]);
+    if (x1(n, c, q) == static_cast<double>(cmax[pix])) d += dcmax[pix], *mag += std::fabs(dcmax[pix]);
+    return d;
+  };
+  // ---- ChannelReduce: Σ_hw dx1·x, #{q : x == mx}.
+  {
+    const int64_t segs = run_reduce(CbamReduce::ChannelReduce, "ChannelReduce", sum_ch, ext_ch, C);
+    Check cs(tn + " ChannelReduce.sum segs=" + std::to_string(segs)), ce(tn + " ChannelReduce.ext");
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        double sm = 0, mag = 0, cnt = 0;
+        for (int64_t q = 0; q < HW; ++q) {
+          double m;
+          const double d = dx1(n, c, q, &m), xv = xa(n, c, q);
+          sm += d * xv, mag += m * std::fabs(xv);
+          cnt += xv == static_cast<double>(mx[n * C + c]);
+        }
+        cs.near(at2(n, c), sum_ch[n * C + c], sm, u * (HW / 8.0 + 40) * mag + 1e-300);
+        ce.exact(at2(n, c), ext_ch[n * C + c], cnt);
+      }
+    ok &= cs.done() & ce.done();
+  }
+  // ---- rescale: y = x1·s.
+  {
+    CbamPass q = p;
+    q.out = out.p;
+    out.fill_bytes(0xff);
+    if (cbam_rescale(q, nullptr) != cudaSuccess) std::printf("  rescale failed\n"), ok = false;
+    Check cy(tn + " rescale.y");
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t qq = 0; qq < HW; ++qq) {
+          const double r = x1(n, c, qq) * s[n * HW + qq];
+          const double ref = Ty<T>::to_d(Ty<T>::from_d(r));
+          cy.near(at3(n, c, qq), Ty<T>::to_d(out[idx(n, c, qq)]), ref, Ty<T>::ulp(ref) + 4 * u * std::fabs(r));
+        }
+    ok &= cy.done();
+  }
+  // ---- input_grad: dx = dx1·g + a (+ b where x == mx).
+  {
+    CbamPass q = p;
+    q.out = out.p;
+    out.fill_bytes(0xff);
+    if (cbam_input_grad(q, nullptr) != cudaSuccess) std::printf("  input_grad failed\n"), ok = false;
+    Check cd(tn + " input_grad.dx");
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t qq = 0; qq < HW; ++qq) {
+          double m;
+          const double d = dx1(n, c, qq, &m);
+          const int64_t nc = n * C + c;
+          double r = d * g[nc] + a[nc], mag = m * g[nc] + std::fabs(a[nc]);
+          if (xa(n, c, qq) == static_cast<double>(mx[nc])) r += b[nc], mag += std::fabs(b[nc]);
+          const double ref = Ty<T>::to_d(Ty<T>::from_d(r));
+          cd.near(at3(n, c, qq), Ty<T>::to_d(out[idx(n, c, qq)]), ref, Ty<T>::ulp(ref) + 16 * u * mag);
+        }
+    ok &= cd.done();
+  }
+  return ok;
+}
+
+// ---- the convolution and its weight gradient --------------------------------
+template <class A>
+bool run_conv(int N, int H, int W, int cin, int cout, int kk, int policy, std::mt19937_64& rng) {
+  (void)policy;
+  const int64_t HW = int64_t{H} * W;
+  const double u = std::is_same<A, double>::value ? 1.2e-16 : 6.0e-8;
+  std::uniform_real_distribution<double> U(-1, 1);
+  Buf<A> in(N * cin * HW), w(int64_t{cout} * cin * kk * kk), dz(N * HW), out(N * cout * HW), part(N * cin * kk * kk);
+  for (size_t i = 0; i < in.n; ++i) in[i] = static_cast<A>(U(rng));
+  for (size_t i = 0; i < w.n; ++i) w[i] = static_cast<A>(U(rng));
+  for (size_t i = 0; i < dz.n; ++i) dz[i] = static_cast<A>(U(rng));
+  CbamConv c;
+  c.acc = std::is_same<A, double>::value ? DType::F64 : DType::F32;
+  c.N = N, c.H = H, c.W = W, c.cin = cin, c.cout = cout, c.k = kk;
+  c.in = in.p, c.w = w.p, c.dz = dz.p;
+  const int pad = (kk - 1) / 2;
+  const std::string tn = std::is_same<A, double>::value ? "f64" : "f32";
+  bool ok = true;
+  out.fill_bytes(0xff);
+  c.out = out.p;
+  if (cbam_conv(c, nullptr) != cudaSuccess) std::printf("  conv failed\n"), ok = false;
+  Check co(tn + " conv");
+  for (int n = 0; n < N; ++n)
+    for (int o = 0; o < cout; ++o)
+      for (int y = 0; y < H; ++y)
+        for (int x = 0; x < W; ++x) {
+          double sm = 0, mag = 0;
+          for (int ci = 0; ci < cin; ++ci)
+            for (int i = 0; i < kk; ++i)
+              for (int j = 0; j < kk; ++j) {
+                const int yy = y + i - pad, xx = x + j - pad;
+                if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
+                const double t = double(w[((o * cin) + ci) * kk * kk + i * kk + j]) * in[(n * cin + ci) * HW + yy * W + xx];
+                sm += t, mag += std::fabs(t);
+              }
+          co.near(at3(n, o, y * W + x), out[(n * cout + o) * HW + y * W + x], sm, u * (cin * kk * kk + 4) * mag + 1e-300);
+        }
+  ok &= co.done();
+  part.fill_bytes(0xff);
+  c.out = part.p;
+  if (cbam_conv_wgrad(c, nullptr) != cudaSuccess) std::printf("  conv_wgrad failed\n"), ok = false;
+  Check cw(tn + " conv_wgrad");
+  for (int n = 0; n < N; ++n)
+    for (int ci = 0; ci < cin; ++ci)
+      for (int i = 0; i < kk; ++i)
+        for (int j = 0; j < kk; ++j) {
+          double sm = 0, mag = 0;
+          for (int y = 0; y < H; ++y)
+            for (int x = 0; x < W; ++x) {
+              const int yy = y + i - pad, xx = x + j - pad;
+              if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
+              const double t = double(dz[n * HW + y * W + x]) * in[(n * cin + ci) * HW + yy * W + xx];
+              sm += t, mag += std::fabs(t);
+            }
+          cw.near(at3(n, ci, i * kk + j), part[(n * cin + ci) * kk * kk + i * kk + j], sm,
+                  u * (HW / 256.0 + 12) * mag + 1e-300);
+        }
+  ok &= cw.done();
+  return ok;
+}
+
+}  // namespace
+
+bool cbam_case_any(DType dt, const CbamCase& k, std::mt19937_64& rng) {
+  switch (dt) {
+    case DType::F32: return run_cbam<float>(k, rng);
+    case DType::F64: return run_cbam<double>(k, rng);
+    case DType::F16: return run_cbam<__half>(k, rng);
+    case DType::BF16: return run_cbam<__nv_bfloat16>(k, rng);
+  }
+  return false;
+}
+
+void run_cbam_suite(bool quick) {
+  std::mt19937_64 rng(2024);
+  const DType dts[4] = {DType::F32, DType::F16, DType::BF16, DType::F64};
+  const int Cs[5] = {1, 3, 17, 64, 130};
+  const int HWs[5][2] = {{1, 1}, {3, 5}, {7, 7}, {14, 14}, {33, 31}};
+  const int sms[3] = {1, 4, 132};
+  long idx = 0;
+  for (DType dt : dts)
+    for (int cl = 0; cl < 2; ++cl)
+      for (int ci = 0; ci < 5; ++ci)
+        for (int hi = 0; hi < 5; ++hi) {
+          if (quick && (ci + hi) % 3 != 0) continue;
+          ++idx;
+          CbamCase k;
+          k.C = Cs[ci], k.H = HWs[hi][0], k.W = HWs[hi][1], k.cl = cl;
+          k.N = (idx % 2) ? 1 : 3;
+          if (k.C * k.H * k.W >= 64 * 1023) k.N = 1;   // keep the emulation fast
+          k.sm = sms[idx % 3];
+          const int m = static_cast<int>(idx % 5);
+          k.mis_x = m == 1, k.mis_dy = m == 2, k.mis_out = m == 3;
+          k.mode = static_cast<int>((idx / 5) % 3);
+          k.policy = static_cast<int>(idx % 3);
+          emu::policy = k.policy;
+          ++g_stats.cases;
+          const char* tn = dt == DType::F32 ? "f32" : dt == DType::F16 ? "f16" : dt == DType::BF16 ? "bf16" : "f64";
+          if (g_verbose) std::printf("cbam %s %s\n", tn, k.str().c_str());
+          std::fflush(stdout);
+          if (!cbam_case_any(dt, k, rng)) {
+            ++g_stats.failed_cases;
+            std::printf("FAILED cbam %s %s\n", tn, k.str().c_str());
+          }
+        }
+  // Extra: shapes chosen to hit the segmented path and wpr = 8 for every kind,
+  // with ties and several schedules.
+  struct X { int N, C, H, W, cl, sm, mode; } extra[] = {
+      {1, 2048, 1, 3, 1, 132, 0},   // channels_last: ChannelPool/PixelReduce rows with wpr 8 (L = C = 2048)
+      {1, 300, 2, 2, 0, 132, 1},    // NCHW: ChannelPool/PixelReduce cols, segmented over C
+      {3, 5, 40, 41, 1, 132, 1},    // channels_last: ChannelReduce cols, segmented over HW
+      {1, 3, 40, 41, 0, 132, 2},    // NCHW: ChannelReduce rows, wpr 8 (L = HW = 1640)
+      {2, 257, 3, 3, 0, 200, 0},    // NCHW, C odd, segmented
+      {1, 64, 1, 1, 0, 132, 1},     // H·W = 1 (the glue treats it as channels_last)
+      {1, 300, 2, 4, 0, 132, 0},    // NCHW: ChannelPool/PixelReduce cols, vectorized (H·W = 8) and segmented
+      {1, 3, 48, 48, 0, 132, 1},    // NCHW: ChannelReduce rows, vectorized, wpr 8
+  };
+  for (const X& e : extra)
+    for (DType dt : dts)
+      for (int pol = 0; pol < (quick ? 1 : 3); ++pol) {
+        CbamCase k{e.N, e.C, e.H, e.W, e.cl != 0, e.sm, 0, 0, 0, e.mode, pol};
+        k.mis_x = pol == 1;
+        emu::policy = pol;
+        ++g_stats.cases;
+        const char* tn = dt == DType::F32 ? "f32" : dt == DType::F16 ? "f16" : dt == DType::BF16 ? "bf16" : "f64";
+        if (g_verbose) std::printf("cbam %s %s\n", tn, k.str().c_str());
+        if (!cbam_case_any(dt, k, rng)) {
+          ++g_stats.failed_cases;
+          std::printf("FAILED cbam %s %s\n", tn, k.str().c_str());
+        }
+      }
+  // The convolution.
+  const int convHW[5][2] = {{1, 1}, {3, 5}, {7, 7}, {14, 14}, {33, 31}};
+  for (int a = 0; a < 2; ++a)
+    for (int kk : {1, 3, 7})
+      for (int cin : {1, 2})
+        for (int cout : {1, 2})
+          for (int hi = 0; hi < 5; ++hi) {
+            if (quick && hi % 2) continue;
+            const int N = (hi % 2) ? 3 : 1;
+            emu::policy = hi % 3;
+            ++g_stats.cases;
+            const bool ok = a ? run_conv<double>(N, convHW[hi][0], convHW[hi][1], cin, cout, kk, hi % 3, rng)
+                              : run_conv<float>(N, convHW[hi][0], convHW[hi][1], cin, cout, kk, hi % 3, rng);
+            if (g_verbose) std::printf("conv %s N=%d H=%d W=%d cin=%d cout=%d k=%d\n", a ? "f64" : "f32", N,
+                                       convHW[hi][0], convHW[hi][1], cin, cout, kk);
+            if (!ok) {
+              ++g_stats.failed_cases;
+              std::printf("FAILED conv %s N=%d H=%d W=%d cin=%d cout=%d k=%d\n", a ? "f64" : "f32", N, convHW[hi][0],
+                          convHW[hi][1], cin, cout, kk);
+            }
+          }
+}

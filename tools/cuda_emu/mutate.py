@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Mutation check of the emulation: each mutant plants one bug in a copy of the
+rewritten sources (after run.sh has built them) and must be caught.
+
+    python3 tools/cuda_emu/mutate.py [NAME ...]
+
+Builds each under $BUILD/mut/NAME and runs the quick suite (or the cap2 build,
+for the mutants only the grid-stride loops reach); prints CAUGHT or NOT CAUGHT.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD = os.path.abspath(os.environ.get("EMU_BUILD", os.path.join(HERE, "..", "..", "build", "cuda_emu")))
+M = {
+  # name: (file, old, new, binary, args)
+  "cbam_shfl_short": ("cbam_kernels.cu", "for (int offset = 16; offset > 0; offset >>= 1) {\n      const A s = __shfl_xor_sync(0xffffffffu, acc.sum, offset);",
+                      "for (int offset = 8; offset > 0; offset >>= 1) {\n      const A s = __shfl_xor_sync(0xffffffffu, acc.sum, offset);", "emu_test", ["--quick", "--cbam"]),
+  "cbam_cols_no_barrier": ("cbam_kernels.cu", "      part_ext[ty][tx * V + k] = acc[k].ext;\n    }\n    __syncthreads();",
+                           "      part_ext[ty][tx * V + k] = acc[k].ext;\n    }\n", "emu_test", ["--quick", "--cbam"]),
+  "cbam_partials_index": ("cbam_kernels.cu", "partials[(p.segments + seg) * rows + row] = total.ext;",
+                          "partials[(p.segments + seg - 1) * rows + row] = total.ext;", "emu_test", ["--quick", "--cbam"]),
+  "cbam_seg_len": ("cbam_kernels.cu", "const int64_t seg_len = ceil_div(L, p.segments);", "const int64_t seg_len = L / p.segments;",
+                   "emu_test", ["--quick", "--cbam"]),
+  "cbam_rows_wpr_merge": ("cbam_kernels.cu", "for (int w = 1; w < wpr; ++w)", "for (int w = 1; w < wpr - 1; ++w)", "emu_test", ["--quick", "--cbam"]),
+  "cbam_tail_barrier_cap2": ("cbam_kernels.cu", "    __syncthreads();  // the partials are rewritten for the next sample", "",
+                             "cap2/emu_test", ["--quick", "--cbam"]),
+  "cbam_wgrad_tree": ("cbam_kernels.cu", "if (static_cast<int>(threadIdx.x) < width) buf[threadIdx.x] += buf[threadIdx.x + width];\n    __syncthreads();",
+                      "if (static_cast<int>(threadIdx.x) < width) buf[threadIdx.x] += buf[threadIdx.x + width];", "emu_test", ["--quick", "--cbam"]),
+  "se_cols_merge": ("se_kernels.cuh", "for (int j = 1; j < kColsY; ++j)", "for (int j = 1; j < kColsY - 1; ++j)", "emu_test", ["--quick", "--se"]),
+  "se_vec_oob": ("se_kernels.cuh", "  if (row % kVec<T> != 0) return false;", "", "emu_test", ["--quick", "--se"]),
+  "se_tail_barrier_cap2": ("se_kernels.cuh", "    __syncthreads();  // the partials are rewritten for the next sample", "",
+                           "cap2/emu_test", ["--quick", "--se"]),
+}
+names = sys.argv[1:] or list(M)
+missed = 0
+for name in names:
+    f, old, new, binary, args = M[name]
+    d = os.path.join(BUILD, "mut", name)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(os.path.join(BUILD, "src"), os.path.join(d, "src"))
+    p = os.path.join(d, "src", f)
+    s = open(p).read()
+    assert old in s, (name, "pattern not found: the kernels changed; update the mutant")
+    open(p, "w").write(s.replace(old, new))
+    r = subprocess.run(["make", "-s", "-j2", "-C", HERE, f"BUILD={d}", os.path.join(d, binary)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        print(name, "BUILD FAILED", r.stderr[-2000:])
+        missed += 1
+        continue
+    env = dict(os.environ, ASAN_OPTIONS="detect_stack_use_after_return=0:detect_leaks=0", UBSAN_OPTIONS="halt_on_error=1")
+    r = subprocess.run([os.path.join(d, binary)] + args, capture_output=True, text=True, env=env, timeout=1500)
+    out = r.stdout + r.stderr
+    caught = r.returncode != 0
+    missed += not caught
+    first = next((l for l in out.splitlines()
+                  if "MISMATCH" in l or "ERROR" in l or "EMU FAILURE" in l or "runtime error" in l), "")
+    print(f"{name}: {'CAUGHT' if caught else 'NOT CAUGHT'} (rc={r.returncode}) {first.strip()[:200]}", flush=True)
+sys.exit(1 if missed else 0)

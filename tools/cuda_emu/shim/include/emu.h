@@ -1,0 +1,153 @@
+// CPU emulation shim for CUDA kernels: one ucontext fiber per CUDA thread,
+// one block at a time, barriers / warp exchanges as cooperative switches.
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <type_traits>
+
+#ifndef EMU_CAP_65535
+#define EMU_CAP_65535 65535
+#endif
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+// Per-block storage: function statics shared by the block's fibers (one block
+// runs at a time); prepare.py adds emu::shared_decl after each declaration,
+// which fills the array with 0xFF bytes (NaN) once per block.
+#define __shared__ static
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct uint3 { unsigned x, y, z; };
+extern uint3 threadIdx, blockIdx;
+extern dim3 blockDim, gridDim;
+
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
+typedef struct CUstream_st* cudaStream_t;
+cudaError_t cudaGetLastError();
+
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline double __longlong_as_double(long long i) { double d; std::memcpy(&d, &i, 8); return d; }
+
+// ---- half / bfloat16 (storage types; conversions round to nearest even) ----
+struct __half { uint16_t x; };
+struct __nv_bfloat16 { uint16_t x; };
+
+inline float __half2float(__half h) {
+  const uint32_t s = (h.x & 0x8000u) << 16, e = (h.x >> 10) & 0x1f, m = h.x & 0x3ff;
+  uint32_t u;
+  if (e == 0) {
+    if (m == 0) u = s;
+    else {  // subnormal: m * 2^-24
+      float f = std::ldexp(static_cast<float>(m), -24);
+      std::memcpy(&u, &f, 4);
+      u |= s;
+    }
+  } else if (e == 31) {
+    u = s | 0x7f800000u | (m << 13);
+  } else {
+    u = s | ((e + 112) << 23) | (m << 13);
+  }
+  float f; std::memcpy(&f, &u, 4); return f;
+}
+inline __half __float2half_rn(float f) {
+  uint32_t u; std::memcpy(&u, &f, 4);
+  const uint16_t s = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  __half h;
+  if (a > 0x7f800000u) { h.x = s | 0x7e00u; return h; }                 // NaN
+  if (a >= 0x477ff000u) { h.x = s | 0x7c00u; return h; }                // >= 65520: inf
+  if (a >= 0x38800000u) {                                                // normal half
+    const uint32_t mant = a & 0x7fffff, exp = (a >> 23) - 112;
+    uint32_t r = (exp << 10) | (mant >> 13);
+    const uint32_t rem = mant & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) ++r;
+    h.x = static_cast<uint16_t>(s | r); return h;
+  }
+  // subnormal or zero: value = a_float / 2^-24, rounded to an integer (ties to even)
+  float af; std::memcpy(&af, &a, 4);
+  const double q = static_cast<double>(af) * 16777216.0;  // exact
+  double r = std::nearbyint(q);                             // default mode: ties to even
+  h.x = static_cast<uint16_t>(s | static_cast<uint16_t>(r)); return h;
+}
+inline float __bfloat162float(__nv_bfloat16 b) {
+  uint32_t u = static_cast<uint32_t>(b.x) << 16; float f; std::memcpy(&f, &u, 4); return f;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  uint32_t u; std::memcpy(&u, &f, 4);
+  __nv_bfloat16 b;
+  if ((u & 0x7fffffffu) > 0x7f800000u) { b.x = static_cast<uint16_t>((u >> 16) | 0x40); return b; }
+  u += 0x7fffu + ((u >> 16) & 1);
+  b.x = static_cast<uint16_t>(u >> 16); return b;
+}
+
+namespace emu {
+
+// Scheduling policies (threads within a block, and blocks): 0 in order,
+// 1 reversed, 2 random.
+extern int policy;
+extern unsigned long long launches, blocks_run;
+extern bool dry_run;  // validate the launch configuration only
+
+struct Cfg {
+  dim3 grid, block;
+  size_t smem;
+  cudaStream_t stream;
+  Cfg(dim3 g, dim3 b, size_t s = 0, cudaStream_t st = nullptr) : grid(g), block(b), smem(s), stream(st) {}
+};
+void launch(const char* name, const char* where, const Cfg& cfg, const std::function<void()>& body);
+void syncthreads();
+// Exchange through the warp: every lane of the warp deposits `bytes`, then reads lane src's.
+void warp_exchange(const void* in, void* out, size_t bytes, unsigned mask, int src_lane);
+int lane_id();
+void shared_decl(void* p, size_t bytes);
+// Coverage: a named launch argument of the next launch.
+void note(const char* name, long v);
+void print_coverage();
+[[noreturn]] void fail(const char* fmt, ...);
+
+}  // namespace emu
+
+#define __syncthreads() ::emu::syncthreads()
+
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= 16, "shfl type");
+  const int lane = ::emu::lane_id();
+  int src = lane ^ lane_mask;
+  if (width != 32) src = (lane & ~(width - 1)) | (src & (width - 1));
+  T r;
+  ::emu::warp_exchange(&v, &r, sizeof(T), mask, src);
+  return r;
+}
+template <class T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  const int lane = ::emu::lane_id();
+  int src = lane + static_cast<int>(delta);
+  if ((src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;
+  T r;
+  ::emu::warp_exchange(&v, &r, sizeof(T), mask, src);
+  return r;
+}
+template <class T>
+inline T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+  const int lane = ::emu::lane_id();
+  int src = (lane & ~(width - 1)) | (src_lane & (width - 1));
+  T r;
+  ::emu::warp_exchange(&v, &r, sizeof(T), mask, src);
+  return r;
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  int d = 0, r;
+  ::emu::warp_exchange(&d, &r, sizeof(int), mask, ::emu::lane_id());
+}
+template <class T> inline T __ldg(const T* p) { return *p; }
