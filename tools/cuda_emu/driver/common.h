@@ -136,3 +136,73 @@ inline std::string at3(long a, long b, long c) {
   return "[" + std::to_string(a) + "," + std::to_string(b) + "," + std::to_string(c) + "]";
 }
 inline std::string at2(long a, long b) { return "[" + std::to_string(a) + "," + std::to_string(b) + "]"; }
+
+// x: uniform in [-2, 2] (mode 0), five values with many ties (1), or
+// uniform with ~1% each of NaN, +inf and -inf (2); dy: uniform in [-1, 1].
+template <class T>
+void fill_x_dy(Buf<T>& x, Buf<T>& dy, int mode, std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> U(-2, 2), S(-1, 1);
+  std::uniform_int_distribution<int> pick(0, 4), pct(0, 99);
+  const double tie_vals[5] = {-1, -0.5, 0.5, 1, 1.5};
+  for (size_t i = 0; i < x.n; ++i) {
+    double v = mode == 1 ? tie_vals[pick(rng)] : U(rng);
+    if (mode == 2) {
+      const int r = pct(rng);
+      if (r == 0) v = INFINITY;
+      else if (r == 1) v = -INFINITY;
+      else if (r == 2) v = NAN;
+    }
+    x[i] = Ty<T>::from_d(v);
+    dy[i] = Ty<T>::from_d(S(rng));
+  }
+}
+
+inline const char* dtype_name(DType dt) {
+  return dt == DType::F32 ? "f32" : dt == DType::F16 ? "f16" : dt == DType::BF16 ? "bf16" : "f64";
+}
+
+// The grid both suites run: every dtype × layout × C × H×W (a third of the
+// (C, H×W) pairs when quick), with the batch, SM count, misalignment, input
+// mode and schedule varied along the case index.
+struct GridCase {
+  DType dt;
+  long idx;
+  int N, C, H, W;
+  bool cl;
+  int sm, mis_x, mis_dy, mis_out, mode, policy;
+};
+template <class F>
+void for_each_grid_case(bool quick, F&& f) {
+  const DType dts[4] = {DType::F32, DType::F16, DType::BF16, DType::F64};
+  const int Cs[5] = {1, 3, 17, 64, 130};
+  const int HWs[5][2] = {{1, 1}, {3, 5}, {7, 7}, {14, 14}, {33, 31}};
+  const int sms[3] = {1, 4, 132};
+  long idx = 0;
+  for (DType dt : dts)
+    for (int cl = 0; cl < 2; ++cl)
+      for (int ci = 0; ci < 5; ++ci)
+        for (int hi = 0; hi < 5; ++hi) {
+          if (quick && (ci + hi) % 3 != 0) continue;
+          ++idx;
+          GridCase g{dt, idx, (idx % 2) ? 1 : 3, Cs[ci], HWs[hi][0], HWs[hi][1], cl != 0, sms[idx % 3]};
+          if (g.C * g.H * g.W >= 64 * 1023) g.N = 1;  // keep the emulation fast
+          const int m = static_cast<int>(idx % 5);
+          g.mis_x = m == 1, g.mis_dy = m == 2, g.mis_out = m == 3;
+          g.mode = static_cast<int>((idx / 5) % 3);
+          g.policy = static_cast<int>(idx % 3);
+          f(g);
+        }
+}
+
+// One case of a suite: sets the schedule, counts it, reports a failure.
+template <class Case, class Run>
+void run_case(const char* op, DType dt, const Case& k, Run&& run) {
+  emu::policy = k.policy;
+  ++g_stats.cases;
+  if (g_verbose) std::printf("%s %s %s\n", op, dtype_name(dt), k.str().c_str());
+  std::fflush(stdout);
+  if (!run()) {
+    ++g_stats.failed_cases;
+    std::printf("FAILED %s %s %s\n", op, dtype_name(dt), k.str().c_str());
+  }
+}

@@ -29,25 +29,14 @@ bool run_cbam(const CbamCase& k, std::mt19937_64& rng) {
   using A = typename Ty<T>::A;
   const int64_t N = k.N, C = k.C, HW = int64_t{k.H} * k.W, total = N * C * HW;
   const double u = std::is_same<A, double>::value ? 1.2e-16 : 6.0e-8;
-  std::uniform_real_distribution<double> U(-2, 2), P(0.05, 1), S(-1, 1);
-  std::uniform_int_distribution<int> pick(0, 4), pct(0, 99);
-  const double tie_vals[5] = {-1, -0.5, 0.5, 1, 1.5};
+  std::uniform_real_distribution<double> P(0.05, 1), S(-1, 1);
+  std::uniform_int_distribution<int> pick(0, 4);
   auto idx = [&](int64_t n, int64_t c, int64_t q) { return k.cl ? (n * HW + q) * C + c : (n * C + c) * HW + q; };
 
   Buf<T> x(total, k.mis_x), dy(total, k.mis_dy), out(total, k.mis_out);
   Buf<A> g(N * C), mx(N * C), a(N * C), b(N * C), s(N * HW), cmax(N * HW), dcmean(N * HW), dcmax(N * HW);
   Buf<A> sum_pix(N * HW), ext_pix(N * HW), sum_ch(N * C), ext_ch(N * C);
-  for (int64_t i = 0; i < total; ++i) {
-    double v = k.mode == 1 ? tie_vals[pick(rng)] : U(rng);
-    if (k.mode == 2) {
-      const int r = pct(rng);
-      if (r == 0) v = INFINITY;
-      else if (r == 1) v = -INFINITY;
-      else if (r == 2) v = NAN;
-    }
-    x[i] = Ty<T>::from_d(v);
-    dy[i] = Ty<T>::from_d(S(rng));
-  }
+  fill_x_dy(x, dy, k.mode, rng);
   for (int64_t i = 0; i < N * C; ++i) {
     g[i] = static_cast<A>(k.mode == 1 ? (pick(rng) < 2 ? 0.5 : 1.0) : P(rng));
     a[i] = static_cast<A>(S(rng));
@@ -285,35 +274,10 @@ bool cbam_case_any(DType dt, const CbamCase& k, std::mt19937_64& rng) {
 void run_cbam_suite(bool quick) {
   std::mt19937_64 rng(2024);
   const DType dts[4] = {DType::F32, DType::F16, DType::BF16, DType::F64};
-  const int Cs[5] = {1, 3, 17, 64, 130};
-  const int HWs[5][2] = {{1, 1}, {3, 5}, {7, 7}, {14, 14}, {33, 31}};
-  const int sms[3] = {1, 4, 132};
-  long idx = 0;
-  for (DType dt : dts)
-    for (int cl = 0; cl < 2; ++cl)
-      for (int ci = 0; ci < 5; ++ci)
-        for (int hi = 0; hi < 5; ++hi) {
-          if (quick && (ci + hi) % 3 != 0) continue;
-          ++idx;
-          CbamCase k;
-          k.C = Cs[ci], k.H = HWs[hi][0], k.W = HWs[hi][1], k.cl = cl;
-          k.N = (idx % 2) ? 1 : 3;
-          if (k.C * k.H * k.W >= 64 * 1023) k.N = 1;   // keep the emulation fast
-          k.sm = sms[idx % 3];
-          const int m = static_cast<int>(idx % 5);
-          k.mis_x = m == 1, k.mis_dy = m == 2, k.mis_out = m == 3;
-          k.mode = static_cast<int>((idx / 5) % 3);
-          k.policy = static_cast<int>(idx % 3);
-          emu::policy = k.policy;
-          ++g_stats.cases;
-          const char* tn = dt == DType::F32 ? "f32" : dt == DType::F16 ? "f16" : dt == DType::BF16 ? "bf16" : "f64";
-          if (g_verbose) std::printf("cbam %s %s\n", tn, k.str().c_str());
-          std::fflush(stdout);
-          if (!cbam_case_any(dt, k, rng)) {
-            ++g_stats.failed_cases;
-            std::printf("FAILED cbam %s %s\n", tn, k.str().c_str());
-          }
-        }
+  for_each_grid_case(quick, [&](const GridCase& g) {
+    const CbamCase k{g.N, g.C, g.H, g.W, g.cl, g.sm, g.mis_x, g.mis_dy, g.mis_out, g.mode, g.policy};
+    run_case("cbam", g.dt, k, [&] { return cbam_case_any(g.dt, k, rng); });
+  });
   // Extra: shapes chosen to hit the segmented path and wpr = 8 for every kind,
   // with ties and several schedules.
   struct X { int N, C, H, W, cl, sm, mode; } extra[] = {
@@ -331,14 +295,7 @@ void run_cbam_suite(bool quick) {
       for (int pol = 0; pol < (quick ? 1 : 3); ++pol) {
         CbamCase k{e.N, e.C, e.H, e.W, e.cl != 0, e.sm, 0, 0, 0, e.mode, pol};
         k.mis_x = pol == 1;
-        emu::policy = pol;
-        ++g_stats.cases;
-        const char* tn = dt == DType::F32 ? "f32" : dt == DType::F16 ? "f16" : dt == DType::BF16 ? "bf16" : "f64";
-        if (g_verbose) std::printf("cbam %s %s\n", tn, k.str().c_str());
-        if (!cbam_case_any(dt, k, rng)) {
-          ++g_stats.failed_cases;
-          std::printf("FAILED cbam %s %s\n", tn, k.str().c_str());
-        }
+        run_case("cbam", dt, k, [&] { return cbam_case_any(dt, k, rng); });
       }
   // The convolution.
   const int convHW[5][2] = {{1, 1}, {3, 5}, {7, 7}, {14, 14}, {33, 31}};
