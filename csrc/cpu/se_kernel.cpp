@@ -268,9 +268,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   const int64_t rd = w1.size(0);
   at::Tensor dz = at::zeros({N, C}, opts);             // dL/dlogits, every sample: for the weight gradients
   at::Tensor dh = at::zeros({two ? N : 0, rd}, opts);  // dL/dhidden
-  // The excitation backward's small products cost about four forward ones per
-  // call (BLAS at a few rows; measured at 8×2048×7²: the whole batch in one
-  // chunk beat two chunks by 9%, bench/cpu_chunks.py).
+  // The excitation backward's weights count four times: an empirical factor
+  // (its two products, dz·W2 and dh·W1, are the row kernels of small_mm_out).
+  // At 8×2048×7² the whole batch in one chunk beat two chunks by 9%
+  // (bench/cpu_chunks.py), where the weights counted once would split it.
   gate_backward_cpu(geo, dy, maxv, dx, 4 * weight_bytes(w), [&](int64_t n0, int64_t nb, const at::Tensor& s, at::Tensor& g, at::Tensor& dp) {
     at::Tensor dz_c = dz.narrow(0, n0, nb), dh_c = rows(dh, n0, nb);
     excite_backward(w, act, gate, s, rows(hidden, n0, nb), logits.narrow(0, n0, nb), g, dz_c, dh_c, dp);
