@@ -13,7 +13,7 @@
 #   make triton-check  every Triton kernel variant the ops launch, compiled for sm_90 without a
 #                GPU (the interpreter never compiles them) by the GPU machine's triton (the
 #                floor venv's 3.6), and checked by Inductor's mutation analysis
-#   make cuda-emu  the CBAM and SE two-phase CUDA kernels run on the CPU (fibers for threads,
+#   make cuda-emu  the CBAM, SE two-phase and single-launch CUDA kernels run on the CPU (fibers for threads,
 #                ASan/UBSan) against a double-precision reference (tools/cuda_emu/README.md)
 #   make gpu-prebuild  the CUDA build for a lent GPU (torch 2.11 of the floor venv, sm_90) into
 #                .prebuilt/ with its stamp (tools/build_stamp.py): carry `.prebuilt` in the device

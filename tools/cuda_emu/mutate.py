@@ -6,6 +6,8 @@ rewritten sources (after run.sh has built them) and must be caught.
 
 Builds each under $BUILD/mut/NAME and runs the quick suite (or the cap2 build,
 for the mutants only the grid-stride loops reach); prints CAUGHT or NOT CAUGHT.
+The se_fused_* mutants break se_fused.cu's cluster barriers, a distributed
+shared-memory rank and the wait for the asynchronous copies.
 """
 import os
 import shutil
@@ -31,6 +33,18 @@ M = {
                       "if (static_cast<int>(threadIdx.x) < width) buf[threadIdx.x] += buf[threadIdx.x + width];", "emu_test", ["--quick", "--cbam"]),
   "se_cols_merge": ("se_kernels.cuh", "for (int j = 1; j < kColsY; ++j)", "for (int j = 1; j < kColsY - 1; ++j)", "emu_test", ["--quick", "--se"]),
   "se_vec_oob": ("se_kernels.cuh", "  if (row % kVec<T> != 0) return false;", "", "emu_test", ["--quick", "--se"]),
+  # se_fused.cu (clusters, distributed shared memory, asynchronous copies)
+  "se_fused_gather_no_sync": ("se_fused.cu", "    if (idx % cb < cbn) part[idx] = own[idx];\n  }\n  cluster.sync();",
+                              "    if (idx % cb < cbn) part[idx] = own[idx];\n  }\n", "emu_test", ["--quick", "--fused"]),
+  "se_fused_gather_early_exit": ("se_fused.cu", "    vec[idx] = cluster.map_shared_rank(part, r)[g * cb + (c - r * cb)];\n  }\n  cluster.sync();",
+                                 "    vec[idx] = cluster.map_shared_rank(part, r)[g * cb + (c - r * cb)];\n  }\n", "emu_test", ["--quick", "--fused"]),
+  "se_fused_hidden_rank": ("se_fused.cu", "h += cluster.map_shared_rank(part, r)[idx];", "h += cluster.map_shared_rank(part, rank)[idx];",
+                           "emu_test", ["--quick", "--fused"]),
+  "se_fused_fwd_hidden_sync": ("se_fused.cu", "    cluster.sync();  // every block has read the partials it needs; part may be left", "",
+                        "emu_test", ["--quick", "--fused"]),
+  "se_fused_eca_early_exit": ("se_fused.cu", "    cluster.sync();  // block 0 has read every block's partials", "",
+                              "emu_test", ["--quick", "--fused"]),
+  "se_fused_no_wait": ("se_fused.cu", "  __pipeline_wait_prior(0);\n", "", "emu_test", ["--quick", "--fused"]),
   "se_tail_barrier_cap2": ("se_kernels.cuh", "    __syncthreads();  // the partials are rewritten for the next sample", "",
                            "cap2/emu_test", ["--quick", "--se"]),
 }

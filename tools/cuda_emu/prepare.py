@@ -4,6 +4,8 @@ CPU emulation (shim/include/emu.h):
 
   kernel<<<cfg>>>(args);  ->  ::emu::launch("kernel", __PRETTY_FUNCTION__, ::emu::Cfg(cfg), [&] { kernel(args); });
   __shared__ T a[..], b[..];  ->  the same, then ::emu::shared_decl(a, sizeof(a)); ... (NaN-poisoned per block)
+  se_fused.cu: its `#if ... __CUDA_ARCH__ >= 900` guards -> `#if 1`, and its
+  `extern __shared__ ... smem_raw[];` -> emu::dyn_smem (per block of a cluster).
   65535 (the grid.y / grid.z cap)  ->  EMU_CAP_65535, which the cap2 build sets to 2 so the
                                        kernels' grid-stride loops over samples run.
 
@@ -15,7 +17,11 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(HERE, "..", "..", "csrc", "cuda")
-FILES = ["cbam_kernels.cu", "cbam_cuda.h", "se_kernels.cuh", "se_cuda.h", "se_forward.cu", "se_backward.cu"]
+FILES = ["cbam_kernels.cu", "cbam_cuda.h", "se_kernels.cuh", "se_cuda.h", "se_forward.cu", "se_backward.cu", "se_fused.cu"]
+# se_fused.cu (clusters): its kernels' bodies are for sm_90 and newer, and they
+# use dynamic shared memory only, which emu::dyn_smem gives per block.
+ARCH_GUARD = "#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900"
+DYN_SHARED = "extern __shared__ __align__(16) unsigned char smem_raw[];"
 LAUNCH = re.compile(r'^(\s*)(.*)<<<(.*)>>>\((.*)\);\s*$')
 SHARED = re.compile(r'^(\s*)__shared__\s+([A-Za-z_][\w:<>]*)\s+(.*);\s*$')
 
@@ -47,6 +53,12 @@ def rewrite(text):
                        f'[&] {{ {k}({args}); }}); }}')
             launches += 1
             continue
+        if line.strip() == ARCH_GUARD:
+            out.append("#if 1  // emu: the sm_90 body")
+            continue
+        if line.strip() == DYN_SHARED:
+            out.append(line.replace(DYN_SHARED, "unsigned char* smem_raw = ::emu::dyn_smem(__PRETTY_FUNCTION__);"))
+            continue
         if '__shared__' in line and not line.lstrip().startswith('//'):
             m = SHARED.match(line)
             if not m:
@@ -63,7 +75,11 @@ def main():
     os.makedirs(dst, exist_ok=True)
     total = 0
     for f in FILES:
-        text, n = rewrite(open(os.path.join(SRC, f)).read())
+        src = open(os.path.join(SRC, f)).read()
+        text, n = rewrite(src)
+        if f == "se_fused.cu" and (src.count(ARCH_GUARD) != 2 or src.count(DYN_SHARED) != 2 or "cudaLaunchKernelEx" not in src):
+            sys.exit("prepare.py: se_fused.cu's kernels no longer look as the emulation expects "
+                     "(two sm_90 guards, two `extern __shared__` buffers, cudaLaunchKernelEx)")
         total += n
         path = os.path.join(dst, f)
         if not os.path.exists(path) or open(path).read() != text:  # keep make's timestamps when unchanged

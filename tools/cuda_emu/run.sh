@@ -2,9 +2,9 @@
 # The CUDA kernels' CPU emulation (README.md): rewrite the sources, build
 # both binaries, run the suite on each. Exit status 0 only if everything passed.
 #
-#   tools/cuda_emu/run.sh           quick suite (CI): ~300 cases, then the cap2 build's
+#   tools/cuda_emu/run.sh           quick suite (CI): ~350 cases (with se_fused.cu), then the cap2 build's
 #   tools/cuda_emu/run.sh --full    every case (760; ~8 min on 2 cores), then cap2's quick
-#   extra arguments (--cbam, --se, -v) go to both runs
+#   extra arguments (--cbam, --se, --fused, -v) go to both runs
 set -euo pipefail
 cd "$(dirname "$0")"
 BUILD=${EMU_BUILD:-../../build/cuda_emu}

@@ -10,6 +10,7 @@ Stats g_stats;
 int g_verbose = 0;
 void run_cbam_suite(bool quick);
 void run_se_suite(bool quick);
+void run_se_fused_suite(bool quick);
 
 static bool test_conversions() {
   long bad = 0;
@@ -105,17 +106,19 @@ static bool test_launch_configs() {
 }
 
 int main(int argc, char** argv) {
-  bool quick = false, only_cbam = false, only_se = false;
+  bool quick = false, only_cbam = false, only_se = false, only_fused = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "-v")) g_verbose = 1;
     if (!std::strcmp(argv[i], "--cbam")) only_cbam = true;
     if (!std::strcmp(argv[i], "--se")) only_se = true;
+    if (!std::strcmp(argv[i], "--fused")) only_fused = true;
   }
   bool ok = test_conversions();
   ok &= test_launch_configs();
-  if (!only_se) run_cbam_suite(quick);
-  if (!only_cbam) run_se_suite(quick);
+  if (!only_se && !only_fused) run_cbam_suite(quick);
+  if (!only_cbam && !only_fused) run_se_suite(quick);
+  if (!only_cbam && !only_se) run_se_fused_suite(quick);
   std::printf("\ncases %ld, failed cases %ld, element checks %ld, wrong elements %ld, launches %llu, blocks %llu\n",
               g_stats.cases, g_stats.failed_cases, g_stats.checks, g_stats.failures, emu::launches, emu::blocks_run);
   if (g_verbose || !quick) emu::print_coverage();

@@ -12,6 +12,7 @@
 #include <map>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define EMU_ASAN 1
 #else
@@ -32,6 +33,18 @@ static std::mt19937_64 rng(12345);
 static std::string cur_kernel;
 static std::string pending_note;
 static std::map<std::string, long> coverage;
+static std::string pending_key;
+// The emulated devices (cudaSetDevice): all sm_90 but the last.
+struct Dev { int major, sms, optin, max_cluster; };
+static const Dev devs[] = {
+    {9, 132, 232448, 16},  // 0: H100 / H200 SXM (227 KiB opt-in, clusters of 16 with the non-portable attribute)
+    {9, 4, 232448, 16},    // 1: a small slice: few multiprocessors
+    {9, 132, 101376, 8},   // 2: 99 KiB per block and no clusters over 8 (the planner must fall back)
+    {8, 108, 166912, 1},   // 3: sm_80: no clusters (no plan)
+};
+static int cur_dev = 0;
+struct FuncAttr { int max_dyn = 48 * 1024; bool nonportable = false; };
+static std::map<const void*, FuncAttr> fattrs;
 void note(const char* name, long v) { pending_note = std::string(" ") + name + "=" + std::to_string(v); }
 void print_coverage() {
   std::printf("coverage (kernel instantiation, block, grid.z>1, notes: launches):\n");
@@ -50,17 +63,21 @@ void print_coverage() {
 
 namespace {
 
-enum State { READY, AT_SYNC, AT_WARP, DONE };
+enum State { READY, AT_SYNC, AT_WARP, AT_CLUSTER, DONE };
 constexpr size_t kStack = 256 * 1024;
 
 struct Fiber {
   ucontext_t ctx;
   char* stack = nullptr;
   State state = READY;
-  long nsync = 0, nwarp = 0;
-  unsigned tid = 0;
-  uint3 idx{};
+  long nsync = 0, nwarp = 0, ncluster = 0;
+  unsigned tid = 0;   // thread in its block
+  unsigned blk = 0;   // block in the running cluster (its rank)
+  uint3 idx{}, bidx{};
   void* fake = nullptr;
+  struct Copy { void* dst; const void* src; size_t bytes; unsigned long batch; };
+  std::vector<Copy> pending;  // asynchronous copies not yet waited for
+  unsigned long committed = 0;
 };
 
 std::vector<Fiber> fibers;
@@ -69,7 +86,15 @@ int cur = -1;
 bool seq_mode = false;
 unsigned seq_tid = 0;
 const std::function<void()>* body_fn = nullptr;
-unsigned char slots[32][32][16];
+std::vector<unsigned char> slots;  // [warp of the cluster][lane][16]
+unsigned block_threads = 0, cluster_blocks = 1;
+// The running cluster's blocks: dynamic shared memory (one exactly sized heap
+// buffer each, NaN-poisoned) and how many of each block's threads exited.
+std::vector<unsigned char*> dyn_bufs;
+size_t dyn_bytes = 0;
+std::vector<unsigned> block_done;
+std::string dyn_kernel;
+const Cfg* cur_cfg = nullptr;
 const void* sched_bottom = nullptr;
 size_t sched_size = 0;
 
@@ -83,7 +108,17 @@ void fiber_entry() {
 #endif
   (*body_fn)();
   Fiber& f = fibers[cur];
+  if (!f.pending.empty()) fail("thread %u exited with %zu asynchronous copies not waited for", f.tid, f.pending.size());
   f.state = DONE;
+  // The last thread of a block of a cluster: its shared memory goes away (an
+  // ASan error for any later read of it through map_shared_rank).
+  if (++block_done[f.blk] == block_threads && cluster_blocks > 1 && dyn_bytes) {
+#if EMU_ASAN
+    ASAN_POISON_MEMORY_REGION(dyn_bufs[f.blk], dyn_bytes);
+#else
+    std::memset(dyn_bufs[f.blk], 0xff, dyn_bytes);
+#endif
+  }
 #if EMU_ASAN
   __sanitizer_start_switch_fiber(nullptr, sched_bottom, sched_size);
 #endif
@@ -106,6 +141,7 @@ void run_fiber(int i) {
   Fiber& f = fibers[i];
   cur = i;
   threadIdx = f.idx;
+  blockIdx = f.bidx;
   void* fake = nullptr;
 #if EMU_ASAN
   __sanitizer_start_switch_fiber(&fake, f.stack, kStack);
@@ -131,14 +167,25 @@ bool is_barrier_free(const char* name) {
          s.rfind("conv_kernel", 0) == 0;
 }
 
-void run_block_fibers(unsigned nthreads) {
-  if (fibers.size() < nthreads) fibers.resize(nthreads);
-  for (unsigned t = 0; t < nthreads; ++t) {
-    Fiber& f = fibers[t];
+// Runs the K blocks of one cluster (K = 1 without clusters) together: K·T
+// fibers; __syncthreads is a barrier over a block, cluster.sync over all.
+void run_cluster_fibers(const std::vector<uint3>& blocks, unsigned nthreads) {
+  const unsigned K = static_cast<unsigned>(blocks.size()), total = K * nthreads;
+  block_threads = nthreads;
+  cluster_blocks = K;
+  block_done.assign(K, 0);
+  if (fibers.size() < total) fibers.resize(total);
+  for (unsigned i = 0; i < total; ++i) {
+    Fiber& f = fibers[i];
+    const unsigned t = i % nthreads;
     if (!f.stack) f.stack = static_cast<char*>(std::malloc(kStack));
     f.state = READY;
-    f.nsync = f.nwarp = 0;
+    f.nsync = f.nwarp = f.ncluster = 0;
     f.tid = t;
+    f.blk = i / nthreads;
+    f.bidx = blocks[f.blk];
+    f.pending.clear();
+    f.committed = 0;
     f.idx = uint3{t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = f.stack;
@@ -147,48 +194,101 @@ void run_block_fibers(unsigned nthreads) {
     makecontext(&f.ctx, fiber_entry, 0);
   }
   const unsigned nwarps = (nthreads + 31) / 32;
+  slots.assign(size_t{K} * nwarps * 32 * 16, 0);
+  // A lagging block (policies 1 and 2, clusters of 2 or more): its threads run
+  // only while no other block's can, so the others run ahead (to their exit,
+  // where their shared memory goes) before it reads their shared memory.
+  // Policy 1 holds back rank 0 (the reader of partial sums), 2 a random rank.
+  int victim = -1;
+  if (K > 1 && policy == 1) victim = 0;
+  if (K > 1 && policy == 2) victim = static_cast<int>(rng() % K);
   for (;;) {
-    for (unsigned t : order_of(nthreads))
-      if (fibers[t].state == READY) run_fiber(static_cast<int>(t));
+    bool others = false;
+    if (victim >= 0)
+      for (unsigned t = 0; t < total && !others; ++t)
+        others = fibers[t].state == READY && fibers[t].blk != static_cast<unsigned>(victim);
+    for (unsigned t : order_of(total))
+      if (fibers[t].state == READY && !(others && fibers[t].blk == static_cast<unsigned>(victim)))
+        run_fiber(static_cast<int>(t));
     bool all_done = true;
-    for (unsigned t = 0; t < nthreads; ++t) all_done &= fibers[t].state == DONE;
+    for (unsigned t = 0; t < total; ++t) all_done &= fibers[t].state == DONE;
     if (all_done) return;
     bool released = false;
-    for (unsigned w = 0; w < nwarps; ++w) {
-      const unsigned lo = w * 32, hi = std::min(nthreads, lo + 32);
-      unsigned at_warp = 0, at_sync = 0, done = 0;
-      for (unsigned t = lo; t < hi; ++t) {
-        at_warp += fibers[t].state == AT_WARP;
-        at_sync += fibers[t].state == AT_SYNC;
-        done += fibers[t].state == DONE;
+    for (unsigned b = 0; b < K; ++b)
+      for (unsigned w = 0; w < nwarps; ++w) {
+        const unsigned lo = b * nthreads + w * 32, hi = b * nthreads + std::min(nthreads, w * 32 + 32);
+        unsigned at_warp = 0, at_sync = 0, at_cluster = 0, done = 0;
+        for (unsigned t = lo; t < hi; ++t) {
+          at_warp += fibers[t].state == AT_WARP;
+          at_sync += fibers[t].state == AT_SYNC;
+          at_cluster += fibers[t].state == AT_CLUSTER;
+          done += fibers[t].state == DONE;
+        }
+        if (at_warp == 0) continue;
+        if (at_warp != hi - lo) {
+          blockIdx = blocks[b];
+          fail("warp %u: %u lanes at a warp exchange, %u at __syncthreads, %u at cluster.sync, %u exited "
+               "(divergent shuffle)", w, at_warp, at_sync, at_cluster, done);
+        }
+        for (unsigned t = lo; t < hi; ++t) {
+          if (fibers[t].nwarp != fibers[lo].nwarp) fail("warp %u: lanes at different warp-op counts", w);
+          fibers[t].state = READY;
+        }
+        released = true;
       }
-      if (at_warp == 0) continue;
-      if (at_warp != hi - lo)
-        fail("warp %u: %u lanes at a warp exchange, %u at __syncthreads, %u exited (divergent shuffle)", w, at_warp,
-             at_sync, done);
-      for (unsigned t = lo; t < hi; ++t) {
-        if (fibers[t].nwarp != fibers[lo].nwarp) fail("warp %u: lanes at different warp-op counts", w);
-        fibers[t].state = READY;
+    if (released) continue;
+    // Blocks whose threads are all at __syncthreads (but the lagging block's, held back while READY).
+    for (unsigned b = 0; b < K; ++b) {
+      unsigned done = 0, at_sync = 0, at_cluster = 0, ready = 0;
+      long n0 = -1;
+      for (unsigned t = b * nthreads; t < (b + 1) * nthreads; ++t) {
+        if (fibers[t].state == READY) { ++ready; continue; }
+        if (fibers[t].state == DONE) { ++done; continue; }
+        if (fibers[t].state == AT_CLUSTER) { ++at_cluster; continue; }
+        ++at_sync;
+        if (n0 < 0) n0 = fibers[t].nsync;
+        else if (fibers[t].nsync != n0) {
+          blockIdx = blocks[b];
+          fail("threads at different __syncthreads counts (%ld vs %ld)", n0, fibers[t].nsync);
+        }
       }
+      if (at_sync == 0 && ready == 0) continue;
+      blockIdx = blocks[b];
+      if (ready) {
+        if (static_cast<int>(b) != victim) fail("emulation: threads left READY");
+        if (at_sync || at_cluster || done) fail("emulation: the lagging block's threads out of step");
+        continue;
+      }
+      if (at_cluster) fail("%u threads at __syncthreads while %u are at cluster.sync", at_sync, at_cluster);
+      if (done) fail("__syncthreads reached by %u threads while %u threads exited", at_sync, done);
+      for (unsigned t = b * nthreads; t < (b + 1) * nthreads; ++t) fibers[t].state = READY;
       released = true;
     }
     if (released) continue;
-    unsigned done = 0, at_sync = 0;
+    bool held = false;  // the lagging block's turn: nothing else can run
+    for (unsigned t = 0; t < total && !held; ++t) held = fibers[t].state == READY;
+    if (held) continue;
+    // Every live thread of the cluster is at cluster.sync.
+    unsigned done = 0, at_cluster = 0;
     long n0 = -1;
-    for (unsigned t = 0; t < nthreads; ++t) {
+    for (unsigned t = 0; t < total; ++t) {
       if (fibers[t].state == DONE) { ++done; continue; }
-      ++at_sync;
-      if (n0 < 0) n0 = fibers[t].nsync;
-      else if (fibers[t].nsync != n0) fail("threads at different __syncthreads counts (%ld vs %ld)", n0, fibers[t].nsync);
+      ++at_cluster;
+      if (n0 < 0) n0 = fibers[t].ncluster;
+      else if (fibers[t].ncluster != n0) {
+        blockIdx = fibers[t].bidx;
+        fail("threads at different cluster.sync counts (%ld vs %ld)", n0, fibers[t].ncluster);
+      }
     }
-    if (done) fail("__syncthreads reached by %u threads while %u threads exited", at_sync, done);
-    for (unsigned t = 0; t < nthreads; ++t) fibers[t].state = READY;
+    if (done) fail("cluster.sync reached by %u threads of the cluster while %u threads exited", at_cluster, done);
+    for (unsigned t = 0; t < total; ++t) fibers[t].state = READY;
   }
 }
 
 }  // namespace
 
 void shared_decl(void* p, size_t bytes) {
+  if (cluster_blocks > 1) fail("static __shared__ storage in a cluster launch: not emulated (one copy for all blocks)");
   unsigned long long& g = shared_gen[p];
   if (g != block_gen) {
     g = block_gen;
@@ -214,11 +314,12 @@ void warp_exchange(const void* in, void* out, size_t bytes, unsigned mask, int s
   const unsigned w = f.tid / 32, lanes = std::min(32u, nthreads - w * 32);
   const unsigned full = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1);
   if (mask != full) fail("warp op with mask %08x, warp has lanes %08x", mask, full);
-  std::memcpy(slots[w][f.tid & 31], in, bytes);
+  unsigned char* ws = &slots[(size_t{f.blk} * ((nthreads + 31) / 32) + w) * 32 * 16];
+  std::memcpy(ws + (f.tid & 31) * 16, in, bytes);
   f.nwarp++;
   yield_to_sched(AT_WARP);
   if (src_lane < 0 || static_cast<unsigned>(src_lane) >= lanes) src_lane = static_cast<int>(f.tid & 31);
-  std::memcpy(out, slots[w][src_lane], bytes);
+  std::memcpy(out, ws + src_lane * 16, bytes);
   fibers[cur].nwarp++;
   yield_to_sched(AT_WARP);
 }
@@ -233,9 +334,32 @@ void launch(const char* name, const char* where, const Cfg& cfg, const std::func
     last_error = cudaErrorInvalidConfiguration;
     return;
   }
+  const dim3 cl = cfg.cluster;
+  const unsigned K = cl.x * cl.y * cl.z;
+  if (cfg.func != nullptr) {  // cudaLaunchKernelEx: the cluster, the shared memory and the kernel's attributes
+    const Dev& d = devs[cur_dev];
+    const FuncAttr& fa = fattrs[cfg.func];
+    const char* why = nullptr;
+    cudaError_t err = cudaErrorInvalidValue;
+    if (K == 0 || cfg.grid.x % cl.x || cfg.grid.y % cl.y || cfg.grid.z % cl.z) why = "grid not a multiple of the cluster";
+    else if (K > 16 || (K > 8 && !fa.nonportable) || static_cast<int>(K) > d.max_cluster)
+      why = "cluster size (over 8 needs cudaFuncAttributeNonPortableClusterSizeAllowed; at most the device's)", err = cudaErrorInvalidClusterSize;
+    else if (cfg.smem > static_cast<size_t>(fa.max_dyn)) why = "dynamic shared memory above the kernel's cudaFuncAttributeMaxDynamicSharedMemorySize";
+    else if (cfg.smem > static_cast<size_t>(d.optin)) why = "dynamic shared memory above the device's opt-in limit";
+    if (why) {
+      std::fprintf(stderr, "EMU: launch refused for %s: %s (cluster %u, %zu B)\n", cur_kernel.c_str(), why, K, cfg.smem);
+      last_error = err;
+      return;
+    }
+  } else if (K != 1) {
+    fail("a cluster launch without cudaLaunchKernelEx");
+  }
   ++launches;
   if (dry_run) { pending_note.clear(); return; }
-  {
+  if (cfg.func != nullptr) {  // keyed by the kernel's own name (dyn_smem), once it runs
+    pending_key = " block=" + std::to_string(cfg.block.x) + " cluster=" + std::to_string(K) + pending_note;
+    pending_note.clear();
+  } else {
     std::string w(where);
     const size_t lb = w.find('['), rb = w.rfind(']');
     std::string key = std::string(name) + " " + (lb != std::string::npos ? w.substr(lb, rb - lb + 1) : w) + " block=" +
@@ -249,12 +373,28 @@ void launch(const char* name, const char* where, const Cfg& cfg, const std::func
   body_fn = &body;
   const unsigned long long nblocks = 1ull * cfg.grid.x * cfg.grid.y * cfg.grid.z;
   if (nblocks > (1ull << 26)) fail("too many blocks to emulate (%llu)", nblocks);
-  std::vector<unsigned> border = order_of(static_cast<unsigned>(nblocks));
-  const bool seq = is_barrier_free(name);
+  cur_cfg = &cfg;
+  dyn_bytes = cfg.smem;
+  dyn_bufs.assign(K, nullptr);
+  for (auto& b : dyn_bufs) b = static_cast<unsigned char*>(std::malloc(dyn_bytes));
+  // Clusters in the scheduling policy's order; a cluster's blocks in rank order.
+  const dim3 cg{cfg.grid.x / cl.x, cfg.grid.y / cl.y, cfg.grid.z / cl.z};
+  std::vector<unsigned> border = order_of(static_cast<unsigned>(nblocks / K));
+  const bool seq = is_barrier_free(name) && K == 1 && cfg.func == nullptr;
+  std::vector<uint3> blocks(K);
   for (unsigned b : border) {
-    blockIdx = uint3{b % cfg.grid.x, (b / cfg.grid.x) % cfg.grid.y, b / (cfg.grid.x * cfg.grid.y)};
+    const uint3 c{b % cg.x, (b / cg.x) % cg.y, b / (cg.x * cg.y)};
+    for (unsigned r = 0; r < K; ++r)
+      blocks[r] = uint3{c.x * cl.x + r % cl.x, c.y * cl.y + (r / cl.x) % cl.y, c.z * cl.z + r / (cl.x * cl.y)};
+    blockIdx = blocks[0];
     poison_shared();
-    ++blocks_run;
+    for (auto* d : dyn_bufs) {
+#if EMU_ASAN
+      ASAN_UNPOISON_MEMORY_REGION(d, dyn_bytes);
+#endif
+      std::memset(d, 0xff, dyn_bytes);
+    }
+    blocks_run += K;
     if (seq) {
       seq_mode = true;
       for (unsigned t : order_of(static_cast<unsigned>(nthreads))) {
@@ -264,9 +404,126 @@ void launch(const char* name, const char* where, const Cfg& cfg, const std::func
       }
       seq_mode = false;
     } else {
-      run_block_fibers(static_cast<unsigned>(nthreads));
+      run_cluster_fibers(blocks, static_cast<unsigned>(nthreads));
     }
   }
+  for (auto* d : dyn_bufs) {
+#if EMU_ASAN
+    ASAN_UNPOISON_MEMORY_REGION(d, dyn_bytes);
+#endif
+    std::free(d);
+  }
+  dyn_bufs.clear();
+  cluster_blocks = 1;
+  cur_cfg = nullptr;
+}
+
+unsigned char* dyn_smem(const char* kernel) {
+  if (seq_mode || cur < 0 || cur_cfg == nullptr) fail("dynamic shared memory outside a fiber");
+  if (!pending_key.empty()) {
+    std::string w(kernel);
+    const size_t lb = w.find('['), rb = w.rfind(']'), sp = w.find('(');
+    std::string nm = w.substr(0, sp);
+    nm = nm.substr(nm.rfind(' ') + 1);
+    coverage[nm + " " + (lb != std::string::npos ? w.substr(lb, rb - lb + 1) : "") + pending_key]++;
+    pending_key.clear();
+    cur_kernel = nm;
+  }
+  return dyn_bufs[fibers[cur].blk];
+}
+
+unsigned cluster_rank() {
+  if (seq_mode || cur < 0) fail("cluster op outside a fiber");
+  return fibers[cur].blk;
+}
+unsigned cluster_size() { return cluster_blocks; }
+
+void cluster_sync() {
+  if (seq_mode || cur < 0) fail("cluster.sync outside a fiber");
+  fibers[cur].ncluster++;
+  yield_to_sched(AT_CLUSTER);
+}
+
+void* map_shared(void* p, unsigned rank) {
+  if (seq_mode || cur < 0) fail("map_shared_rank outside a fiber");
+  const Fiber& f = fibers[cur];
+  if (rank >= cluster_blocks) fail("map_shared_rank to rank %u of a cluster of %u", rank, cluster_blocks);
+  unsigned char* own = dyn_bufs[f.blk];
+  const unsigned char* q = static_cast<unsigned char*>(p);
+  if (q < own || q >= own + dyn_bytes)
+    fail("map_shared_rank of %p, not in the block's dynamic shared memory [%p, +%zu)", p, static_cast<void*>(own), dyn_bytes);
+  return dyn_bufs[rank] + (q - own);
+}
+
+void async_copy(void* dst, const void* src, size_t bytes) {
+  if (seq_mode || cur < 0) fail("asynchronous copy outside a fiber");
+  if (bytes != 4 && bytes != 8 && bytes != 16) fail("__pipeline_memcpy_async of %zu bytes (4, 8 or 16)", bytes);
+  if (reinterpret_cast<uintptr_t>(dst) % bytes || reinterpret_cast<uintptr_t>(src) % bytes)
+    fail("__pipeline_memcpy_async of %zu bytes, misaligned: dst %p src %p", bytes, dst, src);
+  const unsigned char* d = static_cast<unsigned char*>(dst);
+  bool in_smem = false;
+  for (auto* b : dyn_bufs) in_smem |= d >= b && d + bytes <= b + dyn_bytes;
+  if (!in_smem) fail("__pipeline_memcpy_async to %p: not the block's shared memory", dst);
+  Fiber& f = fibers[cur];
+  f.pending.push_back(Fiber::Copy{dst, src, bytes, f.committed});
+}
+void pipe_commit() {
+  if (seq_mode || cur < 0) fail("__pipeline_commit outside a fiber");
+  fibers[cur].committed++;
+}
+void pipe_wait(unsigned n) {
+  if (seq_mode || cur < 0) fail("__pipeline_wait_prior outside a fiber");
+  Fiber& f = fibers[cur];
+  std::vector<Fiber::Copy> keep;
+  for (const auto& c : f.pending) {
+    if (c.batch + n < f.committed) std::memcpy(c.dst, c.src, c.bytes);  // batch complete
+    else keep.push_back(c);
+  }
+  f.pending.swap(keep);
+}
+
+// ---- the emulated devices and the runtime calls of se_fused.cu's host code ----
+cudaError_t func_get_attributes(cudaFuncAttributes* a, const void* f) {
+  *a = cudaFuncAttributes{};
+  a->sharedSizeBytes = 0;  // se_fused.cu's kernels: dynamic shared memory only
+  a->ptxVersion = a->binaryVersion = 90;
+  a->maxThreadsPerBlock = 1024;
+  a->maxDynamicSharedSizeBytes = fattrs[f].max_dyn;
+  return cudaSuccess;
+}
+cudaError_t func_set_attribute(const void* f, cudaFuncAttribute a, int v) {
+  const Dev& d = devs[cur_dev];
+  if (a == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (v < 0 || v > d.optin) return last_error = cudaErrorInvalidValue;
+    fattrs[f].max_dyn = v;
+  } else if (a == cudaFuncAttributeNonPortableClusterSizeAllowed) {
+    if (d.max_cluster <= 8 && v) return last_error = cudaErrorInvalidValue;  // a part without clusters of 16
+    fattrs[f].nonportable = v != 0;
+  } else {
+    return last_error = cudaErrorInvalidValue;
+  }
+  return cudaSuccess;
+}
+cudaError_t max_active_clusters(int* n, const void* f, const cudaLaunchConfig_t* cfg) {
+  const Cfg c = cfg_of(cfg, f);
+  const FuncAttr& fa = fattrs[f];
+  const Dev& d = devs[cur_dev];
+  const int K = static_cast<int>(c.cluster.x * c.cluster.y * c.cluster.z);
+  *n = 0;
+  if (K > 16 || (K > 8 && !fa.nonportable)) return last_error = cudaErrorInvalidClusterSize;
+  if (c.smem > static_cast<size_t>(fa.max_dyn)) return last_error = cudaErrorInvalidValue;
+  if (K > d.max_cluster) return cudaSuccess;
+  const int per_sm = c.smem * 2 <= static_cast<size_t>(d.optin) ? 2 : 1;
+  *n = std::max(1, d.sms * per_sm / K);
+  return cudaSuccess;
+}
+Cfg cfg_of(const cudaLaunchConfig_t* cfg, const void* f) {
+  Cfg c(cfg->gridDim, cfg->blockDim, cfg->dynamicSmemBytes, cfg->stream);
+  for (unsigned i = 0; i < cfg->numAttrs; ++i)
+    if (cfg->attrs[i].id == cudaLaunchAttributeClusterDimension)
+      c.cluster = dim3(cfg->attrs[i].val.clusterDim.x, cfg->attrs[i].val.clusterDim.y, cfg->attrs[i].val.clusterDim.z);
+  c.func = f;
+  return c;
 }
 
 }  // namespace emu
@@ -275,4 +532,31 @@ cudaError_t cudaGetLastError() {
   const cudaError_t e = emu::last_error;
   emu::last_error = cudaSuccess;
   return e;
+}
+
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidClusterSize: return "invalid cluster size";
+  }
+  return "unknown error";
+}
+cudaError_t cudaGetDevice(int* dev) { *dev = emu::cur_dev; return cudaSuccess; }
+cudaError_t cudaSetDevice(int dev) {
+  if (dev < 0 || dev >= static_cast<int>(sizeof(emu::devs) / sizeof(emu::devs[0]))) return cudaErrorInvalidDevice;
+  emu::cur_dev = dev;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int dev) {
+  if (dev < 0 || dev >= static_cast<int>(sizeof(emu::devs) / sizeof(emu::devs[0]))) return cudaErrorInvalidDevice;
+  const emu::Dev& d = emu::devs[dev];
+  switch (a) {
+    case cudaDevAttrMultiProcessorCount: *v = d.sms; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *v = d.major; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = d.optin; return cudaSuccess;
+  }
+  return cudaErrorInvalidValue;
 }

@@ -31,9 +31,11 @@ struct uint3 { unsigned x, y, z; };
 extern uint3 threadIdx, blockIdx;
 extern dim3 blockDim, gridDim;
 
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9,
+                   cudaErrorInvalidDevice = 101, cudaErrorInvalidClusterSize = 912 };
 typedef struct CUstream_st* cudaStream_t;
 cudaError_t cudaGetLastError();
+#define __align__(n) __attribute__((aligned(n)))
 
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline double __longlong_as_double(long long i) { double d; std::memcpy(&d, &i, 8); return d; }
@@ -102,6 +104,8 @@ struct Cfg {
   dim3 grid, block;
   size_t smem;
   cudaStream_t stream;
+  dim3 cluster{1, 1, 1};       // thread-block cluster (cudaLaunchKernelEx's attribute)
+  const void* func = nullptr;  // the kernel (cudaLaunchKernelEx): its function attributes are checked
   Cfg(dim3 g, dim3 b, size_t s = 0, cudaStream_t st = nullptr) : grid(g), block(b), smem(s), stream(st) {}
 };
 void launch(const char* name, const char* where, const Cfg& cfg, const std::function<void()>& body);
@@ -110,6 +114,18 @@ void syncthreads();
 void warp_exchange(const void* in, void* out, size_t bytes, unsigned mask, int src_lane);
 int lane_id();
 void shared_decl(void* p, size_t bytes);
+// Clusters (shim/include/cooperative_groups.h), dynamic shared memory (one
+// exactly sized, NaN-poisoned buffer per block of a running cluster) and the
+// asynchronous copies of cuda_pipeline_primitives.h (queued per thread, done
+// at __pipeline_wait_prior).
+unsigned char* dyn_smem(const char* kernel);
+unsigned cluster_rank();
+unsigned cluster_size();
+void cluster_sync();
+void* map_shared(void* p, unsigned rank);
+void async_copy(void* dst, const void* src, size_t bytes);
+void pipe_commit();
+void pipe_wait(unsigned n);
 // Coverage: a named launch argument of the next launch.
 void note(const char* name, long v);
 void print_coverage();
@@ -151,3 +167,62 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
   ::emu::warp_exchange(&d, &r, sizeof(int), mask, ::emu::lane_id());
 }
 template <class T> inline T __ldg(const T* p) { return *p; }
+
+// ---- the runtime API the single-launch SE's host code uses (se_fused.cu) ----
+// Emulated devices (emu.cpp's table, chosen with cudaSetDevice): sm_90 parts
+// with different multiprocessor counts, shared memory and largest cluster.
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+};
+enum cudaFuncAttribute {
+  cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
+  cudaFuncAttributeNonPortableClusterSizeAllowed = 12,
+};
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes = 0, constSizeBytes = 0, localSizeBytes = 0;
+  int maxThreadsPerBlock = 0, numRegs = 0, ptxVersion = 0, binaryVersion = 0, cacheModeCA = 0;
+  int maxDynamicSharedSizeBytes = 0;
+};
+enum cudaLaunchAttributeID { cudaLaunchAttributeClusterDimension = 4 };
+union cudaLaunchAttributeValue {
+  struct { unsigned x, y, z; } clusterDim;
+  char pad[64];
+};
+struct cudaLaunchAttribute {
+  cudaLaunchAttributeID id;
+  cudaLaunchAttributeValue val;
+};
+struct cudaLaunchConfig_t {
+  dim3 gridDim, blockDim;
+  size_t dynamicSmemBytes;
+  cudaStream_t stream;
+  cudaLaunchAttribute* attrs;
+  unsigned numAttrs;
+};
+const char* cudaGetErrorString(cudaError_t e);
+cudaError_t cudaGetDevice(int* dev);
+cudaError_t cudaSetDevice(int dev);
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int dev);
+namespace emu {
+cudaError_t func_get_attributes(cudaFuncAttributes* a, const void* f);
+cudaError_t func_set_attribute(const void* f, cudaFuncAttribute a, int v);
+cudaError_t max_active_clusters(int* n, const void* f, const cudaLaunchConfig_t* cfg);
+Cfg cfg_of(const cudaLaunchConfig_t* cfg, const void* f);
+}  // namespace emu
+template <class F> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, F* f) {
+  return ::emu::func_get_attributes(a, reinterpret_cast<const void*>(f));
+}
+template <class F> cudaError_t cudaFuncSetAttribute(F* f, cudaFuncAttribute a, int v) {
+  return ::emu::func_set_attribute(reinterpret_cast<const void*>(f), a, v);
+}
+template <class F> cudaError_t cudaOccupancyMaxActiveClusters(int* n, F* f, const cudaLaunchConfig_t* cfg) {
+  return ::emu::max_active_clusters(n, reinterpret_cast<const void*>(f), cfg);
+}
+template <class... Exp, class... Act>
+cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*k)(Exp...), Act&&... args) {
+  ::emu::launch("cudaLaunchKernelEx", __PRETTY_FUNCTION__, ::emu::cfg_of(cfg, reinterpret_cast<const void*>(k)),
+                [&] { k(args...); });
+  return cudaSuccess;  // a refused configuration is left for cudaGetLastError, as for <<<>>>
+}
