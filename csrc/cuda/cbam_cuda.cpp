@@ -9,9 +9,11 @@
 //   backward  3 passes, 7|x|: Σ_c dy·x1 (read dy, x), Σ_hw dx1·x (read dy,
 //             x), dx (read dy, x, write dx)
 //
-// The MLP runs once per batch as GEMMs (cuBLAS through ATen), the BatchNorm's
-// batch statistics in double on the device, the k×k convolution and its
-// weight gradient in our own kernels (no cuDNN algorithm choice, no atomics):
+// The MLP runs once per batch as GEMMs (cuBLAS through ATen); the forward's
+// spatial gate (the k×k convolution, the BatchNorm's batch statistics in
+// double, the gate) is two launches of our own kernels (cbam_spatial_gate),
+// the backward's convolution and its weight gradient too (no cuDNN algorithm
+// choice, no atomics):
 // deterministic, and nothing synchronizes with the host, so the ops can be
 // captured in CUDA graphs.
 #include "../cbam.h"
@@ -172,24 +174,43 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
   CbamPass p = pass_of<CbamPass>(geo);
   p.g = g.const_data_ptr();
   reduce(p, CbamReduce::ChannelPool, geo, smap[0], smap[1]);
-  const at::Tensor z = conv(conv_input(smap, light, max_first), ws.to(acc).unsqueeze(0), H, W).select(1, 0).contiguous();
-  at::Tensor stats_d;
-  if (batch_stats) {  // mean and biased variance over N·H·W, in double, two passes
-    const at::Tensor zd = z.to(at::kDouble);
-    const at::Tensor mean = zd.mean();
-    stats_d = at::stack({mean, zd.sub(mean).square().mean()});
-  } else {
-    stats_d = at::cat({bn_rm->reshape({1}).to(at::kDouble), bn_rv->reshape({1}).to(at::kDouble)});
+  // The spatial gate in two launches: z, the statistics (written when they are the batch's), s.
+  at::Tensor stats_d = batch_stats ? at::empty({2}, aopt.dtype(at::kDouble))
+                                   : at::cat({bn_rm->reshape({1}).to(at::kDouble), bn_rv->reshape({1}).to(at::kDouble)});
+  const at::Tensor wsa = ws.to(acc).contiguous();
+  const c10::optional<at::Tensor> gamma = bn_w ? c10::optional<at::Tensor>(bn_w->reshape({}).to(acc)) : c10::nullopt;
+  const c10::optional<at::Tensor> beta = bn_b ? c10::optional<at::Tensor>(bn_b->reshape({}).to(acc)) : c10::nullopt;
+  at::Tensor z = acc_empty(N, HW, aopt), s = acc_empty(N, HW, aopt);
+  at::Tensor stats = at::empty({2}, aopt);
+  maybe_poison(stats);
+  CbamSpatial sp;
+  sp.acc = dtype_of(acc);
+  sp.N = N, sp.H = H, sp.W = W;
+  sp.k = static_cast<int>(ws.size(-1));
+  sp.light = light;
+  sp.max_first = max_first;
+  sp.gate = static_cast<int8_t>(gate);
+  sp.batch_stats = batch_stats;
+  sp.eps = eps;
+  sp.smap = smap.const_data_ptr();
+  sp.w = wsa.const_data_ptr();
+  sp.gamma = gamma ? gamma->const_data_ptr() : nullptr;
+  sp.beta = beta ? beta->const_data_ptr() : nullptr;
+  at::Tensor workspace;
+  if (batch_stats) {
+    workspace = at::empty({3 * cbam_spatial_blocks(sp)}, stats_d.options());
+    sp.partials = workspace.data_ptr();
   }
-  const at::Tensor mu = stats_d[0].to(acc);
-  const at::Tensor invstd = invstd_of(stats_d, eps, acc);
-  const at::Tensor gamma = bn_scalar(bn_w, 1.0, aopt), beta = bn_scalar(bn_b, 0.0, aopt);
-  const at::Tensor s = gate_forward(gate, z.sub(mu).mul(gamma).mul(invstd).add(beta)).contiguous();
+  sp.z = z.data_ptr();
+  sp.stats = stats_d.data_ptr<double>();
+  sp.stats_acc = stats.data_ptr();
+  sp.s = s.data_ptr();
+  C10_CUDA_CHECK(cbam_spatial_gate(sp, stream()));
 
   p.s = s.const_data_ptr();
   p.out = y.data_ptr();
   C10_CUDA_CHECK(cbam_rescale(p, stream()));
-  return {y, pooled, logits, smap, z, stats_d.to(acc)};
+  return {y, pooled, logits, smap, z, stats};
 }
 
 Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& w1,

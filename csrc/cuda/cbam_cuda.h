@@ -90,4 +90,40 @@ struct CbamConv {
 cudaError_t cbam_conv(const CbamConv& c, cudaStream_t stream);
 cudaError_t cbam_conv_wgrad(const CbamConv& c, cudaStream_t stream);
 
+// The forward's spatial gate in two launches instead of about twenty small
+// ATen ops on [N, H·W] maps (on a GPU those cost more than the passes over x
+// at the ResNet-50 sites): the k×k convolution of the maps read straight from
+// smap (light: ½mean + ½max formed on the fly), each block also reducing its
+// pixels of z to BatchNorm statistics (count, mean, M2 in double: Welford per
+// thread, Chan's merge up a fixed tree); then every block merges the blocks'
+// statistics in the same fixed order and writes its pixels of
+// s = gate((z − mu)·gamma·invstd + beta), each op rounded in the accumulation
+// type as the ATen expression of the other backends rounds it. With running
+// statistics (batch_stats false) the merge is skipped and stats is read.
+struct CbamSpatial {
+  DType acc = DType::F32;       // F32 or F64: every array but stats
+  int64_t N = 0, H = 0, W = 0;
+  int k = 1;
+  bool light = false;           // one map, ½mean + ½max
+  bool max_first = false;       // two maps in the order [max, mean] (the official CBAM)
+  int8_t gate = 0;              // FusedGate
+  bool batch_stats = true;
+  double eps = 1e-5;
+
+  const void* smap = nullptr;   // [2, N, H·W]: the channel mean, the channel max of x1
+  const void* w = nullptr;      // [maps, k, k]
+  const void* gamma = nullptr;  // scalar, or null for 1
+  const void* beta = nullptr;   // scalar, or null for 0
+  void* partials = nullptr;     // double [3, cbam_spatial_blocks] (batch_stats)
+
+  void* z = nullptr;            // [N, H·W] the convolution
+  double* stats = nullptr;      // [2] mean, biased variance: written (batch_stats) or read
+  void* stats_acc = nullptr;    // [2] stats rounded to the accumulation type (written)
+  void* s = nullptr;            // [N, H·W] the gate
+};
+
+// The blocks of the convolution launch: the partials cbam_spatial_gate needs.
+int64_t cbam_spatial_blocks(const CbamSpatial& sp);
+cudaError_t cbam_spatial_gate(const CbamSpatial& sp, cudaStream_t stream);
+
 }  // namespace fused_attn::cuda

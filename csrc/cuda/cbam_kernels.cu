@@ -325,6 +325,149 @@ __global__ void __launch_bounds__(kRowThreads) conv_wgrad_kernel(const CbamConv 
   if (threadIdx.x == 0) part[n * c.cin * kk + tap] = buf[0];
 }
 
+// ---- the forward's spatial gate --------------------------------------------
+
+constexpr int kSpatialThreads = 256;
+constexpr int64_t kSpatialMaxBlocks = 512;  // each block of the gate launch reads all their partials
+
+// Count, mean and sum of squared deviations of a set of values (double).
+struct Moments {
+  double n, mean, m2;
+};
+
+__device__ __forceinline__ Moments moments_add(Moments m, double v) {
+  m.n += 1;
+  const double d = v - m.mean;
+  m.mean += d / m.n;
+  m.m2 += d * (v - m.mean);
+  return m;
+}
+
+// Chan's merge of two disjoint sets; an empty side leaves the other as it is.
+__device__ __forceinline__ Moments moments_merge(Moments a, Moments b) {
+  if (b.n == 0) return a;
+  if (a.n == 0) return b;
+  const double n = a.n + b.n, d = b.mean - a.mean, fb = b.n / n;
+  return {n, a.mean + d * fb, a.m2 + b.m2 + d * d * a.n * fb};
+}
+
+// The block's moments merged up a fixed tree (thread t with t + width); the
+// result is thread 0's. Every thread of the block must call it.
+__device__ __forceinline__ Moments block_moments(Moments m) {
+  __shared__ double sn[kSpatialThreads], smean[kSpatialThreads], sm2[kSpatialThreads];
+  const int t = threadIdx.x;
+  sn[t] = m.n, smean[t] = m.mean, sm2[t] = m.m2;
+  __syncthreads();
+  for (int width = kSpatialThreads / 2; width > 0; width >>= 1) {
+    if (t < width) {
+      const Moments r = moments_merge({sn[t], smean[t], sm2[t]}, {sn[t + width], smean[t + width], sm2[t + width]});
+      sn[t] = r.n, smean[t] = r.mean, sm2[t] = r.m2;
+    }
+    __syncthreads();
+  }
+  return {sn[0], smean[0], sm2[0]};
+}
+
+// Single rounded operations (never contracted into a fused multiply-add), as
+// ATen's elementwise ops round them one by one.
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float exp_of(float v) { return expf(v); }
+__device__ __forceinline__ double exp_of(double v) { return exp(v); }
+
+// The glue's gate_forward: sigmoid, or relu6(z + 3) / 6 with ATen's CUDA
+// division by a scalar (a product with its reciprocal); NaN stays NaN.
+template <typename A>
+__device__ __forceinline__ A spatial_gate_of(int8_t gate, A v) {
+  if (static_cast<FusedGate>(gate) == FusedGate::Sigmoid) return A(1) / (A(1) + exp_of(-v));
+  if (v != v) return v;
+  const A r = add_rn(v, A(3));
+  return mul_rn(r < A(0) ? A(0) : (r > A(6) ? A(6) : r), A(1) / A(6));
+}
+
+// z = conv(maps) as conv_kernel sums it, the maps read from smap; each
+// block's moments of its pixels of z to partials [3, gridDim.x].
+template <typename A>
+__global__ void __launch_bounds__(kSpatialThreads) spatial_conv_kernel(const CbamSpatial sp) {
+  const A* __restrict__ smap = static_cast<const A*>(sp.smap);
+  const A* __restrict__ w = static_cast<const A*>(sp.w);
+  A* __restrict__ z = static_cast<A*>(sp.z);
+  const int64_t HW = sp.H * sp.W, total = sp.N * HW;
+  const int maps = sp.light ? 1 : 2, pad = (sp.k - 1) / 2, kk = sp.k * sp.k;
+  Moments m{0, 0, 0};
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * kSpatialThreads + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * kSpatialThreads) {
+    const int64_t n = idx / HW, pix = idx - n * HW;
+    const int64_t py = pix / sp.W, px = pix - py * sp.W;
+    const A* cmean = smap + n * HW;
+    const A* cmax = smap + (sp.N + n) * HW;
+    A acc = A(0);
+    for (int ci = 0; ci < maps; ++ci) {
+      const A* src = ((ci == 0) != sp.max_first) ? cmean : cmax;
+      const A* wk = w + ci * kk;
+      for (int i = 0; i < sp.k; ++i) {
+        const int64_t yy = py + i - pad;
+        if (yy < 0 || yy >= sp.H) continue;
+        for (int j = 0; j < sp.k; ++j) {
+          const int64_t xx = px + j - pad;
+          if (xx < 0 || xx >= sp.W) continue;
+          const int64_t q = yy * sp.W + xx;
+          const A v = sp.light ? add_rn(mul_rn(cmean[q], A(0.5)), mul_rn(cmax[q], A(0.5))) : src[q];
+          acc += wk[i * sp.k + j] * v;
+        }
+      }
+    }
+    z[idx] = acc;
+    if (sp.batch_stats) m = moments_add(m, static_cast<double>(acc));
+  }
+  if (!sp.batch_stats) return;
+  m = block_moments(m);
+  if (threadIdx.x == 0) {
+    double* part = static_cast<double*>(sp.partials);
+    part[blockIdx.x] = m.n;
+    part[gridDim.x + blockIdx.x] = m.mean;
+    part[2 * gridDim.x + blockIdx.x] = m.m2;
+  }
+}
+
+// s = gate(BN(z)): every block merges the `parts` partials in one fixed
+// order (so all agree, bit for bit), block 0 writes the statistics.
+template <typename A>
+__global__ void __launch_bounds__(kSpatialThreads) spatial_gate_kernel(const CbamSpatial sp, const int64_t parts) {
+  double mean, var;
+  if (sp.batch_stats) {
+    const double* part = static_cast<const double*>(sp.partials);
+    Moments m{0, 0, 0};
+    for (int64_t b = threadIdx.x; b < parts; b += kSpatialThreads)
+      m = moments_merge(m, {part[b], part[parts + b], part[2 * parts + b]});
+    m = block_moments(m);
+    mean = m.mean;
+    var = m.m2 / m.n;
+    if (blockIdx.x == 0 && threadIdx.x == 0) sp.stats[0] = mean, sp.stats[1] = var;
+  } else {
+    mean = sp.stats[0];
+    var = sp.stats[1];
+  }
+  A* stats_acc = static_cast<A*>(sp.stats_acc);
+  if (blockIdx.x == 0 && threadIdx.x == 0) stats_acc[0] = static_cast<A>(mean), stats_acc[1] = static_cast<A>(var);
+  const A mu = static_cast<A>(mean);
+  const A invstd = static_cast<A>(1.0 / sqrt(var + sp.eps));
+  const A gamma = sp.gamma ? *static_cast<const A*>(sp.gamma) : A(1);
+  const A beta = sp.beta ? *static_cast<const A*>(sp.beta) : A(0);
+  const A* __restrict__ z = static_cast<const A*>(sp.z);
+  A* __restrict__ s = static_cast<A*>(sp.s);
+  const int64_t total = sp.N * sp.H * sp.W;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * kSpatialThreads + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * kSpatialThreads) {
+    const A bo = add_rn(mul_rn(mul_rn(sub_rn(z[idx], mu), gamma), invstd), beta);
+    s[idx] = spatial_gate_of(sp.gate, bo);
+  }
+}
+
 // ---- launchers ---------------------------------------------------------------
 
 template <typename T, CbamReduce K>
@@ -462,6 +605,25 @@ cudaError_t cbam_conv_wgrad(const CbamConv& c, cudaStream_t stream) {
   return dispatch_acc(c.acc, [&](auto tag) {
     const dim3 grid(static_cast<unsigned>(c.N), static_cast<unsigned>(c.cin * c.k * c.k));
     conv_wgrad_kernel<decltype(tag)><<<grid, kRowThreads, 0, stream>>>(c);
+    return cudaGetLastError();
+  });
+}
+
+int64_t cbam_spatial_blocks(const CbamSpatial& sp) {
+  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(sp.N * sp.H * sp.W, kSpatialThreads), kSpatialMaxBlocks));
+}
+
+cudaError_t cbam_spatial_gate(const CbamSpatial& sp, cudaStream_t stream) {
+  if (sp.N * sp.H * sp.W == 0) return cudaSuccess;
+  if (sp.k < 1 || sp.k % 2 == 0 || sp.stats == nullptr || (sp.batch_stats && sp.partials == nullptr))
+    return cudaErrorInvalidValue;
+  const int64_t blocks = cbam_spatial_blocks(sp);
+  return dispatch_acc(sp.acc, [&](auto tag) {
+    using A = decltype(tag);
+    spatial_conv_kernel<A><<<static_cast<unsigned>(blocks), kSpatialThreads, 0, stream>>>(sp);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    spatial_gate_kernel<A><<<static_cast<unsigned>(blocks), kSpatialThreads, 0, stream>>>(sp, blocks);
     return cudaGetLastError();
   });
 }

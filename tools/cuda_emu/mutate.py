@@ -31,6 +31,12 @@ M = {
                              "cap2/emu_test", ["--quick", "--cbam"]),
   "cbam_wgrad_tree": ("cbam_kernels.cu", "if (static_cast<int>(threadIdx.x) < width) buf[threadIdx.x] += buf[threadIdx.x + width];\n    __syncthreads();",
                       "if (static_cast<int>(threadIdx.x) < width) buf[threadIdx.x] += buf[threadIdx.x + width];", "emu_test", ["--quick", "--cbam"]),
+  "cbam_spatial_tree_barrier": ("cbam_kernels.cu", "      sn[t] = r.n, smean[t] = r.mean, sm2[t] = r.m2;\n    }\n    __syncthreads();",
+                                "      sn[t] = r.n, smean[t] = r.mean, sm2[t] = r.m2;\n    }\n", "emu_test", ["--quick", "--cbam"]),
+  "cbam_spatial_chan_merge": ("cbam_kernels.cu", "a.m2 + b.m2 + d * d * a.n * fb", "a.m2 + b.m2 + d * d * fb", "emu_test", ["--quick", "--cbam"]),
+  "cbam_spatial_map_order": ("cbam_kernels.cu", "((ci == 0) != sp.max_first)", "((ci == 0) == sp.max_first)", "emu_test", ["--quick", "--cbam"]),
+  "cbam_spatial_parts": ("cbam_kernels.cu", "for (int64_t b = threadIdx.x; b < parts; b += kSpatialThreads)",
+                         "for (int64_t b = threadIdx.x; b < parts - 1; b += kSpatialThreads)", "emu_test", ["--quick", "--cbam"]),
   "se_cols_merge": ("se_kernels.cuh", "for (int j = 1; j < kColsY; ++j)", "for (int j = 1; j < kColsY - 1; ++j)", "emu_test", ["--quick", "--se"]),
   "se_vec_oob": ("se_kernels.cuh", "  if (row % kVec<T> != 0) return false;", "", "emu_test", ["--quick", "--se"]),
   # se_fused.cu (clusters, distributed shared memory, asynchronous copies)

@@ -259,6 +259,130 @@ bool run_conv(int N, int H, int W, int cin, int cout, int kk, int policy, std::m
   return ok;
 }
 
+// ---- the forward's spatial gate: conv of the maps, BatchNorm, gate ----------
+struct SpatialCase {
+  int N, H, W, k;
+  bool light, max_first, batch_stats, affine;
+  int gate;  // FusedGate
+  int mode;  // 0 random maps, 2 with a NaN in one sample's maps
+  std::string str() const {
+    char b[200];
+    std::snprintf(b, sizeof b, "N=%d H=%d W=%d k=%d%s%s %s%s gate=%s mode=%d", N, H, W, k, light ? " light" : "",
+                  max_first ? " max_first" : "", batch_stats ? "batch" : "running", affine ? " affine" : "",
+                  gate ? "hard" : "sigmoid", mode);
+    return b;
+  }
+};
+
+template <class A>
+bool run_spatial(const SpatialCase& sc, std::mt19937_64& rng) {
+  const int64_t N = sc.N, HW = int64_t{sc.H} * sc.W, total = N * HW;
+  const int maps = sc.light ? 1 : 2, kk = sc.k * sc.k, pad = (sc.k - 1) / 2;
+  const double u = std::is_same<A, double>::value ? 1.2e-16 : 6.0e-8;
+  std::uniform_real_distribution<double> U(-1, 1), P(0.5, 2);
+  Buf<A> smap(2 * total), w(int64_t{maps} * kk), gamma(1), beta(1), z(total), s(total), stats_acc(2);
+  Buf<double> stats(2);
+  for (int64_t i = 0; i < total; ++i) {
+    smap[i] = static_cast<A>(U(rng));                          // channel mean
+    smap[total + i] = static_cast<A>(smap[i] + P(rng) - 0.5);  // channel max
+  }
+  if (sc.mode == 2) smap[total + HW / 2] = static_cast<A>(NAN);
+  for (size_t i = 0; i < w.n; ++i) w[i] = static_cast<A>(U(rng) * 0.3);
+  gamma[0] = static_cast<A>(P(rng));
+  beta[0] = static_cast<A>(U(rng));
+  CbamSpatial sp;
+  sp.acc = std::is_same<A, double>::value ? DType::F64 : DType::F32;
+  sp.N = N, sp.H = sc.H, sp.W = sc.W, sp.k = sc.k;
+  sp.light = sc.light, sp.max_first = sc.max_first, sp.gate = static_cast<int8_t>(sc.gate);
+  sp.batch_stats = sc.batch_stats;
+  sp.eps = 1e-5;
+  sp.smap = smap.p, sp.w = w.p;
+  sp.gamma = sc.affine ? gamma.p : nullptr;
+  sp.beta = sc.affine ? beta.p : nullptr;
+  const int64_t blocks = cbam_spatial_blocks(sp);
+  Buf<double> part(sc.batch_stats ? 3 * blocks : 0);
+  part.fill_bytes(0xff);
+  z.fill_bytes(0xff), s.fill_bytes(0xff), stats_acc.fill_bytes(0xff);
+  if (sc.batch_stats) {
+    stats.fill_bytes(0xff);
+  } else {
+    stats[0] = U(rng) * 0.2, stats[1] = P(rng);
+  }
+  const double given_mean = stats[0], given_var = stats[1];
+  sp.z = z.p, sp.s = s.p, sp.stats = stats.p, sp.stats_acc = stats_acc.p;
+  bool ok = true;
+  if (sc.batch_stats) {  // no workspace: refused, nothing launched
+    CbamSpatial bad = sp;
+    if (cbam_spatial_gate(bad, nullptr) != cudaErrorInvalidValue) std::printf("  accepted no partials\n"), ok = false;
+    sp.partials = part.p;
+  }
+  if (cbam_spatial_gate(sp, nullptr) != cudaSuccess || cudaGetLastError() != cudaSuccess)
+    std::printf("  cbam_spatial_gate failed\n"), ok = false;
+  const std::string tn = std::is_same<A, double>::value ? "f64" : "f32";
+
+  // z: the 'same' convolution of the maps, in double.
+  Check cz(tn + " spatial.z");
+  const A* cmean = smap.p;
+  const A* cmax = smap.p + total;
+  auto map_at = [&](int ci, int64_t n, int64_t q) -> double {
+    if (sc.light) return static_cast<A>(static_cast<A>(cmean[n * HW + q] * A(0.5)) + static_cast<A>(cmax[n * HW + q] * A(0.5)));
+    return ((ci == 0) != sc.max_first) ? cmean[n * HW + q] : cmax[n * HW + q];
+  };
+  for (int64_t n = 0; n < N; ++n)
+    for (int y = 0; y < sc.H; ++y)
+      for (int x = 0; x < sc.W; ++x) {
+        double sm = 0, mag = 0;
+        for (int ci = 0; ci < maps; ++ci)
+          for (int i = 0; i < sc.k; ++i)
+            for (int j = 0; j < sc.k; ++j) {
+              const int yy = y + i - pad, xx = x + j - pad;
+              if (yy < 0 || yy >= sc.H || xx < 0 || xx >= sc.W) continue;
+              const double t = double(w[ci * kk + i * sc.k + j]) * map_at(ci, n, int64_t{yy} * sc.W + xx);
+              sm += t, mag += std::fabs(t);
+            }
+        cz.near(at2(n, int64_t{y} * sc.W + x), z[n * HW + int64_t{y} * sc.W + x], sm, u * (maps * kk + 4) * mag + 1e-300);
+      }
+  ok &= cz.done();
+
+  // The statistics of the z the kernel wrote (two passes in long double).
+  Check cst(tn + " spatial.stats");
+  double mean = given_mean, var = given_var;
+  if (sc.batch_stats) {
+    long double m = 0, v = 0;
+    for (int64_t i = 0; i < total; ++i) m += z[i];
+    m /= total;
+    for (int64_t i = 0; i < total; ++i) v += (z[i] - m) * (z[i] - m);
+    v /= total;
+    cst.near("mean", stats[0], double(m), 1e-13 * (std::fabs(double(m)) + std::sqrt(double(v))));
+    cst.near("var", stats[1], double(v), 1e-12 * double(v));
+    mean = stats[0], var = stats[1];
+  } else {
+    cst.exact("mean", stats[0], given_mean);
+    cst.exact("var", stats[1], given_var);
+  }
+  cst.exact("mean_acc", stats_acc[0], static_cast<A>(mean));
+  cst.exact("var_acc", stats_acc[1], static_cast<A>(var));
+  ok &= cst.done();
+
+  // s: the BatchNorm as single rounded ops in A (exact), the gate to a few ulps.
+  Check cs(tn + " spatial.s");
+  const A mu = static_cast<A>(mean), invstd = static_cast<A>(1.0 / std::sqrt(var + 1e-5));
+  const A ga = sc.affine ? gamma[0] : A(1), be = sc.affine ? beta[0] : A(0);
+  for (int64_t i = 0; i < total; ++i) {
+    const A d = static_cast<A>(z[i] - mu);
+    const A bo = static_cast<A>(static_cast<A>(static_cast<A>(d * ga) * invstd) + be);
+    double ref;
+    if (sc.gate == 0) {
+      ref = 1.0 / (1.0 + std::exp(-double(bo)));
+    } else {
+      ref = std::isnan(double(bo)) ? double(bo) : std::min(std::max(double(bo) + 3.0, 0.0), 6.0) / 6.0;
+    }
+    cs.near(at2(i / HW, i % HW), s[i], ref, 4 * Ty<A>::ulp(ref) + 1e-300);
+  }
+  ok &= cs.done();
+  return ok;
+}
+
 }  // namespace
 
 bool cbam_case_any(DType dt, const CbamCase& k, std::mt19937_64& rng) {
@@ -297,6 +421,28 @@ void run_cbam_suite(bool quick) {
         k.mis_x = pol == 1;
         run_case("cbam", dt, k, [&] { return cbam_case_any(dt, k, rng); });
       }
+  // The forward's spatial gate.
+  {
+    const SpatialCase sps[] = {
+        {1, 1, 1, 1, false, false, true, false, 0, 0},    {2, 7, 7, 7, false, false, true, true, 0, 0},
+        {3, 5, 9, 3, true, false, true, true, 1, 0},      {2, 14, 13, 7, false, true, false, true, 0, 0},
+        {1, 6, 6, 5, true, false, false, false, 1, 0},    {2, 8, 8, 7, false, false, true, true, 1, 2},
+        {2, 40, 41, 7, false, true, true, true, 0, 0},    {3, 217, 216, 3, false, false, true, true, 0, 0},
+    };
+    int i = 0;
+    for (const SpatialCase& sc : sps)
+      for (int a = 0; a < 2; ++a) {
+        if (quick && a == 1 && sc.N * sc.H * sc.W > 10000) continue;
+        emu::policy = i++ % 3;
+        ++g_stats.cases;
+        const bool ok = a ? run_spatial<double>(sc, rng) : run_spatial<float>(sc, rng);
+        if (g_verbose) std::printf("spatial %s %s\n", a ? "f64" : "f32", sc.str().c_str());
+        if (!ok) {
+          ++g_stats.failed_cases;
+          std::printf("FAILED spatial %s %s\n", a ? "f64" : "f32", sc.str().c_str());
+        }
+      }
+  }
   // The convolution.
   const int convHW[5][2] = {{1, 1}, {3, 5}, {7, 7}, {14, 14}, {33, 31}};
   for (int a = 0; a < 2; ++a)

@@ -37,6 +37,15 @@ typedef struct CUstream_st* cudaStream_t;
 cudaError_t cudaGetLastError();
 #define __align__(n) __attribute__((aligned(n)))
 
+// Single rounded arithmetic (the shim builds for baseline x86-64: no
+// contraction into fused multiply-adds anywhere).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline double __longlong_as_double(long long i) { double d; std::memcpy(&d, &i, 8); return d; }
 
