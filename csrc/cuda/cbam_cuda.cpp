@@ -9,13 +9,14 @@
 //   backward  3 passes, 7|x|: Σ_c dy·x1 (read dy, x), Σ_hw dx1·x (read dy,
 //             x), dx (read dy, x, write dx)
 //
-// The MLP runs once per batch as GEMMs (cuBLAS through ATen); the forward's
-// spatial gate (the k×k convolution, the BatchNorm's batch statistics in
-// double, the gate) is two launches of our own kernels (cbam_spatial_gate),
-// the backward's convolution and its weight gradient too (no cuDNN algorithm
-// choice, no atomics):
-// deterministic, and nothing synchronizes with the host, so the ops can be
-// captured in CUDA graphs.
+// The MLP runs once per batch as GEMMs (cuBLAS through ATen); the spatial
+// gate on the [N, H·W] maps is our own kernels: the forward's (the k×k
+// convolution, the BatchNorm's batch statistics in double, the gate) two
+// launches (cbam_spatial_gate), the backward's (the gate and BatchNorm
+// backward, the flipped convolution, the weight gradient) four
+// (cbam_spatial_grad), instead of some sixty small ATen ops (no cuDNN
+// algorithm choice, no atomics): deterministic, and nothing synchronizes with
+// the host, so the ops can be captured in CUDA graphs.
 #include "../cbam.h"
 #include "cbam_cuda.h"
 #include "channel_gate.h"
@@ -65,60 +66,38 @@ std::vector<at::Tensor> mlp_inputs(const at::Tensor& pooled, bool light) {
   return {pooled[0], pooled[1]};
 }
 
-// The conv's input maps [N, maps, H·W] from smap [2, N, H·W].
-at::Tensor conv_input(const at::Tensor& smap, bool light, bool max_first) {
-  const at::Tensor cmean = smap[0], cmax = smap[1];
-  if (light) return cmean.mul(0.5).add(cmax.mul(0.5)).unsqueeze(1);
-  return max_first ? at::stack({cmax, cmean}, 1) : at::stack({cmean, cmax}, 1);
-}
+// The spatial gate's launch struct for both directions, with the tensors its
+// pointers name: the conv weight and the BatchNorm's affine scalars in the
+// accumulation type, and the partials' workspace.
+struct Spatial {
+  CbamSpatial sp;
+  at::Tensor w, gamma, beta, workspace;
+};
 
-CbamConv conv_of(const at::Tensor& in, int64_t H, int64_t W) {
-  CbamConv c;
-  c.acc = dtype_of(in.scalar_type());
-  c.N = in.size(0);
-  c.cin = static_cast<int>(in.size(1));
-  c.H = H;
-  c.W = W;
-  c.in = in.const_data_ptr();
-  return c;
-}
-
-// in [N, cin, H·W], w [cout, cin, k, k] (accumulation dtype) → [N, cout, H·W].
-at::Tensor conv(const at::Tensor& in_, const at::Tensor& w_, int64_t H, int64_t W) {
-  const at::Tensor in = in_.contiguous(), w = w_.contiguous();
-  at::Tensor out = at::empty({in.size(0), w.size(0), H * W}, in.options());
-  maybe_poison(out);
-  CbamConv c = conv_of(in, H, W);
-  c.cout = static_cast<int>(w.size(0));
-  c.k = static_cast<int>(w.size(-1));
-  c.w = w.const_data_ptr();
-  c.out = out.data_ptr();
-  C10_CUDA_CHECK(cbam_conv(c, stream()));
-  return out;
-}
-
-// dL/dw [cin, k, k] of one output map given dz [N, H·W]: per-sample partials,
-// summed over the samples by ATen (a fixed order for a given shape).
-at::Tensor conv_weight_grad(const at::Tensor& in_, const at::Tensor& dz_, int64_t k, int64_t H, int64_t W) {
-  const at::Tensor in = in_.contiguous(), dz = dz_.contiguous();
-  const int64_t cin = in.size(1);
-  at::Tensor part = at::empty({in.size(0), cin * k * k}, in.options());
-  maybe_poison(part);
-  CbamConv c = conv_of(in, H, W);
-  c.k = static_cast<int>(k);
-  c.dz = dz.const_data_ptr();
-  c.out = part.data_ptr();
-  C10_CUDA_CHECK(cbam_conv_wgrad(c, stream()));
-  return part.sum(0).view({cin, k, k});
-}
-
-at::Tensor bn_scalar(const c10::optional<at::Tensor>& t, double otherwise, const at::TensorOptions& opts) {
-  return t ? t->reshape({}).to(opts.dtype()) : at::full({}, otherwise, opts);
-}
-
-// As every backend: 1/sqrt(var + eps) in double from the stored statistics, then rounded.
-at::Tensor invstd_of(const at::Tensor& stats, double eps, at::ScalarType acc) {
-  return stats[1].to(at::kDouble).add(eps).sqrt().reciprocal().to(acc);
+Spatial spatial_of(const at::Tensor& smap, const at::Tensor& ws, const c10::optional<at::Tensor>& bn_w,
+                   const c10::optional<at::Tensor>& bn_b, double eps, int64_t H, int64_t W, Gate gate, bool light,
+                   bool max_first, bool batch_stats) {
+  const auto acc = smap.scalar_type();
+  Spatial r;
+  r.w = ws.to(acc).contiguous();
+  if (bn_w) r.gamma = bn_w->reshape({}).to(acc);
+  if (bn_b) r.beta = bn_b->reshape({}).to(acc);
+  CbamSpatial& sp = r.sp;
+  sp.acc = dtype_of(acc);
+  sp.N = smap.size(1), sp.H = H, sp.W = W;
+  sp.k = static_cast<int>(ws.size(-1));
+  sp.light = light;
+  sp.max_first = max_first;
+  sp.gate = static_cast<int8_t>(gate);
+  sp.batch_stats = batch_stats;
+  sp.eps = eps;
+  sp.smap = smap.const_data_ptr();
+  sp.w = r.w.const_data_ptr();
+  sp.gamma = r.gamma.defined() ? r.gamma.const_data_ptr() : nullptr;
+  sp.beta = r.beta.defined() ? r.beta.const_data_ptr() : nullptr;
+  r.workspace = at::empty({3 * cbam_spatial_blocks(sp)}, smap.options().dtype(at::kDouble));
+  sp.partials = r.workspace.data_ptr();
+  return r;
 }
 
 at::Tensor acc_empty(int64_t a, int64_t b, const at::TensorOptions& opts) {
@@ -177,30 +156,11 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
   // The spatial gate in two launches: z, the statistics (written when they are the batch's), s.
   at::Tensor stats_d = batch_stats ? at::empty({2}, aopt.dtype(at::kDouble))
                                    : at::cat({bn_rm->reshape({1}).to(at::kDouble), bn_rv->reshape({1}).to(at::kDouble)});
-  const at::Tensor wsa = ws.to(acc).contiguous();
-  const c10::optional<at::Tensor> gamma = bn_w ? c10::optional<at::Tensor>(bn_w->reshape({}).to(acc)) : c10::nullopt;
-  const c10::optional<at::Tensor> beta = bn_b ? c10::optional<at::Tensor>(bn_b->reshape({}).to(acc)) : c10::nullopt;
   at::Tensor z = acc_empty(N, HW, aopt), s = acc_empty(N, HW, aopt);
   at::Tensor stats = at::empty({2}, aopt);
   maybe_poison(stats);
-  CbamSpatial sp;
-  sp.acc = dtype_of(acc);
-  sp.N = N, sp.H = H, sp.W = W;
-  sp.k = static_cast<int>(ws.size(-1));
-  sp.light = light;
-  sp.max_first = max_first;
-  sp.gate = static_cast<int8_t>(gate);
-  sp.batch_stats = batch_stats;
-  sp.eps = eps;
-  sp.smap = smap.const_data_ptr();
-  sp.w = wsa.const_data_ptr();
-  sp.gamma = gamma ? gamma->const_data_ptr() : nullptr;
-  sp.beta = beta ? beta->const_data_ptr() : nullptr;
-  at::Tensor workspace;
-  if (batch_stats) {
-    workspace = at::empty({3 * cbam_spatial_blocks(sp)}, stats_d.options());
-    sp.partials = workspace.data_ptr();
-  }
+  Spatial spatial = spatial_of(smap, ws, bn_w, bn_b, eps, H, W, gate, light, max_first, batch_stats);
+  CbamSpatial& sp = spatial.sp;
   sp.z = z.data_ptr();
   sp.stats = stats_d.data_ptr<double>();
   sp.stats_acc = stats.data_ptr();
@@ -257,40 +217,33 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   const at::Tensor ds = acc_empty(N, HW, aopt), ccnt = acc_empty(N, HW, aopt);
   reduce(p, CbamReduce::PixelReduce, geo, ds, ccnt);
 
-  // The BatchNorm backward (with batch statistics, through the batch mean and variance too).
-  const at::Tensor mu = stats[0];
-  const at::Tensor invstd = invstd_of(stats, eps, acc);
-  const at::Tensor gamma = bn_scalar(bn_w, 1.0, aopt), beta = bn_scalar(bn_b, 0.0, aopt);
-  const at::Tensor bo = z.sub(mu).mul(gamma).mul(invstd).add(beta);
-  const at::Tensor s = gate_forward(gate, bo).contiguous();
-  const at::Tensor dbn = gate_backward(gate, ds, bo, s);
-  const at::Tensor zhat_d = z.to(at::kDouble).sub(stats[0].to(at::kDouble)).mul(invstd.to(at::kDouble));
-  const at::Tensor dbn_d = dbn.to(at::kDouble);
-  const at::Tensor dbeta = dbn_d.sum();
-  const at::Tensor dgamma = dbn_d.mul(zhat_d).sum();
-  at::Tensor dz;
-  if (batch_stats) {
-    const double count = static_cast<double>(N * HW);
-    const at::Tensor zhat = z.sub(mu).mul(invstd);
-    dz = dbn.sub(dbeta.div(count).to(acc)).sub(zhat.mul(dgamma.div(count).to(acc))).mul(gamma.mul(invstd));
-  } else {
-    dz = dbn.mul(gamma.mul(invstd));
-  }
-  dz = dz.contiguous();
-
-  // The convolution backward: dL/dm through the flipped kernel, and the weight gradient.
-  const at::Tensor m = conv_input(smap, light, max_first);
-  const at::Tensor dws = conv_weight_grad(m, dz, k, H, W);
-  const at::Tensor dm = conv(dz.unsqueeze(1), ws.to(acc).flip({-1, -2}).unsqueeze(1), H, W);  // [N, maps, H·W]
-  at::Tensor dmean, dmax;
-  if (light) {
-    dmean = dmax = dm.select(1, 0).mul(0.5);
-  } else {
-    dmean = dm.select(1, max_first ? 1 : 0);
-    dmax = dm.select(1, max_first ? 0 : 1);
-  }
-  const at::Tensor dcmean = dmean.mul(1.0 / static_cast<double>(C)).contiguous();
-  const at::Tensor dcmax = dmax.div(ccnt).contiguous();
+  // The spatial gate's backward in four launches: s and the BatchNorm's
+  // gradient (through the batch mean and variance too with batch
+  // statistics), dz, the maps' gradients through the flipped kernel, and each
+  // sample's conv weight gradient, summed here.
+  const at::Tensor s = acc_empty(N, HW, aopt), dz = acc_empty(N, HW, aopt);
+  const at::Tensor dcmean = acc_empty(N, HW, aopt), dcmax = acc_empty(N, HW, aopt);
+  const at::Tensor wpart = acc_empty(N, maps * k * k, aopt);
+  at::Tensor dgamma = at::empty({}, aopt), dbeta = at::empty({}, aopt);
+  maybe_poison(dgamma);
+  maybe_poison(dbeta);
+  const at::Tensor smap_c = smap.contiguous(), z_c = z.contiguous(), stats_c = stats.contiguous();
+  Spatial spatial = spatial_of(smap_c, ws, bn_w, bn_b, eps, H, W, gate, light, max_first, batch_stats);
+  CbamSpatial& sp = spatial.sp;
+  sp.C = C;
+  sp.z = const_cast<void*>(z_c.const_data_ptr());  // the backward only reads z and the statistics
+  sp.stats_acc = const_cast<void*>(stats_c.const_data_ptr());
+  sp.ds = ds.const_data_ptr();
+  sp.ccnt = ccnt.const_data_ptr();
+  sp.s = s.data_ptr();
+  sp.dz = dz.data_ptr();
+  sp.dcmean = dcmean.data_ptr();
+  sp.dcmax = dcmax.data_ptr();
+  sp.dgamma = dgamma.data_ptr();
+  sp.dbeta = dbeta.data_ptr();
+  sp.wpart = wpart.data_ptr();
+  C10_CUDA_CHECK(cbam_spatial_grad(sp, stream()));
+  const at::Tensor dws = wpart.sum(0).view({maps, k, k});
 
   // Pass 2: the channel gate's gradient per channel, and the spatial max's ties.
   const at::Tensor mx = pooled[1];
@@ -330,7 +283,7 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   p.b = b.const_data_ptr();
   p.out = dx.data_ptr();
   C10_CUDA_CHECK(cbam_input_grad(p, stream()));
-  return grads(dw1, db1, dw2, db2, dws, dgamma.to(acc), dbeta.to(acc));
+  return grads(dw1, db1, dw2, db2, dws, dgamma, dbeta);
 }
 
 TORCH_LIBRARY_IMPL(fused_attn, CUDA, m) {

@@ -11,7 +11,7 @@
 //             Σ_hw dx1·x, spatial-max ties      cbam_channel_reduce   read dy, x
 //             dx                                cbam_input_grad       read dy, x, write dx
 //
-// plus the k×k convolution on the [N, maps, H·W] maps and its weight gradient.
+// plus the spatial gate on the [N, H·W] maps (cbam_spatial_gate, cbam_spatial_grad).
 // Reductions run in an order fixed by the shape (no float atomics), so the
 // results are bitwise identical run to run. Every launcher returns the
 // launch's cudaError_t; none synchronizes or allocates.
@@ -73,23 +73,6 @@ cudaError_t cbam_rescale(const CbamPass& p, cudaStream_t stream);
 // dx = dx1·g + a (+ b where x == mx), dx1 = dy·s + dcmean (+ dcmax where x1 == cmax).
 cudaError_t cbam_input_grad(const CbamPass& p, cudaStream_t stream);
 
-// The 'same' k×k convolution (stride 1, zero padding) on maps in the
-// accumulation type: out [N, cout, H·W] = Σ_ci w[co, ci] ⋆ in[n, ci], summed
-// in (ci, i, j) order; and one sample's weight gradient of a single output
-// map, part [N, cin·k·k] = Σ_p dz[n, p]·in[n, ci, p + (i, j) − pad].
-struct CbamConv {
-  DType acc = DType::F32;       // F32 or F64
-  int64_t N = 0, H = 0, W = 0;
-  int cin = 1, cout = 1, k = 1;
-  const void* in = nullptr;     // [N, cin, H·W]
-  const void* w = nullptr;      // [cout, cin, k, k]   (cbam_conv)
-  const void* dz = nullptr;     // [N, H·W]            (cbam_conv_wgrad)
-  void* out = nullptr;          // [N, cout, H·W] or part [N, cin·k·k]
-};
-
-cudaError_t cbam_conv(const CbamConv& c, cudaStream_t stream);
-cudaError_t cbam_conv_wgrad(const CbamConv& c, cudaStream_t stream);
-
 // The forward's spatial gate in two launches instead of about twenty small
 // ATen ops on [N, H·W] maps (on a GPU those cost more than the passes over x
 // at the ResNet-50 sites): the k×k convolution of the maps read straight from
@@ -100,8 +83,17 @@ cudaError_t cbam_conv_wgrad(const CbamConv& c, cudaStream_t stream);
 // s = gate((z − mu)·gamma·invstd + beta), each op rounded in the accumulation
 // type as the ATen expression of the other backends rounds it. With running
 // statistics (batch_stats false) the merge is skipped and stats is read.
+//
+// The backward (cbam_spatial_grad) in four launches instead of about forty
+// ATen ops: s again and the BatchNorm's gradient with each block's sums of
+// dbn and dbn·ẑ (in double); every block merges those in one fixed order and
+// writes dz (through the batch mean and variance when they were the batch's);
+// the maps' gradients through the flipped kernel, already divided as the
+// channel pool's backward needs them (dcmean = dmean / C, dcmax = dmax / ties);
+// and each sample's weight gradient (one block per (sample, tap), a fixed
+// tree), which the caller sums over the samples.
 struct CbamSpatial {
-  DType acc = DType::F32;       // F32 or F64: every array but stats
+  DType acc = DType::F32;       // F32 or F64: every array but stats and partials
   int64_t N = 0, H = 0, W = 0;
   int k = 1;
   bool light = false;           // one map, ½mean + ½max
@@ -114,16 +106,29 @@ struct CbamSpatial {
   const void* w = nullptr;      // [maps, k, k]
   const void* gamma = nullptr;  // scalar, or null for 1
   const void* beta = nullptr;   // scalar, or null for 0
-  void* partials = nullptr;     // double [3, cbam_spatial_blocks] (batch_stats)
+  void* partials = nullptr;     // double [3, cbam_spatial_blocks]: forward (batch_stats) and backward
 
-  void* z = nullptr;            // [N, H·W] the convolution
-  double* stats = nullptr;      // [2] mean, biased variance: written (batch_stats) or read
-  void* stats_acc = nullptr;    // [2] stats rounded to the accumulation type (written)
-  void* s = nullptr;            // [N, H·W] the gate
+  void* z = nullptr;            // [N, H·W] the convolution (forward: written; backward: read)
+  double* stats = nullptr;      // [2] mean, biased variance: written (batch_stats) or read (forward)
+  void* stats_acc = nullptr;    // [2] stats rounded to the accumulation type (forward: written; backward: read)
+  void* s = nullptr;            // [N, H·W] the gate (written)
+
+  // backward only
+  int64_t C = 0;                // channels of x (the channel mean's divisor)
+  const void* ds = nullptr;     // [N, H·W] dL/ds = Σ_c dy·x1
+  const void* ccnt = nullptr;   // [N, H·W] #{c : x1 == max_c x1}
+  void* dz = nullptr;           // [N, H·W] dL/dz
+  void* dcmean = nullptr;       // [N, H·W] dL/d(mean_c x1) / C
+  void* dcmax = nullptr;        // [N, H·W] dL/d(max_c x1) / ties
+  void* dgamma = nullptr;       // scalar
+  void* dbeta = nullptr;        // scalar
+  void* wpart = nullptr;        // [N, maps·k·k] each sample's conv weight gradient
 };
 
-// The blocks of the convolution launch: the partials cbam_spatial_gate needs.
+// The blocks of the per-pixel launches: the partials cbam_spatial_gate and
+// cbam_spatial_grad need (3 and 2 doubles per block).
 int64_t cbam_spatial_blocks(const CbamSpatial& sp);
 cudaError_t cbam_spatial_gate(const CbamSpatial& sp, cudaStream_t stream);
+cudaError_t cbam_spatial_grad(const CbamSpatial& sp, cudaStream_t stream);
 
 }  // namespace fused_attn::cuda

@@ -1,5 +1,5 @@
 // The CBAM CUDA kernels (cbam_cuda.h): the channel pool of x1, the backward's
-// two reductions, the two elementwise passes and the small convolution.
+// two reductions, the two elementwise passes and the spatial gate on the maps.
 //
 // A reduction runs over the channels of a pixel (channel pool, pixel reduce)
 // or over the pixels of a channel (channel reduce). Whichever axis that is,
@@ -266,65 +266,6 @@ __global__ void __launch_bounds__(kRowThreads) apply_kernel(const CbamPass p) {
   }
 }
 
-// ---- the convolution on the maps ---------------------------------------------
-
-template <typename A>
-__global__ void __launch_bounds__(kRowThreads) conv_kernel(const CbamConv c) {
-  const A* __restrict__ in = static_cast<const A*>(c.in);
-  const A* __restrict__ w = static_cast<const A*>(c.w);
-  A* __restrict__ out = static_cast<A*>(c.out);
-  const int64_t HW = c.H * c.W, total = c.N * c.cout * HW;
-  const int pad = (c.k - 1) / 2;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * kRowThreads + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * kRowThreads) {
-    const int64_t row = idx / HW, pix = idx - row * HW;   // row = n·cout + co
-    const int64_t n = row / c.cout, co = row - n * c.cout;
-    const int64_t py = pix / c.W, px = pix - py * c.W;
-    A acc = A(0);
-    for (int ci = 0; ci < c.cin; ++ci) {
-      const A* src = in + (n * c.cin + ci) * HW;
-      const A* wk = w + (co * c.cin + ci) * c.k * c.k;
-      for (int i = 0; i < c.k; ++i) {
-        const int64_t yy = py + i - pad;
-        if (yy < 0 || yy >= c.H) continue;
-        for (int j = 0; j < c.k; ++j) {
-          const int64_t xx = px + j - pad;
-          if (xx < 0 || xx >= c.W) continue;
-          acc += wk[i * c.k + j] * src[yy * c.W + xx];
-        }
-      }
-    }
-    out[idx] = acc;
-  }
-}
-
-// One block per (sample, tap): part[n, tap] = Σ_p dz[n, p]·in[n, ci, p shifted],
-// a tree over the block's threads (fixed order).
-template <typename A>
-__global__ void __launch_bounds__(kRowThreads) conv_wgrad_kernel(const CbamConv c) {
-  __shared__ A buf[kRowThreads];
-  const A* __restrict__ in = static_cast<const A*>(c.in);
-  const A* __restrict__ dz = static_cast<const A*>(c.dz);
-  A* __restrict__ part = static_cast<A*>(c.out);
-  const int64_t n = blockIdx.x;
-  const int tap = blockIdx.y, kk = c.k * c.k;
-  const int ci = tap / kk, i = (tap / c.k) % c.k, j = tap % c.k, pad = (c.k - 1) / 2;
-  const int64_t HW = c.H * c.W;
-  const A* src = in + (n * c.cin + ci) * HW;
-  A acc = A(0);
-  for (int64_t q = threadIdx.x; q < HW; q += kRowThreads) {
-    const int64_t yy = q / c.W + i - pad, xx = q % c.W + j - pad;
-    if (yy >= 0 && yy < c.H && xx >= 0 && xx < c.W) acc += dz[n * HW + q] * src[yy * c.W + xx];
-  }
-  buf[threadIdx.x] = acc;
-  __syncthreads();
-  for (int width = kRowThreads / 2; width > 0; width >>= 1) {
-    if (static_cast<int>(threadIdx.x) < width) buf[threadIdx.x] += buf[threadIdx.x + width];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) part[n * c.cin * kk + tap] = buf[0];
-}
-
 // ---- the forward's spatial gate --------------------------------------------
 
 constexpr int kSpatialThreads = 256;
@@ -389,7 +330,18 @@ __device__ __forceinline__ A spatial_gate_of(int8_t gate, A v) {
   return mul_rn(r < A(0) ? A(0) : (r > A(6) ? A(6) : r), A(1) / A(6));
 }
 
-// z = conv(maps) as conv_kernel sums it, the maps read from smap; each
+// Input map ci of the convolution at pixel q of sample n, read from smap
+// [2, N, H·W]: light, ½mean + ½max rounded op by op as the ATen expression;
+// otherwise the mean or the max, in the module's order.
+template <typename A>
+__device__ __forceinline__ A map_value(const CbamSpatial& sp, const A* __restrict__ smap, int64_t n, int ci, int64_t q) {
+  const int64_t HW = sp.H * sp.W;
+  const A cmean = smap[n * HW + q], cmax = smap[(sp.N + n) * HW + q];
+  if (sp.light) return add_rn(mul_rn(cmean, A(0.5)), mul_rn(cmax, A(0.5)));
+  return ((ci == 0) != sp.max_first) ? cmean : cmax;
+}
+
+// z = conv(maps), summed in (map, i, j) order, the maps read from smap; each
 // block's moments of its pixels of z to partials [3, gridDim.x].
 template <typename A>
 __global__ void __launch_bounds__(kSpatialThreads) spatial_conv_kernel(const CbamSpatial sp) {
@@ -403,11 +355,8 @@ __global__ void __launch_bounds__(kSpatialThreads) spatial_conv_kernel(const Cba
        idx += static_cast<int64_t>(gridDim.x) * kSpatialThreads) {
     const int64_t n = idx / HW, pix = idx - n * HW;
     const int64_t py = pix / sp.W, px = pix - py * sp.W;
-    const A* cmean = smap + n * HW;
-    const A* cmax = smap + (sp.N + n) * HW;
     A acc = A(0);
     for (int ci = 0; ci < maps; ++ci) {
-      const A* src = ((ci == 0) != sp.max_first) ? cmean : cmax;
       const A* wk = w + ci * kk;
       for (int i = 0; i < sp.k; ++i) {
         const int64_t yy = py + i - pad;
@@ -415,9 +364,7 @@ __global__ void __launch_bounds__(kSpatialThreads) spatial_conv_kernel(const Cba
         for (int j = 0; j < sp.k; ++j) {
           const int64_t xx = px + j - pad;
           if (xx < 0 || xx >= sp.W) continue;
-          const int64_t q = yy * sp.W + xx;
-          const A v = sp.light ? add_rn(mul_rn(cmean[q], A(0.5)), mul_rn(cmax[q], A(0.5))) : src[q];
-          acc += wk[i * sp.k + j] * v;
+          acc += wk[i * sp.k + j] * map_value(sp, smap, n, ci, yy * sp.W + xx);
         }
       }
     }
@@ -466,6 +413,176 @@ __global__ void __launch_bounds__(kSpatialThreads) spatial_gate_kernel(const Cba
     const A bo = add_rn(mul_rn(mul_rn(sub_rn(z[idx], mu), gamma), invstd), beta);
     s[idx] = spatial_gate_of(sp.gate, bo);
   }
+}
+
+// ---- the backward's spatial gate -------------------------------------------
+
+// Two sums over the block in a fixed tree (thread t with t + width); the
+// result is thread 0's, read by every thread. Every thread must call it, once
+// per kernel.
+__device__ __forceinline__ void block_sum2(double& a, double& b) {
+  __shared__ double sa[kSpatialThreads], sb[kSpatialThreads];
+  const int t = threadIdx.x;
+  sa[t] = a, sb[t] = b;
+  __syncthreads();
+  for (int width = kSpatialThreads / 2; width > 0; width >>= 1) {
+    if (t < width) sa[t] += sa[t + width], sb[t] += sb[t + width];
+    __syncthreads();
+  }
+  a = sa[0], b = sb[0];
+}
+
+// The BatchNorm's scalars as the backward uses them: the forward's statistics
+// rounded to A, invstd = 1 / sqrt(var + eps) in double, then rounded.
+template <typename A>
+struct SpatialBn {
+  A mu, invstd, gamma, beta;
+  __device__ __forceinline__ explicit SpatialBn(const CbamSpatial& sp) {
+    const A* stats = static_cast<const A*>(sp.stats_acc);
+    mu = stats[0];
+    invstd = static_cast<A>(1.0 / sqrt(static_cast<double>(stats[1]) + sp.eps));
+    gamma = sp.gamma ? *static_cast<const A*>(sp.gamma) : A(1);
+    beta = sp.beta ? *static_cast<const A*>(sp.beta) : A(0);
+  }
+};
+
+// s = gate(BN(z)) as the forward computed it, dbn = dL/d(BN output) (stored
+// in dz for the next launch), and the block's sums of dbn and dbn·ẑ in double
+// (ẑ = (z − mu)·invstd) to partials [2, gridDim.x].
+template <typename A>
+__global__ void __launch_bounds__(kSpatialThreads) spatial_bn_grad_kernel(const CbamSpatial sp) {
+  const SpatialBn<A> bn(sp);
+  const double mu_d = bn.mu, invstd_d = bn.invstd;
+  const A* __restrict__ z = static_cast<const A*>(sp.z);
+  const A* __restrict__ ds = static_cast<const A*>(sp.ds);
+  A* __restrict__ s = static_cast<A*>(sp.s);
+  A* __restrict__ dbn_out = static_cast<A*>(sp.dz);
+  const int64_t total = sp.N * sp.H * sp.W;
+  double sum_dbn = 0, sum_dbn_zhat = 0;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * kSpatialThreads + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * kSpatialThreads) {
+    const A zv = z[idx];
+    const A bo = add_rn(mul_rn(mul_rn(sub_rn(zv, bn.mu), bn.gamma), bn.invstd), bn.beta);
+    const A sv = spatial_gate_of(sp.gate, bo);
+    s[idx] = sv;
+    A dbn;
+    if (static_cast<FusedGate>(sp.gate) == FusedGate::Sigmoid) {
+      dbn = mul_rn(mul_rn(ds[idx], add_rn(-sv, A(1))), sv);  // ds·(1 − s)·s
+    } else {
+      dbn = (bo > A(-3) && bo < A(3)) ? mul_rn(ds[idx], A(1) / A(6)) : A(0);
+    }
+    dbn_out[idx] = dbn;
+    sum_dbn += static_cast<double>(dbn);
+    sum_dbn_zhat += static_cast<double>(dbn) * ((static_cast<double>(zv) - mu_d) * invstd_d);
+  }
+  block_sum2(sum_dbn, sum_dbn_zhat);
+  if (threadIdx.x == 0) {
+    double* part = static_cast<double*>(sp.partials);
+    part[blockIdx.x] = sum_dbn;
+    part[gridDim.x + blockIdx.x] = sum_dbn_zhat;
+  }
+}
+
+// dbeta = Σ dbn, dgamma = Σ dbn·ẑ: every block sums the `parts` partials in
+// one fixed order, block 0 writes them; then dz from dbn in place, through
+// the batch mean and variance when they were the batch's.
+template <typename A>
+__global__ void __launch_bounds__(kSpatialThreads) spatial_dz_kernel(const CbamSpatial sp, const int64_t parts) {
+  const double* part = static_cast<const double*>(sp.partials);
+  double dbeta = 0, dgamma = 0;
+  for (int64_t b = threadIdx.x; b < parts; b += kSpatialThreads) dbeta += part[b], dgamma += part[parts + b];
+  block_sum2(dbeta, dgamma);
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    *static_cast<A*>(sp.dbeta) = static_cast<A>(dbeta);
+    *static_cast<A*>(sp.dgamma) = static_cast<A>(dgamma);
+  }
+  const SpatialBn<A> bn(sp);
+  const A scale = mul_rn(bn.gamma, bn.invstd);
+  const int64_t total = sp.N * sp.H * sp.W;
+  const double count = static_cast<double>(total);
+  const A mean_dbn = static_cast<A>(dbeta / count), mean_dbn_zhat = static_cast<A>(dgamma / count);
+  const A* __restrict__ z = static_cast<const A*>(sp.z);
+  A* __restrict__ dz = static_cast<A*>(sp.dz);
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * kSpatialThreads + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * kSpatialThreads) {
+    A d = dz[idx];
+    if (sp.batch_stats) {
+      const A zhat = mul_rn(sub_rn(z[idx], bn.mu), bn.invstd);
+      d = sub_rn(sub_rn(d, mean_dbn), mul_rn(zhat, mean_dbn_zhat));
+    }
+    dz[idx] = mul_rn(d, scale);
+  }
+}
+
+// The maps' gradients: dm = dz ⋆ the flipped kernel (taps in the order the
+// convolution of the flipped weight sums them), then dcmean = dmean·(1/C),
+// dcmax = dmax / ties; light: both maps get ½dm.
+template <typename A>
+__global__ void __launch_bounds__(kSpatialThreads) spatial_dmap_kernel(const CbamSpatial sp) {
+  const A* __restrict__ w = static_cast<const A*>(sp.w);
+  const A* __restrict__ dz = static_cast<const A*>(sp.dz);
+  const A* __restrict__ ccnt = static_cast<const A*>(sp.ccnt);
+  A* __restrict__ dcmean = static_cast<A*>(sp.dcmean);
+  A* __restrict__ dcmax = static_cast<A*>(sp.dcmax);
+  const int64_t HW = sp.H * sp.W, total = sp.N * HW;
+  const int maps = sp.light ? 1 : 2, pad = (sp.k - 1) / 2, kk = sp.k * sp.k, last = sp.k - 1;
+  const A inv_c = static_cast<A>(1.0 / static_cast<double>(sp.C));
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * kSpatialThreads + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * kSpatialThreads) {
+    const int64_t n = idx / HW, pix = idx - n * HW;
+    const int64_t py = pix / sp.W, px = pix - py * sp.W;
+    const A* src = dz + n * HW;
+    A dm0 = A(0), dm1 = A(0);  // the maps' gradients, in the order of the weight's maps
+    for (int ci = 0; ci < maps; ++ci) {
+      const A* wk = w + ci * kk;
+      A acc = A(0);
+      for (int i = 0; i < sp.k; ++i) {
+        const int64_t yy = py + i - pad;
+        if (yy < 0 || yy >= sp.H) continue;
+        for (int j = 0; j < sp.k; ++j) {
+          const int64_t xx = px + j - pad;
+          if (xx < 0 || xx >= sp.W) continue;
+          acc += wk[(last - i) * sp.k + (last - j)] * src[yy * sp.W + xx];
+        }
+      }
+      (ci == 0 ? dm0 : dm1) = acc;
+    }
+    A dmean, dmax;
+    if (sp.light) {
+      dmean = dmax = mul_rn(dm0, A(0.5));
+    } else {
+      dmean = sp.max_first ? dm1 : dm0;
+      dmax = sp.max_first ? dm0 : dm1;
+    }
+    dcmean[idx] = mul_rn(dmean, inv_c);
+    dcmax[idx] = dmax / ccnt[idx];
+  }
+}
+
+// One block per (sample, tap): wpart[n, tap] = Σ_p dz[n, p]·map[n, ci, p + (i, j) − pad],
+// a tree over the block's threads (fixed order).
+template <typename A>
+__global__ void __launch_bounds__(kSpatialThreads) spatial_wgrad_kernel(const CbamSpatial sp) {
+  __shared__ A buf[kSpatialThreads];
+  const A* __restrict__ smap = static_cast<const A*>(sp.smap);
+  const A* __restrict__ dz = static_cast<const A*>(sp.dz);
+  const int kk = sp.k * sp.k, taps = (sp.light ? 1 : 2) * kk, pad = (sp.k - 1) / 2;
+  const int64_t n = blockIdx.x / taps;
+  const int tap = static_cast<int>(blockIdx.x - n * taps);
+  const int ci = tap / kk, i = (tap / sp.k) % sp.k, j = tap % sp.k;
+  const int64_t HW = sp.H * sp.W;
+  A acc = A(0);
+  for (int64_t q = threadIdx.x; q < HW; q += kSpatialThreads) {
+    const int64_t yy = q / sp.W + i - pad, xx = q % sp.W + j - pad;
+    if (yy >= 0 && yy < sp.H && xx >= 0 && xx < sp.W) acc += dz[n * HW + q] * map_value(sp, smap, n, ci, yy * sp.W + xx);
+  }
+  buf[threadIdx.x] = acc;
+  __syncthreads();
+  for (int width = kSpatialThreads / 2; width > 0; width >>= 1) {
+    if (static_cast<int>(threadIdx.x) < width) buf[threadIdx.x] += buf[threadIdx.x + width];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) static_cast<A*>(sp.wpart)[blockIdx.x] = buf[0];
 }
 
 // ---- launchers ---------------------------------------------------------------
@@ -589,26 +706,6 @@ cudaError_t cbam_input_grad(const CbamPass& p, cudaStream_t stream) {
   return dispatch_dtype(p.dtype, [&](auto tag) { return launch_apply<decltype(tag), true>(p, stream); });
 }
 
-cudaError_t cbam_conv(const CbamConv& c, cudaStream_t stream) {
-  const int64_t total = c.N * c.cout * c.H * c.W;
-  if (total == 0) return cudaSuccess;
-  return dispatch_acc(c.acc, [&](auto tag) {
-    const int64_t blocks = std::min<int64_t>(ceil_div(total, kRowThreads), int64_t{1} << 20);
-    conv_kernel<decltype(tag)><<<static_cast<unsigned>(blocks), kRowThreads, 0, stream>>>(c);
-    return cudaGetLastError();
-  });
-}
-
-cudaError_t cbam_conv_wgrad(const CbamConv& c, cudaStream_t stream) {
-  if (c.N == 0) return cudaSuccess;
-  if (c.N > 0x7fffffff) return cudaErrorInvalidValue;
-  return dispatch_acc(c.acc, [&](auto tag) {
-    const dim3 grid(static_cast<unsigned>(c.N), static_cast<unsigned>(c.cin * c.k * c.k));
-    conv_wgrad_kernel<decltype(tag)><<<grid, kRowThreads, 0, stream>>>(c);
-    return cudaGetLastError();
-  });
-}
-
 int64_t cbam_spatial_blocks(const CbamSpatial& sp) {
   return std::max<int64_t>(1, std::min<int64_t>(ceil_div(sp.N * sp.H * sp.W, kSpatialThreads), kSpatialMaxBlocks));
 }
@@ -624,6 +721,27 @@ cudaError_t cbam_spatial_gate(const CbamSpatial& sp, cudaStream_t stream) {
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
     spatial_gate_kernel<A><<<static_cast<unsigned>(blocks), kSpatialThreads, 0, stream>>>(sp, blocks);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t cbam_spatial_grad(const CbamSpatial& sp, cudaStream_t stream) {
+  const int64_t total = sp.N * sp.H * sp.W;
+  if (total == 0) return cudaSuccess;
+  const int64_t taps = int64_t{sp.light ? 1 : 2} * sp.k * sp.k;
+  if (sp.k < 1 || sp.k % 2 == 0 || sp.C < 1 || sp.partials == nullptr || sp.N * taps > 0x7fffffff)
+    return cudaErrorInvalidValue;
+  const int64_t blocks = cbam_spatial_blocks(sp);
+  return dispatch_acc(sp.acc, [&](auto tag) {
+    using A = decltype(tag);
+    spatial_bn_grad_kernel<A><<<static_cast<unsigned>(blocks), kSpatialThreads, 0, stream>>>(sp);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    spatial_dz_kernel<A><<<static_cast<unsigned>(blocks), kSpatialThreads, 0, stream>>>(sp, blocks);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    spatial_dmap_kernel<A><<<static_cast<unsigned>(blocks), kSpatialThreads, 0, stream>>>(sp);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    spatial_wgrad_kernel<A><<<static_cast<unsigned>(sp.N * taps), kSpatialThreads, 0, stream>>>(sp);
     return cudaGetLastError();
   });
 }

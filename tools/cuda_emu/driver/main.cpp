@@ -91,14 +91,15 @@ static bool test_launch_configs() {
   for (int64_t N : {int64_t{1}, int64_t{4096}, int64_t{70000}})
     for (int64_t H : {int64_t{1}, int64_t{224}, int64_t{1024}})
       for (int k : {1, 3, 7})
-        for (int cin : {1, 2}) {
-          CbamConv c;
-          c.N = N, c.H = H, c.W = H, c.cin = cin, c.cout = 2, c.k = k;
-          c.in = c.w = c.dz = dummy;
-          c.out = dummy;
+        for (bool light : {false, true}) {
+          CbamSpatial sp;
+          sp.N = N, sp.H = H, sp.W = H, sp.k = k, sp.light = light, sp.C = 64;
+          sp.smap = sp.w = sp.ds = sp.ccnt = dummy;
+          sp.partials = sp.z = sp.stats_acc = sp.s = sp.dz = sp.dcmean = sp.dcmax = sp.dgamma = sp.dbeta = sp.wpart = dummy;
+          sp.stats = reinterpret_cast<double*>(dummy);
           ++n;
-          if (cbam_conv(c, nullptr) != cudaSuccess) ++bad;
-          if (cbam_conv_wgrad(c, nullptr) != cudaSuccess) ++bad;
+          if (cbam_spatial_gate(sp, nullptr) != cudaSuccess) ++bad;
+          if (cbam_spatial_grad(sp, nullptr) != cudaSuccess) ++bad;
         }
   emu::dry_run = false;
   std::printf("launch configurations for big shapes: %s (%ld bad of %ld)\n", bad ? "FAIL" : "ok", bad, n);

@@ -198,67 +198,6 @@ bool run_cbam(const CbamCase& k, std::mt19937_64& rng) {
   return ok;
 }
 
-// ---- the convolution and its weight gradient --------------------------------
-template <class A>
-bool run_conv(int N, int H, int W, int cin, int cout, int kk, int policy, std::mt19937_64& rng) {
-  (void)policy;
-  const int64_t HW = int64_t{H} * W;
-  const double u = std::is_same<A, double>::value ? 1.2e-16 : 6.0e-8;
-  std::uniform_real_distribution<double> U(-1, 1);
-  Buf<A> in(N * cin * HW), w(int64_t{cout} * cin * kk * kk), dz(N * HW), out(N * cout * HW), part(N * cin * kk * kk);
-  for (size_t i = 0; i < in.n; ++i) in[i] = static_cast<A>(U(rng));
-  for (size_t i = 0; i < w.n; ++i) w[i] = static_cast<A>(U(rng));
-  for (size_t i = 0; i < dz.n; ++i) dz[i] = static_cast<A>(U(rng));
-  CbamConv c;
-  c.acc = std::is_same<A, double>::value ? DType::F64 : DType::F32;
-  c.N = N, c.H = H, c.W = W, c.cin = cin, c.cout = cout, c.k = kk;
-  c.in = in.p, c.w = w.p, c.dz = dz.p;
-  const int pad = (kk - 1) / 2;
-  const std::string tn = std::is_same<A, double>::value ? "f64" : "f32";
-  bool ok = true;
-  out.fill_bytes(0xff);
-  c.out = out.p;
-  if (cbam_conv(c, nullptr) != cudaSuccess) std::printf("  conv failed\n"), ok = false;
-  Check co(tn + " conv");
-  for (int n = 0; n < N; ++n)
-    for (int o = 0; o < cout; ++o)
-      for (int y = 0; y < H; ++y)
-        for (int x = 0; x < W; ++x) {
-          double sm = 0, mag = 0;
-          for (int ci = 0; ci < cin; ++ci)
-            for (int i = 0; i < kk; ++i)
-              for (int j = 0; j < kk; ++j) {
-                const int yy = y + i - pad, xx = x + j - pad;
-                if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
-                const double t = double(w[((o * cin) + ci) * kk * kk + i * kk + j]) * in[(n * cin + ci) * HW + yy * W + xx];
-                sm += t, mag += std::fabs(t);
-              }
-          co.near(at3(n, o, y * W + x), out[(n * cout + o) * HW + y * W + x], sm, u * (cin * kk * kk + 4) * mag + 1e-300);
-        }
-  ok &= co.done();
-  part.fill_bytes(0xff);
-  c.out = part.p;
-  if (cbam_conv_wgrad(c, nullptr) != cudaSuccess) std::printf("  conv_wgrad failed\n"), ok = false;
-  Check cw(tn + " conv_wgrad");
-  for (int n = 0; n < N; ++n)
-    for (int ci = 0; ci < cin; ++ci)
-      for (int i = 0; i < kk; ++i)
-        for (int j = 0; j < kk; ++j) {
-          double sm = 0, mag = 0;
-          for (int y = 0; y < H; ++y)
-            for (int x = 0; x < W; ++x) {
-              const int yy = y + i - pad, xx = x + j - pad;
-              if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
-              const double t = double(dz[n * HW + y * W + x]) * in[(n * cin + ci) * HW + yy * W + xx];
-              sm += t, mag += std::fabs(t);
-            }
-          cw.near(at3(n, ci, i * kk + j), part[(n * cin + ci) * kk * kk + i * kk + j], sm,
-                  u * (HW / 256.0 + 12) * mag + 1e-300);
-        }
-  ok &= cw.done();
-  return ok;
-}
-
 // ---- the forward's spatial gate: conv of the maps, BatchNorm, gate ----------
 struct SpatialCase {
   int N, H, W, k;
@@ -383,6 +322,157 @@ bool run_spatial(const SpatialCase& sc, std::mt19937_64& rng) {
   return ok;
 }
 
+// ---- the backward's spatial gate: s, the BatchNorm and conv backward -------
+template <class A>
+bool run_spatial_grad(const SpatialCase& sc, int C, std::mt19937_64& rng) {
+  const int64_t N = sc.N, HW = int64_t{sc.H} * sc.W, total = N * HW;
+  const int maps = sc.light ? 1 : 2, kk = sc.k * sc.k, pad = (sc.k - 1) / 2;
+  const double u = std::is_same<A, double>::value ? 1.2e-16 : 6.0e-8;
+  std::uniform_real_distribution<double> U(-1, 1), P(0.5, 2);
+  std::uniform_int_distribution<int> T(1, 3);
+  Buf<A> smap(2 * total), w(int64_t{maps} * kk), gamma(1), beta(1), z(total), stats(2), ds(total), ccnt(total);
+  Buf<A> s(total), dz(total), dcmean(total), dcmax(total), dgamma(1), dbeta(1), wpart(N * maps * kk);
+  for (int64_t i = 0; i < total; ++i) {
+    smap[i] = static_cast<A>(U(rng));
+    smap[total + i] = static_cast<A>(smap[i] + P(rng) - 0.5);
+    z[i] = static_cast<A>(U(rng) * 2 + 0.3);
+    ds[i] = static_cast<A>(U(rng));
+    ccnt[i] = static_cast<A>(T(rng));
+  }
+  if (sc.mode == 2) smap[total + HW / 2] = static_cast<A>(NAN), ds[total - 1] = static_cast<A>(NAN);
+  for (size_t i = 0; i < w.n; ++i) w[i] = static_cast<A>(U(rng) * 0.3);
+  gamma[0] = static_cast<A>(P(rng));
+  beta[0] = static_cast<A>(U(rng));
+  {  // the statistics as the forward stored them: z's own (batch) or others (running), rounded to A
+    long double m = 0, v = 0;
+    for (int64_t i = 0; i < total; ++i) m += z[i];
+    m /= total;
+    for (int64_t i = 0; i < total; ++i) v += (z[i] - m) * (z[i] - m);
+    v /= total;
+    stats[0] = static_cast<A>(sc.batch_stats ? double(m) : U(rng) * 0.2);
+    stats[1] = static_cast<A>(sc.batch_stats ? double(v) : P(rng));
+  }
+  CbamSpatial sp;
+  sp.acc = std::is_same<A, double>::value ? DType::F64 : DType::F32;
+  sp.N = N, sp.H = sc.H, sp.W = sc.W, sp.k = sc.k, sp.C = C;
+  sp.light = sc.light, sp.max_first = sc.max_first, sp.gate = static_cast<int8_t>(sc.gate);
+  sp.batch_stats = sc.batch_stats;
+  sp.eps = 1e-5;
+  sp.smap = smap.p, sp.w = w.p, sp.z = z.p, sp.stats_acc = stats.p, sp.ds = ds.p, sp.ccnt = ccnt.p;
+  sp.gamma = sc.affine ? gamma.p : nullptr;
+  sp.beta = sc.affine ? beta.p : nullptr;
+  const int64_t blocks = cbam_spatial_blocks(sp);
+  Buf<double> part(3 * blocks);
+  part.fill_bytes(0xff);
+  for (Buf<A>* b : {&s, &dz, &dcmean, &dcmax, &dgamma, &dbeta, &wpart}) b->fill_bytes(0xff);
+  sp.s = s.p, sp.dz = dz.p, sp.dcmean = dcmean.p, sp.dcmax = dcmax.p, sp.dgamma = dgamma.p, sp.dbeta = dbeta.p;
+  sp.wpart = wpart.p;
+  bool ok = true;
+  if (cbam_spatial_grad(sp, nullptr) != cudaErrorInvalidValue) std::printf("  accepted no partials\n"), ok = false;
+  sp.partials = part.p;
+  if (cbam_spatial_grad(sp, nullptr) != cudaSuccess || cudaGetLastError() != cudaSuccess)
+    std::printf("  cbam_spatial_grad failed\n"), ok = false;
+  const std::string tn = std::string(std::is_same<A, double>::value ? "f64" : "f32") + " spatial_grad.";
+
+  // s: the BatchNorm as single rounded ops in A (exact), the gate to a few ulps.
+  const A mu = stats[0], invstd = static_cast<A>(1.0 / std::sqrt(double(stats[1]) + 1e-5));
+  const A ga = sc.affine ? gamma[0] : A(1), be = sc.affine ? beta[0] : A(0);
+  std::vector<double> dbn(total);
+  Check cs(tn + "s");
+  for (int64_t i = 0; i < total; ++i) {
+    const A bo = static_cast<A>(static_cast<A>(static_cast<A>(static_cast<A>(z[i] - mu) * ga) * invstd) + be);
+    double ref;
+    if (sc.gate == 0) {
+      ref = 1.0 / (1.0 + std::exp(-double(bo)));
+      dbn[i] = double(ds[i]) * (1.0 - double(s[i])) * double(s[i]);  // from the kernel's s
+    } else {
+      ref = std::isnan(double(bo)) ? double(bo) : std::min(std::max(double(bo) + 3.0, 0.0), 6.0) / 6.0;
+      dbn[i] = (bo > A(-3) && bo < A(3)) ? double(ds[i]) / 6.0 : 0.0;
+    }
+    cs.near(at2(i / HW, i % HW), s[i], ref, 4 * Ty<A>::ulp(ref) + 1e-300);
+  }
+  ok &= cs.done();
+
+  // dbeta = Σ dbn, dgamma = Σ dbn·ẑ in double, then rounded to A.
+  Check cb(tn + "bn_params");
+  double sb = 0, sg = 0, mb = 0, mg = 0;
+  std::vector<double> zhat(total);
+  for (int64_t i = 0; i < total; ++i) {
+    zhat[i] = (double(z[i]) - double(mu)) * double(invstd);
+    sb += dbn[i], sg += dbn[i] * zhat[i];
+    mb += std::fabs(dbn[i]), mg += std::fabs(dbn[i] * zhat[i]);
+  }
+  cb.near("dbeta", dbeta[0], sb, 4 * u * mb + Ty<A>::ulp(sb) + 1e-300);
+  cb.near("dgamma", dgamma[0], sg, 4 * u * mg + Ty<A>::ulp(sg) + 1e-300);
+  ok &= cb.done();
+
+  // dz = gamma·invstd·(dbn − mean(dbn) − ẑ·mean(dbn·ẑ)) (batch) or gamma·invstd·dbn.
+  Check cz(tn + "dz");
+  const double scale = double(ga) * double(invstd), cnt = double(total);
+  for (int64_t i = 0; i < total; ++i) {
+    double ref = dbn[i], mag = std::fabs(dbn[i]);
+    if (sc.batch_stats) {  // the means carry the sums' rounding of every dbn: relative to Σ|dbn|, not to Σ dbn
+      ref -= sb / cnt + zhat[i] * (sg / cnt);
+      mag += std::fabs(sb / cnt) + std::fabs(zhat[i] * sg / cnt) + 4 * (mb + std::fabs(zhat[i]) * mg) / cnt;
+    }
+    cz.near(at2(i / HW, i % HW), dz[i], ref * scale, 12 * u * mag * std::fabs(scale) + 1e-300);
+  }
+  ok &= cz.done();
+
+  // The maps' gradients from the kernel's dz: dm = Σ w·dz through the flipped kernel.
+  Check cm(tn + "dmaps");
+  for (int64_t n = 0; n < N; ++n)
+    for (int y = 0; y < sc.H; ++y)
+      for (int x = 0; x < sc.W; ++x) {
+        double dm[2] = {0, 0}, mag[2] = {0, 0};
+        for (int ci = 0; ci < maps; ++ci)
+          for (int i = 0; i < sc.k; ++i)
+            for (int j = 0; j < sc.k; ++j) {  // z[p'] gets w[i, j]·map[p' + (i, j) − pad]: map p gets it from p' = p − (i, j) + pad
+              const int yy = y - i + pad, xx = x - j + pad;
+              if (yy < 0 || yy >= sc.H || xx < 0 || xx >= sc.W) continue;
+              const double t = double(w[ci * kk + i * sc.k + j]) * dz[n * HW + int64_t{yy} * sc.W + xx];
+              dm[ci] += t, mag[ci] += std::fabs(t);
+            }
+        const int64_t q = n * HW + int64_t{y} * sc.W + x;
+        double rmean, rmax, mmean, mmax;
+        if (sc.light) {
+          rmean = rmax = 0.5 * dm[0], mmean = mmax = 0.5 * mag[0];
+        } else {
+          const int im = sc.max_first ? 1 : 0;
+          rmean = dm[im], rmax = dm[1 - im], mmean = mag[im], mmax = mag[1 - im];
+        }
+        cm.near(at2(n, q - n * HW) + " mean", dcmean[q], rmean / C, u * (kk + 6) * mmean / C + 1e-300);
+        cm.near(at2(n, q - n * HW) + " max", dcmax[q], rmax / double(ccnt[q]), u * (kk + 6) * mmax / double(ccnt[q]) + 1e-300);
+      }
+  ok &= cm.done();
+
+  // Each sample's weight gradient from the kernel's dz.
+  Check cw(tn + "wpart");
+  const A* cmean = smap.p;
+  const A* cmax = smap.p + total;
+  auto map_at = [&](int ci, int64_t n, int64_t q) -> double {
+    if (sc.light) return static_cast<A>(static_cast<A>(cmean[n * HW + q] * A(0.5)) + static_cast<A>(cmax[n * HW + q] * A(0.5)));
+    return ((ci == 0) != sc.max_first) ? cmean[n * HW + q] : cmax[n * HW + q];
+  };
+  for (int64_t n = 0; n < N; ++n)
+    for (int ci = 0; ci < maps; ++ci)
+      for (int i = 0; i < sc.k; ++i)
+        for (int j = 0; j < sc.k; ++j) {
+          double sm = 0, mag = 0;
+          for (int y = 0; y < sc.H; ++y)
+            for (int x = 0; x < sc.W; ++x) {
+              const int yy = y + i - pad, xx = x + j - pad;
+              if (yy < 0 || yy >= sc.H || xx < 0 || xx >= sc.W) continue;
+              const double t = double(dz[n * HW + int64_t{y} * sc.W + x]) * map_at(ci, n, int64_t{yy} * sc.W + xx);
+              sm += t, mag += std::fabs(t);
+            }
+          cw.near(at3(n, ci, i * sc.k + j), wpart[(n * maps + ci) * kk + i * sc.k + j], sm,
+                  u * (HW / 256.0 + 12) * mag + 1e-300);
+        }
+  ok &= cw.done();
+  return ok;
+}
+
 }  // namespace
 
 bool cbam_case_any(DType dt, const CbamCase& k, std::mt19937_64& rng) {
@@ -441,27 +531,15 @@ void run_cbam_suite(bool quick) {
           ++g_stats.failed_cases;
           std::printf("FAILED spatial %s %s\n", a ? "f64" : "f32", sc.str().c_str());
         }
+        const int C = 1 + (i * 37) % 300;
+        emu::policy = i % 3;
+        ++g_stats.cases;
+        const bool gok = a ? run_spatial_grad<double>(sc, C, rng) : run_spatial_grad<float>(sc, C, rng);
+        if (g_verbose) std::printf("spatial_grad %s C=%d %s\n", a ? "f64" : "f32", C, sc.str().c_str());
+        if (!gok) {
+          ++g_stats.failed_cases;
+          std::printf("FAILED spatial_grad %s C=%d %s\n", a ? "f64" : "f32", C, sc.str().c_str());
+        }
       }
   }
-  // The convolution.
-  const int convHW[5][2] = {{1, 1}, {3, 5}, {7, 7}, {14, 14}, {33, 31}};
-  for (int a = 0; a < 2; ++a)
-    for (int kk : {1, 3, 7})
-      for (int cin : {1, 2})
-        for (int cout : {1, 2})
-          for (int hi = 0; hi < 5; ++hi) {
-            if (quick && hi % 2) continue;
-            const int N = (hi % 2) ? 3 : 1;
-            emu::policy = hi % 3;
-            ++g_stats.cases;
-            const bool ok = a ? run_conv<double>(N, convHW[hi][0], convHW[hi][1], cin, cout, kk, hi % 3, rng)
-                              : run_conv<float>(N, convHW[hi][0], convHW[hi][1], cin, cout, kk, hi % 3, rng);
-            if (g_verbose) std::printf("conv %s N=%d H=%d W=%d cin=%d cout=%d k=%d\n", a ? "f64" : "f32", N,
-                                       convHW[hi][0], convHW[hi][1], cin, cout, kk);
-            if (!ok) {
-              ++g_stats.failed_cases;
-              std::printf("FAILED conv %s N=%d H=%d W=%d cin=%d cout=%d k=%d\n", a ? "f64" : "f32", N, convHW[hi][0],
-                          convHW[hi][1], cin, cout, kk);
-            }
-          }
 }
