@@ -15,6 +15,8 @@
 #                floor venv's 3.6), and checked by Inductor's mutation analysis
 #   make cuda-emu  the CBAM, SE two-phase and single-launch CUDA kernels run on the CPU (fibers for threads,
 #                ASan/UBSan) against a double-precision reference (tools/cuda_emu/README.md)
+#   make cuda-emu-glue  the CUDA ops' torch glue on CPU tensors over the emulated kernels, against
+#                the CPU backend (tools/cuda_emu/glue)
 #   make gpu-prebuild  the CUDA build for a lent GPU (torch 2.11 of the floor venv, sm_90) into
 #                .prebuilt/ with its stamp (tools/build_stamp.py): carry `.prebuilt` in the device
 #                call and bench/gpu_check.sh's build step uses it instead of compiling there
@@ -41,7 +43,7 @@ FLOOR_DEPS := torch==2.11.0 torchvision==0.26.0 "numpy<2.4" "setuptools<82" timm
 FLOOR_SRC := build/floor
 FLOOR_TESTS ?= tests
 
-.PHONY: bench test test-floor triton-check cuda-emu gpu-prebuild build cmake clean venv
+.PHONY: bench test test-floor triton-check cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +98,11 @@ triton-check: $(FLOOR_VENV)/.deps
 # on the CPU (needs g++ only; builds under build/cuda_emu).
 cuda-emu:
 	bash tools/cuda_emu/run.sh
+
+# The CUDA backend's torch glue (csrc/cuda/*.cpp) compiled against the emulated
+# kernels and run on CPU tensors against the CPU backend (tools/cuda_emu/glue).
+cuda-emu-glue: build
+	$(PY) -m pytest -q -p no:cacheprovider tools/cuda_emu/glue/test_glue.py
 
 # Device time is short (a quarter hour a session, its start included) and the
 # CUDA build takes minutes of it: build here, against the GPU machine's torch

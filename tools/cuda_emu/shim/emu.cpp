@@ -27,6 +27,12 @@ namespace emu {
 
 int policy = 0;
 unsigned long long launches = 0, blocks_run = 0;
+static std::vector<std::string> trace;  // the kernels launched (and run) since take_trace
+std::vector<std::string> take_trace() {
+  std::vector<std::string> t;
+  t.swap(trace);
+  return t;
+}
 bool dry_run = false;
 static cudaError_t last_error = cudaSuccess;
 static std::mt19937_64 rng(12345);
@@ -356,6 +362,7 @@ void launch(const char* name, const char* where, const Cfg& cfg, const std::func
   }
   ++launches;
   if (dry_run) { pending_note.clear(); return; }
+  trace.emplace_back(name);
   if (cfg.func != nullptr) {  // keyed by the kernel's own name (dyn_smem), once it runs
     pending_key = " block=" + std::to_string(cfg.block.x) + " cluster=" + std::to_string(K) + pending_note;
     pending_note.clear();

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <functional>
 #include <type_traits>
+#include <string>
+#include <vector>
 
 #ifndef EMU_CAP_65535
 #define EMU_CAP_65535 65535
@@ -107,6 +109,9 @@ namespace emu {
 // 1 reversed, 2 random.
 extern int policy;
 extern unsigned long long launches, blocks_run;
+// The names of the kernels launched since the last call ("cudaLaunchKernelEx"
+// for a cluster launch), in order; clears them.
+std::vector<std::string> take_trace();
 extern bool dry_run;  // validate the launch configuration only
 
 struct Cfg {

@@ -1,0 +1,237 @@
+"""The CUDA backend's glue and kernels, emulated on the CPU (glue.py), against
+the C++ CPU backend: every forward output (y and what the backward saves) and,
+each backend from its own forward, every gradient; both CUDA paths for SE and
+ECA (the single launch on an emulated sm_90, and two phases), the planner on
+the emulated devices, and the glue's refusals and empty inputs.
+
+    .venv/bin/python -m pytest tools/cuda_emu/glue/test_glue.py      (make cuda-emu-glue)
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..", "..")))
+
+import glue  # noqa: E402
+from tests.test_cbam import CBAMVariant, _op_args  # noqa: E402
+from tests.test_eca import ECAVariant, eca_sample  # noqa: E402
+from tests.utils import SEVariant, assert_close, se_sample  # noqa: E402
+
+EMU = glue.build()
+CPU = torch.ops.fused_attn
+FORMATS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "f64": torch.float64}
+
+
+@pytest.fixture(autouse=True)
+def emulated_device():
+    EMU.set_device(0)  # an H100
+    yield
+    EMU.set_device(0)
+
+
+@pytest.fixture(params=["auto", "two_phase"])
+def cuda_path(request, monkeypatch):
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", request.param)
+    return request.param
+
+
+def grad_like(y):
+    """A random gradient (never zeros) in y's dtype and layout."""
+    torch.manual_seed(7)
+    return torch.randn_like(y)
+
+
+def check_outputs(emu, cpu, dtype, grad=False):
+    assert len(emu) == len(cpu)
+    for i, (e, c) in enumerate(zip(emu, cpu)):
+        assert e.shape == c.shape and e.dtype == c.dtype, (i, e.shape, c.shape, e.dtype, c.dtype)
+        if i == 0 and e.dim() == 4:
+            assert e.stride() == c.stride(), (e.stride(), c.stride())
+        assert_close(e, c, dtype, grad=grad)
+
+
+# ---- SE ---------------------------------------------------------------------
+SE_CASES = [
+    ((2, 24, 5, 6), "f32", "nchw", SEVariant()),
+    ((3, 64, 7, 7), "bf16", "cl", SEVariant(act="silu")),
+    ((2, 32, 4, 4), "f16", "nchw", SEVariant(gate="hard_sigmoid", pool="avgmax", bias=False)),
+    ((1, 130, 3, 3), "f32", "cl", SEVariant(act="gelu_tanh", pool="avgmax")),
+    ((2, 48, 6, 5), "f64", "nchw", SEVariant(act="hard_swish")),
+    ((2, 40, 5, 5), "f32", "nchw", SEVariant(effective=True, gate="hard_sigmoid")),
+    ((3, 16, 1, 1), "bf16", "nchw", SEVariant(effective=True, pool="avgmax", bias=False)),
+]
+
+
+@pytest.mark.parametrize("shape,dt,fmt,variant", SE_CASES, ids=[f"{s}-{d}-{f}-{v}" for s, d, f, v in SE_CASES])
+def test_se(cuda_path, shape, dt, fmt, variant):
+    dtype = DTYPES[dt]
+    x, w1, b1, w2, b2 = se_sample(shape, dtype, FORMATS[fmt], variant, seed=sum(shape))
+    kw = (variant.act, variant.gate, variant.pool)
+    emu = EMU.se_forward(x, w1, b1, w2, b2, *kw)
+    cpu = CPU.se_forward(x, w1, b1, w2, b2, *kw)
+    check_outputs(emu, cpu, dtype)
+    dy = grad_like(cpu[0])
+    flags = (b1 is not None, b2 is not None)
+    ge = EMU.se_backward(dy, x, w1, w2, *emu[1:], *kw, *flags)
+    gc = CPU.se_backward(dy, x, w1, w2, *cpu[1:], *kw, *flags)
+    check_outputs(ge, gc, dtype, grad=True)
+
+
+# ---- ECA --------------------------------------------------------------------
+ECA_CASES = [
+    ((2, 24, 5, 6), "f32", "nchw", ECAVariant()),
+    ((2, 64, 7, 7), "bf16", "cl", ECAVariant(k=5)),
+    ((1, 3, 4, 4), "f32", "nchw", ECAVariant(k=7, padding="circular")),
+    ((2, 37, 3, 5), "f16", "cl", ECAVariant(k=9, padding="circular", bias=True, gate="hard_sigmoid")),
+    ((3, 8, 1, 1), "f64", "nchw", ECAVariant(k=1, gate="hard_sigmoid", bias=True)),
+]
+
+
+@pytest.mark.parametrize("shape,dt,fmt,variant", ECA_CASES, ids=[f"{s}-{d}-{f}-{v}" for s, d, f, v in ECA_CASES])
+def test_eca(cuda_path, shape, dt, fmt, variant):
+    dtype = DTYPES[dt]
+    x, w, b = eca_sample(shape, dtype, FORMATS[fmt], variant, seed=sum(shape))
+    emu = EMU.eca_forward(x, w, b, variant.padding, variant.gate)
+    cpu = CPU.eca_forward(x, w, b, variant.padding, variant.gate)
+    check_outputs(emu, cpu, dtype)
+    dy = grad_like(cpu[0])
+    ge = EMU.eca_backward(dy, x, w, *emu[1:], variant.padding, variant.gate, b is not None)
+    gc = CPU.eca_backward(dy, x, w, *cpu[1:], variant.padding, variant.gate, b is not None)
+    check_outputs(ge, gc, dtype, grad=True)
+
+
+# ---- CBAM -------------------------------------------------------------------
+CBAM_CASES = [
+    ((2, 16, 6, 7), "f32", "nchw", CBAMVariant()),
+    ((2, 16, 6, 7), "f32", "cl", CBAMVariant(train=True)),
+    ((2, 24, 5, 5), "bf16", "nchw", CBAMVariant(pool_order="max_mean", bias=True, train=True)),
+    ((1, 32, 7, 7), "f16", "cl", CBAMVariant(light=True, bias=True)),
+    ((3, 8, 4, 6), "f32", "nchw", CBAMVariant(light=True, k=3, train=True)),
+    ((2, 37, 5, 4), "f64", "cl", CBAMVariant(k=3, act="silu", gate="hard_sigmoid", affine=False)),
+    ((2, 12, 3, 3), "f32", "nchw", CBAMVariant(k=1, act="gelu", pool_order="max_mean", affine=False, train=True)),
+    ((1, 130, 2, 3), "bf16", "cl", CBAMVariant(train=True, gate="hard_sigmoid")),
+]
+
+
+def cbam_backward_args(fwd_args, out, dy, variant):
+    x, w1, b1, w2, b2, ws, bn_w, bn_b, rm, rv, eps, act, gate, light, max_first = fwd_args
+    _, pooled, logits, smap, z, stats = out
+    return (dy, x, w1, b1, w2, b2, ws, bn_w, bn_b, pooled, logits, smap, z, stats, rm is None, eps, act, gate,
+            light, max_first)
+
+
+@pytest.mark.parametrize("shape,dt,fmt,variant", CBAM_CASES,
+                         ids=[f"{s}-{d}-{f}-{v}" for s, d, f, v in CBAM_CASES])
+def test_cbam(shape, dt, fmt, variant):
+    dtype = DTYPES[dt]
+    args = _op_args(variant, dtype, shape, FORMATS[fmt])
+    emu = EMU.cbam_forward(*args)
+    cpu = CPU.cbam_forward(*args)
+    check_outputs(emu, cpu, dtype)
+    dy = grad_like(cpu[0])
+    ge = EMU.cbam_backward(*cbam_backward_args(args, emu, dy, variant))
+    gc = CPU.cbam_backward(*cbam_backward_args(args, cpu, dy, variant))
+    check_outputs(ge, gc, dtype, grad=True)
+
+
+# ---- what the glue launches ------------------------------------------------
+@pytest.mark.parametrize("fmt", ["nchw", "cl"])
+@pytest.mark.parametrize("dt", ["bf16", "f32"])
+def test_se_and_eca_at_2048x7x7_n1_are_one_launch_per_direction(dt, fmt):
+    """Issue 3's N = 1 site: the emulated H100's plan is the single launch, both ways."""
+    EMU.trace()
+    x, w1, b1, w2, b2 = se_sample((1, 2048, 7, 7), DTYPES[dt], FORMATS[fmt])
+    out = EMU.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid", "avg")
+    assert EMU.trace() == ["cudaLaunchKernelEx"]
+    EMU.se_backward(grad_like(out[0]), x, w1, w2, *out[1:], "relu", "sigmoid", "avg", True, True)
+    assert EMU.trace() == ["cudaLaunchKernelEx"]
+    x, w, b = eca_sample((1, 2048, 7, 7), DTYPES[dt], FORMATS[fmt], ECAVariant(k=7))
+    out = EMU.eca_forward(x, w, b, "zeros", "sigmoid")
+    assert EMU.trace() == ["cudaLaunchKernelEx"]
+    EMU.eca_backward(grad_like(out[0]), x, w, *out[1:], "zeros", "sigmoid", False)
+    assert EMU.trace() == ["cudaLaunchKernelEx"]
+
+
+def test_two_phase_is_three_passes(monkeypatch):
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase")
+    EMU.trace()
+    x, w1, b1, w2, b2 = se_sample((2, 64, 7, 7), torch.float32)
+    out = EMU.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid", "avg")
+    passes = [k.split("<")[0] for k in EMU.trace() if not k.startswith("combine")]
+    assert passes == ["reduce_rows_kernel", "apply_kernel"]
+
+
+@pytest.mark.parametrize("fmt", ["nchw", "cl"])
+def test_cbam_launches(fmt):
+    """Forward: the spatial pool, the channel pool of x1, the spatial gate's two
+    kernels, the rescale; backward: two reductions, the spatial gate's four,
+    dx (a reduction may add its segments' combine)."""
+    variant = CBAMVariant(train=True)
+    args = _op_args(variant, torch.float32, (2, 16, 6, 7), FORMATS[fmt])
+    EMU.trace()
+    out = EMU.cbam_forward(*args)
+    names = [k.split("<")[0] for k in EMU.trace() if not k.startswith("combine")]
+    assert names[2:] == ["spatial_conv_kernel", "spatial_gate_kernel", "apply_kernel"], names
+    assert all(n.startswith("reduce_") for n in names[:2]), names
+    EMU.cbam_backward(*cbam_backward_args(args, out, grad_like(out[0]), variant))
+    names = [k.split("<")[0] for k in EMU.trace() if not k.startswith("combine")]
+    assert len(names) == 7 and names[0].startswith("reduce_") and names[5].startswith("reduce_"), names
+    assert names[1:5] == ["spatial_bn_grad_kernel", "spatial_dz_kernel", "spatial_dmap_kernel",
+                          "spatial_wgrad_kernel"] and names[6] == "apply_kernel", names
+
+
+# ---- the planner on other devices, refusals, empty inputs --------------------
+@pytest.mark.parametrize("device", [1, 2, 3], ids=["4-SMs", "99KiB", "sm80"])
+def test_se_on_other_devices(device):
+    """The glue's plan and launches on a small part, one with 99 KiB of shared
+    memory per block and an sm_80 (no clusters: two phases)."""
+    EMU.set_device(device)
+    test_se("auto", (2, 256, 7, 7), "bf16", "cl", SEVariant())
+    test_eca("auto", (2, 64, 14, 14), "f32", "nchw", ECAVariant(k=5))
+
+
+def test_forced_single_launch_without_a_plan_says_why(monkeypatch):
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "fused")
+    EMU.set_device(3)  # sm_80
+    x, w1, b1, w2, b2 = se_sample((2, 16, 4, 4), torch.float32)
+    with pytest.raises(RuntimeError, match="FUSED_ATTN_CUDA_PATH=fused.*needs sm_90"):
+        EMU.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid", "avg")
+
+
+def test_bad_input_is_refused_as_on_the_cpu():
+    x, w1, b1, w2, b2 = se_sample((2, 16, 4, 4), torch.float32)
+    for args in [(x[0], w1, b1, w2, b2), (x, w1[:, :8], b1, w2, b2), (x.int(), w1, b1, w2, b2)]:
+        with pytest.raises((RuntimeError, ValueError, TypeError)) as cpu_err:
+            CPU.se_forward(*args, "relu", "sigmoid", "avg")
+        with pytest.raises(type(cpu_err.value)):
+            EMU.se_forward(*args, "relu", "sigmoid", "avg")
+    with pytest.raises(ValueError, match="act must be one of"):
+        EMU.se_forward(x, w1, b1, w2, b2, "tanhh", "sigmoid", "avg")
+
+
+@pytest.mark.parametrize("shape", [(0, 16, 5, 5), (2, 0, 5, 5), (2, 16, 0, 5)], ids=str)
+def test_empty(shape):
+    v = CBAMVariant(train=True)
+    args = _op_args(v, torch.float32, (2, 16, 5, 5))
+    x = torch.randn(shape)
+    if shape[1] == 0:  # weights for C = 0
+        args = (x, args[1][:, :0], args[2], args[3][:0], args[4], *args[5:])
+    else:
+        args = (x, *args[1:])
+    emu, cpu = EMU.cbam_forward(*args), CPU.cbam_forward(*args)
+    for e, c in zip(emu, cpu):
+        assert e.shape == c.shape
+        torch.testing.assert_close(e, c, equal_nan=True)
+    xs, w1, b1, w2, b2 = se_sample((2, 16, 5, 5), torch.float32)
+    xs = torch.randn(shape)
+    if shape[1] == 0:
+        w1, w2, b2 = w1[:, :0], w2[:0], None
+    emu, cpu = EMU.se_forward(xs, w1, b1, w2, b2, "relu", "sigmoid", "avg"), \
+        CPU.se_forward(xs, w1, b1, w2, b2, "relu", "sigmoid", "avg")
+    for e, c in zip(emu, cpu):
+        assert e.shape == c.shape
+        torch.testing.assert_close(e, c, equal_nan=True)
