@@ -59,11 +59,22 @@ void reduce(CbamPass p, CbamReduce kind, const Geometry& geo, const at::Tensor& 
   C10_CUDA_CHECK(cbam_reduce(p, kind, stream()));
 }
 
-// The MLP's inputs from pooled [2, N, C]: the spatial mean and max, or
-// ½mean + ½max when light.
-std::vector<at::Tensor> mlp_inputs(const at::Tensor& pooled, bool light) {
-  if (light) return {pooled[0].mul(0.5).add(pooled[1].mul(0.5))};
-  return {pooled[0], pooled[1]};
+// The MLP's input rows from pooled [2, N, C] (contiguous): both pools as one
+// [2N, C] matrix (the spatial means, then the maxima), or ½mean + ½max [N, C]
+// when light (½max added with alpha: halving is exact, so the same bits as
+// two halves and a sum, in one launch fewer).
+at::Tensor mlp_input(const at::Tensor& pooled, bool light) {
+  if (light) return pooled[0].mul(0.5).add(pooled[1], 0.5);
+  return pooled.view({2 * pooled.size(1), pooled.size(2)});
+}
+
+// The logits from the hidden rows h of mlp_input: fc2 of each row, the two
+// pools' summed when not light — by linearity fc2 once on the sum of the
+// hidden rows (with the bias twice), as the CPU backend does.
+at::Tensor mlp_logits(const at::Tensor& h, const at::Tensor& w2, const c10::optional<at::Tensor>& b2, bool light) {
+  if (light) return fc(h, w2, b2);
+  const at::Tensor hsum = h.view({2, h.size(0) / 2, h.size(1)}).sum(0);
+  return b2 ? at::addmm(*b2, hsum, w2.t(), /*beta=*/2) : hsum.mm(w2.t());
 }
 
 // The spatial gate's launch struct for both directions, with the tensors its
@@ -139,10 +150,7 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
   at::Tensor pmean = pooled[0], pmax = pooled[1];
   pool_pass(geo, pmean, pmax, /*plain_mean=*/true);
   const SeWeights w = se_weights(w1, b1, w2, b2, acc);
-  const auto mlp = [&](const at::Tensor& v) { return fc(activation(act, fc(v, w.w1, w.b1)), *w.w2, w.b2); };
-  const std::vector<at::Tensor> inputs = mlp_inputs(pooled, light);
-  at::Tensor logits = mlp(inputs[0]);
-  if (!light) logits = logits.add(mlp(inputs[1]));
+  at::Tensor logits = mlp_logits(activation(act, fc(mlp_input(pooled, light), w.w1, w.b1)), *w.w2, w.b2, light);
   at::Tensor g = light ? at::sigmoid(logits) : gate_forward(gate, logits);
   logits = logits.contiguous();
   g = g.contiguous();
@@ -255,28 +263,30 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   reduce(p, CbamReduce::ChannelReduce, geo, dg, scnt);
 
   // The channel gate and the MLP backward; the weight gradients as GEMMs over the batch.
-  const at::Tensor da = light ? dg.mul(g.neg().add(1)).mul(g) : gate_backward(gate, dg, logits, g);
+  const at::Tensor da = gate_backward(light ? Gate::Sigmoid : gate, dg, logits, g);
   const SeWeights w = se_weights(w1, b1, w2, c10::nullopt, acc);
-  const at::Tensor dh = da.mm(*w.w2);  // [N, rd], both branches
-  const std::vector<at::Tensor> inputs = mlp_inputs(pooled, light);
-  std::vector<at::Tensor> dpre;
-  at::Tensor hsum, db1;
-  for (const at::Tensor& v : inputs) {
-    const at::Tensor pre = fc(v, w.w1, w.b1);
-    dpre.push_back(activation_backward(act, dh, pre));
-    const at::Tensor h = activation(act, pre);
-    hsum = hsum.defined() ? hsum.add(h) : h;
-    const at::Tensor d1 = dpre.back().sum(0);
-    db1 = db1.defined() ? db1.add(d1) : d1;
+  const at::Tensor dh = da.mm(*w.w2);  // [N, rd]: the same for both pools' rows
+  const at::Tensor v = mlp_input(pooled, light);  // [rows, C], rows = N (light) or 2N
+  const at::Tensor pre = fc(v, w.w1, w.b1);
+  const int64_t rd = pre.size(1);
+  const at::Tensor dpre = light ? activation_backward(act, dh, pre)
+                                : activation_backward(act, dh.unsqueeze(0).expand({2, N, rd}), pre.view({2, N, rd}))
+                                      .reshape({2 * N, rd});
+  const at::Tensor h = activation(act, pre);
+  const at::Tensor dw2 = da.t().mm(light ? h : h.view({2, N, rd}).sum(0));
+  const at::Tensor dw1 = dpre.t().mm(v);
+  const at::Tensor db1 = b1 ? dpre.sum(0) : at::Tensor();
+  const at::Tensor db2 = b2 ? (light ? da.sum(0) : da.sum(0).mul(2.0)) : at::Tensor();
+  at::Tensor dpool = dpre.mm(w.w1);  // [rows, C]
+  at::Tensor dmean, dmax;
+  if (light) {
+    dmean = dmax = dpool.mul(0.5);
+  } else {
+    dmean = dpool.narrow(0, 0, N);
+    dmax = dpool.narrow(0, N, N);
   }
-  const at::Tensor dw2 = da.t().mm(hsum);
-  const at::Tensor dw1 = at::cat(dpre).t().mm(at::cat(inputs));
-  const at::Tensor db2 = da.sum(0).mul(static_cast<double>(maps));
-  std::vector<at::Tensor> dpool;
-  for (const at::Tensor& d : dpre) dpool.push_back(d.mm(w.w1));
-  if (light) dpool = {dpool[0].mul(0.5), dpool[0].mul(0.5)};
-  const at::Tensor a = dpool[0].mul(1.0 / static_cast<double>(HW)).contiguous();  // the mean's share per pixel
-  const at::Tensor b = dpool[1].div(scnt).contiguous();                           // the max's share per tie
+  const at::Tensor a = dmean.mul(1.0 / static_cast<double>(HW)).contiguous();  // the mean's share per pixel
+  const at::Tensor b = dmax.div(scnt).contiguous();                            // the max's share per tie
 
   // Pass 3: dx.
   p.a = a.const_data_ptr();

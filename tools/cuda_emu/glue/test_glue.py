@@ -16,9 +16,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..", "..")))
 
 import glue  # noqa: E402
+from tests import test_cbam as cbam_tests  # noqa: E402
+from tests import test_eca as eca_tests  # noqa: E402
+from tests import utils as se_utils  # noqa: E402
 from tests.test_cbam import CBAMVariant, _op_args  # noqa: E402
 from tests.test_eca import ECAVariant, eca_sample  # noqa: E402
-from tests.utils import SEVariant, assert_close, se_sample  # noqa: E402
+from tests.utils import SEVariant, assert_close, misaligned_copy, se_sample  # noqa: E402
 
 EMU = glue.build()
 CPU = torch.ops.fused_attn
@@ -136,6 +139,89 @@ def test_cbam(shape, dt, fmt, variant):
     ge = EMU.cbam_backward(*cbam_backward_args(args, emu, dy, variant))
     gc = CPU.cbam_backward(*cbam_backward_args(args, cpu, dy, variant))
     check_outputs(ge, gc, dtype, grad=True)
+
+
+# ---- the suite's own matrices ------------------------------------------------
+# Every (variant, shape) of the CPU suite's SE, ECA and CBAM matrices, with a
+# dtype, layout, CUDA path and an aligned, misaligned or strided x chosen in
+# rotation; FUSED_ATTN_EMU_GLUE_FULL=1 takes every dtype × layout × x kind
+# (~10x the cases, tens of minutes).
+FULL = os.environ.get("FUSED_ATTN_EMU_GLUE_FULL") == "1"
+X_KINDS = ("aligned", "misaligned", "strided")
+
+
+def _matrix(variants, shapes):
+    import itertools
+    combos = []
+    for i, (v, shape) in enumerate(itertools.product(variants, shapes)):
+        picks = (itertools.product(DTYPES, FORMATS, X_KINDS) if FULL else
+                 [(list(DTYPES)[i % 4], list(FORMATS)[(i // 4) % 2], X_KINDS[i % 3])])
+        combos += [(v, shape, dt, fmt, xk) for dt, fmt, xk in picks]
+    return combos
+
+
+def _x_kind(x, kind):
+    if kind == "misaligned":
+        return misaligned_copy(x)
+    if kind == "strided":  # neither NCHW- nor channels_last-contiguous: every other column of a wider x
+        wide = torch.cat([x, x.flip(-1)], dim=-1)
+        return wide[..., ::2]
+    return x
+
+
+def _mid(c):
+    v, shape, dt, fmt, xk = c
+    return f"{v}-{shape}-{dt}-{fmt}-{xk}"
+
+
+SE_MATRIX = _matrix(se_utils.VARIANTS, se_utils.SHAPES)
+ECA_MATRIX = _matrix(eca_tests.VARIANTS, eca_tests.SHAPES)
+CBAM_MATRIX = _matrix(cbam_tests.VARIANTS, [s for s in cbam_tests.SHAPES])
+
+
+@pytest.mark.parametrize("case", SE_MATRIX, ids=[_mid(c) for c in SE_MATRIX])
+def test_se_matrix(case, monkeypatch):
+    v, shape, dt, fmt, xk = case
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase" if sum(shape) % 2 else "auto")
+    dtype = DTYPES[dt]
+    x, w1, b1, w2, b2 = se_sample(shape, dtype, FORMATS[fmt], v, seed=sum(shape))
+    x = _x_kind(x, xk)
+    kw = (v.act, v.gate, v.pool)
+    emu, cpu = EMU.se_forward(x, w1, b1, w2, b2, *kw), CPU.se_forward(x, w1, b1, w2, b2, *kw)
+    check_outputs(emu, cpu, dtype)
+    dy = _x_kind(grad_like(cpu[0]), xk)
+    flags = (b1 is not None, b2 is not None)
+    check_outputs(EMU.se_backward(dy, x, w1, w2, *emu[1:], *kw, *flags),
+                  CPU.se_backward(dy, x, w1, w2, *cpu[1:], *kw, *flags), dtype, grad=True)
+
+
+@pytest.mark.parametrize("case", ECA_MATRIX, ids=[_mid(c) for c in ECA_MATRIX])
+def test_eca_matrix(case, monkeypatch):
+    v, shape, dt, fmt, xk = case
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase" if sum(shape) % 2 else "auto")
+    dtype = DTYPES[dt]
+    x, w, b = eca_sample(shape, dtype, FORMATS[fmt], v, seed=sum(shape))
+    x = _x_kind(x, xk)
+    emu, cpu = EMU.eca_forward(x, w, b, v.padding, v.gate), CPU.eca_forward(x, w, b, v.padding, v.gate)
+    check_outputs(emu, cpu, dtype)
+    dy = _x_kind(grad_like(cpu[0]), xk)
+    check_outputs(EMU.eca_backward(dy, x, w, *emu[1:], v.padding, v.gate, b is not None),
+                  CPU.eca_backward(dy, x, w, *cpu[1:], v.padding, v.gate, b is not None), dtype, grad=True)
+
+
+@pytest.mark.parametrize("case", CBAM_MATRIX, ids=[_mid(c) for c in CBAM_MATRIX])
+def test_cbam_matrix(case):
+    v, shape, dt, fmt, xk = case
+    if v.train and shape[2] * shape[3] * shape[0] == 1:
+        pytest.skip("batch statistics of one value")
+    dtype = DTYPES[dt]
+    args = _op_args(v, dtype, shape, FORMATS[fmt])
+    args = (_x_kind(args[0], xk), *args[1:])
+    emu, cpu = EMU.cbam_forward(*args), CPU.cbam_forward(*args)
+    check_outputs(emu, cpu, dtype)
+    dy = _x_kind(grad_like(cpu[0]), xk)
+    check_outputs(EMU.cbam_backward(*cbam_backward_args(args, emu, dy, v)),
+                  CPU.cbam_backward(*cbam_backward_args(args, cpu, dy, v)), dtype, grad=True)
 
 
 # ---- what the glue launches ------------------------------------------------
