@@ -47,7 +47,7 @@ def count(fn):
     ops.trace()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    ours = len(ops.trace())
+    ours = len(ops.trace())  # a cluster launch is one
     events = [e for e in prof.events() if e.name.startswith("aten::")]
 
     def under_atomic(e):
@@ -82,14 +82,16 @@ def cases():
     E = glue.build()
     x, w1, b1, w2, b2 = se_sample((32, 256, 7, 7), torch.float32, torch.channels_last, SEVariant())
     se_kw = ("relu", "sigmoid", "avg")
-    yield "SE fwd, two-phase", lambda: E.se_forward(x, w1, b1, w2, b2, *se_kw), "two_phase"
     se_out = CPU.se_forward(x, w1, b1, w2, b2, *se_kw)
     dy = torch.randn_like(se_out[0])
-    yield ("SE bwd, two-phase", lambda: E.se_backward(dy, x, w1, w2, *se_out[1:], *se_kw, True, True), "two_phase")
     xe, we, be = eca_sample((32, 256, 7, 7), torch.float32, torch.channels_last, ECAVariant(k=5))
-    yield "ECA fwd, two-phase", lambda: E.eca_forward(xe, we, be, "zeros", "sigmoid"), "two_phase"
     eo = CPU.eca_forward(xe, we, be, "zeros", "sigmoid")
-    yield ("ECA bwd, two-phase", lambda: E.eca_backward(dy, xe, we, *eo[1:], "zeros", "sigmoid", False), "two_phase")
+    for path in ("auto", "two_phase"):
+        tag = "single launch" if path == "auto" else "two-phase"
+        yield f"SE fwd, {tag}", lambda: E.se_forward(x, w1, b1, w2, b2, *se_kw), path
+        yield f"SE bwd, {tag}", lambda: E.se_backward(dy, x, w1, w2, *se_out[1:], *se_kw, True, True), path
+        yield f"ECA fwd, {tag}", lambda: E.eca_forward(xe, we, be, "zeros", "sigmoid"), path
+        yield f"ECA bwd, {tag}", lambda: E.eca_backward(dy, xe, we, *eo[1:], "zeros", "sigmoid", False), path
     for name, v in [("CBAM (timm, train)", CBAMVariant(train=True)), ("CBAM (timm, eval)", CBAMVariant()),
                     ("light CBAM (eval)", CBAMVariant(light=True))]:
         args = _op_args(v, torch.float32, (8, 64, 14, 14), torch.channels_last)

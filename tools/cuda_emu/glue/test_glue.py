@@ -16,6 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..", "..")))
 
 import glue  # noqa: E402
+import launch_count  # noqa: E402
 from tests import test_cbam as cbam_tests  # noqa: E402
 from tests import test_eca as eca_tests  # noqa: E402
 from tests import utils as se_utils  # noqa: E402
@@ -227,19 +228,28 @@ def test_cbam_matrix(case):
 # ---- what the glue launches ------------------------------------------------
 @pytest.mark.parametrize("fmt", ["nchw", "cl"])
 @pytest.mark.parametrize("dt", ["bf16", "f32"])
-def test_se_and_eca_at_2048x7x7_n1_are_one_launch_per_direction(dt, fmt):
-    """Issue 3's N = 1 site: the emulated H100's plan is the single launch, both ways."""
-    EMU.trace()
+def test_se_and_eca_at_2048x7x7_n1_are_one_launch_per_direction(dt, fmt, monkeypatch):
+    """Issue 3's N = 1 site: the emulated H100's plan is the single launch, both
+    ways, and the glue launches nothing else (no ATen op that would be a kernel)."""
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "auto")
     x, w1, b1, w2, b2 = se_sample((1, 2048, 7, 7), DTYPES[dt], FORMATS[fmt])
-    out = EMU.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid", "avg")
-    assert EMU.trace() == ["cudaLaunchKernelEx"]
-    EMU.se_backward(grad_like(out[0]), x, w1, w2, *out[1:], "relu", "sigmoid", "avg", True, True)
-    assert EMU.trace() == ["cudaLaunchKernelEx"]
-    x, w, b = eca_sample((1, 2048, 7, 7), DTYPES[dt], FORMATS[fmt], ECAVariant(k=7))
-    out = EMU.eca_forward(x, w, b, "zeros", "sigmoid")
-    assert EMU.trace() == ["cudaLaunchKernelEx"]
-    EMU.eca_backward(grad_like(out[0]), x, w, *out[1:], "zeros", "sigmoid", False)
-    assert EMU.trace() == ["cudaLaunchKernelEx"]
+    kw = ("relu", "sigmoid", "avg")
+    out = EMU.se_forward(x, w1, b1, w2, b2, *kw)
+    xe, w, b = eca_sample((1, 2048, 7, 7), DTYPES[dt], FORMATS[fmt], ECAVariant(k=7))
+    eo = EMU.eca_forward(xe, w, b, "zeros", "sigmoid")
+    dy, dye = grad_like(out[0]), grad_like(eo[0])
+    calls = {
+        "se fwd": lambda: EMU.se_forward(x, w1, b1, w2, b2, *kw),
+        "se bwd": lambda: EMU.se_backward(dy, x, w1, w2, *out[1:], *kw, True, True),
+        "eca fwd": lambda: EMU.eca_forward(xe, w, b, "zeros", "sigmoid"),
+        "eca bwd": lambda: EMU.eca_backward(dye, xe, w, *eo[1:], "zeros", "sigmoid", False),
+    }
+    for name, fn in calls.items():
+        EMU.trace()
+        fn()
+        assert EMU.trace() == ["cudaLaunchKernelEx"], name
+        ours, aten, ops = launch_count.count(fn)
+        assert (ours, aten) == (1, 0), (name, ops)
 
 
 def test_two_phase_is_three_passes(monkeypatch):
