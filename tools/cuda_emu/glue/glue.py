@@ -3,11 +3,14 @@
 The kernels run under the emulation (prepare.py's rewrite, shim/emu.cpp); the
 glue is compiled as it is, with three stand-in headers (include/c10/cuda:
 a no-op device guard, the emulation's one stream, C10_CUDA_CHECK over its
-errors) and three rewrites, each counted:
+errors) and four rewrites, each checked:
 
   TORCH_LIBRARY_IMPL(fused_attn, CUDA, m)  ->  TORCH_LIBRARY_IMPL(fused_attn_cuda_emu, CPU, m)
   x_in.is_cuda()                           ->  x_in.is_cpu()
   geo.x.get_device()                       ->  the emulated device (emu's cudaGetDevice)
+  TORCH_LIBRARY_FRAGMENT(fused_attn, m)    ->  TORCH_LIBRARY_FRAGMENT(fused_attn_cuda_emu, m)
+                                               (the planner's _single_launch_plan, which the real
+                                               CUDA build defines under fused_attn already)
 
 so torch.ops.fused_attn_cuda_emu.<op> runs the CUDA backend's code path on CPU
 tensors: its checks, allocations, ATen ops on the small tensors, the planner
@@ -40,6 +43,9 @@ REWRITES = [
      ("se_cuda.cpp", "eca_cuda.cpp", "cbam_cuda.cpp")),
     ("x_in.is_cuda()", "x_in.is_cpu()", ("se_cuda.cpp", "eca_cuda.cpp", "cbam_cuda.cpp")),
     ("geo.x.get_device()", "emu_glue_device()", ("channel_gate.h",)),
+    # The planner's test op: a second definition under fused_attn would abort the
+    # load when fused_attn._C was built with its CUDA sources (CI's build).
+    ("TORCH_LIBRARY_FRAGMENT(fused_attn, m)", f"TORCH_LIBRARY_FRAGMENT({NS}, m)", ("channel_gate.cpp",)),
 ]
 DEVICE_FN = "\ninline int emu_glue_device() { int d = 0; cudaGetDevice(&d); return d; }\n"
 
@@ -65,6 +71,8 @@ def prepare():
             text = text.replace("namespace fused_attn::cuda {\n", "namespace fused_attn::cuda {\n" + DEVICE_FN, 1)
             if DEVICE_FN not in text:
                 sys.exit("glue.py: channel_gate.h has no `namespace fused_attn::cuda {`")
+        if re.search(r"TORCH_LIBRARY\w*\(\s*fused_attn\s*,", text):  # fused_attn._C registers those already
+            sys.exit(f"glue.py: {name} still registers under fused_attn; add a rewrite to {NS}")
         _write(os.path.join(src, name), text)
     # The kernels as C++ (a .cu name would send them to nvcc).
     kernels = []
