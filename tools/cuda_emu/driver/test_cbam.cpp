@@ -213,6 +213,15 @@ struct SpatialCase {
   }
 };
 
+// Map ci at element e of [N, H·W] as the kernels read it from smap [2, N, H·W]
+// (light: ½mean + ½max rounded op by op).
+template <class A>
+double ref_map(const SpatialCase& sc, const A* smap, int64_t total, int ci, int64_t e) {
+  const A cmean = smap[e], cmax = smap[total + e];
+  if (sc.light) return static_cast<A>(static_cast<A>(cmean * A(0.5)) + static_cast<A>(cmax * A(0.5)));
+  return ((ci == 0) != sc.max_first) ? cmean : cmax;
+}
+
 template <class A>
 bool run_spatial(const SpatialCase& sc, std::mt19937_64& rng) {
   const int64_t N = sc.N, HW = int64_t{sc.H} * sc.W, total = N * HW;
@@ -261,12 +270,7 @@ bool run_spatial(const SpatialCase& sc, std::mt19937_64& rng) {
 
   // z: the 'same' convolution of the maps, in double.
   Check cz(tn + " spatial.z");
-  const A* cmean = smap.p;
-  const A* cmax = smap.p + total;
-  auto map_at = [&](int ci, int64_t n, int64_t q) -> double {
-    if (sc.light) return static_cast<A>(static_cast<A>(cmean[n * HW + q] * A(0.5)) + static_cast<A>(cmax[n * HW + q] * A(0.5)));
-    return ((ci == 0) != sc.max_first) ? cmean[n * HW + q] : cmax[n * HW + q];
-  };
+  auto map_at = [&](int ci, int64_t n, int64_t q) { return ref_map(sc, smap.p, total, ci, n * HW + q); };
   for (int64_t n = 0; n < N; ++n)
     for (int y = 0; y < sc.H; ++y)
       for (int x = 0; x < sc.W; ++x) {
@@ -448,12 +452,7 @@ bool run_spatial_grad(const SpatialCase& sc, int C, std::mt19937_64& rng) {
 
   // Each sample's weight gradient from the kernel's dz.
   Check cw(tn + "wpart");
-  const A* cmean = smap.p;
-  const A* cmax = smap.p + total;
-  auto map_at = [&](int ci, int64_t n, int64_t q) -> double {
-    if (sc.light) return static_cast<A>(static_cast<A>(cmean[n * HW + q] * A(0.5)) + static_cast<A>(cmax[n * HW + q] * A(0.5)));
-    return ((ci == 0) != sc.max_first) ? cmean[n * HW + q] : cmax[n * HW + q];
-  };
+  auto map_at = [&](int ci, int64_t n, int64_t q) { return ref_map(sc, smap.p, total, ci, n * HW + q); };
   for (int64_t n = 0; n < N; ++n)
     for (int ci = 0; ci < maps; ++ci)
       for (int i = 0; i < sc.k; ++i)
