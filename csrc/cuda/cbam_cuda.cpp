@@ -161,16 +161,27 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
   CbamPass p = pass_of<CbamPass>(geo);
   p.g = g.const_data_ptr();
   reduce(p, CbamReduce::ChannelPool, geo, smap[0], smap[1]);
-  // The spatial gate in two launches: z, the statistics (written when they are the batch's), s.
-  at::Tensor stats_d = batch_stats ? at::empty({2}, aopt.dtype(at::kDouble))
-                                   : at::cat({bn_rm->reshape({1}).to(at::kDouble), bn_rv->reshape({1}).to(at::kDouble)});
+  // The spatial gate in two launches: z, the statistics (the batch's, or the
+  // running buffers read in place), s.
+  at::Tensor rm, rv;
+  if (!batch_stats) {
+    rm = bn_rm->reshape({}), rv = bn_rv->reshape({});
+    const auto t = rm.scalar_type();
+    const bool native = t == rv.scalar_type() && (t == at::kFloat || t == at::kDouble || t == at::kHalf ||
+                                                  t == at::kBFloat16);
+    if (!native) rm = rm.to(at::kDouble), rv = rv.to(at::kDouble);  // mixed or float8 buffers: two launches
+  }
   at::Tensor z = acc_empty(N, HW, aopt), s = acc_empty(N, HW, aopt);
   at::Tensor stats = at::empty({2}, aopt);
   maybe_poison(stats);
   Spatial spatial = spatial_of(smap, ws, bn_w, bn_b, eps, H, W, gate, light, max_first, batch_stats);
   CbamSpatial& sp = spatial.sp;
   sp.z = z.data_ptr();
-  sp.stats = stats_d.data_ptr<double>();
+  if (!batch_stats) {
+    sp.running_mean = rm.const_data_ptr();
+    sp.running_var = rv.const_data_ptr();
+    sp.running_dtype = dtype_of(rm.scalar_type());
+  }
   sp.stats_acc = stats.data_ptr();
   sp.s = s.data_ptr();
   C10_CUDA_CHECK(cbam_spatial_gate(sp, stream()));

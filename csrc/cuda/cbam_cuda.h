@@ -82,7 +82,8 @@ cudaError_t cbam_input_grad(const CbamPass& p, cudaStream_t stream);
 // statistics in the same fixed order and writes its pixels of
 // s = gate((z − mu)·gamma·invstd + beta), each op rounded in the accumulation
 // type as the ATen expression of the other backends rounds it. With running
-// statistics (batch_stats false) the merge is skipped and stats is read.
+// statistics (batch_stats false) the merge is skipped and the BatchNorm's
+// running buffers are read in their own dtype.
 //
 // The backward (cbam_spatial_grad) in four launches instead of about forty
 // ATen ops: s again and the BatchNorm's gradient with each block's sums of
@@ -109,7 +110,10 @@ struct CbamSpatial {
   void* partials = nullptr;     // double [3, cbam_spatial_blocks]: forward (batch_stats) and backward
 
   void* z = nullptr;            // [N, H·W] the convolution (forward: written; backward: read)
-  double* stats = nullptr;      // [2] mean, biased variance: written (batch_stats) or read (forward)
+  double* stats = nullptr;      // [2] the batch's mean, biased variance (batch_stats; written when not null)
+  const void* running_mean = nullptr;  // scalars of running_dtype: the statistics when not batch_stats,
+  const void* running_var = nullptr;   // read as they are (no conversion launches before the kernel)
+  DType running_dtype = DType::F32;
   void* stats_acc = nullptr;    // [2] stats rounded to the accumulation type (forward: written; backward: read)
   void* s = nullptr;            // [N, H·W] the gate (written)
 

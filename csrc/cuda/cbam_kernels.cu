@@ -381,6 +381,17 @@ __global__ void __launch_bounds__(kSpatialThreads) spatial_conv_kernel(const Cba
   }
 }
 
+// A scalar of any of the four dtypes, exactly (each widens to double without rounding).
+__device__ __forceinline__ double scalar_as_double(const void* p, DType t) {
+  switch (t) {
+    case DType::F32: return *static_cast<const float*>(p);
+    case DType::F64: return *static_cast<const double*>(p);
+    case DType::F16: return to_acc(*static_cast<const __half*>(p));
+    case DType::BF16: return to_acc(*static_cast<const __nv_bfloat16*>(p));
+  }
+  return __longlong_as_double(0x7ff8000000000000LL);  // not reached
+}
+
 // s = gate(BN(z)): every block merges the `parts` partials in one fixed
 // order (so all agree, bit for bit), block 0 writes the statistics.
 template <typename A>
@@ -394,10 +405,10 @@ __global__ void __launch_bounds__(kSpatialThreads) spatial_gate_kernel(const Cba
     m = block_moments(m);
     mean = m.mean;
     var = m.m2 / m.n;
-    if (blockIdx.x == 0 && threadIdx.x == 0) sp.stats[0] = mean, sp.stats[1] = var;
+    if (blockIdx.x == 0 && threadIdx.x == 0 && sp.stats) sp.stats[0] = mean, sp.stats[1] = var;
   } else {
-    mean = sp.stats[0];
-    var = sp.stats[1];
+    mean = scalar_as_double(sp.running_mean, sp.running_dtype);
+    var = scalar_as_double(sp.running_var, sp.running_dtype);
   }
   A* stats_acc = static_cast<A*>(sp.stats_acc);
   if (blockIdx.x == 0 && threadIdx.x == 0) stats_acc[0] = static_cast<A>(mean), stats_acc[1] = static_cast<A>(var);
@@ -712,7 +723,8 @@ int64_t cbam_spatial_blocks(const CbamSpatial& sp) {
 
 cudaError_t cbam_spatial_gate(const CbamSpatial& sp, cudaStream_t stream) {
   if (sp.N * sp.H * sp.W == 0) return cudaSuccess;
-  if (sp.k < 1 || sp.k % 2 == 0 || sp.stats == nullptr || (sp.batch_stats && sp.partials == nullptr))
+  if (sp.k < 1 || sp.k % 2 == 0 || (sp.batch_stats && sp.partials == nullptr) ||
+      (!sp.batch_stats && (sp.running_mean == nullptr || sp.running_var == nullptr)))
     return cudaErrorInvalidValue;
   const int64_t blocks = cbam_spatial_blocks(sp);
   return dispatch_acc(sp.acc, [&](auto tag) {

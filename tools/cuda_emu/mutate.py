@@ -37,6 +37,11 @@ M = {
   "cbam_spatial_map_order": ("cbam_kernels.cu", "((ci == 0) != sp.max_first)", "((ci == 0) == sp.max_first)", "emu_test", ["--quick", "--cbam"]),
   "cbam_spatial_parts": ("cbam_kernels.cu", "for (int64_t b = threadIdx.x; b < parts; b += kSpatialThreads)",
                          "for (int64_t b = threadIdx.x; b < parts - 1; b += kSpatialThreads)", "emu_test", ["--quick", "--cbam"]),
+  "cbam_spatial_running_swapped": ("cbam_kernels.cu", "var = scalar_as_double(sp.running_var, sp.running_dtype);",
+                                   "var = scalar_as_double(sp.running_mean, sp.running_dtype);", "emu_test", ["--quick", "--cbam"]),
+  "cbam_spatial_running_half_as_bf16": ("cbam_kernels.cu", "case DType::F16: return to_acc(*static_cast<const __half*>(p));",
+                                        "case DType::F16: return to_acc(*static_cast<const __nv_bfloat16*>(p));",
+                                        "emu_test", ["--quick", "--cbam"]),
   # the backward's spatial gate (cbam_spatial_grad)
   "cbam_grad_tree_barrier": ("cbam_kernels.cu", "    if (t < width) sa[t] += sa[t + width], sb[t] += sb[t + width];\n    __syncthreads();",
                              "    if (t < width) sa[t] += sa[t + width], sb[t] += sb[t + width];\n", "emu_test", ["--quick", "--cbam"]),

@@ -142,6 +142,31 @@ def test_cbam(shape, dt, fmt, variant):
     check_outputs(ge, gc, dtype, grad=True)
 
 
+RUNNING_DTYPES = {"f32": (torch.float32,) * 2, "f64": (torch.float64,) * 2, "f16": (torch.float16,) * 2,
+                  "bf16": (torch.bfloat16,) * 2, "mixed": (torch.float32, torch.float64)}
+
+
+@pytest.mark.parametrize("running", RUNNING_DTYPES)
+def test_cbam_running_buffers(running):
+    """Eval mode reads the BatchNorm's running buffers in place, in their own
+    dtype (mixed dtypes go through double), each a view at an offset into a
+    bigger buffer: the same y, saved statistics and gradients as the CPU
+    backend's."""
+    variant = CBAMVariant(act="silu")
+    args = list(_op_args(variant, torch.bfloat16, (2, 20, 6, 5), torch.channels_last))
+    for i, dt in zip((8, 9), RUNNING_DTYPES[running]):
+        store = torch.full((3,), float("nan"), dtype=dt)
+        store[1] = args[i].reshape(())
+        args[i] = store[1:2]
+    emu = EMU.cbam_forward(*args)
+    cpu = CPU.cbam_forward(*args)
+    check_outputs(emu, cpu, torch.bfloat16)
+    dy = grad_like(cpu[0])
+    ge = EMU.cbam_backward(*cbam_backward_args(args, emu, dy, variant))
+    gc = CPU.cbam_backward(*cbam_backward_args(args, cpu, dy, variant))
+    check_outputs(ge, gc, torch.bfloat16, grad=True)
+
+
 # ---- the suite's own matrices ------------------------------------------------
 # Every (variant, shape) of the CPU suite's SE, ECA and CBAM matrices, with a
 # dtype, layout, CUDA path and an aligned, misaligned or strided x chosen in
