@@ -594,8 +594,10 @@ void forward_pass(const ScaleJob<T>& sj, const PoolJob<T>& pj, int64_t C, int64_
   }
   const int64_t seg = cl_segment_rows(C);
   const int64_t nseg = (HW + seg - 1) / seg;
-  std::vector<A> psum(pj.nb * nseg * C);
-  std::vector<A> pmax(want_max ? pj.nb * nseg * C : 0);
+  // Each pool unit fills its own segment's rows first: no zeroing here (a
+  // memset of up to a few hundred KiB per chunk).
+  const std::unique_ptr<A[]> psum(new A[pj.nb * nseg * C]);
+  const std::unique_ptr<A[]> pmax(new A[want_max ? pj.nb * nseg * C : 0]);
   auto scale_row = [&](int64_t r) {  // pixel row r = n·HW + hw
     const A* gn = sj.g + (r / HW) * C;
     if (nt) scale_vec<true, true>(sj.x + r * C, sj.y + r * C, C, gn);
@@ -603,8 +605,8 @@ void forward_pass(const ScaleJob<T>& sj, const PoolJob<T>& pj, int64_t C, int64_
   };
   auto pool_unit = [&](int64_t t) {  // segment t of sample t / nseg
     const int64_t n = t / nseg, hw0 = (t % nseg) * seg, hw1 = std::min(HW, hw0 + seg);
-    A* s = psum.data() + t * C;
-    A* m = want_max ? pmax.data() + t * C : nullptr;
+    A* s = psum.get() + t * C;
+    A* m = want_max ? pmax.get() + t * C : nullptr;
     std::fill(s, s + C, A(0));
     if (want_max) std::fill(m, m + C, -std::numeric_limits<A>::infinity());
     for (int64_t hw = hw0; hw < hw1; ++hw) {
@@ -620,8 +622,8 @@ void forward_pass(const ScaleJob<T>& sj, const PoolJob<T>& pj, int64_t C, int64_
   interleaved(sj.nb * HW, C, scale_row, pj.nb * nseg, seg * C, pool_unit);
   if (pj.nb == 0) return;
   at::parallel_for(0, pj.nb * C, std::max<int64_t>(1, kTaskElems / nseg), [&](int64_t r0, int64_t r1) {
-    if (want_max) combine_segments<true>(r0, r1, C, nseg, psum.data(), pmax.data(), finish);
-    else combine_segments<false>(r0, r1, C, nseg, psum.data(), static_cast<const A*>(nullptr), finish);
+    if (want_max) combine_segments<true>(r0, r1, C, nseg, psum.get(), pmax.get(), finish);
+    else combine_segments<false>(r0, r1, C, nseg, psum.get(), static_cast<const A*>(nullptr), finish);
   });
 }
 
@@ -671,8 +673,8 @@ void backward_pass(const DxJob<T>& dj, const ReduceJob<T>& rj, int64_t C, int64_
   }
   const int64_t seg = cl_segment_rows(C);
   const int64_t nseg = (HW + seg - 1) / seg;
-  std::vector<A> ps(rj.nb * nseg * C);
-  std::vector<A> pk(want_cnt ? rj.nb * nseg * C : 0);
+  const std::unique_ptr<A[]> ps(new A[rj.nb * nseg * C]);  // filled per unit, as the forward's
+  const std::unique_ptr<A[]> pk(new A[want_cnt ? rj.nb * nseg * C : 0]);
   auto dx_row = [&](int64_t r) {  // pixel row r = n·HW + hw
     const int64_t nC = (r / HW) * C;
     dx_vec_any<true>(nt, dx_max, dj.dy + r * C, dj.x + r * C, dj.dx + r * C, C, dj.g + nC, dj.a + nC,
@@ -680,8 +682,8 @@ void backward_pass(const DxJob<T>& dj, const ReduceJob<T>& rj, int64_t C, int64_
   };
   auto reduce_unit = [&](int64_t t) {
     const int64_t n = t / nseg, hw0 = (t % nseg) * seg, hw1 = std::min(HW, hw0 + seg);
-    A* s = ps.data() + t * C;
-    A* k = want_cnt ? pk.data() + t * C : nullptr;
+    A* s = ps.get() + t * C;
+    A* k = want_cnt ? pk.get() + t * C : nullptr;
     const A* m = want_cnt ? rj.maxv + n * C : nullptr;
     std::fill(s, s + C, A(0));
     if (want_cnt) std::fill(k, k + C, A(0));
@@ -703,7 +705,7 @@ void backward_pass(const DxJob<T>& dj, const ReduceJob<T>& rj, int64_t C, int64_
       rj.s[r] = s;
       if (want_cnt) rj.cnt[r] = k;
     };
-    combine_segments<false>(r0, r1, C, nseg, ps.data(), want_cnt ? pk.data() : nullptr, out);
+    combine_segments<false>(r0, r1, C, nseg, ps.get(), want_cnt ? pk.get() : nullptr, out);
   });
 }
 
