@@ -58,6 +58,10 @@ void check_se_backward_args(const at::Tensor& grad_y, const at::Tensor& x, const
 // The accumulation dtype: double for double x, float otherwise.
 at::ScalarType acc_dtype(const at::Tensor& x);
 
+// Whether t is one of the four dtypes the kernels take: float32, float64,
+// float16, bfloat16.
+bool kernel_dtype(at::ScalarType t);
+
 // x as the kernels see it: dense in its suggested memory format, either N
 // rows of C·HW (NCHW: C rows of HW per sample) or N·HW rows of C
 // (channels_last, and any layout when H·W == 1, where both are the same N×C

@@ -163,21 +163,17 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
   reduce(p, CbamReduce::ChannelPool, geo, smap[0], smap[1]);
   // The spatial gate in two launches: z, the statistics (the batch's, or the
   // running buffers read in place), s.
-  at::Tensor rm, rv;
-  if (!batch_stats) {
-    rm = bn_rm->reshape({}), rv = bn_rv->reshape({});
-    const auto t = rm.scalar_type();
-    const bool native = t == rv.scalar_type() && (t == at::kFloat || t == at::kDouble || t == at::kHalf ||
-                                                  t == at::kBFloat16);
-    if (!native) rm = rm.to(at::kDouble), rv = rv.to(at::kDouble);  // mixed or float8 buffers: two launches
-  }
   at::Tensor z = acc_empty(N, HW, aopt), s = acc_empty(N, HW, aopt);
   at::Tensor stats = at::empty({2}, aopt);
   maybe_poison(stats);
   Spatial spatial = spatial_of(smap, ws, bn_w, bn_b, eps, H, W, gate, light, max_first, batch_stats);
   CbamSpatial& sp = spatial.sp;
   sp.z = z.data_ptr();
+  at::Tensor rm, rv;
   if (!batch_stats) {
+    rm = bn_rm->reshape({}), rv = bn_rv->reshape({});
+    if (rm.scalar_type() != rv.scalar_type() || !kernel_dtype(rm.scalar_type()))
+      rm = rm.to(at::kDouble), rv = rv.to(at::kDouble);  // mixed or float8 buffers: two launches
     sp.running_mean = rm.const_data_ptr();
     sp.running_var = rv.const_data_ptr();
     sp.running_dtype = dtype_of(rm.scalar_type());
