@@ -268,6 +268,31 @@ def test_deterministic_algorithms_mode(backend):
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
+def test_deterministic_mode_poisons_scratch(backend, memory_format):
+    """In deterministic mode torch's at::empty fills new tensors with NaN
+    (torch.utils.deterministic.fill_uninitialized_memory) and the C++ passes
+    fill their own scratch (the channels_last partial sums, maxima and tie
+    counts) likewise, so a pass that read scratch nobody wrote would put NaN
+    in the outputs or gradients here. 2×40×24×20 in channels_last: 480 pixel
+    rows, two segments of partials per sample."""
+    assert torch.utils.deterministic.fill_uninitialized_memory
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 40, 24, 20, generator=g).contiguous(memory_format=memory_format).requires_grad_()
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        outs, refs = _both_ops(x)
+        for o, r in zip(outs, refs):
+            assert_close(o, r, torch.float32)
+            dy = torch.randn(o.shape, generator=g)
+            gx, = torch.autograd.grad(o, [x], dy)
+            gx_ref, = torch.autograd.grad(r, [x], dy)
+            assert_close(gx, gx_ref, torch.float32, grad=True)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
 def test_thread_count_does_not_change_bits(backend, memory_format):
     """Outputs, dx and every weight gradient are bitwise the same on 1 and 2
     threads. The threads split the MLP's weight rows (the C++ row products

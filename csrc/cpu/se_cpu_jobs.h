@@ -21,6 +21,7 @@ template <typename T> struct ScaleJob {
 // which also receives the max).
 template <typename T> struct PoolJob {
   const T* x = nullptr; int64_t nb = 0; acc_t<T>* pooled = nullptr; acc_t<T>* maxv = nullptr;
+  bool poison = false;  // fill the pass's scratch with NaN first (fill_uninitialized())
 };
 // Backward write job: dx = dy·g + a (+ b where x == maxv, when maxv is set).
 template <typename T> struct DxJob {
@@ -32,6 +33,7 @@ template <typename T> struct DxJob {
 template <typename T> struct ReduceJob {
   const T* dy = nullptr; const T* x = nullptr; const acc_t<T>* maxv = nullptr; int64_t nb = 0;
   acc_t<T>* s = nullptr; acc_t<T>* cnt = nullptr;
+  bool poison = false;  // as PoolJob's
 };
 
 // CBAM backward: what dx1 = dL/dx1 is made of at each pixel p of a sample:

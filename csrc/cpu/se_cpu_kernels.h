@@ -270,6 +270,15 @@ template <typename A> inline A max_nan(A m, A v) { return ((v > m) | (v != v)) ?
 // segment order afterwards (finish_*).
 inline int64_t cl_segment_rows(int64_t C) { return std::max<int64_t>(1, kTaskElems / std::max<int64_t>(C, 1)); }
 
+// The partials' scratch: n values left uninitialized (every unit writes its
+// own rows before reading them), or all NaN when `poison` is set, so that a
+// unit reading a row it had not written shows in the tests.
+template <typename A> inline std::unique_ptr<A[]> scratch(int64_t n, bool poison) {
+  std::unique_ptr<A[]> p(new A[n]);
+  if (poison) std::fill(p.get(), p.get() + n, std::numeric_limits<A>::quiet_NaN());
+  return p;
+}
+
 // Calls body(values, n) for each block of a row of `len` elements, with
 // `values` in acc_t. Full blocks pass n as a compile-time constant, so their
 // loops compile to straight vector code; only the last, partial block loops
@@ -596,8 +605,8 @@ void forward_pass(const ScaleJob<T>& sj, const PoolJob<T>& pj, int64_t C, int64_
   const int64_t nseg = (HW + seg - 1) / seg;
   // Each pool unit fills its own segment's rows first: no zeroing here (a
   // memset of up to a few hundred KiB per chunk).
-  const std::unique_ptr<A[]> psum(new A[pj.nb * nseg * C]);
-  const std::unique_ptr<A[]> pmax(new A[want_max ? pj.nb * nseg * C : 0]);
+  const std::unique_ptr<A[]> psum = scratch<A>(pj.nb * nseg * C, pj.poison);
+  const std::unique_ptr<A[]> pmax = scratch<A>(want_max ? pj.nb * nseg * C : 0, pj.poison);
   auto scale_row = [&](int64_t r) {  // pixel row r = n·HW + hw
     const A* gn = sj.g + (r / HW) * C;
     if (nt) scale_vec<true, true>(sj.x + r * C, sj.y + r * C, C, gn);
@@ -673,8 +682,8 @@ void backward_pass(const DxJob<T>& dj, const ReduceJob<T>& rj, int64_t C, int64_
   }
   const int64_t seg = cl_segment_rows(C);
   const int64_t nseg = (HW + seg - 1) / seg;
-  const std::unique_ptr<A[]> ps(new A[rj.nb * nseg * C]);  // filled per unit, as the forward's
-  const std::unique_ptr<A[]> pk(new A[want_cnt ? rj.nb * nseg * C : 0]);
+  const std::unique_ptr<A[]> ps = scratch<A>(rj.nb * nseg * C, rj.poison);  // filled per unit, as the forward's
+  const std::unique_ptr<A[]> pk = scratch<A>(want_cnt ? rj.nb * nseg * C : 0, rj.poison);
   auto dx_row = [&](int64_t r) {  // pixel row r = n·HW + hw
     const int64_t nC = (r / HW) * C;
     dx_vec_any<true>(nt, dx_max, dj.dy + r * C, dj.x + r * C, dj.dx + r * C, C, dj.g + nC, dj.a + nC,

@@ -15,6 +15,7 @@
 #include "se_cpu_jobs.h"
 #include "channel_gate.h"
 
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -78,6 +79,16 @@ at::Tensor rows(const at::Tensor& t, int64_t n0, int64_t nb) { return t.numel() 
 template <typename A>
 A* ptr_or_null(const at::Tensor& t, int64_t offset) {
   return t.numel() ? t.data_ptr<A>() + offset : nullptr;
+}
+
+// Whether at::empty fills new tensors with NaN now
+// (torch.use_deterministic_algorithms(True) with
+// torch.utils.deterministic.fill_uninitialized_memory, its default): the
+// passes' own scratch follows suit, so the tests, which run in that mode too,
+// catch a read of scratch nobody wrote.
+bool fill_uninitialized() {
+  const at::Context& ctx = at::globalContext();
+  return ctx.deterministicAlgorithms() && ctx.deterministicFillUninitializedMemory();
 }
 
 }  // namespace
@@ -149,6 +160,7 @@ void gate_forward_cpu(const Geometry& geo, at::Tensor& y, at::Tensor& pooled, at
   const int64_t xs = C * HW * static_cast<int64_t>(x.element_size());
   const int64_t chunk = pipeline_chunk(N, xs, 2 * xs, excite_bytes);
   const bool nt = stream_output(y, geo.row());
+  const bool poison = fill_uninitialized();
   // Software pipeline over chunks: chunk k is rescaled in the same parallel
   // pass that pools chunk k + 1.
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gate_forward_cpu", [&] {
@@ -161,7 +173,7 @@ void gate_forward_cpu(const Geometry& geo, at::Tensor& y, at::Tensor& pooled, at
     auto pool_job = [&](int64_t n0) {
       if (n0 >= N) return Pool{};
       return Pool{xp + n0 * C * HW, std::min(chunk, N - n0), pooled.data_ptr<A>() + n0 * C,
-                  ptr_or_null<A>(maxv, n0 * C)};
+                  ptr_or_null<A>(maxv, n0 * C), poison};
     };
     at::Tensor gates = at::empty({std::min(chunk, N), C}, opts);
     k.forward(Scale{}, pool_job(0), C, HW, geo.cl, nt);
@@ -188,6 +200,7 @@ void gate_backward_cpu(const Geometry& geo, const at::Tensor& dy, const at::Tens
   const int64_t xs = C * HW * static_cast<int64_t>(x.element_size());
   const int64_t chunk = pipeline_chunk(N, 2 * xs, 3 * xs, excite_bytes);
   const bool nt = stream_output(dx, geo.row());
+  const bool poison = fill_uninitialized();
   // The same pipeline as the forward: dx of chunk k and Σ dy·x of chunk
   // k + 1 in one pass.
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gate_backward_cpu", [&] {
@@ -202,7 +215,7 @@ void gate_backward_cpu(const Geometry& geo, const at::Tensor& dy, const at::Tens
       if (n0 >= N) return Reduce{};
       const int64_t off = n0 * C * HW;
       return Reduce{dyp + off, xp + off, ptr_or_null<A>(maxv, n0 * C), std::min(chunk, N - n0),
-                    s.data_ptr<A>() + n0 * C, ptr_or_null<A>(cnt, n0 * C)};
+                    s.data_ptr<A>() + n0 * C, ptr_or_null<A>(cnt, n0 * C), poison};
     };
     k.backward(Dx{}, reduce_job(0), C, HW, geo.cl, nt);
     const int64_t max_nb = std::min(chunk, N);
