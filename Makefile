@@ -12,7 +12,8 @@
 #                CPU kernels built against it, then the suite ($(FLOOR_TESTS))
 #   make triton-check  every Triton kernel variant the ops launch, compiled for sm_90 without a
 #                GPU (the interpreter never compiles them) by the GPU machine's triton (the
-#                floor venv's 3.6), and checked by Inductor's mutation analysis
+#                floor venv's 3.6), and checked by Inductor's mutation analysis; then
+#                compiled again for an AMD MI300 (hip:gfx942)
 #   make cuda-emu  the CBAM, SE two-phase and single-launch CUDA kernels run on the CPU (fibers for threads,
 #                ASan/UBSan) against a double-precision reference (tools/cuda_emu/README.md)
 #   make cuda-emu-glue  the CUDA ops' torch glue on CPU tensors over the emulated kernels, against
@@ -97,9 +98,12 @@ test-floor: $(FLOOR_VENV)/.deps
 
 # The interpreter runs the Triton kernels but never compiles them: a kernel
 # that the compiler rejects, or whose writes torch.compile's analysis misses,
-# would otherwise first show on a GPU.
+# would otherwise first show on a GPU. The same variants are then compiled by
+# Triton's AMD backend for an MI300 (gfx942), the backend's other target.
 triton-check: $(FLOOR_VENV)/.deps
-	$(FLOOR_PY) tools/triton_compile_check.py --mutation
+	mkdir -p build
+	$(FLOOR_PY) tools/triton_compile_check.py --mutation --save build/triton_variants.json
+	$(FLOOR_PY) tools/triton_compile_check.py --load build/triton_variants.json --target hip:gfx942
 
 # The CUDA kernels' logic checked without a GPU: an emulation that runs them
 # on the CPU (needs g++ only; builds under build/cuda_emu).

@@ -54,6 +54,8 @@ Usage, from the repository root, with the environment to check:
 Other options:
 
     --arch N            compile for sm_N instead of sm_90
+    --target T          cuda:N (as --arch N) or hip:ARCH, e.g. hip:gfx942 (MI300):
+                        Triton's AMD backend, down to an hsaco (wavefront 64)
     --i64 some|all|none how many variants to compile again with i64 ints
     --exact             make divisibility by 16 part of a variant
     --list              print every variant
@@ -618,7 +620,22 @@ def _ast_source(kernel, signature, constexprs, attrs):
     return ASTSource(fn=kernel, signature=signature, constants=constexprs, attrs=attrs)
 
 
-def compile_all(variants, arch, spec_mode, verbose):
+def parse_target(spec):
+    """'cuda:90' -> ("cuda", 90, 32); 'hip:gfx942' -> ("hip", "gfx942", 64): GPUTarget's fields."""
+    backend, _, arch = spec.partition(":")
+    if backend == "cuda" and arch.isdigit():
+        return "cuda", int(arch), 32
+    if backend == "hip" and re.fullmatch(r"gfx[0-9a-f]+", arch):
+        return "hip", arch, 64
+    raise ValueError(f"--target {spec!r}: expected cuda:<compute capability> (cuda:90) or hip:<gfx arch> "
+                     "(hip:gfx942)")
+
+
+def target_label(t):
+    return f"cuda sm_{t[1]}" if t[0] == "cuda" else f"hip {t[1]} (wavefront {t[2]})"
+
+
+def compile_all(variants, target_spec, spec_mode, verbose):
     import torch  # noqa: F401  (before triton, as the package does)
     import triton
     from triton.backends.compiler import GPUTarget
@@ -626,7 +643,8 @@ def compile_all(variants, arch, spec_mode, verbose):
 
     for m in KERNEL_MODULES:
         importlib.import_module(m)
-    target = GPUTarget("cuda", arch, 32)
+    target = GPUTarget(*target_spec)
+    binary = "cubin" if target.backend == "cuda" else "hsaco"   # the last stage: what a launch loads
     backend = make_backend(target)
     results = []
     t_all = time.perf_counter()
@@ -647,8 +665,8 @@ def compile_all(variants, arch, spec_mode, verbose):
             r["signature"] = {k: str(t) for k, t in signature.items()}
             src = _ast_source(kernel, signature, constexprs, attrs)
             compiled = triton.compile(src, target=target, options=options.__dict__)
-            if "cubin" not in compiled.asm:
-                raise RuntimeError(f"no cubin produced (stages: {list(compiled.asm)})")
+            if binary not in compiled.asm:
+                raise RuntimeError(f"no {binary} produced (stages: {list(compiled.asm)})")
             r["ok"] = True
         except Exception as exc:  # noqa: BLE001  (every failure is reported)
             r["error"] = _fail_line(exc)
@@ -713,7 +731,7 @@ def _mutation_api(prefer="auto"):
     return have[0], impls[have[0]]
 
 
-def mutation_all(variants, arch, prefer="auto"):
+def mutation_all(variants, target_spec, prefer="auto"):
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -723,7 +741,7 @@ def mutation_all(variants, arch, prefer="auto"):
     name, analyze = _mutation_api(prefer)
     drv = triton.runtime.driver
     saved = getattr(drv, "_active", None)
-    drv.set_active(_SmDriver(GPUTarget("cuda", arch, 32)))
+    drv.set_active(_SmDriver(GPUTarget(*target_spec)))
     # The analysis logs its failures (to torch._dynamo's logger) and goes on as if
     # every input were mutated: catch those records, and keep them off stderr.
     catcher = _WarningCatcher()
@@ -779,9 +797,9 @@ def worker(args):
         job = json.load(f)
     variants = job["variants"]
     out = {"torch": torch.__version__, "triton": triton.__version__}
-    out["compile"], out["compile_s"] = compile_all(variants, job["arch"], job["spec"], job["verbose"])
+    out["compile"], out["compile_s"] = compile_all(variants, job["target"], job["spec"], job["verbose"])
     if job["mutation"]:
-        out["mutation_api"], out["mutation"], out["mutation_s"] = mutation_all(variants, job["arch"],
+        out["mutation_api"], out["mutation"], out["mutation_s"] = mutation_all(variants, job["target"],
                                                                                job["mutation_api"])
     with open(args.worker_out, "w") as f:
         json.dump(out, f)
@@ -794,7 +812,7 @@ def _print_summary(variants, info, out, args, total_s):
     comp = out["compile"]
     fails = [r for r in comp if not r["ok"]]
     kernels = sorted({f"{v['module'].rsplit('.', 1)[-1]}.{v['kernel']}" for v in variants})
-    print(f"triton {out['triton']}, torch {out['torch']}, target cuda sm_{args.arch}")
+    print(f"triton {out['triton']}, torch {out['torch']}, target {target_label(args.target)}")
     print(f"recorded: {info['calls']}, {info['launches']} launches"
           + (f" ({info['skipped']} on fake/traced tensors skipped)" if info["skipped"] else "")
           + f" in {info['record_s']:.1f}s")
@@ -889,6 +907,9 @@ def main(argv=None):
     p.add_argument("--mutation-api", choices=("auto",) + MUTATION_APIS, default="auto",
                    help="which torch entry point to run the analysis through (default: the first this torch has)")
     p.add_argument("--arch", type=int, default=90, help="CUDA compute capability to compile for (default 90)")
+    p.add_argument("--target", metavar="BACKEND:ARCH",
+                   help="cuda:<cc> (the same as --arch) or hip:<gfx arch>, e.g. hip:gfx942 (MI300), compiled "
+                        "with Triton's AMD backend down to an hsaco")
     p.add_argument("--exact", action="store_true",
                    help="divisibility by 16 (ints, pointer alignment) is part of a variant")
     p.add_argument("--i64", choices=("some", "all", "none"), default="some",
@@ -906,6 +927,10 @@ def main(argv=None):
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.pytest = pytest_args
+    try:
+        args.target = parse_target(args.target or f"cuda:{args.arch}")
+    except ValueError as exc:
+        p.error(str(exc))
     sys.path.insert(0, ROOT)   # the working tree's fused_attn (python put tools/ on the path)
 
     if args.worker_in:
@@ -950,7 +975,7 @@ def main(argv=None):
         env["TRITON_CACHE_DIR"] = args.cache_dir or os.path.join(tmp, "cache")
         job_in, job_out = os.path.join(tmp, "job.json"), os.path.join(tmp, "out.json")
         with open(job_in, "w") as f:
-            json.dump({"variants": variants, "arch": args.arch, "spec": args.spec, "mutation": args.mutation,
+            json.dump({"variants": variants, "target": args.target, "spec": args.spec, "mutation": args.mutation,
                        "mutation_api": args.mutation_api, "verbose": args.verbose}, f)
         cmd = [sys.executable, os.path.abspath(__file__), "--worker-in", job_in, "--worker-out", job_out]
         rc = subprocess.call(cmd, env=env, cwd=ROOT)
