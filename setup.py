@@ -38,7 +38,10 @@ def _sources(pattern):
 
 def extension():
     debug = _flag("DEBUG")
-    want_cuda = not _flag("FUSED_ATTN_NO_CUDA") and (
+    # A ROCm torch would hipify the CUDA sources, which use CUDA-only features
+    # (thread-block clusters): there the Triton backend serves the GPU.
+    rocm = getattr(torch.version, "hip", None) is not None
+    want_cuda = not _flag("FUSED_ATTN_NO_CUDA") and not rocm and (
         _flag("FORCE_CUDA") or (torch.version.cuda is not None and CUDA_HOME is not None)
     )
     cxx = ["-O0", "-g"] if debug else ["-O3"]
@@ -60,6 +63,7 @@ def extension():
               f"toolkit {CUDA_HOME}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '<torch default>')})")
         return CUDAExtension("fused_attn._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
     why = ("FUSED_ATTN_NO_CUDA is set" if _flag("FUSED_ATTN_NO_CUDA")
+           else f"torch is a ROCm build (HIP {torch.version.hip}): AMD GPUs take the Triton backend" if rocm
            else "torch is a CPU build" if torch.version.cuda is None else "no CUDA toolkit found (CUDA_HOME)")
     print(f"fused_attn: building CPU only ({why}; torch {torch.__version__})")
     return CppExtension("fused_attn._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)

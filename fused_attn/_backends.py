@@ -48,7 +48,8 @@ def _cuda_status():
     if not _extension.HAS_C:
         return BackendStatus("cuda", (), _extension.LOAD_ERROR)
     if not _extension.CUDA_VERSION:
-        return BackendStatus("cuda", (), "the extension was built without CUDA (no toolkit or a CPU torch at build time)")
+        return BackendStatus("cuda", (), "the extension was built without CUDA (no toolkit, or a CPU or ROCm torch, "
+                                         "at build time)")
     import torch
 
     v = _extension.CUDA_VERSION
