@@ -30,9 +30,7 @@ static void check_like_x(const at::Tensor& x, const at::Tensor& t, const char* n
 }
 
 void check_eca_args(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
-  TORCH_CHECK_VALUE(x.dim() == 4, "fused_attn: x must be 4-D [N, C, H, W], got shape ", x.sizes());
-  TORCH_CHECK_TYPE(kernel_dtype(x.scalar_type()), "fused_attn: x must be float32, float64, float16 or bfloat16, got ",
-                   x.scalar_type());
+  check_x(x);
   TORCH_CHECK_VALUE(w.dim() == 1, "fused_attn: conv_weight must have shape [k], got ", w.sizes());
   TORCH_CHECK_VALUE(w.size(0) % 2 == 1, "fused_attn: conv_weight's kernel size must be odd, got k=", w.size(0));
   check_like_x(x, w, "conv_weight");

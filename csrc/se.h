@@ -62,6 +62,9 @@ at::ScalarType acc_dtype(const at::Tensor& x);
 // float16, bfloat16.
 bool kernel_dtype(at::ScalarType t);
 
+// x is 4-D [N, C, H, W] of one of those dtypes (SE's and ECA's first check).
+void check_x(const at::Tensor& x);
+
 // x as the kernels see it: dense in its suggested memory format, either N
 // rows of C·HW (NCHW: C rows of HW per sample) or N·HW rows of C
 // (channels_last, and any layout when H·W == 1, where both are the same N×C

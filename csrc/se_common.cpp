@@ -65,9 +65,7 @@ static void check_param(const at::Tensor& x, const at::Tensor& t, const char* na
 
 void check_se_args(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                    const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2) {
-  TORCH_CHECK_VALUE(x.dim() == 4, "fused_attn: x must be 4-D [N, C, H, W], got shape ", x.sizes());
-  TORCH_CHECK_TYPE(kernel_dtype(x.scalar_type()), "fused_attn: x must be float32, float64, float16 or bfloat16, got ",
-                   x.scalar_type());
+  check_x(x);
   const int64_t C = x.size(1);
   TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(1) == C, "fused_attn: fc1_weight must have shape [rd, ", C,
                     "] for x with C=", C, ", got ", w1.sizes());
@@ -127,6 +125,12 @@ at::ScalarType acc_dtype(const at::Tensor& x) {
 
 bool kernel_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_x(const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "fused_attn: x must be 4-D [N, C, H, W], got shape ", x.sizes());
+  TORCH_CHECK_TYPE(kernel_dtype(x.scalar_type()), "fused_attn: x must be float32, float64, float16 or bfloat16, got ",
+                   x.scalar_type());
 }
 
 Geometry geometry(const at::Tensor& x) {
