@@ -906,7 +906,7 @@ def main(argv=None):
     p.add_argument("--mutation", action="store_true", help="also run Inductor's mutation analysis per variant")
     p.add_argument("--mutation-api", choices=("auto",) + MUTATION_APIS, default="auto",
                    help="which torch entry point to run the analysis through (default: the first this torch has)")
-    p.add_argument("--arch", type=int, default=90, help="CUDA compute capability to compile for (default 90)")
+    p.add_argument("--arch", type=int, help="CUDA compute capability to compile for (default 90)")
     p.add_argument("--target", metavar="BACKEND:ARCH",
                    help="cuda:<cc> (the same as --arch) or hip:<gfx arch>, e.g. hip:gfx942 (MI300), compiled "
                         "with Triton's AMD backend down to an hsaco")
@@ -927,8 +927,10 @@ def main(argv=None):
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.pytest = pytest_args
+    if args.target and args.arch is not None:
+        p.error("give --arch N or --target, not both (--arch N is --target cuda:N)")
     try:
-        args.target = parse_target(args.target or f"cuda:{args.arch}")
+        args.target = parse_target(args.target or f"cuda:{args.arch or 90}")
     except ValueError as exc:
         p.error(str(exc))
     sys.path.insert(0, ROOT)   # the working tree's fused_attn (python put tools/ on the path)
