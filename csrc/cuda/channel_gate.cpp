@@ -182,11 +182,15 @@ void input_grad_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor
   // max's share split between the tied maxima (as torch.amax's gradient is).
   const at::Tensor a = dp.mul((with_max ? 0.5 : 1.0) / static_cast<double>(geo.HW)).contiguous();
   const at::Tensor b = with_max ? dp.mul(0.5).div(cnt).contiguous() : at::Tensor();
-  const at::Tensor gc = g.contiguous();
+  dx_pass(geo, dy, g.contiguous(), a, b, maxv, dx);
+}
+
+void dx_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor& g, const at::Tensor& a,
+             const at::Tensor& b, const at::Tensor& maxv, at::Tensor& dx) {
   SePass p = pass_of<SePass>(geo);
   p.dy = dy.const_data_ptr();
   p.out = dx.data_ptr();
-  p.g = gc.const_data_ptr();
+  p.g = g.const_data_ptr();
   p.a = a.const_data_ptr();
   p.b = ptr_or_null(b);
   p.maxv = ptr_or_null(maxv);

@@ -63,5 +63,10 @@ void reduce_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor& ma
 // it with a max term, whose other half goes to the cnt tied maxima).
 void input_grad_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor& g, const at::Tensor& dp,
                 const at::Tensor& maxv, const at::Tensor& cnt, at::Tensor& dx);
+// dx = dy·g + a (+ b where x == maxv, when maxv is not empty): input_grad_pass
+// with the spread terms a, b [N, C] already computed (contiguous, the
+// accumulation dtype; b empty without a max).
+void dx_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor& g, const at::Tensor& a,
+             const at::Tensor& b, const at::Tensor& maxv, at::Tensor& dx);
 
 }  // namespace fused_attn::cuda

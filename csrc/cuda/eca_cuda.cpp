@@ -2,9 +2,11 @@
 // for the CUDA dispatch key. As SE (channel_gate.h): one launch per direction
 // where se_fused.cu has a plan (sm_90+; the cluster gathers the pooled
 // vector, so the convolution's neighbours across blocks cost no pass over x),
-// else two phases: pool → the 1-D convolution across channels on [N, C]
-// (ATen, the current stream) → rescale; Σ dy·x → the convolution's backward
-// → dx.
+// else two phases: pool → the 1-D convolution across channels and the gate
+// on [N, C] (eca_excite_forward) → rescale, three launches; Σ dy·x → the
+// convolution's backward (eca_excite_backward: g, dL/dpooled and the weight
+// gradients, two launches) → dx, four. Kernel sizes above kEcaMaxTaps take
+// ATen ops on [N, C] for the excitation instead.
 #include "../eca.h"
 #include "channel_gate.h"
 
@@ -29,6 +31,23 @@ SeFused eca_variant(const at::Tensor& w, Gate gate, Padding padding) {
   f.gate = static_cast<int8_t>(gate);
   return f;
 }
+
+// The two-phase excitation's fields for this ECA (the caller sets the rows).
+EcaExcite eca_excite_of(const Geometry& geo, const at::Tensor& w, Gate gate, Padding padding) {
+  const SePass pass = pass_of<SePass>(geo);  // the dtype and the device's multiprocessors
+  EcaExcite e;
+  e.dtype = pass.dtype;
+  e.sm_count = pass.sm_count;
+  e.N = geo.N;
+  e.C = geo.C;
+  e.k = w.size(0);
+  e.HW = geo.HW;
+  e.circular = padding == Padding::Circular;
+  e.gate = static_cast<int8_t>(gate);
+  return e;
+}
+
+bool excite_kernels_take(const at::Tensor& w) { return w.size(0) <= kEcaMaxTaps; }
 
 }  // namespace
 
@@ -59,6 +78,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_forward_cuda(const at::Tensor
     return out.tuple();
   }
   pool_pass(geo, out.pooled, no_max);
+  if (excite_kernels_take(w)) {
+    const at::Tensor wc = w.contiguous(), bc = b ? b->contiguous() : at::Tensor();
+    at::Tensor g = at::empty({geo.N, geo.C}, out.pooled.options());
+    EcaExcite e = eca_excite_of(geo, wc, gate, padding);
+    e.w = wc.const_data_ptr();
+    e.b = ptr_or_null(bc);
+    e.pooled = out.pooled.const_data_ptr();
+    e.logits = out.logits.data_ptr();
+    e.g = g.data_ptr();
+    C10_CUDA_CHECK(eca_excite_forward(e, c10::cuda::getCurrentCUDAStream()));
+    scale_pass(geo, g, out.y);
+    return out.tuple();
+  }
   const c10::optional<at::Tensor> ba = b ? c10::optional<at::Tensor>(b->to(acc)) : c10::nullopt;
   out.logits.copy_(eca_logits(out.pooled, w.to(acc), ba, padding));
   scale_pass(geo, gate_forward(gate, out.logits).contiguous(), out.y);
@@ -99,6 +131,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_backward_cuda(
   at::Tensor no_max = at::empty({0, 0}, opts);
   maybe_poison(s);
   if (geo.N > 0) reduce_pass(geo, dy, no_max, s, no_max);
+  if (excite_kernels_take(w)) {
+    const at::Tensor wc = w.contiguous();
+    at::Tensor g = at::empty({geo.N, geo.C}, opts), a = at::empty({geo.N, geo.C}, opts);
+    at::Tensor dw = at::empty({w.size(0)}, w.options()), db = at::empty({has_bias ? 1 : 0}, w.options());
+    maybe_poison(dw);
+    maybe_poison(db);
+    EcaExcite e = eca_excite_of(geo, wc, gate, padding);
+    at::Tensor workspace = at::empty({eca_excite_partials(e)}, opts);
+    e.w = wc.const_data_ptr();
+    e.pooled = pooled.const_data_ptr();
+    e.s = s.const_data_ptr();
+    e.saved_logits = logits.const_data_ptr();
+    e.g = g.data_ptr();
+    e.a = a.data_ptr();
+    e.partials = ptr_or_null(workspace);
+    e.dw = dw.data_ptr();
+    e.db = ptr_or_null(db);
+    C10_CUDA_CHECK(eca_excite_backward(e, c10::cuda::getCurrentCUDAStream()));
+    if (geo.N > 0) dx_pass(geo, dy, g, a, at::Tensor(), no_max, dx);
+    return {dx, dw, db};
+  }
   const at::Tensor wa = w.to(acc);
   const at::Tensor g = gate_forward(gate, logits);
   const at::Tensor dz = gate_backward(gate, s, logits, g);

@@ -1,5 +1,5 @@
 // SE backward passes on CUDA: Σ dy·x with the max-tie counts (se_reduce) and
-// dx (se_dx).
+// dx (se_dx); ECA's excitation backward (eca_excite_backward).
 #include "se_kernels.cuh"
 
 namespace fused_attn::cuda {
@@ -10,6 +10,15 @@ cudaError_t se_reduce(const SePass& p, cudaStream_t stream) {
 
 cudaError_t se_dx(const SePass& p, cudaStream_t stream) {
   return dispatch_dtype(p.dtype, [&](auto tag) { return launch_apply<decltype(tag), true>(p, stream); });
+}
+
+int64_t eca_excite_partials(const EcaExcite& p) {
+  const dim3 grid = eca_excite_bwd_grid(p);
+  return int64_t{grid.x} * grid.y * (p.k + 1);
+}
+
+cudaError_t eca_excite_backward(const EcaExcite& p, cudaStream_t stream) {
+  return dispatch_dtype(p.dtype, [&](auto tag) { return launch_eca_excite_bwd<decltype(tag)>(p, stream); });
 }
 
 }  // namespace fused_attn::cuda

@@ -2,8 +2,8 @@
 // per pass. No torch headers: the .cu files that implement these compile with
 // the CUDA runtime alone (se_cuda.cpp is the torch glue).
 //
-//   forward:  se_pool  (read x)        -> excitation on [N, C] (cuBLAS, in the glue) -> se_scale (read x, write y)
-//   backward: se_reduce (read dy, x)   -> excitation backward                        -> se_dx (read dy [, x], write dx)
+//   forward:  se_pool  (read x)        -> excitation on [N, C] (SE: cuBLAS, in the glue;  -> se_scale (read x, write y)
+//   backward: se_reduce (read dy, x)   -> excitation backward   ECA: eca_excite_*)         -> se_dx (read dy [, x], write dx)
 //
 // Every launcher returns the launch's cudaError_t (cudaGetLastError), which
 // the glue checks; none synchronizes or allocates.
@@ -67,6 +67,51 @@ cudaError_t se_scale(const SePass& p, cudaStream_t stream);
 cudaError_t se_reduce(const SePass& p, cudaStream_t stream);
 // out = dy·g + a (+ b where x == maxv, when maxv is set).
 cudaError_t se_dx(const SePass& p, cudaStream_t stream);
+
+// ---- ECA's excitation on the two-phase path (se_forward.cu / se_backward.cu) --
+//
+// The 1-D convolution across channels and the gate on the pooled [N, C] rows,
+// and its backward, as kernels of our own instead of ATen ops on windows of
+// the rows: the two-phase ECA forward is three launches (pool, this,
+// rescale) and its backward four (Σ dy·x, this with the weight gradient's
+// sum, dx). The weight gradient sums per-block partials in a fixed order:
+// deterministic for a given device.
+
+// The largest kernel size the excitation kernels take (the glue keeps the ATen
+// ops for larger k; timm's k chosen from C stays below it for any C < 2^30).
+constexpr int kEcaMaxTaps = 15;
+
+struct EcaExcite {
+  DType dtype = DType::F32;     // x's, and the weights'; the [N, C] rows are double for F64, float otherwise
+  int64_t N = 0, C = 0, k = 1;  // k odd, 1..kEcaMaxTaps
+  int64_t HW = 1;               // backward: a = dL/dpooled / HW
+  bool circular = false;        // padding: circular, else zeros
+  int8_t gate = 0;              // FusedGate
+  int sm_count = 1;
+
+  const void* w = nullptr;      // [k], contiguous
+  const void* b = nullptr;      // [1], or null without a bias (forward)
+
+  // Forward: pooled → logits = conv(pooled) + b, g = gate(logits).
+  const void* pooled = nullptr; // also read by the backward (the weight gradient)
+  void* logits = nullptr;
+  void* g = nullptr;
+
+  // Backward: s = Σ_hw dy·x and the saved logits → g (again), a = dL/dpooled / HW,
+  // dw [k] and db [1] (null: no bias) in the weights' dtype, through a
+  // workspace of eca_excite_partials(p) accumulation-type elements.
+  const void* s = nullptr;
+  const void* saved_logits = nullptr;
+  void* a = nullptr;
+  void* partials = nullptr;
+  void* dw = nullptr;
+  void* db = nullptr;
+};
+
+// Elements (accumulation type) of the backward's workspace.
+int64_t eca_excite_partials(const EcaExcite& p);
+cudaError_t eca_excite_forward(const EcaExcite& p, cudaStream_t stream);
+cudaError_t eca_excite_backward(const EcaExcite& p, cudaStream_t stream);
 
 // ---- the single-launch SE (se_fused.cu) ------------------------------------
 //

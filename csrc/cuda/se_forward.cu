@@ -1,4 +1,5 @@
-// SE forward passes on CUDA: pooling (se_pool) and the rescale (se_scale).
+// SE forward passes on CUDA: pooling (se_pool) and the rescale (se_scale);
+// ECA's excitation on the pooled rows (eca_excite_forward).
 #include "se_kernels.cuh"
 
 namespace fused_attn::cuda {
@@ -26,6 +27,10 @@ cudaError_t se_pool(const SePass& p, cudaStream_t stream) {
 
 cudaError_t se_scale(const SePass& p, cudaStream_t stream) {
   return dispatch_dtype(p.dtype, [&](auto tag) { return launch_apply<decltype(tag), false>(p, stream); });
+}
+
+cudaError_t eca_excite_forward(const EcaExcite& p, cudaStream_t stream) {
+  return dispatch_dtype(p.dtype, [&](auto tag) { return launch_eca_excite_fwd<decltype(tag)>(p, stream); });
 }
 
 }  // namespace fused_attn::cuda

@@ -100,17 +100,6 @@ constexpr int kFusedThreads = 256;
   return grad;
 }
 
-[[maybe_unused]] __device__ __forceinline__ float gate_fwd(int8_t gate, float z) {
-  if (static_cast<FusedGate>(gate) == FusedGate::Sigmoid) return 1.f / (1.f + expf(-z));
-  if (z != z) return z;                          // relu6 keeps NaN; fmaxf would not
-  return fminf(fmaxf(z + 3.f, 0.f), 6.f) / 6.f;  // relu6(z + 3) / 6, as the reference
-}
-
-[[maybe_unused]] __device__ __forceinline__ float gate_bwd(int8_t gate, float grad, float z, float g) {
-  if (static_cast<FusedGate>(gate) == FusedGate::Sigmoid) return grad * (1.f - g) * g;
-  return (z > -3.f && z < 3.f) ? grad / 6.f : 0.f;
-}
-
 template <typename T> __device__ __forceinline__ float ld(const T* p, int64_t i) { return to_acc(p[i]); }
 
 // ---- the shared-memory plan, the same on host and device ----
@@ -424,14 +413,6 @@ __device__ void gather_cluster(Cluster& cluster, const float* own, float* part, 
     vec[idx] = cluster.map_shared_rank(part, r)[g * cb + (c - r * cb)];
   }
   cluster.sync();
-}
-
-// v[i] of a gathered row of C values, i wrapped (circular) or zero outside [0, C).
-[[maybe_unused]] __device__ __forceinline__ float padded(const float* v, int64_t C, int64_t i, bool circular) {
-  if (i >= 0 && i < C) return v[i];
-  if (!circular) return 0.f;
-  i %= C;
-  return v[i < 0 ? i + C : i];
 }
 
 // Writes tile-shaped output, V elements per load and store: out = f(g, c,

@@ -46,6 +46,36 @@ template <> __device__ __forceinline__ double neg_inf<double>() {
 // max that propagates NaN, as torch.amax does.
 template <typename A> __device__ __forceinline__ A nan_max(A a, A b) { return (a > b || a != a) ? a : b; }
 
+// ---- the gate and ECA's padding, in the accumulation type -------------------
+//
+// ATen's formulas, as the reference writes them. Shared by the single launch
+// (se_fused.cu, in float) and the two-phase ECA excitation (float or double).
+
+__device__ __forceinline__ float exp_acc(float v) { return expf(v); }
+__device__ __forceinline__ double exp_acc(double v) { return exp(v); }
+__device__ __forceinline__ float clamp_0_6(float v) { return fminf(fmaxf(v, 0.f), 6.f); }
+__device__ __forceinline__ double clamp_0_6(double v) { return fmin(fmax(v, 0.0), 6.0); }
+
+template <typename A> __device__ __forceinline__ A gate_fwd(int8_t gate, A z) {
+  if (static_cast<FusedGate>(gate) == FusedGate::Sigmoid) return A(1) / (A(1) + exp_acc(-z));
+  if (z != z) return z;                   // relu6 keeps NaN; fmax would not
+  return clamp_0_6(z + A(3)) / A(6);      // relu6(z + 3) / 6, as the reference
+}
+
+// dL/dz from dL/dg, the logit z and the gate g = gate_fwd(z).
+template <typename A> __device__ __forceinline__ A gate_bwd(int8_t gate, A grad, A z, A g) {
+  if (static_cast<FusedGate>(gate) == FusedGate::Sigmoid) return grad * (A(1) - g) * g;
+  return (z > A(-3) && z < A(3)) ? grad / A(6) : A(0);
+}
+
+// v[i] of a row of C values, i wrapped (circular) or zero outside [0, C).
+template <typename A> __device__ __forceinline__ A padded(const A* v, int64_t C, int64_t i, bool circular) {
+  if (i >= 0 && i < C) return v[i];
+  if (!circular) return A(0);
+  i %= C;
+  return v[i < 0 ? i + C : i];
+}
+
 // V elements in one aligned access.
 template <typename T, int V> struct alignas(sizeof(T) * V) Pack { T v[V]; };
 
@@ -281,6 +311,133 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(const SePass p) {
   }
 }
 
+// ---- ECA's excitation on the [N, C] rows (two-phase path) -------------------
+
+constexpr int kExciteThreads = 256;
+static_assert((kEcaMaxTaps + 1) * 16 == kExciteThreads, "the block sums below split 16 rows over 16 threads each");
+
+// z = Σ_j w[j]·P(c + j - pad) + b and g = gate(z), one thread per (n, c).
+template <typename T>
+__global__ void __launch_bounds__(kExciteThreads) eca_excite_fwd_kernel(const EcaExcite p) {
+  using A = acc_t<T>;
+  const A* __restrict__ pooled = static_cast<const A*>(p.pooled);
+  const T* __restrict__ w = static_cast<const T*>(p.w);
+  A* __restrict__ z_out = static_cast<A*>(p.logits);
+  A* __restrict__ g_out = static_cast<A*>(p.g);
+  const int64_t C = p.C, k = p.k, pad = (k - 1) / 2, total = p.N * C;
+  const A bias = p.b != nullptr ? to_acc(static_cast<const T*>(p.b)[0]) : A(0);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kExciteThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kExciteThreads + threadIdx.x; i < total; i += stride) {
+    const int64_t n = i / C, c = i - n * C;
+    const A* row = pooled + n * C;
+    A z = A(0);
+    for (int64_t j = 0; j < k; ++j) z += to_acc(w[j]) * padded(row, C, c + j - pad, p.circular);
+    z += bias;
+    z_out[i] = z;
+    g_out[i] = gate_fwd(p.gate, z);
+  }
+}
+
+// The backward for channels [c0, c0 + 256) of the samples blockIdx.y,
+// blockIdx.y + gridDim.y, ...: dz = gate'(z)·s over the tile and its
+// neighbours (k - 1 of them, wrapped or zero) into shared memory, then per
+// channel g, a = dp / HW with dp = Σ_j w[j]·dz(c - j + pad), and the
+// thread's running Σ P(c + j - pad)·dz(c) (j < k) and Σ dz (j = k). The
+// block's k + 1 sums, in a fixed order, go to partials[block][j].
+template <typename T>
+__global__ void __launch_bounds__(kExciteThreads) eca_excite_bwd_kernel(const EcaExcite p) {
+  using A = acc_t<T>;
+  __shared__ A dz_tile[kExciteThreads + kEcaMaxTaps - 1];
+  __shared__ A red[kEcaMaxTaps + 1][kExciteThreads];
+  const A* __restrict__ pooled = static_cast<const A*>(p.pooled);
+  const A* __restrict__ s = static_cast<const A*>(p.s);
+  const A* __restrict__ zs = static_cast<const A*>(p.saved_logits);
+  const T* __restrict__ w = static_cast<const T*>(p.w);
+  A* __restrict__ g_out = static_cast<A*>(p.g);
+  A* __restrict__ a_out = static_cast<A*>(p.a);
+  const int t = threadIdx.x;
+  const int64_t C = p.C, k = p.k, pad = (k - 1) / 2;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kExciteThreads, c = c0 + t;
+  const A inv_hw = A(1) / static_cast<A>(p.HW);
+  A wt[kEcaMaxTaps], acc[kEcaMaxTaps + 1];
+#pragma unroll
+  for (int j = 0; j < kEcaMaxTaps; ++j) wt[j] = j < k ? to_acc(w[j]) : A(0);
+#pragma unroll
+  for (int j = 0; j <= kEcaMaxTaps; ++j) acc[j] = A(0);
+  for (int64_t n = blockIdx.y; n < p.N; n += gridDim.y) {
+    const int64_t row = n * C;
+    for (int64_t i = t; i < kExciteThreads + 2 * pad; i += kExciteThreads) {
+      int64_t cc = c0 - pad + i;
+      A dz = A(0);
+      if (cc < 0 || cc >= C) cc = p.circular ? ((cc % C) + C) % C : -1;
+      if (cc >= 0) {
+        const A z = zs[row + cc];
+        dz = gate_bwd(p.gate, s[row + cc], z, gate_fwd(p.gate, z));
+      }
+      dz_tile[i] = dz;
+    }
+    __syncthreads();
+    if (c < C) {
+      A dp = A(0);
+#pragma unroll
+      for (int j = 0; j < kEcaMaxTaps; ++j)
+        if (j < k) dp += wt[j] * dz_tile[t - j + 2 * pad];
+      g_out[row + c] = gate_fwd(p.gate, zs[row + c]);
+      a_out[row + c] = dp * inv_hw;
+      const A dz = dz_tile[t + pad];
+#pragma unroll
+      for (int j = 0; j <= kEcaMaxTaps; ++j) {
+        if (j < k) {
+          acc[j] += padded(pooled + row, C, c + j - pad, p.circular) * dz;
+        } else if (j == k) {
+          acc[j] += dz;
+        }
+      }
+    }
+    __syncthreads();  // dz_tile is rewritten for the next sample
+  }
+#pragma unroll
+  for (int j = 0; j <= kEcaMaxTaps; ++j) red[j][t] = acc[j];
+  __syncthreads();
+  // Row j = t / 16: thread q = t % 16 sums its 16 entries, then thread j the 16 sums.
+  {
+    const int j = t / 16, q = t % 16;
+    A v = red[j][q * 16];
+    for (int i = 1; i < 16; ++i) v += red[j][q * 16 + i];
+    red[j][q * 16] = v;
+  }
+  __syncthreads();
+  if (t <= k) {
+    A v = red[t][0];
+    for (int q = 1; q < 16; ++q) v += red[t][q * 16];
+    A* part = static_cast<A*>(p.partials);
+    part[(static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * (k + 1) + t] = v;
+  }
+}
+
+// dw[j] (blockIdx.x = j < k) or db (j = k): the sum of the `parts` block
+// partials, each thread over a fixed stride, then a fixed tree; in w's dtype.
+template <typename T>
+__global__ void __launch_bounds__(kExciteThreads) eca_excite_wsum_kernel(const EcaExcite p, const int64_t parts) {
+  using A = acc_t<T>;
+  __shared__ A red[kExciteThreads];
+  const A* __restrict__ part = static_cast<const A*>(p.partials);
+  const int t = threadIdx.x;
+  const int64_t j = blockIdx.x, items = p.k + 1;
+  A v = A(0);
+  for (int64_t q = t; q < parts; q += kExciteThreads) v += part[q * items + j];
+  red[t] = v;
+  __syncthreads();
+  for (int width = kExciteThreads / 2; width > 0; width >>= 1) {
+    if (t < width) red[t] += red[t + width];
+    __syncthreads();
+  }
+  if (t == 0) {
+    T* out = static_cast<T*>(j < p.k ? p.dw : p.db);
+    if (out != nullptr) out[j < p.k ? j : 0] = from_acc<T>(red[0]);
+  }
+}
+
 // ---- launchers -------------------------------------------------------------
 
 // Whether 16-byte accesses fit: rows of `row` elements (whole packs) in
@@ -388,6 +545,42 @@ cudaError_t launch_apply(const SePass& p, cudaStream_t stream) {
     }
   }
   vec ? launch_apply_v<T, BWD, false, kVec<T>>(p, stream) : launch_apply_v<T, BWD, false, 1>(p, stream);
+  return cudaGetLastError();
+}
+
+// The backward's grid: a block per 256 channels and enough sample rows to
+// fill the GPU (each block loops over every gridDim.y-th sample).
+inline dim3 eca_excite_bwd_grid(const EcaExcite& p) {
+  const int64_t tiles = ceil_div(p.C, kExciteThreads);
+  if (tiles == 0 || p.N == 0) return dim3(0, 0, 1);
+  const int64_t rows = std::min<int64_t>({p.N, std::max<int64_t>(1, ceil_div(int64_t{p.sm_count} * 8, tiles)), 65535});
+  return dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(rows), 1);
+}
+
+inline bool eca_excite_valid(const EcaExcite& p) {
+  return p.k >= 1 && p.k <= kEcaMaxTaps && p.k % 2 == 1 && p.N >= 0 && p.C >= 0 && p.C <= (int64_t{1} << 40);
+}
+
+template <typename T>
+cudaError_t launch_eca_excite_fwd(const EcaExcite& p, cudaStream_t stream) {
+  if (!eca_excite_valid(p)) return cudaErrorInvalidValue;
+  const int64_t total = p.N * p.C;
+  if (total == 0) return cudaSuccess;
+  const int64_t blocks = std::min<int64_t>(ceil_div(total, kExciteThreads), int64_t{p.sm_count} * 32);
+  eca_excite_fwd_kernel<T><<<static_cast<unsigned>(blocks), kExciteThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_eca_excite_bwd(const EcaExcite& p, cudaStream_t stream) {
+  if (!eca_excite_valid(p)) return cudaErrorInvalidValue;
+  const dim3 grid = eca_excite_bwd_grid(p);
+  const int64_t parts = int64_t{grid.x} * grid.y;
+  if (parts > 0) {
+    eca_excite_bwd_kernel<T><<<grid, kExciteThreads, 0, stream>>>(p);
+  }
+  // The weight gradient even without samples or channels: zeros.
+  eca_excite_wsum_kernel<T><<<static_cast<unsigned>(p.k + 1), kExciteThreads, 0, stream>>>(p, parts);
   return cudaGetLastError();
 }
 

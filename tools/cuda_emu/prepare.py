@@ -22,7 +22,9 @@ FILES = ["cbam_kernels.cu", "cbam_cuda.h", "se_kernels.cuh", "se_cuda.h", "se_fo
 # use dynamic shared memory only, which emu::dyn_smem gives per block.
 ARCH_GUARD = "#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900"
 DYN_SHARED = "extern __shared__ __align__(16) unsigned char smem_raw[];"
-LAUNCH = re.compile(r'^(\s*)(.*)<<<(.*)>>>\((.*)\);\s*$')
+# The kernel's name, with template arguments: a launch behind an `if` on the same
+# line would be rewritten into an unconditional one, so it is refused.
+LAUNCH = re.compile(r'^(\s*)([A-Za-z_][\w:]*(?:<[^;()]*>)?)<<<(.*)>>>\((.*)\);\s*$')
 SHARED = re.compile(r'^(\s*)__shared__\s+([A-Za-z_][\w:<>]*)\s+(.*);\s*$')
 
 

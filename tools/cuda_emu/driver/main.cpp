@@ -1,4 +1,4 @@
-// Driver: shim self-tests, launch-configuration checks for big shapes, then the CBAM and SE suites.
+// Driver: shim self-tests, launch-configuration checks for big shapes, then the CBAM, SE and ECA-excitation suites.
 #include "cbam_cuda.h"
 #include "common.h"
 
@@ -11,6 +11,7 @@ int g_verbose = 0;
 void run_cbam_suite(bool quick);
 void run_se_suite(bool quick);
 void run_se_fused_suite(bool quick);
+void run_eca_excite_suite(bool quick);
 
 static bool test_conversions() {
   long bad = 0;
@@ -87,6 +88,14 @@ static bool test_launch_configs() {
               }
               if (se_scale(s, nullptr) != cudaSuccess) ++bad;
               if (se_dx(s, nullptr) != cudaSuccess) ++bad;
+              if (cl || HW != 1) continue;  // ECA's excitation sees only N and C
+              EcaExcite e;
+              e.dtype = dt, e.N = N, e.C = C, e.k = 7, e.sm_count = sm;
+              e.w = e.b = e.pooled = e.s = e.saved_logits = dummy;
+              e.logits = e.g = e.a = e.partials = e.dw = e.db = dummy;
+              n += 2;
+              if (eca_excite_forward(e, nullptr) != cudaSuccess) ++bad;
+              if (eca_excite_backward(e, nullptr) != cudaSuccess) ++bad;
             }
   for (int64_t N : {int64_t{1}, int64_t{4096}, int64_t{70000}})
     for (int64_t H : {int64_t{1}, int64_t{224}, int64_t{1024}})
@@ -107,19 +116,22 @@ static bool test_launch_configs() {
 }
 
 int main(int argc, char** argv) {
-  bool quick = false, only_cbam = false, only_se = false, only_fused = false;
+  bool quick = false, only_cbam = false, only_se = false, only_fused = false, only_eca = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "-v")) g_verbose = 1;
     if (!std::strcmp(argv[i], "--cbam")) only_cbam = true;
     if (!std::strcmp(argv[i], "--se")) only_se = true;
     if (!std::strcmp(argv[i], "--fused")) only_fused = true;
+    if (!std::strcmp(argv[i], "--eca")) only_eca = true;
   }
   bool ok = test_conversions();
   ok &= test_launch_configs();
-  if (!only_se && !only_fused) run_cbam_suite(quick);
-  if (!only_cbam && !only_fused) run_se_suite(quick);
-  if (!only_cbam && !only_se) run_se_fused_suite(quick);
+  const bool all = !only_cbam && !only_se && !only_fused && !only_eca;
+  if (all || only_cbam) run_cbam_suite(quick);
+  if (all || only_se) run_se_suite(quick);
+  if (all || only_se || only_eca) run_eca_excite_suite(quick);
+  if (all || only_fused) run_se_fused_suite(quick);
   std::printf("\ncases %ld, failed cases %ld, element checks %ld, wrong elements %ld, launches %llu, blocks %llu\n",
               g_stats.cases, g_stats.failed_cases, g_stats.checks, g_stats.failures, emu::launches, emu::blocks_run);
   if (g_verbose || !quick) emu::print_coverage();

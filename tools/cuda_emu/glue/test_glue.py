@@ -287,6 +287,54 @@ def test_two_phase_is_three_passes(monkeypatch):
 
 
 @pytest.mark.parametrize("fmt", ["nchw", "cl"])
+@pytest.mark.parametrize("dt", ["bf16", "f64"])
+def test_eca_two_phase_launches(dt, fmt, monkeypatch):
+    """Issue 3's "≤ 3 launches" for the two-phase forward, in ECA: the pool, the
+    excitation kernel (the convolution across channels and the gate), the
+    rescale, and no ATen op that would be a kernel; the backward: Σ dy·x, the
+    excitation's backward and its weight-gradient sum, dx. A reduction split
+    over H·W (here channels_last: 4 × 256 channels leave the emulated H100
+    idle) adds the small kernel that combines its segments."""
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase")
+    x, w, b = eca_sample((4, 256, 7, 7), DTYPES[dt], FORMATS[fmt], ECAVariant(k=5, bias=True))
+    out = EMU.eca_forward(x, w, b, "circular", "sigmoid")
+    dy = grad_like(out[0])
+    calls = {
+        "fwd": (lambda: EMU.eca_forward(x, w, b, "circular", "sigmoid"),
+                ["reduce_", "eca_excite_fwd_kernel", "apply_kernel"]),
+        "bwd": (lambda: EMU.eca_backward(dy, x, w, *out[1:], "circular", "sigmoid", True),
+                ["reduce_", "eca_excite_bwd_kernel", "eca_excite_wsum_kernel", "apply_kernel"]),
+    }
+    for name, (fn, want) in calls.items():
+        EMU.trace()
+        fn()
+        names = [k.split("<")[0] for k in EMU.trace()]
+        split = fmt == "cl"
+        assert (names[1] == "combine_partials_kernel") == split, (name, names)
+        names = names[:1] + names[1 + split:]
+        assert len(names) == len(want) and all(n.startswith(w_) for n, w_ in zip(names, want)), (name, names)
+        ours, aten, ops = launch_count.count(fn)
+        assert (ours, aten) == (len(want) + split, 0), (name, ops)
+
+
+@pytest.mark.parametrize("k", [15, 17])
+def test_eca_two_phase_largest_kernels(k, monkeypatch):
+    """k = 15, the excitation kernels' largest, and k = 17, past it (the ATen
+    ops on [N, C] instead), against the CPU backend, C smaller than k."""
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase")
+    for shape, padding in [((3, 300, 5, 4), "zeros"), ((2, 11, 3, 3), "circular")]:
+        x, w, b = eca_sample(shape, torch.float32, torch.channels_last, ECAVariant(k=k, bias=True, padding=padding))
+        emu, cpu = EMU.eca_forward(x, w, b, padding, "hard_sigmoid"), CPU.eca_forward(x, w, b, padding, "hard_sigmoid")
+        check_outputs(emu, cpu, torch.float32)
+        dy = grad_like(cpu[0])
+        check_outputs(EMU.eca_backward(dy, x, w, *emu[1:], padding, "hard_sigmoid", True),
+                      CPU.eca_backward(dy, x, w, *cpu[1:], padding, "hard_sigmoid", True), torch.float32, grad=True)
+        EMU.trace()
+        EMU.eca_forward(x, w, b, padding, "hard_sigmoid")
+        assert any(n.startswith("eca_excite_fwd") for n in EMU.trace()) == (k <= 15)
+
+
+@pytest.mark.parametrize("fmt", ["nchw", "cl"])
 def test_cbam_launches(fmt):
     """Forward: the spatial pool, the channel pool of x1, the spatial gate's two
     kernels, the rescale; backward: two reductions, the spatial gate's four,

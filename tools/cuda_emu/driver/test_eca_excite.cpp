@@ -1,0 +1,172 @@
+// ECA's two-phase excitation kernels (eca_excite_forward / _backward in
+// se_kernels.cuh) against a double-precision reference of se_cuda.h's
+// formulas: z = Σ_j w[j]·P(c + j - pad) + b, g = gate(z); backward
+// dz = gate'(z)·s, a = Σ_j w[j]·dz(c - j + pad) / HW, dw[j] = Σ P(c + j - pad)·dz,
+// db = Σ dz, with P and dz zero or wrapped outside [0, C).
+#include "common.h"
+#include "se_cuda.h"
+
+using namespace fused_attn::cuda;
+
+namespace {
+
+struct ExciteCase {
+  int N, C, k;
+  bool circular, bias, hard;
+  int sm, HW, policy;
+  std::string str() const {
+    char b[200];
+    std::snprintf(b, sizeof b, "N=%d C=%d k=%d %s bias=%d gate=%s sm=%d HW=%d policy=%d", N, C, k,
+                  circular ? "circular" : "zeros", bias, hard ? "hard_sigmoid" : "sigmoid", sm, HW, policy);
+    return b;
+  }
+};
+
+double ref_gate(bool hard, double z) {
+  if (!hard) return 1 / (1 + std::exp(-z));
+  return std::min(std::max(z + 3, 0.0), 6.0) / 6;
+}
+double ref_gate_grad(bool hard, double grad, double z) {
+  if (!hard) {
+    const double g = ref_gate(false, z);
+    return grad * (1 - g) * g;
+  }
+  return (z > -3 && z < 3) ? grad / 6 : 0;
+}
+// Index i of a row of C, wrapped or -1 (zero) outside [0, C).
+long wrap(long i, long C, bool circular) {
+  if (i >= 0 && i < C) return i;
+  if (!circular) return -1;
+  return ((i % C) + C) % C;
+}
+
+template <class T>
+bool run_excite(const ExciteCase& k, std::mt19937_64& rng) {
+  using A = typename Ty<T>::A;
+  const long N = k.N, C = k.C, K = k.k, pad = (K - 1) / 2;
+  const double u = std::is_same<A, double>::value ? 1.2e-16 : 6.0e-8;
+  std::uniform_real_distribution<double> U(-1, 1), Z(-5, 5);
+  Buf<T> w(K), b(1), dw(K), db(1);
+  Buf<A> pooled(N * C), logits(N * C), g(N * C), s(N * C), a(N * C);
+  std::vector<double> wd(K);
+  for (long j = 0; j < K; ++j) w[j] = Ty<T>::from_d(U(rng)), wd[j] = Ty<T>::to_d(w[j]);
+  b[0] = Ty<T>::from_d(U(rng));
+  const double bd = k.bias ? Ty<T>::to_d(b[0]) : 0;
+  for (long i = 0; i < N * C; ++i) pooled[i] = static_cast<A>(U(rng)), s[i] = static_cast<A>(U(rng));
+  auto P = [&](long n, long c) { const long i = wrap(c, C, k.circular); return i < 0 ? 0.0 : double(pooled[n * C + i]); };
+  EcaExcite e;
+  e.dtype = Ty<T>::dt;
+  e.N = N, e.C = C, e.k = K, e.HW = k.HW;
+  e.circular = k.circular;
+  e.gate = k.hard ? 1 : 0;
+  e.sm_count = k.sm;
+  e.w = w.p;
+  e.b = k.bias ? b.p : nullptr;
+  bool ok = true;
+  const std::string tn = Ty<T>::name;
+  // ---- forward
+  {
+    EcaExcite f = e;
+    f.pooled = pooled.p, f.logits = logits.p, f.g = g.p;
+    logits.fill_bytes(0xff), g.fill_bytes(0xff);
+    if (eca_excite_forward(f, nullptr) != cudaSuccess || cudaGetLastError() != cudaSuccess)
+      std::printf("  eca_excite_forward failed\n"), ok = false;
+    Check cz(tn + " eca_excite.logits"), cg(tn + " eca_excite.g");
+    for (long n = 0; n < N; ++n)
+      for (long c = 0; c < C; ++c) {
+        double z = 0, mag = std::fabs(bd);
+        for (long j = 0; j < K; ++j) z += wd[j] * P(n, c + j - pad), mag += std::fabs(wd[j] * P(n, c + j - pad));
+        z += bd;
+        cz.near(at2(n, c), logits[n * C + c], z, 4 * u * (K + 2) * mag + 1e-300);
+        const double gz = ref_gate(k.hard, double(logits[n * C + c]));  // the gate of the kernel's own z
+        cg.near(at2(n, c), g[n * C + c], gz, 8 * u + 1e-300);
+      }
+    ok &= cz.done() & cg.done();
+  }
+  // ---- backward, from fresh logits (some exactly at the hard gate's edges)
+  {
+    std::uniform_int_distribution<int> pct(0, 99);
+    for (long i = 0; i < N * C; ++i) {
+      const int r = pct(rng);
+      logits[i] = static_cast<A>(r == 0 ? 3.0 : r == 1 ? -3.0 : Z(rng));
+    }
+    EcaExcite q = e;
+    q.pooled = pooled.p, q.s = s.p, q.saved_logits = logits.p, q.g = g.p, q.a = a.p;
+    q.dw = dw.p, q.db = k.bias ? db.p : nullptr;
+    const long parts = eca_excite_partials(q);
+    Buf<A> ws(parts);
+    ws.fill_bytes(0xff);
+    q.partials = parts ? ws.p : nullptr;
+    g.fill_bytes(0xff), a.fill_bytes(0xff), dw.fill_bytes(0xff), db.fill_bytes(0xff);
+    if (eca_excite_backward(q, nullptr) != cudaSuccess || cudaGetLastError() != cudaSuccess)
+      std::printf("  eca_excite_backward failed\n"), ok = false;
+    std::vector<double> dz(N * C);
+    for (long i = 0; i < N * C; ++i) dz[i] = ref_gate_grad(k.hard, double(s[i]), double(logits[i]));
+    auto DZ = [&](long n, long c) { const long i = wrap(c, C, k.circular); return i < 0 ? 0.0 : dz[n * C + i]; };
+    Check cg(tn + " eca_excite_bwd.g"), ca(tn + " eca_excite_bwd.a"), cw(tn + " eca_excite_bwd.dw"),
+        cb(tn + " eca_excite_bwd.db");
+    std::vector<double> rw(K + 1, 0), mw(K + 1, 0);
+    for (long n = 0; n < N; ++n)
+      for (long c = 0; c < C; ++c) {
+        cg.near(at2(n, c), g[n * C + c], ref_gate(k.hard, double(logits[n * C + c])), 8 * u + 1e-300);
+        double dp = 0, mag = 0;
+        for (long j = 0; j < K; ++j) dp += wd[j] * DZ(n, c - j + pad), mag += std::fabs(wd[j] * DZ(n, c - j + pad));
+        ca.near(at2(n, c), a[n * C + c], dp / k.HW, 8 * u * (K + 2) * mag / k.HW + 1e-300);
+        const double d = dz[n * C + c];
+        for (long j = 0; j < K; ++j) rw[j] += P(n, c + j - pad) * d, mw[j] += std::fabs(P(n, c + j - pad) * d);
+        rw[K] += d, mw[K] += std::fabs(d);
+      }
+    const double terms = double(N) * C;
+    for (long j = 0; j <= K; ++j) {
+      // The float sums (N·C terms, the gate's float error in each), then the rounding to T.
+      const double tol = 8 * u * (terms / 16 + 64) * mw[j] + 1e-300;
+      const double ref = rw[j];
+      if (j < K) {
+        cw.near("[" + std::to_string(j) + "]", Ty<T>::to_d(dw[j]), ref, tol + Ty<T>::ulp(ref) + 1e-300);
+      } else if (k.bias) {
+        cb.near("[0]", Ty<T>::to_d(db[0]), ref, tol + Ty<T>::ulp(ref) + 1e-300);
+      }
+    }
+    ok &= cg.done() & ca.done() & cw.done() & cb.done();
+  }
+  return ok;
+}
+
+bool excite_any(DType dt, const ExciteCase& k, std::mt19937_64& rng) {
+  switch (dt) {
+    case DType::F32: return run_excite<float>(k, rng);
+    case DType::F64: return run_excite<double>(k, rng);
+    case DType::F16: return run_excite<__half>(k, rng);
+    case DType::BF16: return run_excite<__nv_bfloat16>(k, rng);
+  }
+  return false;
+}
+
+}  // namespace
+
+void run_eca_excite_suite(bool quick) {
+  std::mt19937_64 rng(91);
+  const DType dts[4] = {DType::F32, DType::F16, DType::BF16, DType::F64};
+  // C around the 256-channel tiles, C smaller than k (wrapping more than once),
+  // N = 0 and C = 0 (the weight gradient is still written: zeros).
+  const int Cs[] = {1, 2, 5, 64, 255, 256, 257, 600};
+  const int ks[] = {1, 3, 5, 7, 9, 15};
+  long idx = 0;
+  for (DType dt : dts)
+    for (int C : Cs)
+      for (int kk : ks) {
+        ++idx;
+        if (quick && idx % 3 != 0) continue;
+        const int N = C >= 256 ? 1 + static_cast<int>(idx % 3) : 1 + static_cast<int>(idx % 5);
+        const int sms[3] = {1, 4, 132};
+        const ExciteCase k{N, C, kk, idx % 2 == 0, idx % 4 < 2, idx % 5 == 3, sms[idx % 3], 1 + static_cast<int>(idx % 7) * 8,
+                           static_cast<int>(idx % 3)};
+        run_case("eca_excite", dt, k, [&] { return excite_any(dt, k, rng); });
+      }
+  for (DType dt : dts)
+    for (const ExciteCase& k : {ExciteCase{0, 7, 3, false, true, false, 4, 5, 0},
+                                ExciteCase{3, 0, 5, true, true, false, 4, 5, 1},
+                                ExciteCase{70, 300, 7, true, false, false, 1, 49, 2},   // sm 1: one sample row of blocks
+                                ExciteCase{9, 513, 15, false, true, true, 132, 3, 0}})
+      run_case("eca_excite", dt, k, [&] { return excite_any(dt, k, rng); });
+}
