@@ -6,8 +6,10 @@
 // Two phases (DESIGN.md §4): forward 3|x| (pool reads x; the rescale reads x
 // and writes y), backward 4|x| (Σ dy·x reads dy and x; dx reads dy — and x
 // only for the avg+max pool — and writes dx). The excitation runs once per
-// batch as GEMMs over all N samples (cuBLAS through ATen, on the current
-// stream), so the weights are read once, not once per sample. Nothing here
+// batch over all N samples, so the weights are read a few times, not once
+// per sample: forward by kernels of ours (se_excite_forward: fc1, then fc2
+// with the activation and gate; four launches with the pool and rescale),
+// backward as GEMMs (cuBLAS through ATen, on the current stream). Nothing here
 // synchronizes with the host, so the ops can be captured in CUDA graphs.
 // (c10/cuda only, not ATen/cuda/CUDAContext.h, which needs the cuSPARSE and
 // cuBLAS headers that a minimal CUDA toolkit lacks.) The passes over x are
@@ -124,6 +126,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   }
 
   pool_pass(geo, out.pooled, out.maxv);
+
+  if (geo.C > 0) {
+    // The excitation as two launches of ours (one for effective SE), reading
+    // the weights in their own dtype.
+    const at::Tensor w1c = w1.contiguous(), b1c = contiguous_or_undefined(b1);
+    const at::Tensor w2c = contiguous_or_undefined(w2), b2c = contiguous_or_undefined(b2);
+    const SePass pass = pass_of<SePass>(geo);  // the dtype and the device's multiprocessors
+    SeExcite e;
+    e.dtype = pass.dtype;
+    e.sm_count = pass.sm_count;
+    e.N = geo.N, e.C = geo.C, e.rd = w1.size(0);
+    e.two_layer = w2.has_value();
+    e.act = static_cast<int8_t>(act);
+    e.gate = static_cast<int8_t>(gate);
+    e.w1 = w1c.const_data_ptr();
+    e.b1 = ptr_or_null(b1c);
+    e.w2 = ptr_or_null(w2c);
+    e.b2 = ptr_or_null(b2c);
+    e.pooled = out.pooled.const_data_ptr();
+    e.hidden = ptr_or_null(out.hidden);
+    e.logits = out.logits.data_ptr();
+    at::Tensor g = at::empty({geo.N, geo.C}, out.pooled.options());
+    e.g = g.data_ptr();
+    at::Tensor workspace = at::empty({se_excite_partials(e)}, out.pooled.options());
+    e.partials = ptr_or_null(workspace);
+    C10_CUDA_CHECK(se_excite_forward(e, c10::cuda::getCurrentCUDAStream()));
+    scale_pass(geo, g, out.y);
+    return out.tuple();
+  }
 
   const SeWeights w = se_weights(w1, b1, w2, b2, acc_dtype(x_in));
   if (w.two_layer()) {

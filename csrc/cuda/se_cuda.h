@@ -2,8 +2,10 @@
 // per pass. No torch headers: the .cu files that implement these compile with
 // the CUDA runtime alone (se_cuda.cpp is the torch glue).
 //
-//   forward:  se_pool  (read x)        -> excitation on [N, C] (SE: cuBLAS, in the glue;  -> se_scale (read x, write y)
-//   backward: se_reduce (read dy, x)   -> excitation backward   ECA: eca_excite_*)         -> se_dx (read dy [, x], write dx)
+//   forward:  se_pool  (read x)        -> excitation on [N, C] (se_excite_forward,   -> se_scale (read x, write y)
+//                                         eca_excite_forward)
+//   backward: se_reduce (read dy, x)   -> excitation backward (SE: ATen in the glue; -> se_dx (read dy [, x], write dx)
+//                                         ECA: eca_excite_backward)
 //
 // Every launcher returns the launch's cudaError_t (cudaGetLastError), which
 // the glue checks; none synchronizes or allocates.
@@ -67,6 +69,40 @@ cudaError_t se_scale(const SePass& p, cudaStream_t stream);
 cudaError_t se_reduce(const SePass& p, cudaStream_t stream);
 // out = dy·g + a (+ b where x == maxv, when maxv is set).
 cudaError_t se_dx(const SePass& p, cudaStream_t stream);
+
+// ---- SE's excitation on the two-phase path (se_forward.cu) --------------------
+//
+// The forward's MLP on the pooled [N, C] rows as kernels of our own, one tiled
+// linear kernel launched once per layer, reading the weights in x's dtype:
+// fc1 split over C into partial sums (enough blocks to fill the GPU), then
+// fc2, which adds fc1's partials in a fixed order with the bias, writes the
+// hidden layer, applies the activation, and ends with fc2's bias and the
+// gate; effective SE's one [C, C] layer ends with the gate directly. So the
+// two-phase SE forward is pool, two excitation launches, rescale (four),
+// where cuBLAS through ATen took two GEMMs, the activation, the gate, and in
+// float16 / bfloat16 a conversion of each weight. Deterministic: every sum
+// has a fixed order for a given device.
+struct SeExcite {
+  DType dtype = DType::F32;     // x's, and the weights'; the [N, ...] rows are double for F64, float otherwise
+  int64_t N = 0, C = 0, rd = 0; // rd == C without fc2 (effective SE)
+  bool two_layer = true;
+  int8_t act = 0, gate = 0;     // FusedAct, FusedGate
+  int sm_count = 1;
+
+  const void* w1 = nullptr;     // [rd, C], contiguous
+  const void* b1 = nullptr;     // [rd] or null
+  const void* w2 = nullptr;     // [C, rd] (two layers)
+  const void* b2 = nullptr;     // [C] or null
+
+  const void* pooled = nullptr; // [N, C]
+  void* hidden = nullptr;       // [N, rd]: fc1's output before the activation (two layers)
+  void* logits = nullptr;       // [N, C]
+  void* g = nullptr;            // [N, C]: gate(logits)
+  void* partials = nullptr;     // workspace of se_excite_partials(p) accumulation-type elements
+};
+
+int64_t se_excite_partials(const SeExcite& p);
+cudaError_t se_excite_forward(const SeExcite& p, cudaStream_t stream);
 
 // ---- ECA's excitation on the two-phase path (se_forward.cu / se_backward.cu) --
 //

@@ -1,5 +1,6 @@
 // SE forward passes on CUDA: pooling (se_pool) and the rescale (se_scale);
-// ECA's excitation on the pooled rows (eca_excite_forward).
+// SE's and ECA's excitations on the pooled rows (se_excite_forward,
+// eca_excite_forward).
 #include "se_kernels.cuh"
 
 namespace fused_attn::cuda {
@@ -27,6 +28,14 @@ cudaError_t se_pool(const SePass& p, cudaStream_t stream) {
 
 cudaError_t se_scale(const SePass& p, cudaStream_t stream) {
   return dispatch_dtype(p.dtype, [&](auto tag) { return launch_apply<decltype(tag), false>(p, stream); });
+}
+
+int64_t se_excite_partials(const SeExcite& p) {
+  return p.two_layer && p.C > 0 ? se_fc1_splits(p) * p.N * p.rd : 0;
+}
+
+cudaError_t se_excite_forward(const SeExcite& p, cudaStream_t stream) {
+  return dispatch_dtype(p.dtype, [&](auto tag) { return launch_se_excite<decltype(tag)>(p, stream); });
 }
 
 cudaError_t eca_excite_forward(const EcaExcite& p, cudaStream_t stream) {

@@ -59,20 +59,6 @@ constexpr int kFusedThreads = 256;
 
 // ---- the excitation's element functions (ATen's formulas, in float) ----
 
-[[maybe_unused]] __device__ __forceinline__ float act_fwd(int8_t act, float h) {
-  switch (static_cast<FusedAct>(act)) {
-    case FusedAct::ReLU: return h <= 0.f ? 0.f : h;  // NaN stays NaN
-    case FusedAct::SiLU: return h / (1.f + expf(-h));
-    case FusedAct::GELU: return 0.5f * h * (1.f + erff(h * 0.70710678118654752f));
-    case FusedAct::GELUTanh: {
-      const float inner = 0.79788456080286536f * (h + 0.044715f * h * h * h);
-      return 0.5f * h * (1.f + tanhf(inner));
-    }
-    case FusedAct::HardSwish: return h * fminf(fmaxf(h + 3.f, 0.f), 6.f) / 6.f;
-  }
-  return h;
-}
-
 // dL/dh from dL/dact(h).
 [[maybe_unused]] __device__ __forceinline__ float act_bwd(int8_t act, float grad, float h) {
   switch (static_cast<FusedAct>(act)) {

@@ -53,8 +53,27 @@ template <typename A> __device__ __forceinline__ A nan_max(A a, A b) { return (a
 
 __device__ __forceinline__ float exp_acc(float v) { return expf(v); }
 __device__ __forceinline__ double exp_acc(double v) { return exp(v); }
+__device__ __forceinline__ float erf_acc(float v) { return erff(v); }
+__device__ __forceinline__ double erf_acc(double v) { return erf(v); }
+__device__ __forceinline__ float tanh_acc(float v) { return tanhf(v); }
+__device__ __forceinline__ double tanh_acc(double v) { return tanh(v); }
 __device__ __forceinline__ float clamp_0_6(float v) { return fminf(fmaxf(v, 0.f), 6.f); }
 __device__ __forceinline__ double clamp_0_6(double v) { return fmin(fmax(v, 0.0), 6.0); }
+
+// The excitation's activation (FusedAct) of the hidden layer's pre-activation h.
+template <typename A> __device__ __forceinline__ A act_fwd(int8_t act, A h) {
+  switch (static_cast<FusedAct>(act)) {
+    case FusedAct::ReLU: return h <= A(0) ? A(0) : h;  // NaN stays NaN
+    case FusedAct::SiLU: return h / (A(1) + exp_acc(-h));
+    case FusedAct::GELU: return A(0.5) * h * (A(1) + erf_acc(h * A(0.70710678118654752)));
+    case FusedAct::GELUTanh: {
+      const A inner = A(0.79788456080286536) * (h + A(0.044715) * h * h * h);
+      return A(0.5) * h * (A(1) + tanh_acc(inner));
+    }
+    case FusedAct::HardSwish: return h * clamp_0_6(h + A(3)) / A(6);
+  }
+  return h;
+}
 
 template <typename A> __device__ __forceinline__ A gate_fwd(int8_t gate, A z) {
   if (static_cast<FusedGate>(gate) == FusedGate::Sigmoid) return A(1) / (A(1) + exp_acc(-z));
@@ -311,6 +330,105 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(const SePass p) {
   }
 }
 
+// ---- SE's excitation on the [N, C] rows (two-phase path) --------------------
+
+// One linear layer over the batch, out[n, j] = Σ_k W[j, k]·in[n, k]:
+// a block of 256 threads takes 64 outputs j of 16 samples (thread t: output
+// j0 + t % 64 of samples 4·(t / 64) ... + 3) and walks k in chunks of 32
+// staged in shared memory; blockIdx.z picks a split of k.
+constexpr int kLinJ = 64, kLinN = 16, kLinK = 32, kLinThreads = 256;
+constexpr int kLinPerThread = kLinN * kLinJ / kLinThreads;
+constexpr int kLinMaxSplits = 16;
+
+struct SeLinear {
+  int64_t N = 0, J = 0, K = 0;
+  int64_t k_per_split = kLinK;     // a multiple of kLinK
+  const void* w = nullptr;         // [J, K], x's dtype
+  // The input rows: `in` [N, K] as they are, or (IN_PARTS) the sum of
+  // in_splits partials [in_splits, N, K] in order plus in_bias, written to
+  // hidden (by the blocks of the first output tile) and activated.
+  const void* in = nullptr;
+  int64_t in_splits = 1;
+  const void* in_bias = nullptr;   // [K], x's dtype, or null
+  void* hidden = nullptr;
+  int8_t act = 0;
+  // The output: (FINAL) z = out + bias to z_out and gate(z) to g_out; else
+  // the raw sums to part_out [splits, N, J].
+  const void* bias = nullptr;      // [J], x's dtype, or null
+  void* z_out = nullptr;
+  void* g_out = nullptr;
+  int8_t gate = 0;
+  void* part_out = nullptr;
+};
+
+template <typename T, bool IN_PARTS, bool FINAL>
+__global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q) {
+  using A = acc_t<T>;
+  __shared__ A ws[kLinJ][kLinK + 1];
+  __shared__ A xs[kLinN][kLinK];
+  const T* __restrict__ w = static_cast<const T*>(q.w);
+  const A* __restrict__ in = static_cast<const A*>(q.in);
+  const int t = threadIdx.x, jj = t % kLinJ, ng = t / kLinJ;
+  const int64_t N = q.N, J = q.J, K = q.K;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kLinJ;
+  const int64_t kb = static_cast<int64_t>(blockIdx.z) * q.k_per_split;
+  const int64_t ke = kb + q.k_per_split < K ? kb + q.k_per_split : K;
+  for (int64_t n0 = static_cast<int64_t>(blockIdx.y) * kLinN; n0 < N; n0 += static_cast<int64_t>(gridDim.y) * kLinN) {
+    A acc[kLinPerThread];
+#pragma unroll
+    for (int m = 0; m < kLinPerThread; ++m) acc[m] = A(0);
+    for (int64_t k0 = kb; k0 < ke; k0 += kLinK) {
+#pragma unroll
+      for (int i = 0; i < kLinJ * kLinK / kLinThreads; ++i) {
+        const int e = t + i * kLinThreads, r = e / kLinK, col = e % kLinK;
+        const int64_t j = j0 + r, k = k0 + col;
+        ws[r][col] = (j < J && k < ke) ? to_acc(w[j * K + k]) : A(0);
+      }
+#pragma unroll
+      for (int i = 0; i < kLinN * kLinK / kLinThreads; ++i) {
+        const int e = t + i * kLinThreads, r = e / kLinK, col = e % kLinK;
+        const int64_t n = n0 + r, k = k0 + col;
+        A v = A(0);
+        if (n < N && k < ke) {
+          if constexpr (IN_PARTS) {
+            A h = in[n * K + k];
+            for (int64_t sp = 1; sp < q.in_splits; ++sp) h += in[(sp * N + n) * K + k];
+            if (q.in_bias != nullptr) h += to_acc(static_cast<const T*>(q.in_bias)[k]);
+            if (blockIdx.x == 0 && q.hidden != nullptr) static_cast<A*>(q.hidden)[n * K + k] = h;
+            v = act_fwd(q.act, h);
+          } else {
+            v = in[n * K + k];
+          }
+        }
+        xs[r][col] = v;
+      }
+      __syncthreads();
+#pragma unroll 8
+      for (int kk = 0; kk < kLinK; ++kk) {
+        const A wv = ws[jj][kk];
+#pragma unroll
+        for (int m = 0; m < kLinPerThread; ++m) acc[m] += wv * xs[ng * kLinPerThread + m][kk];
+      }
+      __syncthreads();  // the tiles are restaged for the next chunk
+    }
+    const int64_t j = j0 + jj;
+    if (j < J) {
+#pragma unroll
+      for (int m = 0; m < kLinPerThread; ++m) {
+        const int64_t n = n0 + ng * kLinPerThread + m;
+        if (n >= N) continue;
+        if constexpr (FINAL) {
+          const A z = acc[m] + (q.bias != nullptr ? to_acc(static_cast<const T*>(q.bias)[j]) : A(0));
+          static_cast<A*>(q.z_out)[n * J + j] = z;
+          static_cast<A*>(q.g_out)[n * J + j] = gate_fwd(q.gate, z);
+        } else {
+          static_cast<A*>(q.part_out)[(static_cast<int64_t>(blockIdx.z) * N + n) * J + j] = acc[m];
+        }
+      }
+    }
+  }
+}
+
 // ---- ECA's excitation on the [N, C] rows (two-phase path) -------------------
 
 constexpr int kExciteThreads = 256;
@@ -545,6 +663,59 @@ cudaError_t launch_apply(const SePass& p, cudaStream_t stream) {
     }
   }
   vec ? launch_apply_v<T, BWD, false, kVec<T>>(p, stream) : launch_apply_v<T, BWD, false, 1>(p, stream);
+  return cudaGetLastError();
+}
+
+// fc1's split of C: enough blocks to fill the GPU twice over, at most
+// kLinMaxSplits, each split whole chunks of kLinK.
+inline int64_t se_fc1_k_per_split(const SeExcite& p) {
+  const int64_t chunks = ceil_div(p.C, kLinK);
+  if (chunks <= 1) return kLinK;
+  const int64_t tiles = ceil_div(p.rd, kLinJ) * std::min<int64_t>(ceil_div(p.N, kLinN), 65535);
+  const int64_t splits = std::min<int64_t>({chunks, kLinMaxSplits, std::max<int64_t>(1, ceil_div(int64_t{p.sm_count} * 2, tiles))});
+  return ceil_div(chunks, splits) * kLinK;
+}
+inline int64_t se_fc1_splits(const SeExcite& p) {
+  return p.C == 0 ? 1 : ceil_div(p.C, se_fc1_k_per_split(p));
+}
+
+inline bool se_excite_valid(const SeExcite& p) {
+  return p.N >= 0 && p.C >= 0 && p.rd >= 0 && (p.two_layer || p.rd == p.C) && (p.C < (int64_t{1} << 40)) &&
+         (p.rd < (int64_t{1} << 40));
+}
+
+template <typename T, bool IN_PARTS, bool FINAL>
+void launch_linear(const SeLinear& q, int64_t splits, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(q.J, kLinJ)),
+                  static_cast<unsigned>(std::min<int64_t>(ceil_div(q.N, kLinN), 65535)), static_cast<unsigned>(splits));
+  se_linear_kernel<T, IN_PARTS, FINAL><<<grid, kLinThreads, 0, stream>>>(q);
+}
+
+template <typename T>
+cudaError_t launch_se_excite(const SeExcite& p, cudaStream_t stream) {
+  if (!se_excite_valid(p)) return cudaErrorInvalidValue;
+  if (p.N == 0 || p.C == 0 || p.rd == 0) return p.N == 0 ? cudaSuccess : cudaErrorInvalidValue;  // the glue keeps ATen for C == 0
+  SeLinear fc1;
+  fc1.N = p.N, fc1.J = p.rd, fc1.K = p.C;
+  fc1.w = p.w1;
+  fc1.in = p.pooled;
+  if (!p.two_layer) {  // effective SE: one layer, ending with the gate
+    fc1.k_per_split = ceil_div(p.C, kLinK) * kLinK;
+    fc1.bias = p.b1, fc1.z_out = p.logits, fc1.g_out = p.g, fc1.gate = p.gate;
+    launch_linear<T, false, true>(fc1, 1, stream);
+    return cudaGetLastError();
+  }
+  fc1.k_per_split = se_fc1_k_per_split(p);
+  const int64_t splits = se_fc1_splits(p);
+  fc1.part_out = p.partials;
+  launch_linear<T, false, false>(fc1, splits, stream);
+  SeLinear fc2;
+  fc2.N = p.N, fc2.J = p.C, fc2.K = p.rd;
+  fc2.k_per_split = ceil_div(p.rd, kLinK) * kLinK;
+  fc2.w = p.w2;
+  fc2.in = p.partials, fc2.in_splits = splits, fc2.in_bias = p.b1, fc2.hidden = p.hidden, fc2.act = p.act;
+  fc2.bias = p.b2, fc2.z_out = p.logits, fc2.g_out = p.g, fc2.gate = p.gate;
+  launch_linear<T, true, true>(fc2, 1, stream);
   return cudaGetLastError();
 }
 

@@ -82,6 +82,15 @@ M = {
                              "emu_test", ["--quick", "--eca"]),
   "eca_excite_parts": ("se_kernels.cuh", "for (int64_t q = t; q < parts; q += kExciteThreads)",
                        "for (int64_t q = t; q < parts - 1; q += kExciteThreads)", "emu_test", ["--quick", "--eca"]),
+  # SE's two-phase excitation (se_linear_kernel in se_kernels.cuh)
+  "se_excite_parts": ("se_kernels.cuh", "for (int64_t sp = 1; sp < q.in_splits; ++sp)", "for (int64_t sp = 1; sp < q.in_splits - 1; ++sp)",
+                      "emu_test", ["--quick", "--se"]),
+  "se_excite_restage_barrier": ("se_kernels.cuh", "      __syncthreads();  // the tiles are restaged for the next chunk", "",
+                                "emu_test", ["--quick", "--se"]),
+  "se_excite_split_end": ("se_kernels.cuh", "const int64_t ke = kb + q.k_per_split < K ? kb + q.k_per_split : K;",
+                          "const int64_t ke = K;", "emu_test", ["--quick", "--se"]),
+  "se_excite_hidden_bias": ("se_kernels.cuh", "if (q.in_bias != nullptr) h += to_acc(static_cast<const T*>(q.in_bias)[k]);\n            if (blockIdx.x == 0",
+                            "if (blockIdx.x == 0", "emu_test", ["--quick", "--se"]),
   "se_tail_barrier_cap2": ("se_kernels.cuh", "    __syncthreads();  // the partials are rewritten for the next sample", "",
                            "cap2/emu_test", ["--quick", "--se"]),
 }

@@ -1,4 +1,4 @@
-// Driver: shim self-tests, launch-configuration checks for big shapes, then the CBAM, SE and ECA-excitation suites.
+// Driver: shim self-tests, launch-configuration checks for big shapes, then the CBAM, SE, ECA- and SE-excitation suites.
 #include "cbam_cuda.h"
 #include "common.h"
 
@@ -12,6 +12,7 @@ void run_cbam_suite(bool quick);
 void run_se_suite(bool quick);
 void run_se_fused_suite(bool quick);
 void run_eca_excite_suite(bool quick);
+void run_se_excite_suite(bool quick);
 
 static bool test_conversions() {
   long bad = 0;
@@ -96,6 +97,16 @@ static bool test_launch_configs() {
               n += 2;
               if (eca_excite_forward(e, nullptr) != cudaSuccess) ++bad;
               if (eca_excite_backward(e, nullptr) != cudaSuccess) ++bad;
+              for (bool two : {true, false}) {
+                if (!two && C > 4096) continue;
+                SeExcite x;
+                x.dtype = dt, x.N = N, x.C = C, x.rd = two ? std::max<int64_t>(1, C / 16) : C, x.two_layer = two;
+                x.sm_count = sm;
+                x.w1 = x.b1 = x.w2 = x.b2 = x.pooled = dummy;
+                x.hidden = x.logits = x.g = x.partials = dummy;
+                ++n;
+                if (se_excite_forward(x, nullptr) != cudaSuccess) ++bad;
+              }
             }
   for (int64_t N : {int64_t{1}, int64_t{4096}, int64_t{70000}})
     for (int64_t H : {int64_t{1}, int64_t{224}, int64_t{1024}})
@@ -131,6 +142,7 @@ int main(int argc, char** argv) {
   if (all || only_cbam) run_cbam_suite(quick);
   if (all || only_se) run_se_suite(quick);
   if (all || only_se || only_eca) run_eca_excite_suite(quick);
+  if (all || only_se) run_se_excite_suite(quick);
   if (all || only_fused) run_se_fused_suite(quick);
   std::printf("\ncases %ld, failed cases %ld, element checks %ld, wrong elements %ld, launches %llu, blocks %llu\n",
               g_stats.cases, g_stats.failed_cases, g_stats.checks, g_stats.failures, emu::launches, emu::blocks_run);

@@ -277,13 +277,26 @@ def test_se_and_eca_at_2048x7x7_n1_are_one_launch_per_direction(dt, fmt, monkeyp
         assert (ours, aten) == (1, 0), (name, ops)
 
 
-def test_two_phase_is_three_passes(monkeypatch):
+@pytest.mark.parametrize("dt", ["bf16", "f32"])
+@pytest.mark.parametrize("effective", [False, True], ids=["two-layer", "effective"])
+def test_se_two_phase_forward_launches(dt, effective, monkeypatch):
+    """The two-phase SE forward: the pool, the excitation (fc1 split over C,
+    then fc2 with the activation and gate; effective SE's one layer with the
+    gate), the rescale, and no ATen op that would be a kernel: no GEMM, no
+    activation, no conversion of bfloat16 weights. NCHW at 2×64×7×7 pools
+    without segments."""
     monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase")
+    v = SEVariant(effective=True) if effective else SEVariant()
+    x, w1, b1, w2, b2 = se_sample((2, 64, 7, 7), DTYPES[dt], torch.contiguous_format, v)
+    kw = (v.act, v.gate, v.pool)
+    fn = lambda: EMU.se_forward(x, w1, b1, w2, b2, *kw)  # noqa: E731
     EMU.trace()
-    x, w1, b1, w2, b2 = se_sample((2, 64, 7, 7), torch.float32)
-    out = EMU.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid", "avg")
-    passes = [k.split("<")[0] for k in EMU.trace() if not k.startswith("combine")]
-    assert passes == ["reduce_rows_kernel", "apply_kernel"]
+    fn()
+    passes = [k.split("<")[0] for k in EMU.trace()]
+    linear = ["se_linear_kernel"] * (1 if effective else 2)
+    assert passes == ["reduce_rows_kernel", *linear, "apply_kernel"], passes
+    ours, aten, ops = launch_count.count(fn)
+    assert (ours, aten) == (len(passes), 0), ops
 
 
 @pytest.mark.parametrize("fmt", ["nchw", "cl"])
