@@ -109,10 +109,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   SeFused f = se_variant(w1, w2.has_value(), act, gate, pool);
   f.x = geo.x.const_data_ptr();
   f.y = out.y.data_ptr();
+  // The weights as they are (x's dtype), read and converted by the kernels
+  // of either path.
+  const at::Tensor w1c = w1.contiguous(), b1c = contiguous_or_undefined(b1);
+  const at::Tensor w2c = contiguous_or_undefined(w2), b2c = contiguous_or_undefined(b2);
   if (plan_single_launch(f, geo, false)) {
-    // The weights as they are (x's dtype), read and converted on chip.
-    const at::Tensor w1c = w1.contiguous(), b1c = contiguous_or_undefined(b1);
-    const at::Tensor w2c = contiguous_or_undefined(w2), b2c = contiguous_or_undefined(b2);
     f.w1 = w1c.const_data_ptr();
     f.b1 = ptr_or_null(b1c);
     f.w2 = ptr_or_null(w2c);
@@ -128,10 +129,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   pool_pass(geo, out.pooled, out.maxv);
 
   if (geo.C > 0) {
-    // The excitation as two launches of ours (one for effective SE), reading
-    // the weights in their own dtype.
-    const at::Tensor w1c = w1.contiguous(), b1c = contiguous_or_undefined(b1);
-    const at::Tensor w2c = contiguous_or_undefined(w2), b2c = contiguous_or_undefined(b2);
+    // The excitation as two launches of ours (one for effective SE).
     const SePass pass = pass_of<SePass>(geo);  // the dtype and the device's multiprocessors
     SeExcite e;
     e.dtype = pass.dtype;

@@ -194,6 +194,18 @@ void for_each_grid_case(bool quick, F&& f) {
         }
 }
 
+// f(T{}) for the element type T named by dt: a suite's typed run.
+template <class F>
+bool run_typed(DType dt, F&& f) {
+  switch (dt) {
+    case DType::F32: return f(float{});
+    case DType::F64: return f(double{});
+    case DType::F16: return f(__half{});
+    case DType::BF16: return f(__nv_bfloat16{});
+  }
+  return false;
+}
+
 // One case of a suite: sets the schedule, counts it, reports a failure.
 template <class Case, class Run>
 void run_case(const char* op, DType dt, const Case& k, Run&& run) {

@@ -507,13 +507,7 @@ bool run_spatial_grad(const SpatialCase& sc, int C, std::mt19937_64& rng) {
 }  // namespace
 
 bool cbam_case_any(DType dt, const CbamCase& k, std::mt19937_64& rng) {
-  switch (dt) {
-    case DType::F32: return run_cbam<float>(k, rng);
-    case DType::F64: return run_cbam<double>(k, rng);
-    case DType::F16: return run_cbam<__half>(k, rng);
-    case DType::BF16: return run_cbam<__nv_bfloat16>(k, rng);
-  }
-  return false;
+  return run_typed(dt, [&](auto tag) { return run_cbam<decltype(tag)>(k, rng); });
 }
 
 void run_cbam_suite(bool quick) {

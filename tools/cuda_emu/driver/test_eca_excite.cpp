@@ -133,13 +133,7 @@ bool run_excite(const ExciteCase& k, std::mt19937_64& rng) {
 }
 
 bool excite_any(DType dt, const ExciteCase& k, std::mt19937_64& rng) {
-  switch (dt) {
-    case DType::F32: return run_excite<float>(k, rng);
-    case DType::F64: return run_excite<double>(k, rng);
-    case DType::F16: return run_excite<__half>(k, rng);
-    case DType::BF16: return run_excite<__nv_bfloat16>(k, rng);
-  }
-  return false;
+  return run_typed(dt, [&](auto tag) { return run_excite<decltype(tag)>(k, rng); });
 }
 
 }  // namespace

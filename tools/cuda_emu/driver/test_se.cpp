@@ -144,13 +144,7 @@ bool run_se(const SeCase& k, std::mt19937_64& rng) {
 }
 
 bool se_case_any(DType dt, const SeCase& k, std::mt19937_64& rng) {
-  switch (dt) {
-    case DType::F32: return run_se<float>(k, rng);
-    case DType::F64: return run_se<double>(k, rng);
-    case DType::F16: return run_se<__half>(k, rng);
-    case DType::BF16: return run_se<__nv_bfloat16>(k, rng);
-  }
-  return false;
+  return run_typed(dt, [&](auto tag) { return run_se<decltype(tag)>(k, rng); });
 }
 
 void one(DType dt, const SeCase& k, std::mt19937_64& rng) {
