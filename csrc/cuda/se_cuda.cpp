@@ -128,8 +128,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
 
   pool_pass(geo, out.pooled, out.maxv);
 
-  if (geo.C > 0) {
-    // The excitation as two launches of ours (one for effective SE).
+  if (geo.C > 0 && w1.size(0) > 0) {
+    // The excitation as two launches of ours (one for effective SE); no
+    // hidden units (rd = 0) keeps the ATen ops.
     const SePass pass = pass_of<SePass>(geo);  // the dtype and the device's multiprocessors
     SeExcite e;
     e.dtype = pass.dtype;

@@ -672,6 +672,7 @@ inline int64_t se_fc1_k_per_split(const SeExcite& p) {
   const int64_t chunks = ceil_div(p.C, kLinK);
   if (chunks <= 1) return kLinK;
   const int64_t tiles = ceil_div(p.rd, kLinJ) * std::min<int64_t>(ceil_div(p.N, kLinN), 65535);
+  if (tiles == 0) return kLinK;  // no samples or no hidden units: nothing is launched
   const int64_t splits = std::min<int64_t>({chunks, kLinMaxSplits, std::max<int64_t>(1, ceil_div(int64_t{p.sm_count} * 2, tiles))});
   return ceil_div(chunks, splits) * kLinK;
 }
@@ -680,8 +681,9 @@ inline int64_t se_fc1_splits(const SeExcite& p) {
 }
 
 inline bool se_excite_valid(const SeExcite& p) {
-  return p.N >= 0 && p.C >= 0 && p.rd >= 0 && (p.two_layer || p.rd == p.C) && (p.C < (int64_t{1} << 40)) &&
-         (p.rd < (int64_t{1} << 40));
+  // C and rd below 2^36: grid.x = ceil(C / 64) stays a valid launch.
+  return p.N >= 0 && p.C >= 0 && p.rd >= 0 && (p.two_layer || p.rd == p.C) && (p.C < (int64_t{1} << 36)) &&
+         (p.rd < (int64_t{1} << 36));
 }
 
 template <typename T, bool IN_PARTS, bool FINAL>
@@ -694,7 +696,8 @@ void launch_linear(const SeLinear& q, int64_t splits, cudaStream_t stream) {
 template <typename T>
 cudaError_t launch_se_excite(const SeExcite& p, cudaStream_t stream) {
   if (!se_excite_valid(p)) return cudaErrorInvalidValue;
-  if (p.N == 0 || p.C == 0 || p.rd == 0) return p.N == 0 ? cudaSuccess : cudaErrorInvalidValue;  // the glue keeps ATen for C == 0
+  if (p.N == 0) return cudaSuccess;
+  if (p.C == 0 || p.rd == 0) return cudaErrorInvalidValue;  // the glue keeps the ATen ops for these
   SeLinear fc1;
   fc1.N = p.N, fc1.J = p.rd, fc1.K = p.C;
   fc1.w = p.w1;
@@ -729,7 +732,8 @@ inline dim3 eca_excite_bwd_grid(const EcaExcite& p) {
 }
 
 inline bool eca_excite_valid(const EcaExcite& p) {
-  return p.k >= 1 && p.k <= kEcaMaxTaps && p.k % 2 == 1 && p.N >= 0 && p.C >= 0 && p.C <= (int64_t{1} << 40);
+  // C below 2^38: the backward's grid.x = ceil(C / 256) stays a valid launch.
+  return p.k >= 1 && p.k <= kEcaMaxTaps && p.k % 2 == 1 && p.N >= 0 && p.C >= 0 && p.C < (int64_t{1} << 38);
 }
 
 template <typename T>

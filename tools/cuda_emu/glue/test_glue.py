@@ -347,6 +347,24 @@ def test_eca_two_phase_largest_kernels(k, monkeypatch):
         assert any(n.startswith("eca_excite_fwd") for n in EMU.trace()) == (k <= 15)
 
 
+@pytest.mark.parametrize("path", ["auto", "two_phase"])
+def test_se_without_hidden_units(path, monkeypatch):
+    """rd = 0 (fc1 [0, C], fc2 [C, 0]), which the checks allow: the logits are
+    fc2's bias. The two-phase path keeps the ATen ops for it (the excitation
+    kernels have no hidden units to tile)."""
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", path)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 40, 3, 3, generator=g)
+    w1, b1 = torch.randn(0, 40, generator=g), torch.randn(0, generator=g)
+    w2, b2 = torch.randn(40, 0, generator=g), torch.randn(40, generator=g)
+    kw = ("relu", "sigmoid", "avg")
+    emu, cpu = EMU.se_forward(x, w1, b1, w2, b2, *kw), CPU.se_forward(x, w1, b1, w2, b2, *kw)
+    check_outputs(emu, cpu, torch.float32)
+    dy = grad_like(cpu[0])
+    check_outputs(EMU.se_backward(dy, x, w1, w2, *emu[1:], *kw, True, True),
+                  CPU.se_backward(dy, x, w1, w2, *cpu[1:], *kw, True, True), torch.float32, grad=True)
+
+
 @pytest.mark.parametrize("fmt", ["nchw", "cl"])
 def test_cbam_launches(fmt):
     """Forward: the spatial pool, the channel pool of x1, the spatial gate's two
