@@ -1,5 +1,6 @@
 // SE backward passes on CUDA: Σ dy·x with the max-tie counts (se_reduce) and
-// dx (se_dx); ECA's excitation backward (eca_excite_backward).
+// dx (se_dx); SE's and ECA's excitation backward (se_excite_backward,
+// eca_excite_backward).
 #include "se_kernels.cuh"
 
 namespace fused_attn::cuda {
@@ -10,6 +11,12 @@ cudaError_t se_reduce(const SePass& p, cudaStream_t stream) {
 
 cudaError_t se_dx(const SePass& p, cudaStream_t stream) {
   return dispatch_dtype(p.dtype, [&](auto tag) { return launch_apply<decltype(tag), true>(p, stream); });
+}
+
+int64_t se_excite_backward_workspace(const SeExcite& p) { return se_excite_bwd_workspace(p); }
+
+cudaError_t se_excite_backward(const SeExcite& p, cudaStream_t stream) {
+  return dispatch_dtype(p.dtype, [&](auto tag) { return launch_se_excite_bwd<decltype(tag)>(p, stream); });
 }
 
 int64_t eca_excite_partials(const EcaExcite& p) {

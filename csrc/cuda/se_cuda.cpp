@@ -7,9 +7,11 @@
 // and writes y), backward 4|x| (Σ dy·x reads dy and x; dx reads dy — and x
 // only for the avg+max pool — and writes dx). The excitation runs once per
 // batch over all N samples, so the weights are read a few times, not once
-// per sample: forward by kernels of ours (se_excite_forward: fc1, then fc2
+// per sample, by kernels of ours: forward se_excite_forward (fc1, then fc2
 // with the activation and gate; four launches with the pool and rescale),
-// backward as GEMMs (cuBLAS through ATen, on the current stream). Nothing here
+// backward se_excite_backward (the layers' backward and the weight gradients;
+// five launches with Σ dy·x and dx). Without hidden units (rd = 0, or C = 0)
+// the excitation is ATen's (cuBLAS, on the current stream). Nothing here
 // synchronizes with the host, so the ops can be captured in CUDA graphs.
 // (c10/cuda only, not ATen/cuda/CUDAContext.h, which needs the cuSPARSE and
 // cuBLAS headers that a minimal CUDA toolkit lacks.) The passes over x are
@@ -47,6 +49,20 @@ SeFused se_variant(const at::Tensor& w1, bool two_layer, Act act, Gate gate, Poo
   f.act = static_cast<int8_t>(act);
   f.gate = static_cast<int8_t>(gate);
   return f;
+}
+
+// The two-phase excitation's params for this SE (the pointers left to the
+// caller), over rows in the accumulation dtype.
+SeExcite se_excite_of(const Geometry& geo, const at::Tensor& w1, bool two_layer, Act act, Gate gate) {
+  const SePass pass = pass_of<SePass>(geo);  // the dtype and the device's multiprocessors
+  SeExcite e;
+  e.dtype = pass.dtype;
+  e.sm_count = pass.sm_count;
+  e.N = geo.N, e.C = geo.C, e.rd = w1.size(0);
+  e.two_layer = two_layer;
+  e.act = static_cast<int8_t>(act);
+  e.gate = static_cast<int8_t>(gate);
+  return e;
 }
 
 // An optional weight, contiguous (undefined when absent).
@@ -131,14 +147,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   if (geo.C > 0 && w1.size(0) > 0) {
     // The excitation as two launches of ours (one for effective SE); no
     // hidden units (rd = 0) keeps the ATen ops.
-    const SePass pass = pass_of<SePass>(geo);  // the dtype and the device's multiprocessors
-    SeExcite e;
-    e.dtype = pass.dtype;
-    e.sm_count = pass.sm_count;
-    e.N = geo.N, e.C = geo.C, e.rd = w1.size(0);
-    e.two_layer = w2.has_value();
-    e.act = static_cast<int8_t>(act);
-    e.gate = static_cast<int8_t>(gate);
+    SeExcite e = se_excite_of(geo, w1, w2.has_value(), act, gate);
     e.w1 = w1c.const_data_ptr();
     e.b1 = ptr_or_null(b1c);
     e.w2 = ptr_or_null(w2c);
@@ -201,6 +210,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   maybe_poison(s);
   maybe_poison(cnt);
   if (N > 0) reduce_pass(geo, dy, maxv, s, cnt);
+
+  if (C > 0 && w1.size(0) > 0) {
+    // The excitation backward for the whole batch as three launches of ours
+    // (two for effective SE); no hidden units (rd = 0) keeps the ATen ops.
+    SeExcite e = se_excite_of(geo, w1, w2.has_value(), act, gate);
+    const at::Tensor w1c = w1.contiguous(), w2c = contiguous_or_undefined(w2);
+    e.w1 = w1c.const_data_ptr();
+    e.w2 = ptr_or_null(w2c);
+    e.pooled = pooled.const_data_ptr();
+    e.s = s.const_data_ptr();
+    e.saved_logits = logits.const_data_ptr();
+    e.saved_hidden = ptr_or_null(hidden);
+    e.HW = geo.HW;
+    e.cnt = ptr_or_null(cnt);
+    at::Tensor g = at::empty({N, C}, opts), a = at::empty({N, C}, opts);
+    at::Tensor b = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
+    at::Tensor workspace = at::empty({se_excite_backward_workspace(e)}, opts);
+    const auto wopts = w1.options().memory_format(at::MemoryFormat::Contiguous);
+    at::Tensor dw1 = at::empty(w1.sizes(), wopts);
+    at::Tensor db1 = at::empty({has_b1 ? w1.size(0) : 0}, wopts);
+    at::Tensor dw2 = at::empty({w2 ? C : 0, w2 ? w1.size(0) : 0}, wopts);
+    at::Tensor db2 = at::empty({w2 && has_b2 ? C : 0}, wopts);
+    for (at::Tensor* t : {&g, &a, &b, &workspace, &dw1, &db1, &dw2, &db2}) maybe_poison(*t);
+    e.g = g.data_ptr(), e.a = a.data_ptr(), e.b = ptr_or_null(b), e.partials = ptr_or_null(workspace);
+    e.dw1 = dw1.data_ptr(), e.db1 = ptr_or_null(db1), e.dw2 = ptr_or_null(dw2), e.db2 = ptr_or_null(db2);
+    C10_CUDA_CHECK(se_excite_backward(e, c10::cuda::getCurrentCUDAStream()));
+    if (N > 0) dx_pass(geo, dy, g, a, b, maxv, dx);
+    // An absent gradient as weight_grad_or_empty gives it: [0].
+    return {dx, dw1, db1, w2 ? dw2 : dw2.view({0}), db2};
+  }
 
   // The excitation backward for the whole batch: dz = dL/dlogits, then
   // through the MLP to dL/dpooled, and the weight gradients (one GEMM each).

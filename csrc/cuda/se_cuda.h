@@ -4,8 +4,8 @@
 //
 //   forward:  se_pool  (read x)        -> excitation on [N, C] (se_excite_forward,   -> se_scale (read x, write y)
 //                                         eca_excite_forward)
-//   backward: se_reduce (read dy, x)   -> excitation backward (SE: ATen in the glue; -> se_dx (read dy [, x], write dx)
-//                                         ECA: eca_excite_backward)
+//   backward: se_reduce (read dy, x)   -> excitation backward (se_excite_backward,      -> se_dx (read dy [, x], write dx)
+//                                         eca_excite_backward)
 //
 // Every launcher returns the launch's cudaError_t (cudaGetLastError), which
 // the glue checks; none synchronizes or allocates.
@@ -98,11 +98,38 @@ struct SeExcite {
   void* hidden = nullptr;       // [N, rd]: fc1's output before the activation (two layers)
   void* logits = nullptr;       // [N, C]
   void* g = nullptr;            // [N, C]: gate(logits)
-  void* partials = nullptr;     // workspace of se_excite_partials(p) accumulation-type elements
+  void* partials = nullptr;     // workspace of se_excite_partials(p) (forward) or
+                                // se_excite_backward_workspace(p) (backward) accumulation-type elements
+
+  // Backward: s = Σ_hw dy·x and the forward's saved rows → g (again, for dx),
+  // dL/dpooled spread over H·W as se_dx's a and b (a = dL/dpooled / HW, or
+  // with the max's tie counts cnt, a = ½·dL/dpooled / HW and b = ½·dL/dpooled
+  // / cnt), and the weight gradients [rd, C], [rd], [C, rd], [C] in the
+  // weights' dtype (a bias's null without that bias). pooled is read too.
+  int64_t HW = 1;
+  const void* s = nullptr;            // [N, C]
+  const void* saved_logits = nullptr; // [N, C]
+  const void* saved_hidden = nullptr; // [N, rd] (two layers)
+  const void* cnt = nullptr;          // [N, C], null unless the pool is avg+max
+  void* a = nullptr;                  // [N, C]
+  void* b = nullptr;                  // [N, C] (with cnt)
+  void* dw1 = nullptr;
+  void* db1 = nullptr;
+  void* dw2 = nullptr;
+  void* db2 = nullptr;
 };
 
 int64_t se_excite_partials(const SeExcite& p);
 cudaError_t se_excite_forward(const SeExcite& p, cudaStream_t stream);
+// The backward (se_backward.cu) as kernels of ours too, in place of cuBLAS
+// GEMMs and ATen's elementwise ops: the first layer's backward (dz from s and
+// the gate, times W2ᵀ, split over C), the second (through the activation's
+// derivative, times W1ᵀ: dL/dpooled), and both weight gradients (each a sum
+// over the samples in order, the bias's as a row of ones) in one launch:
+// three launches, two for effective SE. Deterministic. N = 0 writes zero
+// weight gradients.
+int64_t se_excite_backward_workspace(const SeExcite& p);
+cudaError_t se_excite_backward(const SeExcite& p, cudaStream_t stream);
 
 // ---- ECA's excitation on the two-phase path (se_forward.cu / se_backward.cu) --
 //

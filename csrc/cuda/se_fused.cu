@@ -57,34 +57,8 @@ namespace cg = cooperative_groups;
 constexpr int kFusedThreads = 256;
 [[maybe_unused]] constexpr int kWarps = kFusedThreads / 32;
 
-// ---- the excitation's element functions (ATen's formulas, in float) ----
-
-// dL/dh from dL/dact(h).
-[[maybe_unused]] __device__ __forceinline__ float act_bwd(int8_t act, float grad, float h) {
-  switch (static_cast<FusedAct>(act)) {
-    case FusedAct::ReLU: return h <= 0.f ? 0.f : grad;  // threshold_backward: NaN h passes grad
-    case FusedAct::SiLU: {
-      const float s = 1.f / (1.f + expf(-h));
-      return grad * s * (1.f + h * (1.f - s));
-    }
-    case FusedAct::GELU: {
-      const float cdf = 0.5f * (1.f + erff(h * 0.70710678118654752f));
-      const float pdf = expf(-0.5f * h * h) * 0.39894228040143268f;
-      return grad * (cdf + h * pdf);
-    }
-    case FusedAct::GELUTanh: {
-      const float kBeta = 0.79788456080286536f, kKappa = 0.044715f;
-      const float t = tanhf(kBeta * (h + kKappa * h * h * h));
-      const float left = 0.5f * h, right = 1.f + t;
-      const float dleft = 0.5f * right;
-      const float dright = left * (1.f - t * t) * kBeta * (1.f + 3.f * kKappa * h * h);
-      return grad * (dleft + dright);
-    }
-    case FusedAct::HardSwish:
-      return h < -3.f ? 0.f : (h <= 3.f ? grad * (h / 3.f + 0.5f) : grad);
-  }
-  return grad;
-}
+// The excitation's element functions (act_fwd, act_bwd, gate_fwd, gate_bwd) are
+// se_kernels.cuh's, here in float.
 
 template <typename T> __device__ __forceinline__ float ld(const T* p, int64_t i) { return to_acc(p[i]); }
 

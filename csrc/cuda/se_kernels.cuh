@@ -75,6 +75,33 @@ template <typename A> __device__ __forceinline__ A act_fwd(int8_t act, A h) {
   return h;
 }
 
+// dL/dh from dL/dact(h), as ATen's threshold / silu / gelu / hardswish backward.
+template <typename A> __device__ __forceinline__ A act_bwd(int8_t act, A grad, A h) {
+  switch (static_cast<FusedAct>(act)) {
+    case FusedAct::ReLU: return h <= A(0) ? A(0) : grad;  // threshold_backward: NaN h passes grad
+    case FusedAct::SiLU: {
+      const A s = A(1) / (A(1) + exp_acc(-h));
+      return grad * s * (A(1) + h * (A(1) - s));
+    }
+    case FusedAct::GELU: {
+      const A cdf = A(0.5) * (A(1) + erf_acc(h * A(0.70710678118654752)));
+      const A pdf = exp_acc(A(-0.5) * h * h) * A(0.39894228040143268);
+      return grad * (cdf + h * pdf);
+    }
+    case FusedAct::GELUTanh: {
+      const A kBeta = A(0.79788456080286536), kKappa = A(0.044715);
+      const A t = tanh_acc(kBeta * (h + kKappa * h * h * h));
+      const A left = A(0.5) * h, right = A(1) + t;
+      const A dleft = A(0.5) * right;
+      const A dright = left * (A(1) - t * t) * kBeta * (A(1) + A(3) * kKappa * h * h);
+      return grad * (dleft + dright);
+    }
+    case FusedAct::HardSwish:
+      return h < A(-3) ? A(0) : (h <= A(3) ? grad * (h / A(3) + A(0.5)) : grad);
+  }
+  return grad;
+}
+
 template <typename A> __device__ __forceinline__ A gate_fwd(int8_t gate, A z) {
   if (static_cast<FusedGate>(gate) == FusedGate::Sigmoid) return A(1) / (A(1) + exp_acc(-z));
   if (z != z) return z;                   // relu6 keeps NaN; fmax would not
@@ -335,44 +362,65 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(const SePass p) {
 // One linear layer over the batch, out[n, j] = Σ_k W[j, k]·in[n, k]:
 // a block of 256 threads takes 64 outputs j of 16 samples (thread t: output
 // j0 + t % 64 of samples 4·(t / 64) ... + 3) and walks k in chunks of 32
-// staged in shared memory; blockIdx.z picks a split of k.
+// staged in shared memory; blockIdx.z picks a split of k. W is the weight
+// [J, K] as stored, or (WT) the transpose of a stored [K, J] weight: the
+// backward's layers run the forward's weights transposed.
 constexpr int kLinJ = 64, kLinN = 16, kLinK = 32, kLinThreads = 256;
 constexpr int kLinPerThread = kLinN * kLinJ / kLinThreads;
 constexpr int kLinMaxSplits = 16;
 
+// What the layer's input rows are. The blocks of the first output tile
+// (blockIdx.x == 0) also save what they stage: each (n, k) exactly once.
+enum class LinIn {
+  Rows,         // in [N, K] as it is
+  PartsAct,     // forward fc2: h = the in_splits partials [in_splits, N, K] summed in order + in_bias,
+                // saved (pre-activation) to save, and act(h)
+  GateGrad,     // backward, first layer: dz = gate'(z)·s with s = in, z = in2 ([N, K] each), the gate
+                // g = gate(z) saved to save2 and dz to save
+  PartsActGrad  // backward fc1: the partials summed in order, through act's derivative at h = in2: dL/dh,
+                // saved to save
+};
+// What becomes of the sums: the raw sums of each split (part_out [splits, N, J]),
+// z = sum + bias with gate(z) (z_out, g_out), or (Spread: the sums are
+// dL/dpooled) their spread back over H·W for se_dx: a = sum·a_scale to z_out
+// and, with cnt (the max's tie counts [N, J]), b = (sum·0.5) / cnt to g_out,
+// as input_grad_pass's ATen ops compute them.
+enum class LinOut { Parts, Gate, Spread };
+
 struct SeLinear {
   int64_t N = 0, J = 0, K = 0;
   int64_t k_per_split = kLinK;     // a multiple of kLinK
-  const void* w = nullptr;         // [J, K], x's dtype
-  // The input rows: `in` [N, K] as they are, or (IN_PARTS) the sum of
-  // in_splits partials [in_splits, N, K] in order plus in_bias, written to
-  // hidden (by the blocks of the first output tile) and activated.
-  const void* in = nullptr;
+  const void* w = nullptr;         // [J, K] or (WT) [K, J], x's dtype
+  const void* in = nullptr;        // acc type, as LinIn says
+  const void* in2 = nullptr;
   int64_t in_splits = 1;
   const void* in_bias = nullptr;   // [K], x's dtype, or null
-  void* hidden = nullptr;
+  void* save = nullptr;            // [N, K] acc type, or null (PartsAct, PartsActGrad)
+  void* save2 = nullptr;
   int8_t act = 0;
-  // The output: (FINAL) z = out + bias to z_out and gate(z) to g_out; else
-  // the raw sums to part_out [splits, N, J].
+  int8_t gate = 0;                 // LinOut::Gate's, or LinIn::GateGrad's
   const void* bias = nullptr;      // [J], x's dtype, or null
   void* z_out = nullptr;
   void* g_out = nullptr;
-  int8_t gate = 0;
   void* part_out = nullptr;
+  double a_scale = 1;              // Spread
+  const void* cnt = nullptr;
 };
 
-template <typename T, bool IN_PARTS, bool FINAL>
+template <typename T, LinIn IN, LinOut OUT, bool WT>
 __global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q) {
   using A = acc_t<T>;
   __shared__ A ws[kLinJ][kLinK + 1];
   __shared__ A xs[kLinN][kLinK];
   const T* __restrict__ w = static_cast<const T*>(q.w);
   const A* __restrict__ in = static_cast<const A*>(q.in);
+  const A* __restrict__ in2 = static_cast<const A*>(q.in2);
   const int t = threadIdx.x, jj = t % kLinJ, ng = t / kLinJ;
   const int64_t N = q.N, J = q.J, K = q.K;
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kLinJ;
   const int64_t kb = static_cast<int64_t>(blockIdx.z) * q.k_per_split;
   const int64_t ke = kb + q.k_per_split < K ? kb + q.k_per_split : K;
+  const bool saves = blockIdx.x == 0 && q.save != nullptr;
   for (int64_t n0 = static_cast<int64_t>(blockIdx.y) * kLinN; n0 < N; n0 += static_cast<int64_t>(gridDim.y) * kLinN) {
     A acc[kLinPerThread];
 #pragma unroll
@@ -380,9 +428,11 @@ __global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q
     for (int64_t k0 = kb; k0 < ke; k0 += kLinK) {
 #pragma unroll
       for (int i = 0; i < kLinJ * kLinK / kLinThreads; ++i) {
-        const int e = t + i * kLinThreads, r = e / kLinK, col = e % kLinK;
+        // Adjacent threads read adjacent elements of the stored weight.
+        const int e = t + i * kLinThreads;
+        const int r = WT ? e % kLinJ : e / kLinK, col = WT ? e / kLinJ : e % kLinK;
         const int64_t j = j0 + r, k = k0 + col;
-        ws[r][col] = (j < J && k < ke) ? to_acc(w[j * K + k]) : A(0);
+        ws[r][col] = (j < J && k < ke) ? to_acc(WT ? w[k * J + j] : w[j * K + k]) : A(0);
       }
 #pragma unroll
       for (int i = 0; i < kLinN * kLinK / kLinThreads; ++i) {
@@ -390,14 +440,24 @@ __global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q
         const int64_t n = n0 + r, k = k0 + col;
         A v = A(0);
         if (n < N && k < ke) {
-          if constexpr (IN_PARTS) {
-            A h = in[n * K + k];
-            for (int64_t sp = 1; sp < q.in_splits; ++sp) h += in[(sp * N + n) * K + k];
-            if (q.in_bias != nullptr) h += to_acc(static_cast<const T*>(q.in_bias)[k]);
-            if (blockIdx.x == 0 && q.hidden != nullptr) static_cast<A*>(q.hidden)[n * K + k] = h;
-            v = act_fwd(q.act, h);
+          const int64_t at = n * K + k;
+          if constexpr (IN == LinIn::Rows) {
+            v = in[at];
+          } else if constexpr (IN == LinIn::GateGrad) {
+            const A z = in2[at], g = gate_fwd(q.gate, z);
+            v = gate_bwd(q.gate, in[at], z, g);
+            if (saves) static_cast<A*>(q.save)[at] = v, static_cast<A*>(q.save2)[at] = g;
           } else {
-            v = in[n * K + k];
+            A h = in[at];
+            for (int64_t sp = 1; sp < q.in_splits; ++sp) h += in[(sp * N + n) * K + k];
+            if constexpr (IN == LinIn::PartsAct) {
+              if (q.in_bias != nullptr) h += to_acc(static_cast<const T*>(q.in_bias)[k]);
+              if (saves) static_cast<A*>(q.save)[at] = h;
+              v = act_fwd(q.act, h);
+            } else {
+              v = act_bwd(q.act, h, in2[at]);
+              if (saves) static_cast<A*>(q.save)[at] = v;
+            }
           }
         }
         xs[r][col] = v;
@@ -417,14 +477,123 @@ __global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q
       for (int m = 0; m < kLinPerThread; ++m) {
         const int64_t n = n0 + ng * kLinPerThread + m;
         if (n >= N) continue;
-        if constexpr (FINAL) {
+        if constexpr (OUT == LinOut::Gate) {
           const A z = acc[m] + (q.bias != nullptr ? to_acc(static_cast<const T*>(q.bias)[j]) : A(0));
           static_cast<A*>(q.z_out)[n * J + j] = z;
           static_cast<A*>(q.g_out)[n * J + j] = gate_fwd(q.gate, z);
+        } else if constexpr (OUT == LinOut::Spread) {
+          static_cast<A*>(q.z_out)[n * J + j] = acc[m] * static_cast<A>(q.a_scale);
+          if (q.cnt != nullptr)
+            static_cast<A*>(q.g_out)[n * J + j] = acc[m] * A(0.5) / static_cast<const A*>(q.cnt)[n * J + j];
         } else {
           static_cast<A*>(q.part_out)[(static_cast<int64_t>(blockIdx.z) * N + n) * J + j] = acc[m];
         }
       }
+    }
+  }
+}
+
+// The weight gradients on the [N, ·] rows: out[r, c] = Σ_n L[n, r]·R[n, c]
+// (r < Rn, c < Cn; L through the activation when l_act), each sum over n in
+// order by one thread: deterministic, whatever the grid. The bias gradient
+// rides along as a row or column of ones: the row sums Σ_n L[n, r] (bias_rows)
+// at column c = Cn, or the column sums Σ_n R[n, c] at row r = Rn. out is
+// [Rn, Cn], or (transposed) [Cn, Rn], written through shared memory so that
+// the stores stay coalesced. A block of 256 threads takes 16 rows × 64
+// columns (thread t: column t % 64 of rows 4·(t / 64) ... + 3), n in chunks
+// of 32; the blocks walk the tiles of up to two jobs (dw2 then dw1) in turn.
+constexpr int kWgR = 16, kWgC = 64, kWgN = 32;
+static_assert(kWgR * kWgC == kLinThreads * 4, "four sums per thread");
+
+struct SeWgradJob {
+  int64_t Rn = 0, Cn = 0;
+  const void* L = nullptr;         // [N, Rn], acc type
+  const void* R = nullptr;         // [N, Cn], acc type
+  bool l_act = false;
+  bool transposed = false;
+  bool bias_rows = false;
+  void* out = nullptr;             // x's dtype
+  void* bias = nullptr;            // x's dtype, or null
+  int64_t col_tiles = 0, tiles = 0;
+};
+struct SeWgrad {
+  int64_t N = 0;
+  int8_t act = 0;
+  SeWgradJob a, b;                 // b.tiles == 0: one job
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kLinThreads) se_wgrad_kernel(const SeWgrad q) {
+  using A = acc_t<T>;
+  __shared__ A ls[kWgN][kWgR];
+  __shared__ A rs[kWgN][kWgC];
+  __shared__ A out_tile[kWgR][kWgC + 1];
+  const int t = threadIdx.x, cc = t % kWgC, rg = t / kWgC;
+  const int64_t N = q.N;
+  for (int64_t tile = blockIdx.x; tile < q.a.tiles + q.b.tiles; tile += gridDim.x) {
+    const bool second = tile >= q.a.tiles;
+    const SeWgradJob jb = second ? q.b : q.a;
+    const int64_t local = second ? tile - q.a.tiles : tile;
+    const int64_t r0 = local / jb.col_tiles * kWgR, c0 = local % jb.col_tiles * kWgC;
+    const A* __restrict__ L = static_cast<const A*>(jb.L);
+    const A* __restrict__ R = static_cast<const A*>(jb.R);
+    A acc[kWgR * kWgC / kLinThreads];
+#pragma unroll
+    for (int m = 0; m < 4; ++m) acc[m] = A(0);
+    for (int64_t n0 = 0; n0 < N; n0 += kWgN) {
+#pragma unroll
+      for (int i = 0; i < kWgN * kWgR / kLinThreads; ++i) {
+        const int e = t + i * kLinThreads, nn = e / kWgR, rr = e % kWgR;
+        const int64_t n = n0 + nn, r = r0 + rr;
+        A v = A(0);
+        if (n < N) {
+          if (r < jb.Rn) {
+            v = L[n * jb.Rn + r];
+            if (jb.l_act) v = act_fwd(q.act, v);
+          } else if (r == jb.Rn) {
+            v = A(1);
+          }
+        }
+        ls[nn][rr] = v;
+      }
+#pragma unroll
+      for (int i = 0; i < kWgN * kWgC / kLinThreads; ++i) {
+        const int e = t + i * kLinThreads, nn = e / kWgC, c = e % kWgC;
+        const int64_t n = n0 + nn, col = c0 + c;
+        rs[nn][c] = n < N ? (col < jb.Cn ? R[n * jb.Cn + col] : (col == jb.Cn ? A(1) : A(0))) : A(0);
+      }
+      __syncthreads();
+#pragma unroll 8
+      for (int nn = 0; nn < kWgN; ++nn) {
+        const A rv = rs[nn][cc];
+#pragma unroll
+        for (int m = 0; m < 4; ++m) acc[m] += ls[nn][rg * 4 + m] * rv;
+      }
+      __syncthreads();  // ls and rs are restaged for the next chunk
+    }
+    T* __restrict__ out = static_cast<T*>(jb.out);
+    T* __restrict__ bias = static_cast<T*>(jb.bias);
+    const int64_t c = c0 + cc;
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      const int64_t r = r0 + rg * 4 + m;
+      if (bias != nullptr && jb.bias_rows && c == jb.Cn && r < jb.Rn) bias[r] = from_acc<T>(acc[m]);
+      if (bias != nullptr && !jb.bias_rows && r == jb.Rn && c < jb.Cn) bias[c] = from_acc<T>(acc[m]);
+      if (jb.transposed) {
+        out_tile[rg * 4 + m][cc] = acc[m];
+      } else if (r < jb.Rn && c < jb.Cn) {
+        out[r * jb.Cn + c] = from_acc<T>(acc[m]);
+      }
+    }
+    if (jb.transposed) {
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < kWgR * kWgC / kLinThreads; ++i) {
+        const int e = t + i * kLinThreads, rr = e % kWgR, ct = e / kWgR;
+        const int64_t r = r0 + rr, col = c0 + ct;
+        if (r < jb.Rn && col < jb.Cn) out[col * jb.Rn + r] = from_acc<T>(out_tile[rr][ct]);
+      }
+      __syncthreads();  // out_tile is rewritten by the next tile (with N == 0, no other barrier comes between)
     }
   }
 }
@@ -686,11 +855,11 @@ inline bool se_excite_valid(const SeExcite& p) {
          (p.rd < (int64_t{1} << 36));
 }
 
-template <typename T, bool IN_PARTS, bool FINAL>
+template <typename T, LinIn IN, LinOut OUT, bool WT>
 void launch_linear(const SeLinear& q, int64_t splits, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(q.J, kLinJ)),
                   static_cast<unsigned>(std::min<int64_t>(ceil_div(q.N, kLinN), 65535)), static_cast<unsigned>(splits));
-  se_linear_kernel<T, IN_PARTS, FINAL><<<grid, kLinThreads, 0, stream>>>(q);
+  se_linear_kernel<T, IN, OUT, WT><<<grid, kLinThreads, 0, stream>>>(q);
 }
 
 template <typename T>
@@ -705,20 +874,99 @@ cudaError_t launch_se_excite(const SeExcite& p, cudaStream_t stream) {
   if (!p.two_layer) {  // effective SE: one layer, ending with the gate
     fc1.k_per_split = ceil_div(p.C, kLinK) * kLinK;
     fc1.bias = p.b1, fc1.z_out = p.logits, fc1.g_out = p.g, fc1.gate = p.gate;
-    launch_linear<T, false, true>(fc1, 1, stream);
+    launch_linear<T, LinIn::Rows, LinOut::Gate, false>(fc1, 1, stream);
     return cudaGetLastError();
   }
   fc1.k_per_split = se_fc1_k_per_split(p);
   const int64_t splits = se_fc1_splits(p);
   fc1.part_out = p.partials;
-  launch_linear<T, false, false>(fc1, splits, stream);
+  launch_linear<T, LinIn::Rows, LinOut::Parts, false>(fc1, splits, stream);
   SeLinear fc2;
   fc2.N = p.N, fc2.J = p.C, fc2.K = p.rd;
   fc2.k_per_split = ceil_div(p.rd, kLinK) * kLinK;
   fc2.w = p.w2;
-  fc2.in = p.partials, fc2.in_splits = splits, fc2.in_bias = p.b1, fc2.hidden = p.hidden, fc2.act = p.act;
+  fc2.in = p.partials, fc2.in_splits = splits, fc2.in_bias = p.b1, fc2.save = p.hidden, fc2.act = p.act;
   fc2.bias = p.b2, fc2.z_out = p.logits, fc2.g_out = p.g, fc2.gate = p.gate;
-  launch_linear<T, true, true>(fc2, 1, stream);
+  launch_linear<T, LinIn::PartsAct, LinOut::Gate, false>(fc2, 1, stream);
+  return cudaGetLastError();
+}
+
+// The backward's workspace (accumulation-type elements): dz [N, C], and with
+// two layers dL/dhidden [N, rd] and the first layer's split partials.
+inline int64_t se_excite_bwd_workspace(const SeExcite& p) {
+  if (p.C == 0 || p.rd == 0) return 0;
+  return p.N * p.C + (p.two_layer ? p.N * p.rd * (1 + se_fc1_splits(p)) : 0);
+}
+
+// A weight-gradient job's tiles (the bias as one more row or column).
+inline void se_wgrad_tiles(SeWgradJob& jb) {
+  const bool bias = jb.bias != nullptr;
+  jb.col_tiles = ceil_div(jb.Cn + (bias && jb.bias_rows ? 1 : 0), kWgC);
+  jb.tiles = ceil_div(jb.Rn + (bias && !jb.bias_rows ? 1 : 0), kWgR) * jb.col_tiles;
+}
+
+// The backward of the excitation (the layers run with their weights
+// transposed): dz = gate'·s, saved with g, times W2ᵀ split over C into
+// partials; those summed through the activation's derivative (dL/dhidden,
+// saved) times W1ᵀ: dL/dpooled, written as se_dx's spread terms; then both
+// weight gradients in one launch.
+// Effective SE: dz times W1ᵀ, then dW1. Three launches (two).
+template <typename T>
+cudaError_t launch_se_excite_bwd(const SeExcite& p, cudaStream_t stream) {
+  if (!se_excite_valid(p)) return cudaErrorInvalidValue;
+  if (p.C == 0 || p.rd == 0) return cudaErrorInvalidValue;  // the glue keeps the ATen ops for these
+  using A = acc_t<T>;
+  A* const dz = static_cast<A*>(p.partials);
+  A* const dh = dz + p.N * p.C;
+  A* const parts = dh + p.N * p.rd;
+  SeWgrad wg;
+  wg.N = p.N, wg.act = p.act;
+  SeWgradJob& w1_job = p.two_layer ? wg.b : wg.a;  // dW1 [rd, C] = Σ_n dL/dfc1[n, ·]ᵀ pooled[n, ·]
+  w1_job.Rn = p.rd, w1_job.Cn = p.C;
+  w1_job.L = p.two_layer ? dh : dz, w1_job.R = p.pooled;
+  w1_job.bias_rows = true;
+  w1_job.out = p.dw1, w1_job.bias = p.db1;
+  se_wgrad_tiles(w1_job);
+  // dL/dpooled as se_dx takes it: the mean's share of every element, the max's of its tied maxima.
+  auto spread = [&](SeLinear& q) {
+    q.a_scale = (p.cnt != nullptr ? 0.5 : 1.0) / static_cast<double>(p.HW);
+    q.z_out = p.a, q.cnt = p.cnt, q.g_out = p.b;
+  };
+  if (p.N > 0) {
+    SeLinear first;
+    first.N = p.N, first.K = p.C;
+    first.in = p.s, first.in2 = p.saved_logits, first.gate = p.gate;
+    first.save = dz, first.save2 = p.g;
+    if (p.two_layer) {
+      first.J = p.rd, first.w = p.w2;
+      first.k_per_split = se_fc1_k_per_split(p);
+      first.part_out = parts;
+      launch_linear<T, LinIn::GateGrad, LinOut::Parts, true>(first, se_fc1_splits(p), stream);
+      SeLinear second;
+      second.N = p.N, second.J = p.C, second.K = p.rd, second.w = p.w1;
+      second.k_per_split = ceil_div(p.rd, kLinK) * kLinK;
+      second.in = parts, second.in_splits = se_fc1_splits(p), second.in2 = p.saved_hidden, second.act = p.act;
+      second.save = dh;
+      spread(second);
+      launch_linear<T, LinIn::PartsActGrad, LinOut::Spread, true>(second, 1, stream);
+    } else {
+      first.J = p.C, first.w = p.w1;
+      first.k_per_split = ceil_div(p.C, kLinK) * kLinK;
+      spread(first);
+      launch_linear<T, LinIn::GateGrad, LinOut::Spread, true>(first, 1, stream);
+    }
+  }
+  if (p.two_layer) {  // dW2 [C, rd] = Σ_n dz[n, ·]ᵀ act(hidden[n, ·]), computed as its transpose
+    wg.a.Rn = p.rd, wg.a.Cn = p.C;
+    wg.a.L = p.saved_hidden, wg.a.l_act = true, wg.a.R = dz;
+    wg.a.transposed = true;
+    wg.a.out = p.dw2, wg.a.bias = p.db2;
+    se_wgrad_tiles(wg.a);
+  }
+  // Without samples the gradients are zeros, which the kernel writes too.
+  const int64_t tiles = wg.a.tiles + wg.b.tiles;
+  const int64_t blocks = std::min<int64_t>(tiles, int64_t{p.sm_count} * 8);
+  se_wgrad_kernel<T><<<static_cast<unsigned>(blocks), kLinThreads, 0, stream>>>(wg);
   return cudaGetLastError();
 }
 

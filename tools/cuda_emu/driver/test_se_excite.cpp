@@ -3,7 +3,9 @@
 // against a double-precision reference, stage by stage: hidden against the
 // exact fc1 of the pooled rows, logits against fc2 of the kernel's own hidden
 // (so each stage's tolerance is its own sums'), g against the gate of the
-// kernel's own logits.
+// kernel's own logits. Its backward (se_excite_backward: the layers
+// transposed, then se_wgrad_kernel) the same way, reading the workspace's dz
+// and dL/dhidden (the first N·C, then N·rd elements) for the later stages.
 #include "common.h"
 #include "se_cuda.h"
 
@@ -15,12 +17,13 @@ struct SeExciteCase {
   int N, C, rd;
   bool two_layer, b1, b2;
   int act, gate, sm, policy;
+  int pool = 0;  // the backward's: 1 avg+max (dL/dpooled spread to a and b), else avg; H·W = 5 + 2·pool
   std::string str() const {
     static const char* acts[] = {"relu", "silu", "gelu", "gelu_tanh", "hard_swish"};
     char b[200];
-    std::snprintf(b, sizeof b, "N=%d C=%d rd=%d %s b1=%d b2=%d act=%s gate=%s sm=%d policy=%d", N, C, rd,
+    std::snprintf(b, sizeof b, "N=%d C=%d rd=%d %s b1=%d b2=%d act=%s gate=%s sm=%d policy=%d pool=%d", N, C, rd,
                   two_layer ? "two-layer" : "effective", b1, b2, acts[act], gate ? "hard_sigmoid" : "sigmoid", sm,
-                  policy);
+                  policy, pool);
     return b;
   }
 };
@@ -102,8 +105,149 @@ bool run_excite(const SeExciteCase& k, std::mt19937_64& rng) {
   return ok;
 }
 
+double ref_act_bwd(int act, double grad, double h) {
+  switch (act) {
+    case 0: return h <= 0 ? 0 : grad;
+    case 1: {
+      const double s = 1 / (1 + std::exp(-h));
+      return grad * s * (1 + h * (1 - s));
+    }
+    case 2: return grad * (0.5 * (1 + std::erf(h / std::sqrt(2.0))) + h * std::exp(-0.5 * h * h) / std::sqrt(2 * M_PI));
+    case 3: {
+      const double b = std::sqrt(2 / M_PI), t = std::tanh(b * (h + 0.044715 * h * h * h));
+      return grad * (0.5 * (1 + t) + 0.5 * h * (1 - t * t) * b * (1 + 3 * 0.044715 * h * h));
+    }
+    default: return h < -3 ? 0 : (h <= 3 ? grad * (h / 3 + 0.5) : grad);
+  }
+}
+
+template <class T>
+bool run_excite_bwd(const SeExciteCase& k, std::mt19937_64& rng) {
+  using A = typename Ty<T>::A;
+  const long N = k.N, C = k.C, R = k.two_layer ? k.rd : k.C;
+  const double u = std::is_same<A, double>::value ? 1.2e-16 : 6.0e-8;
+  std::uniform_real_distribution<double> U(-1, 1), W(-0.5, 0.5), Z(-4, 4);
+  Buf<T> w1(R * C), w2(k.two_layer ? C * R : 0);
+  const bool with_max = k.pool == 1;
+  const long HW = 5 + 2 * k.pool;
+  Buf<A> pooled(N * C), s(N * C), logits(N * C), hidden(k.two_layer ? N * R : 0), g(N * C), a_out(N * C),
+      b_out(with_max ? N * C : 0), cnt(with_max ? N * C : 0);
+  std::uniform_int_distribution<int> ties(1, 3);
+  for (size_t i = 0; i < cnt.n; ++i) cnt[i] = static_cast<A>(ties(rng));
+  Buf<T> dw1(R * C), db1(R), dw2(k.two_layer ? C * R : 0), db2(C);
+  for (size_t i = 0; i < w1.n; ++i) w1[i] = Ty<T>::from_d(W(rng));
+  for (size_t i = 0; i < w2.n; ++i) w2[i] = Ty<T>::from_d(W(rng));
+  for (long i = 0; i < N * C; ++i) pooled[i] = static_cast<A>(2 * U(rng)), s[i] = static_cast<A>(3 * U(rng));
+  for (long i = 0; i < N * C; ++i) logits[i] = static_cast<A>(Z(rng));
+  for (size_t i = 0; i < hidden.n; ++i) hidden[i] = static_cast<A>(Z(rng));
+  auto d = [](T v) { return Ty<T>::to_d(v); };
+  SeExcite e;
+  e.dtype = Ty<T>::dt;
+  e.N = N, e.C = C, e.rd = R;
+  e.two_layer = k.two_layer;
+  e.act = static_cast<int8_t>(k.act), e.gate = static_cast<int8_t>(k.gate);
+  e.sm_count = k.sm;
+  e.w1 = w1.p, e.w2 = k.two_layer ? w2.p : nullptr;
+  e.pooled = pooled.p, e.s = s.p, e.saved_logits = logits.p, e.saved_hidden = k.two_layer ? hidden.p : nullptr;
+  e.HW = HW, e.cnt = with_max ? cnt.p : nullptr;
+  e.g = g.p, e.a = a_out.p, e.b = with_max ? b_out.p : nullptr;
+  e.dw1 = dw1.p, e.db1 = k.b1 ? db1.p : nullptr;
+  e.dw2 = k.two_layer ? dw2.p : nullptr, e.db2 = k.two_layer && k.b2 ? db2.p : nullptr;
+  const long wsn = se_excite_backward_workspace(e);
+  Buf<A> ws(wsn);
+  ws.fill_bytes(0xff);
+  e.partials = ws.p;
+  for (auto* b : {&g, &a_out, &b_out}) b->fill_bytes(0xff);
+  for (auto* b : {&dw1, &db1, &dw2, &db2}) b->fill_bytes(0xff);
+  bool ok = true;
+  if (wsn != N * C + (k.two_layer ? N * R : 0) + (k.two_layer ? long(se_excite_partials(e)) : 0))
+    std::printf("  se_excite_backward_workspace %ld is not dz + dh + fc1's partials\n", wsn), ok = false;
+  if (se_excite_backward(e, nullptr) != cudaSuccess || cudaGetLastError() != cudaSuccess)
+    std::printf("  se_excite_backward failed\n"), ok = false;
+  const A* dz = ws.p;
+  const A* dh = ws.p + N * C;
+  const std::string tn = Ty<T>::name;
+  Check cg(tn + " se_excite_bwd.g"), cdz(tn + " se_excite_bwd.dz"), cdh(tn + " se_excite_bwd.dhidden"),
+      ca(tn + " se_excite_bwd.a"), cb(tn + " se_excite_bwd.b"), cw1(tn + " se_excite_bwd.dw1"), cb1(tn + " se_excite_bwd.db1"),
+      cw2(tn + " se_excite_bwd.dw2"), cb2(tn + " se_excite_bwd.db2");
+  // The gradients of the first layer's outputs: dL/dhidden (two layers) or dz (effective SE).
+  const A* dfirst = k.two_layer ? dh : dz;
+  for (long n = 0; n < N; ++n) {
+    for (long c = 0; c < C; ++c) {
+      const double z = logits[n * C + c], gv = ref_gate(k.gate, z), sv = s[n * C + c];
+      cg.near(at2(n, c), g[n * C + c], gv, 8 * u + 1e-300);
+      const double want = k.gate == 0 ? sv * (1 - gv) * gv : (z > -3 && z < 3 ? sv / 6 : 0);
+      cdz.near(at2(n, c), dz[n * C + c], want, 16 * u * std::fabs(sv) + 1e-300);
+    }
+    if (k.two_layer) {
+      for (long r = 0; r < R; ++r) {
+        double a = 0, m = 0;
+        for (long c = 0; c < C; ++c) a += d(w2[c * R + r]) * dz[n * C + c], m += std::fabs(d(w2[c * R + r]) * dz[n * C + c]);
+        const double want = ref_act_bwd(k.act, a, hidden[n * R + r]);
+        cdh.near(at2(n, r), dh[n * R + r], want, 6 * u * (C + 8) * m + 32 * u * std::fabs(a) + 1e-300);
+      }
+    }
+    for (long c = 0; c < C; ++c) {
+      double a = 0, m = 0;
+      for (long r = 0; r < R; ++r) a += d(w1[r * C + c]) * dfirst[n * R + r], m += std::fabs(d(w1[r * C + c]) * dfirst[n * R + r]);
+      // dL/dpooled, spread: a = dp·(½ or 1)/HW, b = dp·½/cnt (each one rounding more).
+      const double tol = 4 * u * (R + 8) * m + 1e-300;
+      const double as = (with_max ? 0.5 : 1.0) / HW;
+      ca.near(at2(n, c), a_out[n * C + c], a * as, tol * as + 2 * u * std::fabs(a * as));
+      if (with_max) {
+        const double bs = 0.5 / double(cnt[n * C + c]);
+        cb.near(at2(n, c), b_out[n * C + c], a * bs, tol * bs + 2 * u * std::fabs(a * bs));
+      }
+    }
+  }
+  // A weight gradient: the sum over n in the accumulation type, then rounded to T.
+  auto grad_near = [&](Check& ch, const std::string& where, T got, double want, double mag) {
+    ch.near(where, d(got), want, 4 * u * (N + 8) * mag + Ty<T>::ulp(want) + 1e-300);
+  };
+  for (long r = 0; r < R; ++r) {
+    double bsum = 0, bmag = 0;
+    for (long n = 0; n < N; ++n) bsum += dfirst[n * R + r], bmag += std::fabs(dfirst[n * R + r]);
+    if (k.b1) grad_near(cb1, at2(r, 0), db1[r], bsum, bmag);
+    for (long c = 0; c < C; ++c) {
+      double a = 0, m = 0;
+      for (long n = 0; n < N; ++n) a += dfirst[n * R + r] * double(pooled[n * C + c]), m += std::fabs(dfirst[n * R + r] * double(pooled[n * C + c]));
+      grad_near(cw1, at2(r, c), dw1[r * C + c], a, m);
+    }
+  }
+  if (k.two_layer) {
+    for (long c = 0; c < C; ++c) {
+      double bsum = 0, bmag = 0;
+      for (long n = 0; n < N; ++n) bsum += dz[n * C + c], bmag += std::fabs(dz[n * C + c]);
+      if (k.b2) grad_near(cb2, at2(c, 0), db2[c], bsum, bmag);
+      for (long r = 0; r < R; ++r) {
+        double a = 0, m = 0;
+        for (long n = 0; n < N; ++n) {
+          const double h = hidden[n * R + r], act = ref_act(k.act, h);
+          a += dz[n * C + c] * act;
+          m += std::fabs(dz[n * C + c]) * (std::fabs(act) + 2 * std::fabs(h));  // the act's own float error
+        }
+        grad_near(cw2, at2(c, r), dw2[c * R + r], a, m);
+      }
+    }
+  }
+  // What the kernels must not write: the absent biases stay poisoned.
+  auto untouched = [&](Buf<T>& b, bool absent, const char* name) {
+    if (!absent) return;
+    const unsigned char* raw = reinterpret_cast<const unsigned char*>(b.p);
+    for (size_t i = 0; i < b.n * sizeof(T); ++i)
+      if (raw[i] != 0xff) { std::printf("  %s written without that bias\n", name), ok = false; return; }
+  };
+  untouched(db1, !k.b1, "db1");
+  untouched(db2, !(k.two_layer && k.b2), "db2");
+  ok &= cg.done() & cdz.done() & cdh.done() & ca.done() & cb.done() & cw1.done() & cb1.done() & cw2.done() & cb2.done();
+  return ok;
+}
+
 bool excite_any(DType dt, const SeExciteCase& k, std::mt19937_64& rng) {
   return run_typed(dt, [&](auto tag) { return run_excite<decltype(tag)>(k, rng); });
+}
+bool excite_bwd_any(DType dt, const SeExciteCase& k, std::mt19937_64& rng) {
+  return run_typed(dt, [&](auto tag) { return run_excite_bwd<decltype(tag)>(k, rng); });
 }
 
 }  // namespace
@@ -125,12 +269,20 @@ void run_se_excite_suite(bool quick) {
         if (quick && idx % 3 != 0) continue;
         const bool two = idx % 5 != 0;
         const SeExciteCase k{Ns[idx % 5], C, rd, two, idx % 2 == 0, idx % 3 != 1, static_cast<int>(idx % 5),
-                             static_cast<int>((idx / 2) % 2), sms[idx % 3], static_cast<int>(idx % 3)};
+                             static_cast<int>((idx / 2) % 2), sms[idx % 3], static_cast<int>(idx % 3),
+                             static_cast<int>((idx / 3) % 2)};
         run_case("se_excite", dt, k, [&] { return excite_any(dt, k, rng); });
+        run_case("se_excite_bwd", dt, k, [&] { return excite_bwd_any(dt, k, rng); });
       }
+  // The backward without samples: zero weight gradients.
   for (DType dt : dts)
-    for (const SeExciteCase& k : {SeExciteCase{33, 2048, 128, true, true, true, 0, 0, 132, 0},   // the ResNet-50 site's widths
-                                  SeExciteCase{3, 520, 520, false, true, false, 4, 1, 4, 1},     // effective SE, C past 512
+    for (const SeExciteCase& k : {SeExciteCase{0, 70, 5, true, true, true, 2, 0, 132, 0, 1},
+                                  SeExciteCase{0, 40, 40, false, true, false, 0, 1, 4, 0}})
+      run_case("se_excite_bwd", dt, k, [&] { return excite_bwd_any(dt, k, rng); });
+  for (DType dt : dts)
+    for (const SeExciteCase& k : {SeExciteCase{33, 2048, 128, true, true, true, 0, 0, 132, 0, 1},   // the ResNet-50 site's widths
+                                  SeExciteCase{3, 520, 520, false, true, false, 4, 1, 4, 1, 1},   // effective SE, C past 512
                                   SeExciteCase{70, 96, 8, true, false, true, 1, 0, 132, 2}})
-      run_case("se_excite", dt, k, [&] { return excite_any(dt, k, rng); });
+      run_case("se_excite", dt, k, [&] { return excite_any(dt, k, rng); }),
+          run_case("se_excite_bwd", dt, k, [&] { return excite_bwd_any(dt, k, rng); });
 }

@@ -299,6 +299,34 @@ def test_se_two_phase_forward_launches(dt, effective, monkeypatch):
     assert (ours, aten) == (len(passes), 0), ops
 
 
+@pytest.mark.parametrize("effective", [False, True])
+@pytest.mark.parametrize("dt", ["bf16", "f64"])
+def test_se_two_phase_backward_launches(dt, effective, monkeypatch):
+    """The two-phase SE backward: Σ dy·x, the excitation's backward (the
+    first layer's dz times W2ᵀ split over C, then through the activation's
+    derivative times W1ᵀ; effective SE's one layer), both weight gradients
+    in one launch, dx: five launches (four), and no ATen op that would be a
+    kernel (it was 14 with cuBLAS GEMMs and elementwise ops). Its results
+    against the CPU backend's, with and without the biases."""
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase")
+    v = SEVariant(effective=True) if effective else SEVariant()
+    x, w1, b1, w2, b2 = se_sample((2, 64, 7, 7), DTYPES[dt], torch.contiguous_format, v)
+    kw = (v.act, v.gate, v.pool)
+    out = EMU.se_forward(x, w1, b1, w2, b2, *kw)
+    cpu = CPU.se_forward(x, w1, b1, w2, b2, *kw)
+    dy = grad_like(cpu[0])
+    for flags in [(True, True), (False, False)]:
+        fn = lambda: EMU.se_backward(dy, x, w1, w2, *out[1:], *kw, *flags)  # noqa: E731
+        EMU.trace()
+        got = fn()
+        passes = [k.split("<")[0] for k in EMU.trace()]
+        linear = ["se_linear_kernel"] * (1 if effective else 2)
+        assert passes == ["reduce_rows_kernel", *linear, "se_wgrad_kernel", "apply_kernel"], passes
+        ours, aten, ops = launch_count.count(fn)
+        assert (ours, aten) == (len(passes), 0), ops
+        check_outputs(got, CPU.se_backward(dy, x, w1, w2, *cpu[1:], *kw, *flags), DTYPES[dt], grad=True)
+
+
 @pytest.mark.parametrize("fmt", ["nchw", "cl"])
 @pytest.mark.parametrize("dt", ["bf16", "f64"])
 def test_eca_two_phase_launches(dt, fmt, monkeypatch):
