@@ -9,7 +9,9 @@
 //   backward  3 passes, 7|x|: Σ_c dy·x1 (read dy, x), Σ_hw dx1·x (read dy,
 //             x), dx (read dy, x, write dx)
 //
-// The MLP runs once per batch as GEMMs (cuBLAS through ATen); the spatial
+// The MLP runs once per batch: forward as two launches of SE's linear kernel
+// (cbam_mlp_forward, se_kernels.cuh), backward as GEMMs (cuBLAS through
+// ATen); the spatial
 // gate on the [N, H·W] maps is our own kernels: the forward's (the k×k
 // convolution, the BatchNorm's batch statistics in double, the gate) two
 // launches (cbam_spatial_gate), the backward's (the gate and BatchNorm
@@ -149,11 +151,34 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
   maybe_poison(pooled);
   at::Tensor pmean = pooled[0], pmax = pooled[1];
   pool_pass(geo, pmean, pmax, /*plain_mean=*/true);
-  const SeWeights w = se_weights(w1, b1, w2, b2, acc);
-  at::Tensor logits = mlp_logits(activation(act, fc(mlp_input(pooled, light), w.w1, w.b1)), *w.w2, w.b2, light);
-  at::Tensor g = light ? at::sigmoid(logits) : gate_forward(gate, logits);
-  logits = logits.contiguous();
-  g = g.contiguous();
+  at::Tensor logits, g;
+  if (w1.size(0) > 0) {
+    // The logits in two launches of ours (cbam_mlp_forward); no hidden units keeps the ATen ops.
+    const SePass pass = pass_of<SePass>(geo);  // the dtype and the device's multiprocessors
+    SeExcite e;
+    e.dtype = pass.dtype;
+    e.sm_count = pass.sm_count;
+    e.N = N, e.C = C, e.rd = w1.size(0);
+    e.act = static_cast<int8_t>(act);
+    e.gate = static_cast<int8_t>(light ? Gate::Sigmoid : gate);  // light CBAM's gate is a sigmoid
+    const at::Tensor w1c = w1.contiguous(), w2c = w2.contiguous();
+    const at::Tensor b1c = b1 ? b1->contiguous() : at::Tensor(), b2c = b2 ? b2->contiguous() : at::Tensor();
+    e.w1 = w1c.const_data_ptr(), e.b1 = ptr_or_null(b1c), e.w2 = w2c.const_data_ptr(), e.b2 = ptr_or_null(b2c);
+    e.pooled = pooled.const_data_ptr();
+    logits = at::empty({N, C}, aopt);
+    maybe_poison(logits);
+    e.logits = logits.data_ptr();
+    at::Tensor workspace = at::empty({cbam_mlp_partials(e, light)}, aopt);
+    e.partials = ptr_or_null(workspace);
+    C10_CUDA_CHECK(cbam_mlp_forward(e, light, stream()));
+  } else {
+    const SeWeights w = se_weights(w1, b1, w2, b2, acc);
+    logits = mlp_logits(activation(act, fc(mlp_input(pooled, light), w.w1, w.b1)), *w.w2, w.b2, light).contiguous();
+  }
+  // The gate by the same ATen op as the backward's: the channel max of
+  // x1 = x·g is saved, and the backward finds its ties by recomputing x·g, so
+  // both must have g's very bits (the kernel's own sigmoid may round otherwise).
+  g = (light ? at::sigmoid(logits) : gate_forward(gate, logits)).contiguous();
 
   // The spatial gate: channel mean and max of x1, the conv, the BatchNorm.
   at::Tensor smap = at::empty({2, N, HW}, aopt);

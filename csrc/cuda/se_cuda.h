@@ -121,6 +121,15 @@ struct SeExcite {
 
 int64_t se_excite_partials(const SeExcite& p);
 cudaError_t se_excite_forward(const SeExcite& p, cudaStream_t stream);
+// CBAM's channel MLP (cbam_cuda.cpp's two-phase forward) on the same kernel:
+// pooled is the two pools' rows [2, N, C] (the spatial means, then the
+// maxima); fc1 runs on all 2N rows (light: on ½mean + ½max), fc2 on the sum
+// of each sample's two activated hidden rows (the MLP is linear after the
+// activation) with its bias once per pool, then the gate: logits and g. Two
+// launches where cuBLAS and ATen took five or six. hidden is not written,
+// nor g when it is null.
+int64_t cbam_mlp_partials(const SeExcite& p, bool light);
+cudaError_t cbam_mlp_forward(const SeExcite& p, bool light, cudaStream_t stream);
 // The backward (se_backward.cu) as kernels of ours too, in place of cuBLAS
 // GEMMs and ATen's elementwise ops: the first layer's backward (dz from s and
 // the gate, times W2ᵀ, split over C), the second (through the activation's

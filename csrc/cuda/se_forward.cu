@@ -1,6 +1,6 @@
 // SE forward passes on CUDA: pooling (se_pool) and the rescale (se_scale);
-// SE's and ECA's excitations on the pooled rows (se_excite_forward,
-// eca_excite_forward).
+// SE's, CBAM's and ECA's excitations on the pooled rows (se_excite_forward,
+// cbam_mlp_forward, eca_excite_forward).
 #include "se_kernels.cuh"
 
 namespace fused_attn::cuda {
@@ -36,6 +36,15 @@ int64_t se_excite_partials(const SeExcite& p) {
 
 cudaError_t se_excite_forward(const SeExcite& p, cudaStream_t stream) {
   return dispatch_dtype(p.dtype, [&](auto tag) { return launch_se_excite<decltype(tag)>(p, stream); });
+}
+
+int64_t cbam_mlp_partials(const SeExcite& p, bool light) {
+  const SeExcite rows = cbam_mlp_rows(p, light);
+  return p.C > 0 ? se_fc1_splits(rows) * rows.N * p.rd : 0;
+}
+
+cudaError_t cbam_mlp_forward(const SeExcite& p, bool light, cudaStream_t stream) {
+  return dispatch_dtype(p.dtype, [&](auto tag) { return launch_cbam_mlp<decltype(tag)>(p, light, stream); });
 }
 
 cudaError_t eca_excite_forward(const EcaExcite& p, cudaStream_t stream) {

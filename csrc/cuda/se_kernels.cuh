@@ -372,9 +372,10 @@ constexpr int kLinMaxSplits = 16;
 // What the layer's input rows are. The blocks of the first output tile
 // (blockIdx.x == 0) also save what they stage: each (n, k) exactly once.
 enum class LinIn {
-  Rows,         // in [N, K] as it is
+  Rows,         // in [N, K] as it is; with pair (light CBAM), ½·in[n] + ½·in[N + n] of in [2N, K]
   PartsAct,     // forward fc2: h = the in_splits partials [in_splits, N, K] summed in order + in_bias,
-                // saved (pre-activation) to save, and act(h)
+                // saved (pre-activation) to save, and act(h); with pair (CBAM), the partials hold
+                // 2N rows and the input is act(h[n]) + act(h[N + n]) (the two pools' hidden rows)
   GateGrad,     // backward, first layer: dz = gate'(z)·s with s = in, z = in2 ([N, K] each), the gate
                 // g = gate(z) saved to save2 and dz to save
   PartsActGrad  // backward fc1: the partials summed in order, through act's derivative at h = in2: dL/dh,
@@ -399,7 +400,9 @@ struct SeLinear {
   void* save2 = nullptr;
   int8_t act = 0;
   int8_t gate = 0;                 // LinOut::Gate's, or LinIn::GateGrad's
+  bool pair = false;               // CBAM's two pools (LinIn::Rows, LinIn::PartsAct)
   const void* bias = nullptr;      // [J], x's dtype, or null
+  double bias_scale = 1;           // LinOut::Gate: z = sum + bias_scale·bias (CBAM: fc2's bias once per pool)
   void* z_out = nullptr;
   void* g_out = nullptr;
   void* part_out = nullptr;
@@ -442,18 +445,28 @@ __global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q
         if (n < N && k < ke) {
           const int64_t at = n * K + k;
           if constexpr (IN == LinIn::Rows) {
-            v = in[at];
+            v = q.pair ? in[at] * A(0.5) + in[N * K + at] * A(0.5) : in[at];
           } else if constexpr (IN == LinIn::GateGrad) {
             const A z = in2[at], g = gate_fwd(q.gate, z);
             v = gate_bwd(q.gate, in[at], z, g);
             if (saves) static_cast<A*>(q.save)[at] = v, static_cast<A*>(q.save2)[at] = g;
           } else {
-            A h = in[at];
-            for (int64_t sp = 1; sp < q.in_splits; ++sp) h += in[(sp * N + n) * K + k];
+            const int64_t rows = q.pair ? 2 * N : N;
+            auto row_sum = [&](int64_t row) {
+              A h = in[row * K + k];
+              for (int64_t sp = 1; sp < q.in_splits; ++sp) h += in[(sp * rows + row) * K + k];
+              return h;
+            };
+            A h = row_sum(n);
             if constexpr (IN == LinIn::PartsAct) {
               if (q.in_bias != nullptr) h += to_acc(static_cast<const T*>(q.in_bias)[k]);
               if (saves) static_cast<A*>(q.save)[at] = h;
               v = act_fwd(q.act, h);
+              if (q.pair) {
+                A h2 = row_sum(N + n);
+                if (q.in_bias != nullptr) h2 += to_acc(static_cast<const T*>(q.in_bias)[k]);
+                v += act_fwd(q.act, h2);
+              }
             } else {
               v = act_bwd(q.act, h, in2[at]);
               if (saves) static_cast<A*>(q.save)[at] = v;
@@ -478,9 +491,9 @@ __global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q
         const int64_t n = n0 + ng * kLinPerThread + m;
         if (n >= N) continue;
         if constexpr (OUT == LinOut::Gate) {
-          const A z = acc[m] + (q.bias != nullptr ? to_acc(static_cast<const T*>(q.bias)[j]) : A(0));
+          const A z = acc[m] + (q.bias != nullptr ? static_cast<A>(q.bias_scale) * to_acc(static_cast<const T*>(q.bias)[j]) : A(0));
           static_cast<A*>(q.z_out)[n * J + j] = z;
-          static_cast<A*>(q.g_out)[n * J + j] = gate_fwd(q.gate, z);
+          if (q.g_out != nullptr) static_cast<A*>(q.g_out)[n * J + j] = gate_fwd(q.gate, z);
         } else if constexpr (OUT == LinOut::Spread) {
           static_cast<A*>(q.z_out)[n * J + j] = acc[m] * static_cast<A>(q.a_scale);
           if (q.cnt != nullptr)
@@ -887,6 +900,39 @@ cudaError_t launch_se_excite(const SeExcite& p, cudaStream_t stream) {
   fc2.w = p.w2;
   fc2.in = p.partials, fc2.in_splits = splits, fc2.in_bias = p.b1, fc2.save = p.hidden, fc2.act = p.act;
   fc2.bias = p.b2, fc2.z_out = p.logits, fc2.g_out = p.g, fc2.gate = p.gate;
+  launch_linear<T, LinIn::PartsAct, LinOut::Gate, false>(fc2, 1, stream);
+  return cudaGetLastError();
+}
+
+// CBAM's channel MLP: fc1 on both pools' rows [2N, C] (light: on ½mean + ½max,
+// N rows), split over C; fc2 on the sum of the two rows' activations (light:
+// the one row's), fc2's bias once per pool, the gate.
+inline SeExcite cbam_mlp_rows(const SeExcite& p, bool light) {
+  SeExcite rows = p;
+  if (!light) rows.N = 2 * p.N;
+  return rows;
+}
+
+template <typename T>
+cudaError_t launch_cbam_mlp(const SeExcite& p, bool light, cudaStream_t stream) {
+  if (!se_excite_valid(p) || !p.two_layer || p.N >= (int64_t{1} << 62)) return cudaErrorInvalidValue;
+  if (p.N == 0) return cudaSuccess;
+  if (p.C == 0 || p.rd == 0) return cudaErrorInvalidValue;  // the glue keeps the ATen ops for these
+  const SeExcite rows = cbam_mlp_rows(p, light);
+  SeLinear fc1;
+  fc1.N = rows.N, fc1.J = p.rd, fc1.K = p.C;
+  fc1.w = p.w1;
+  fc1.in = p.pooled, fc1.pair = light;
+  fc1.k_per_split = se_fc1_k_per_split(rows);
+  const int64_t splits = se_fc1_splits(rows);
+  fc1.part_out = p.partials;
+  launch_linear<T, LinIn::Rows, LinOut::Parts, false>(fc1, splits, stream);
+  SeLinear fc2;
+  fc2.N = p.N, fc2.J = p.C, fc2.K = p.rd;
+  fc2.k_per_split = ceil_div(p.rd, kLinK) * kLinK;
+  fc2.w = p.w2;
+  fc2.in = p.partials, fc2.in_splits = splits, fc2.in_bias = p.b1, fc2.act = p.act, fc2.pair = !light;
+  fc2.bias = p.b2, fc2.bias_scale = light ? 1 : 2, fc2.z_out = p.logits, fc2.g_out = p.g, fc2.gate = p.gate;
   launch_linear<T, LinIn::PartsAct, LinOut::Gate, false>(fc2, 1, stream);
   return cudaGetLastError();
 }

@@ -243,8 +243,77 @@ bool run_excite_bwd(const SeExciteCase& k, std::mt19937_64& rng) {
   return ok;
 }
 
+// CBAM's channel MLP (cbam_mlp_forward): pooled [2, N, C], fc1 on both rows
+// (light: on ½mean + ½max), fc2 on the sum of the activations with its bias
+// once per pool, the gate. hidden is not an output, so the logits are checked
+// against the exact double MLP, the tolerance carrying fc1's float error
+// through the activation's slope (at most 1.5) and fc2.
+template <class T>
+bool run_cbam_mlp(const SeExciteCase& k, bool light, std::mt19937_64& rng) {
+  using A = typename Ty<T>::A;
+  const long N = k.N, C = k.C, R = k.rd, P = light ? 1 : 2;
+  const double u = std::is_same<A, double>::value ? 1.2e-16 : 6.0e-8;
+  std::uniform_real_distribution<double> U(-1, 1), W(-0.5, 0.5);
+  Buf<T> w1(R * C), b1(R), w2(C * R), b2(C);
+  Buf<A> pooled(2 * N * C), logits(N * C), g(N * C);
+  for (size_t i = 0; i < w1.n; ++i) w1[i] = Ty<T>::from_d(W(rng));
+  for (size_t i = 0; i < w2.n; ++i) w2[i] = Ty<T>::from_d(W(rng));
+  for (long i = 0; i < R; ++i) b1[i] = Ty<T>::from_d(U(rng));
+  for (long i = 0; i < C; ++i) b2[i] = Ty<T>::from_d(U(rng));
+  for (size_t i = 0; i < pooled.n; ++i) pooled[i] = static_cast<A>(2 * U(rng));
+  auto d = [](T v) { return Ty<T>::to_d(v); };
+  SeExcite e;
+  e.dtype = Ty<T>::dt;
+  e.N = N, e.C = C, e.rd = R;
+  e.act = static_cast<int8_t>(k.act), e.gate = static_cast<int8_t>(light ? 0 : k.gate);
+  e.sm_count = k.sm;
+  e.w1 = w1.p, e.b1 = k.b1 ? b1.p : nullptr, e.w2 = w2.p, e.b2 = k.b2 ? b2.p : nullptr;
+  e.pooled = pooled.p;
+  e.logits = logits.p, e.g = g.p;
+  const long parts = cbam_mlp_partials(e, light);
+  Buf<A> ws(parts);
+  ws.fill_bytes(0xff);
+  e.partials = parts ? ws.p : nullptr;
+  logits.fill_bytes(0xff), g.fill_bytes(0xff);
+  bool ok = true;
+  if (cbam_mlp_forward(e, light, nullptr) != cudaSuccess || cudaGetLastError() != cudaSuccess)
+    std::printf("  cbam_mlp_forward failed\n"), ok = false;
+  const std::string tn = Ty<T>::name;
+  Check cz(tn + (light ? " cbam_mlp(light).logits" : " cbam_mlp.logits")), cg(tn + " cbam_mlp.g");
+  for (long n = 0; n < N; ++n) {
+    std::vector<double> hsum(R, 0.0), herr(R, 0.0);  // Σ over the pools of act(fc1(row)), and its float error bound
+    for (long r = 0; r < R; ++r)
+      for (long q = 0; q < P; ++q) {
+        double h = k.b1 ? d(b1[r]) : 0, m = std::fabs(h);
+        for (long c = 0; c < C; ++c) {
+          const double v = light ? 0.5 * double(pooled[n * C + c]) + 0.5 * double(pooled[(N + n) * C + c])
+                                 : double(pooled[(q * N + n) * C + c]);
+          h += d(w1[r * C + c]) * v, m += std::fabs(d(w1[r * C + c]) * v);
+        }
+        const double a = ref_act(k.act, h);
+        hsum[r] += a;
+        herr[r] += 1.5 * 4 * u * (C + 8) * m + 8 * u * (std::fabs(a) + std::fabs(h));
+      }
+    for (long c = 0; c < C; ++c) {
+      double z = k.b2 ? P * d(b2[c]) : 0, m = std::fabs(z), err = 0;
+      for (long r = 0; r < R; ++r) {
+        z += d(w2[c * R + r]) * hsum[r];
+        m += std::fabs(d(w2[c * R + r]) * hsum[r]) + std::fabs(d(w2[c * R + r])) * herr[r];
+        err += std::fabs(d(w2[c * R + r])) * herr[r];
+      }
+      cz.near(at2(n, c), logits[n * C + c], z, err + 4 * u * (R + 8) * m + 1e-300);
+      cg.near(at2(n, c), g[n * C + c], ref_gate(light ? 0 : k.gate, double(logits[n * C + c])), 8 * u + 1e-300);
+    }
+  }
+  ok &= cz.done() & cg.done();
+  return ok;
+}
+
 bool excite_any(DType dt, const SeExciteCase& k, std::mt19937_64& rng) {
   return run_typed(dt, [&](auto tag) { return run_excite<decltype(tag)>(k, rng); });
+}
+bool cbam_mlp_any(DType dt, const SeExciteCase& k, bool light, std::mt19937_64& rng) {
+  return run_typed(dt, [&](auto tag) { return run_cbam_mlp<decltype(tag)>(k, light, rng); });
 }
 bool excite_bwd_any(DType dt, const SeExciteCase& k, std::mt19937_64& rng) {
   return run_typed(dt, [&](auto tag) { return run_excite_bwd<decltype(tag)>(k, rng); });
@@ -273,6 +342,7 @@ void run_se_excite_suite(bool quick) {
                              static_cast<int>((idx / 3) % 2)};
         run_case("se_excite", dt, k, [&] { return excite_any(dt, k, rng); });
         run_case("se_excite_bwd", dt, k, [&] { return excite_bwd_any(dt, k, rng); });
+        if (two) run_case("cbam_mlp", dt, k, [&] { return cbam_mlp_any(dt, k, idx % 4 == 0, rng); });
       }
   // The backward without samples: zero weight gradients.
   for (DType dt : dts)
@@ -285,4 +355,10 @@ void run_se_excite_suite(bool quick) {
                                   SeExciteCase{70, 96, 8, true, false, true, 1, 0, 132, 2}})
       run_case("se_excite", dt, k, [&] { return excite_any(dt, k, rng); }),
           run_case("se_excite_bwd", dt, k, [&] { return excite_bwd_any(dt, k, rng); });
+  // CBAM at the ResNet-50 site's widths (reduction 16), both kinds.
+  for (DType dt : dts)
+    for (bool light : {false, true}) {
+      const SeExciteCase k{33, 2048, 128, true, light, !light, 0, 0, 132, 0};
+      run_case("cbam_mlp", dt, k, [&] { return cbam_mlp_any(dt, k, light, rng); });
+    }
 }

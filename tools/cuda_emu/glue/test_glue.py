@@ -394,17 +394,23 @@ def test_se_without_hidden_units(path, monkeypatch):
 
 
 @pytest.mark.parametrize("fmt", ["nchw", "cl"])
-def test_cbam_launches(fmt):
-    """Forward: the spatial pool, the channel pool of x1, the spatial gate's two
-    kernels, the rescale; backward: two reductions, the spatial gate's four,
-    dx (a reduction may add its segments' combine)."""
-    variant = CBAMVariant(train=True)
+@pytest.mark.parametrize("light", [False, True])
+def test_cbam_launches(fmt, light):
+    """Forward: the spatial pool, the channel MLP's logits (fc1 on both pools'
+    rows, fc2: two launches of SE's linear kernel, no GEMM), the gate (the one
+    ATen op: the backward recomputes it), the channel pool of x1, the spatial gate's two kernels, the
+    rescale; backward: two reductions, the spatial gate's four, dx (a
+    reduction may add its segments' combine)."""
+    variant = CBAMVariant(train=True, light=light)
     args = _op_args(variant, torch.float32, (2, 16, 6, 7), FORMATS[fmt])
     EMU.trace()
     out = EMU.cbam_forward(*args)
     names = [k.split("<")[0] for k in EMU.trace() if not k.startswith("combine")]
-    assert names[2:] == ["spatial_conv_kernel", "spatial_gate_kernel", "apply_kernel"], names
-    assert all(n.startswith("reduce_") for n in names[:2]), names
+    assert names[1:3] == ["se_linear_kernel"] * 2, names
+    assert names[4:] == ["spatial_conv_kernel", "spatial_gate_kernel", "apply_kernel"], names
+    assert names[0].startswith("reduce_") and names[3].startswith("reduce_"), names
+    ours, aten, ops = launch_count.count(lambda: EMU.cbam_forward(*args))
+    assert ops == {"aten::sigmoid": 1}, ops  # the gate, as the backward computes it (cbam_cuda.cpp)
     EMU.cbam_backward(*cbam_backward_args(args, out, grad_like(out[0]), variant))
     names = [k.split("<")[0] for k in EMU.trace() if not k.startswith("combine")]
     assert len(names) == 7 and names[0].startswith("reduce_") and names[5].startswith("reduce_"), names
