@@ -875,54 +875,26 @@ void launch_linear(const SeLinear& q, int64_t splits, cudaStream_t stream) {
   se_linear_kernel<T, IN, OUT, WT><<<grid, kLinThreads, 0, stream>>>(q);
 }
 
-template <typename T>
-cudaError_t launch_se_excite(const SeExcite& p, cudaStream_t stream) {
-  if (!se_excite_valid(p)) return cudaErrorInvalidValue;
-  if (p.N == 0) return cudaSuccess;
-  if (p.C == 0 || p.rd == 0) return cudaErrorInvalidValue;  // the glue keeps the ATen ops for these
-  SeLinear fc1;
-  fc1.N = p.N, fc1.J = p.rd, fc1.K = p.C;
-  fc1.w = p.w1;
-  fc1.in = p.pooled;
-  if (!p.two_layer) {  // effective SE: one layer, ending with the gate
-    fc1.k_per_split = ceil_div(p.C, kLinK) * kLinK;
-    fc1.bias = p.b1, fc1.z_out = p.logits, fc1.g_out = p.g, fc1.gate = p.gate;
-    launch_linear<T, LinIn::Rows, LinOut::Gate, false>(fc1, 1, stream);
-    return cudaGetLastError();
-  }
-  fc1.k_per_split = se_fc1_k_per_split(p);
-  const int64_t splits = se_fc1_splits(p);
-  fc1.part_out = p.partials;
-  launch_linear<T, LinIn::Rows, LinOut::Parts, false>(fc1, splits, stream);
-  SeLinear fc2;
-  fc2.N = p.N, fc2.J = p.C, fc2.K = p.rd;
-  fc2.k_per_split = ceil_div(p.rd, kLinK) * kLinK;
-  fc2.w = p.w2;
-  fc2.in = p.partials, fc2.in_splits = splits, fc2.in_bias = p.b1, fc2.save = p.hidden, fc2.act = p.act;
-  fc2.bias = p.b2, fc2.z_out = p.logits, fc2.g_out = p.g, fc2.gate = p.gate;
-  launch_linear<T, LinIn::PartsAct, LinOut::Gate, false>(fc2, 1, stream);
-  return cudaGetLastError();
-}
-
-// CBAM's channel MLP: fc1 on both pools' rows [2N, C] (light: on ½mean + ½max,
-// N rows), split over C; fc2 on the sum of the two rows' activations (light:
-// the one row's), fc2's bias once per pool, the gate.
+// CBAM's channel MLP runs on the same two layers: fc1 on both pools' rows
+// [2N, C] (light: on ½mean + ½max, N rows), split over C; fc2 on the sum of
+// the two rows' activations (light: the one row's), fc2's bias once per pool.
 inline SeExcite cbam_mlp_rows(const SeExcite& p, bool light) {
   SeExcite rows = p;
   if (!light) rows.N = 2 * p.N;
   return rows;
 }
 
+// fc1 on the `rows` of p.pooled split over C into partials, then fc2, which
+// sums them with fc1's bias, saves hidden (when p.hidden is set), applies the
+// activation, fc2's bias (times bias_scale) and the gate. SE: rows = p;
+// CBAM as cbam_mlp_rows says, with the pairs of rows as LinIn says.
 template <typename T>
-cudaError_t launch_cbam_mlp(const SeExcite& p, bool light, cudaStream_t stream) {
-  if (!se_excite_valid(p) || !p.two_layer || p.N >= (int64_t{1} << 62)) return cudaErrorInvalidValue;
-  if (p.N == 0) return cudaSuccess;
-  if (p.C == 0 || p.rd == 0) return cudaErrorInvalidValue;  // the glue keeps the ATen ops for these
-  const SeExcite rows = cbam_mlp_rows(p, light);
+void launch_two_layers(const SeExcite& p, const SeExcite& rows, bool fc1_pair, bool fc2_pair, double bias_scale,
+                       cudaStream_t stream) {
   SeLinear fc1;
   fc1.N = rows.N, fc1.J = p.rd, fc1.K = p.C;
   fc1.w = p.w1;
-  fc1.in = p.pooled, fc1.pair = light;
+  fc1.in = p.pooled, fc1.pair = fc1_pair;
   fc1.k_per_split = se_fc1_k_per_split(rows);
   const int64_t splits = se_fc1_splits(rows);
   fc1.part_out = p.partials;
@@ -931,9 +903,37 @@ cudaError_t launch_cbam_mlp(const SeExcite& p, bool light, cudaStream_t stream) 
   fc2.N = p.N, fc2.J = p.C, fc2.K = p.rd;
   fc2.k_per_split = ceil_div(p.rd, kLinK) * kLinK;
   fc2.w = p.w2;
-  fc2.in = p.partials, fc2.in_splits = splits, fc2.in_bias = p.b1, fc2.act = p.act, fc2.pair = !light;
-  fc2.bias = p.b2, fc2.bias_scale = light ? 1 : 2, fc2.z_out = p.logits, fc2.g_out = p.g, fc2.gate = p.gate;
+  fc2.in = p.partials, fc2.in_splits = splits, fc2.in_bias = p.b1, fc2.save = p.hidden, fc2.act = p.act;
+  fc2.pair = fc2_pair;
+  fc2.bias = p.b2, fc2.bias_scale = bias_scale, fc2.z_out = p.logits, fc2.g_out = p.g, fc2.gate = p.gate;
   launch_linear<T, LinIn::PartsAct, LinOut::Gate, false>(fc2, 1, stream);
+}
+
+template <typename T>
+cudaError_t launch_se_excite(const SeExcite& p, cudaStream_t stream) {
+  if (!se_excite_valid(p)) return cudaErrorInvalidValue;
+  if (p.N == 0) return cudaSuccess;
+  if (p.C == 0 || p.rd == 0) return cudaErrorInvalidValue;  // the glue keeps the ATen ops for these
+  if (!p.two_layer) {  // effective SE: one layer, ending with the gate
+    SeLinear fc1;
+    fc1.N = p.N, fc1.J = p.rd, fc1.K = p.C;
+    fc1.w = p.w1;
+    fc1.in = p.pooled;
+    fc1.k_per_split = ceil_div(p.C, kLinK) * kLinK;
+    fc1.bias = p.b1, fc1.z_out = p.logits, fc1.g_out = p.g, fc1.gate = p.gate;
+    launch_linear<T, LinIn::Rows, LinOut::Gate, false>(fc1, 1, stream);
+  } else {
+    launch_two_layers<T>(p, p, false, false, 1, stream);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_cbam_mlp(const SeExcite& p, bool light, cudaStream_t stream) {
+  if (!se_excite_valid(p) || !p.two_layer || p.N >= (int64_t{1} << 62)) return cudaErrorInvalidValue;
+  if (p.N == 0) return cudaSuccess;
+  if (p.C == 0 || p.rd == 0) return cudaErrorInvalidValue;  // the glue keeps the ATen ops for these
+  launch_two_layers<T>(p, cbam_mlp_rows(p, light), light, !light, light ? 1 : 2, stream);
   return cudaGetLastError();
 }
 
