@@ -933,7 +933,9 @@ cudaError_t launch_cbam_mlp(const SeExcite& p, bool light, cudaStream_t stream) 
   if (!se_excite_valid(p) || !p.two_layer || p.N >= (int64_t{1} << 62)) return cudaErrorInvalidValue;
   if (p.N == 0) return cudaSuccess;
   if (p.C == 0 || p.rd == 0) return cudaErrorInvalidValue;  // the glue keeps the ATen ops for these
-  launch_two_layers<T>(p, cbam_mlp_rows(p, light), light, !light, light ? 1 : 2, stream);
+  SeExcite q = p;
+  q.hidden = nullptr;  // fc2 sees one hidden row of the pair's two: nothing to save
+  launch_two_layers<T>(q, cbam_mlp_rows(q, light), light, !light, light ? 1 : 2, stream);
   return cudaGetLastError();
 }
 
