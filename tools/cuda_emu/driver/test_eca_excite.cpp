@@ -103,6 +103,15 @@ bool run_excite(const ExciteCase& k, std::mt19937_64& rng) {
     std::vector<double> dz(N * C);
     for (long i = 0; i < N * C; ++i) dz[i] = ref_gate_grad(k.hard, double(s[i]), double(logits[i]));
     auto DZ = [&](long n, long c) { const long i = wrap(c, C, k.circular); return i < 0 ? 0.0 : dz[n * C + i]; };
+    // The float dz = s·(1 - g)·g carries g's own rounding through 1 - g: an
+    // absolute error of a few u·|s|·g², large against dz itself where g → 1.
+    std::vector<double> dzerr(N * C, 0.0);
+    if (!k.hard)
+      for (long i = 0; i < N * C; ++i) {
+        const double gv = ref_gate(0, double(logits[i]));
+        dzerr[i] = std::fabs(double(s[i])) * gv * gv;
+      }
+    auto DZERR = [&](long n, long c) { const long i = wrap(c, C, k.circular); return i < 0 ? 0.0 : dzerr[n * C + i]; };
     Check cg(tn + " eca_excite_bwd.g"), ca(tn + " eca_excite_bwd.a"), cw(tn + " eca_excite_bwd.dw"),
         cb(tn + " eca_excite_bwd.db");
     std::vector<double> rw(K + 1, 0), mw(K + 1, 0);
@@ -110,11 +119,13 @@ bool run_excite(const ExciteCase& k, std::mt19937_64& rng) {
       for (long c = 0; c < C; ++c) {
         cg.near(at2(n, c), g[n * C + c], ref_gate(k.hard, double(logits[n * C + c])), 8 * u + 1e-300);
         double dp = 0, mag = 0;
-        for (long j = 0; j < K; ++j) dp += wd[j] * DZ(n, c - j + pad), mag += std::fabs(wd[j] * DZ(n, c - j + pad));
+        for (long j = 0; j < K; ++j)
+          dp += wd[j] * DZ(n, c - j + pad), mag += std::fabs(wd[j]) * (std::fabs(DZ(n, c - j + pad)) + DZERR(n, c - j + pad));
         ca.near(at2(n, c), a[n * C + c], dp / k.HW, 8 * u * (K + 2) * mag / k.HW + 1e-300);
         const double d = dz[n * C + c];
-        for (long j = 0; j < K; ++j) rw[j] += P(n, c + j - pad) * d, mw[j] += std::fabs(P(n, c + j - pad) * d);
-        rw[K] += d, mw[K] += std::fabs(d);
+        const double de = dzerr[n * C + c];
+        for (long j = 0; j < K; ++j) rw[j] += P(n, c + j - pad) * d, mw[j] += std::fabs(P(n, c + j - pad)) * (std::fabs(d) + de);
+        rw[K] += d, mw[K] += std::fabs(d) + de;
       }
     const double terms = double(N) * C;
     for (long j = 0; j <= K; ++j) {
