@@ -67,6 +67,56 @@ template <> struct Ty<__nv_bfloat16> {
   static double ulp(double r) { int e; std::frexp(r, &e); return std::ldexp(1.0, std::max(e - 8, -133)); }
 };
 
+// The excitation's activation (FusedAct's order) and gate (FusedGate's), in
+// double in the kernels' form (so NaN and inf go the same way), and their
+// derivatives: the references of the SE / ECA suites.
+inline double ref_act(int act, double h) {
+  switch (act) {
+    case 0: return h <= 0 ? 0.0 : h;
+    case 1: return h / (1 + std::exp(-h));
+    case 2: return 0.5 * h * (1 + std::erf(h * 0.70710678118654752));
+    case 3: return 0.5 * h * (1 + std::tanh(0.79788456080286536 * (h + 0.044715 * h * h * h)));
+    default: return h * std::min(std::max(h + 3, 0.0), 6.0) / 6;
+  }
+}
+// d act / d h, and a magnitude of its terms (for the error bound).
+inline double ref_act_d(int act, double h, double& mag) {
+  switch (act) {
+    case 0: mag = 1; return h <= 0 ? 0.0 : 1.0;
+    case 1: {
+      const double s = 1 / (1 + std::exp(-h));
+      mag = std::fabs(s) + std::fabs(s * h * (1 - s));
+      return s * (1 + h * (1 - s));
+    }
+    case 2: {
+      const double cdf = 0.5 * (1 + std::erf(h * 0.70710678118654752));
+      const double pdf = std::exp(-0.5 * h * h) * 0.39894228040143268;
+      mag = std::fabs(cdf) + std::fabs(h * pdf);
+      return cdf + h * pdf;
+    }
+    case 3: {
+      const double kb = 0.79788456080286536, kk = 0.044715;
+      const double t = std::tanh(kb * (h + kk * h * h * h));
+      const double dl = 0.5 * (1 + t), dr = 0.5 * h * (1 - t * t) * kb * (1 + 3 * kk * h * h);
+      mag = std::fabs(dl) + std::fabs(dr);
+      return dl + dr;
+    }
+    default:
+      mag = std::fabs(h / 3) + 1;
+      return h < -3 ? 0.0 : (h <= 3 ? h / 3 + 0.5 : 1.0);
+  }
+}
+inline double ref_gate(int gate, double z) {
+  if (gate == 0) return 1 / (1 + std::exp(-z));
+  if (z != z) return z;
+  return std::min(std::max(z + 3, 0.0), 6.0) / 6;
+}
+// dL/dz = grad · coef.
+inline double ref_gate_coef(int gate, double z, double g) {
+  if (gate == 0) return (1 - g) * g;
+  return (z > -3 && z < 3) ? 1.0 / 6 : 0.0;
+}
+
 // An exactly sized heap buffer (ASan red zones right after it), starting
 // `mis` elements past a 64-byte boundary.
 template <class E>

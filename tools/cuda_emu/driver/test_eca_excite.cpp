@@ -22,17 +22,6 @@ struct ExciteCase {
   }
 };
 
-double ref_gate(bool hard, double z) {
-  if (!hard) return 1 / (1 + std::exp(-z));
-  return std::min(std::max(z + 3, 0.0), 6.0) / 6;
-}
-double ref_gate_grad(bool hard, double grad, double z) {
-  if (!hard) {
-    const double g = ref_gate(false, z);
-    return grad * (1 - g) * g;
-  }
-  return (z > -3 && z < 3) ? grad / 6 : 0;
-}
 // Index i of a row of C, wrapped or -1 (zero) outside [0, C).
 long wrap(long i, long C, bool circular) {
   if (i >= 0 && i < C) return i;
@@ -101,7 +90,7 @@ bool run_excite(const ExciteCase& k, std::mt19937_64& rng) {
     if (eca_excite_backward(q, nullptr) != cudaSuccess || cudaGetLastError() != cudaSuccess)
       std::printf("  eca_excite_backward failed\n"), ok = false;
     std::vector<double> dz(N * C);
-    for (long i = 0; i < N * C; ++i) dz[i] = ref_gate_grad(k.hard, double(s[i]), double(logits[i]));
+    for (long i = 0; i < N * C; ++i) dz[i] = double(s[i]) * ref_gate_coef(k.hard, double(logits[i]), ref_gate(k.hard, double(logits[i])));
     auto DZ = [&](long n, long c) { const long i = wrap(c, C, k.circular); return i < 0 ? 0.0 : dz[n * C + i]; };
     // The float dz = s·(1 - g)·g carries g's own rounding through 1 - g: an
     // absolute error of a few u·|s|·g², large against dz itself where g → 1.

@@ -28,19 +28,6 @@ struct SeExciteCase {
   }
 };
 
-double ref_act(int act, double h) {
-  switch (act) {
-    case 0: return h <= 0 ? 0 : h;
-    case 1: return h / (1 + std::exp(-h));
-    case 2: return 0.5 * h * (1 + std::erf(h / std::sqrt(2.0)));
-    case 3: return 0.5 * h * (1 + std::tanh(std::sqrt(2 / M_PI) * (h + 0.044715 * h * h * h)));
-    default: return h * std::min(std::max(h + 3, 0.0), 6.0) / 6;
-  }
-}
-double ref_gate(int gate, double z) {
-  return gate == 0 ? 1 / (1 + std::exp(-z)) : std::min(std::max(z + 3, 0.0), 6.0) / 6;
-}
-
 template <class T>
 bool run_excite(const SeExciteCase& k, std::mt19937_64& rng) {
   using A = typename Ty<T>::A;
@@ -105,22 +92,6 @@ bool run_excite(const SeExciteCase& k, std::mt19937_64& rng) {
   return ok;
 }
 
-double ref_act_bwd(int act, double grad, double h) {
-  switch (act) {
-    case 0: return h <= 0 ? 0 : grad;
-    case 1: {
-      const double s = 1 / (1 + std::exp(-h));
-      return grad * s * (1 + h * (1 - s));
-    }
-    case 2: return grad * (0.5 * (1 + std::erf(h / std::sqrt(2.0))) + h * std::exp(-0.5 * h * h) / std::sqrt(2 * M_PI));
-    case 3: {
-      const double b = std::sqrt(2 / M_PI), t = std::tanh(b * (h + 0.044715 * h * h * h));
-      return grad * (0.5 * (1 + t) + 0.5 * h * (1 - t * t) * b * (1 + 3 * 0.044715 * h * h));
-    }
-    default: return h < -3 ? 0 : (h <= 3 ? grad * (h / 3 + 0.5) : grad);
-  }
-}
-
 template <class T>
 bool run_excite_bwd(const SeExciteCase& k, std::mt19937_64& rng) {
   using A = typename Ty<T>::A;
@@ -183,7 +154,8 @@ bool run_excite_bwd(const SeExciteCase& k, std::mt19937_64& rng) {
       for (long r = 0; r < R; ++r) {
         double a = 0, m = 0;
         for (long c = 0; c < C; ++c) a += d(w2[c * R + r]) * dz[n * C + c], m += std::fabs(d(w2[c * R + r]) * dz[n * C + c]);
-        const double want = ref_act_bwd(k.act, a, hidden[n * R + r]);
+        double slope_mag;
+        const double want = a * ref_act_d(k.act, hidden[n * R + r], slope_mag);
         cdh.near(at2(n, r), dh[n * R + r], want, 6 * u * (C + 8) * m + 32 * u * std::fabs(a) + 1e-300);
       }
     }

@@ -41,53 +41,7 @@ struct FCase {
   }
 };
 
-// ---- the formulas, in double, in the kernel's form (so NaN and inf go the same way) ----
-double act_f(int act, double h) {
-  switch (act) {
-    case 0: return h <= 0 ? 0.0 : h;
-    case 1: return h / (1 + std::exp(-h));
-    case 2: return 0.5 * h * (1 + std::erf(h * 0.70710678118654752));
-    case 3: return 0.5 * h * (1 + std::tanh(0.79788456080286536 * (h + 0.044715 * h * h * h)));
-    default: return h * std::min(std::max(h + 3, 0.0), 6.0) / 6;
-  }
-}
-// d act / d h, and a magnitude of its terms (for the error bound).
-double act_d(int act, double h, double& mag) {
-  switch (act) {
-    case 0: mag = 1; return h <= 0 ? 0.0 : 1.0;
-    case 1: {
-      const double s = 1 / (1 + std::exp(-h));
-      mag = std::fabs(s) + std::fabs(s * h * (1 - s));
-      return s * (1 + h * (1 - s));
-    }
-    case 2: {
-      const double cdf = 0.5 * (1 + std::erf(h * 0.70710678118654752));
-      const double pdf = std::exp(-0.5 * h * h) * 0.39894228040143268;
-      mag = std::fabs(cdf) + std::fabs(h * pdf);
-      return cdf + h * pdf;
-    }
-    case 3: {
-      const double kb = 0.79788456080286536, kk = 0.044715;
-      const double t = std::tanh(kb * (h + kk * h * h * h));
-      const double dl = 0.5 * (1 + t), dr = 0.5 * h * (1 - t * t) * kb * (1 + 3 * kk * h * h);
-      mag = std::fabs(dl) + std::fabs(dr);
-      return dl + dr;
-    }
-    default:
-      mag = std::fabs(h / 3) + 1;
-      return h < -3 ? 0.0 : (h <= 3 ? h / 3 + 0.5 : 1.0);
-  }
-}
-double gate_f(int gate, double z) {
-  if (gate == 0) return 1 / (1 + std::exp(-z));
-  if (z != z) return z;
-  return std::min(std::max(z + 3, 0.0), 6.0) / 6;
-}
-// dL/dz = grad · coef.
-double gate_coef(int gate, double z, double g) {
-  if (gate == 0) return (1 - g) * g;
-  return (z > -3 && z < 3) ? 1.0 / 6 : 0.0;
-}
+// ---- the formulas, in double (common.h's ref_act, ref_act_d, ref_gate, ref_gate_coef) ----
 double padded(const double* v, int64_t C, int64_t i, bool circular) {
   if (i >= 0 && i < C) return v[i];
   if (!circular) return 0;
@@ -232,7 +186,7 @@ bool run_fused(const FCase& k, std::mt19937_64& rng) {
         for (int64_t c = 0; c < C; ++c) {
           double v = B2(c), a = std::fabs(B2(c)), ea = 0;
           for (int64_t j = 0; j < rd; ++j) {
-            const double av = act_f(k.act, hk[j]);
+            const double av = ref_act(k.act, hk[j]);
             v += W2(c, j) * av, a += std::fabs(W2(c, j) * av);
             ea += std::fabs(W2(c, j)) * 16 * kEps * (std::fabs(hk[j]) + std::fabs(av));
           }
@@ -255,7 +209,7 @@ bool run_fused(const FCase& k, std::mt19937_64& rng) {
       }
       for (int64_t c = 0; c < C; ++c) {
         cz.near(at2(n, c), logits[n * C + c], z[c], 4 * ze[c]);
-        const double zk = logits[n * C + c], g = gate_f(k.gate, zk);
+        const double zk = logits[n * C + c], g = ref_gate(k.gate, zk);
         const double ge = 8 * kEps * (std::fabs(g) + (k.gate ? (std::fabs(zk) + 3) / 6 : 0));
         for (int64_t q = 0; q < HW; ++q) {
           const double xv = xd(n, c, q), r = xv * g;
@@ -293,7 +247,7 @@ bool run_fused(const FCase& k, std::mt19937_64& rng) {
       double v;
       if (two) {
         v = B2(c);
-        for (int64_t j = 0; j < rd; ++j) v += W2(c, j) * act_f(k.act, H[n * rd + j]);
+        for (int64_t j = 0; j < rd; ++j) v += W2(c, j) * ref_act(k.act, H[n * rd + j]);
       } else if (eca) {
         v = B1(0);
         for (int64_t j = 0; j < rd; ++j) v += W1(0, j) * padded(&P[n * C], C, c + j - (rd - 1) / 2, k.circular);
@@ -355,7 +309,7 @@ bool run_fused(const FCase& k, std::mt19937_64& rng) {
           s += t, a += std::fabs(t);
           if (with_max && xd(n, c, q) == M[n * C + c]) CNT[n * C + c] += 1;
         }
-        const double z = Z[n * C + c], g = gate_f(k.gate, z), co = gate_coef(k.gate, z, g);
+        const double z = Z[n * C + c], g = ref_gate(k.gate, z), co = ref_gate_coef(k.gate, z, g);
         G_[n * C + c] = g;
         // gate_bwd: the hard sigmoid's flat parts give 0 whatever the grad (NaN included).
         const bool flat = k.gate == 1 && !(z > -3 && z < 3);
@@ -368,12 +322,12 @@ bool run_fused(const FCase& k, std::mt19937_64& rng) {
           double da = 0, ea = 0, aa = 0;
           for (int64_t c = 0; c < C; ++c) da += dz[c] * W2(c, j), ea += m0(edz[c], std::fabs(W2(c, j))), aa += std::fabs(dz[c] * W2(c, j));
           double mag;
-          const double h = H[n * rd + j], d = act_d(k.act, h, mag);
+          const double h = H[n * rd + j], d = ref_act_d(k.act, h, mag);
           // act_bwd: ReLU's and HardSwish's zero parts give 0 whatever the grad.
           const bool zero = (k.act == 0 && h <= 0) || (k.act == 4 && h < -3);
           dh[j] = zero ? 0.0 : da * d;
           edh[j] = zero ? 0.0 : m0(std::fabs(d), ea + (C + 2) * kEps * aa) + m0(16 * kEps * std::fabs(da), mag);
-          const double av = act_f(k.act, h), eav = 16 * kEps * (std::fabs(h) + std::fabs(av));
+          const double av = ref_act(k.act, h), eav = 16 * kEps * (std::fabs(h) + std::fabs(av));
           for (int64_t c = 0; c < C; ++c) {
             rw2[grp * n_dw2 + c * rd + j] += dz[c] * av;
             ew2[grp * n_dw2 + c * rd + j] += m0(edz[c], std::fabs(av)) + m0(std::fabs(dz[c]), eav) + (ng + 2) * kEps * std::fabs(dz[c] * av);
