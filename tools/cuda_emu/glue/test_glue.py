@@ -393,6 +393,23 @@ def test_se_without_hidden_units(path, monkeypatch):
                   CPU.se_backward(dy, x, w1, w2, *cpu[1:], *kw, True, True), torch.float32, grad=True)
 
 
+@pytest.mark.parametrize("light", [False, True])
+def test_cbam_without_hidden_units(light):
+    """rd = 0 (fc1 [0, C], fc2 [C, 0]): the logits are fc2's bias (twice, one
+    per pool, unless light). The forward keeps the ATen ops for it, beside
+    cbam_mlp_forward's kernels; against the CPU backend. (Forward only: the
+    CPU backend's cbam_backward refuses rd = 0 with a reshape error, a bug
+    of its own noted on issue 5.)"""
+    variant = CBAMVariant(bias=True, light=light)
+    args = list(_op_args(variant, torch.float32, (2, 16, 5, 4)))
+    g = torch.Generator().manual_seed(6)
+    args[1], args[2] = torch.randn(0, 16, generator=g), torch.randn(0, generator=g)
+    args[3], args[4] = torch.randn(16, 0, generator=g), torch.randn(16, generator=g)
+    args = tuple(args)
+    emu, cpu = EMU.cbam_forward(*args), CPU.cbam_forward(*args)
+    check_outputs(emu, cpu, torch.float32)
+
+
 @pytest.mark.parametrize("fmt", ["nchw", "cl"])
 @pytest.mark.parametrize("light", [False, True])
 def test_cbam_launches(fmt, light):
