@@ -52,7 +52,7 @@ VARIANTS = [
 SHAPES = [(2, 1, 5, 6), (1, 3, 7, 7), (3, 16, 1, 1), (2, 37, 13, 17), (1, 130, 7, 7), (4, 64, 6, 6)]
 
 
-def cbam_sample(shape, dtype, memory_format, variant, *, seed=0, device="cpu", integer=False):
+def cbam_sample(shape, dtype, memory_format, variant, *, seed=0, device="cpu", integer=False, rd=None):
     """x and the weights (random, never zeros); BN parameters and running
     statistics in float32 as the module keeps them. ``integer``: x takes few
     distinct values, so both max pools have ties."""
@@ -62,7 +62,7 @@ def cbam_sample(shape, dtype, memory_format, variant, *, seed=0, device="cpu", i
         return (torch.randn(*size, generator=g, dtype=torch.float64) * scale).to(dtype=dt, device=device)
 
     N, C, H, W = shape
-    rd = max(1, C // 4)
+    rd = max(1, C // 4) if rd is None else rd
     if integer:
         x = torch.randint(-2, 3, shape, generator=g).to(dtype=dtype, device=device)
     else:
@@ -71,7 +71,7 @@ def cbam_sample(shape, dtype, memory_format, variant, *, seed=0, device="cpu", i
     maps = 1 if variant.light else 2
     params = dict(
         fc1_weight=rand(rd, C, scale=C ** -0.5), fc1_bias=rand(rd, scale=0.5) if variant.bias else None,
-        fc2_weight=rand(C, rd, scale=rd ** -0.5), fc2_bias=rand(C, scale=0.5) if variant.bias else None,
+        fc2_weight=rand(C, rd, scale=max(rd, 1) ** -0.5), fc2_bias=rand(C, scale=0.5) if variant.bias else None,
         spatial_weight=rand(1, maps, variant.k, variant.k, scale=0.4 / variant.k),
         bn_weight=rand(1, scale=0.3, dt=torch.float32).abs() + 0.5 if variant.affine else None,
         bn_bias=rand(1, scale=0.3, dt=torch.float32) if variant.affine else None)
@@ -86,9 +86,10 @@ def run(fn, x, params, buffers, variant):
               light=variant.light, pool_order=variant.pool_order)
 
 
-def check_against_reference(shape, dtype, memory_format, variant, *, device="cpu", seed=0, integer=False):
+def check_against_reference(shape, dtype, memory_format, variant, *, device="cpu", seed=0, integer=False,
+                            rd=None):
     x, params, buffers = cbam_sample(shape, dtype, memory_format, variant, seed=seed, device=device,
-                                     integer=integer)
+                                     integer=integer, rd=rd)
     check_inputs_against_reference(x, params, buffers, variant, seed=seed)
 
 
@@ -269,6 +270,15 @@ def test_zero_batch(backend):
     x, params, buffers = cbam_sample((2, 8, 4, 4), torch.float32, torch.contiguous_format, CBAMVariant())
     y = run(fused_attn.cbam, x[:0], params, buffers, CBAMVariant())
     assert y.shape == (0, 8, 4, 4)
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("variant", [CBAMVariant(bias=True, train=True), CBAMVariant(light=True, bias=True),
+                                     CBAMVariant(light=True)], ids=str)
+def test_without_hidden_units(backend, variant, memory_format):
+    """fc1 with no rows (rd = 0): the channel gate is the gate of fc2's bias
+    (or of zero), and the MLP's weight gradients are empty tensors."""
+    check_against_reference((2, 12, 5, 6), torch.float32, memory_format, variant, rd=0)
 
 
 def test_non_contiguous_input(backend):

@@ -720,7 +720,7 @@ cbam_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Ten
   // The weight gradients, whole batch, fixed order.
   const double branches = light ? 1.0 : 2.0;
   at::Tensor dw2 = small_mm_tn(da_all, hsum);                                  // [C, rd]
-  at::Tensor dw1 = small_mm_tn(dpre_all.reshape({-1, v.rd}), chunk_mlp_input(v, pooled, 0, v.N).contiguous());  // [rd, C]
+  at::Tensor dw1 = small_mm_tn(dpre_all.reshape({maps * v.N, v.rd}), chunk_mlp_input(v, pooled, 0, v.N).contiguous());  // [rd, C]
   at::Tensor db1 = dpre_all.sum(at::IntArrayRef{0, 1});  // a bare braced list is ambiguous with torch 2.11 (DimnameList)
   at::Tensor db2 = da_all.sum(0).mul_(branches);
   at::Tensor dws = dws_part.sum(0);

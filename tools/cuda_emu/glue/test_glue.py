@@ -397,9 +397,8 @@ def test_se_without_hidden_units(path, monkeypatch):
 def test_cbam_without_hidden_units(light):
     """rd = 0 (fc1 [0, C], fc2 [C, 0]): the logits are fc2's bias (twice, one
     per pool, unless light). The forward keeps the ATen ops for it, beside
-    cbam_mlp_forward's kernels; against the CPU backend. (Forward only: the
-    CPU backend's cbam_backward refuses rd = 0 with a reshape error, a bug
-    of its own noted on issue 5.)"""
+    cbam_mlp_forward's kernels; forward and backward (empty MLP weight
+    gradients) against the CPU backend."""
     variant = CBAMVariant(bias=True, light=light)
     args = list(_op_args(variant, torch.float32, (2, 16, 5, 4)))
     g = torch.Generator().manual_seed(6)
@@ -408,6 +407,10 @@ def test_cbam_without_hidden_units(light):
     args = tuple(args)
     emu, cpu = EMU.cbam_forward(*args), CPU.cbam_forward(*args)
     check_outputs(emu, cpu, torch.float32)
+    dy = grad_like(cpu[0])
+    ge = EMU.cbam_backward(*cbam_backward_args(args, emu, dy, variant))
+    gc = CPU.cbam_backward(*cbam_backward_args(args, cpu, dy, variant))
+    check_outputs(ge, gc, torch.float32, grad=True)
 
 
 @pytest.mark.parametrize("fmt", ["nchw", "cl"])
