@@ -1,8 +1,8 @@
 // CBAM on CUDA: fused_attn::cbam_forward / cbam_backward for the CUDA dispatch
-// key. The torch glue around cbam_kernels.cu (and SE's spatial pool): checks,
-// the device guard and current stream, allocations, and everything on the
-// small [N, C] and [N, H·W] tensors as ATen ops on the same stream — the
-// algorithm and the passes of fused_attn/triton/cbam.py, op for op:
+// key. The torch glue around cbam_kernels.cu (and SE's spatial pool and
+// linear kernels): checks, the device guard and current stream, allocations,
+// and the few ATen ops left on the small [N, C] and [N, H·W] tensors, on the
+// same stream — the algorithm and the passes of fused_attn/triton/cbam.py:
 //
 //   forward   3 passes, 4|x|: spatial pool (read x), channel pool of x1
 //             (read x), rescale (read x, write y)
@@ -10,9 +10,10 @@
 //             x), dx (read dy, x, write dx)
 //
 // The MLP runs once per batch: forward as two launches of SE's linear kernel
-// (cbam_mlp_forward, se_kernels.cuh), backward as GEMMs (cuBLAS through
-// ATen); the spatial
-// gate on the [N, H·W] maps is our own kernels: the forward's (the k×k
+// (cbam_mlp_forward, se_kernels.cuh), backward as four (cbam_mlp_backward:
+// fc1 recomputed, then the two layers' backward and the weight gradients;
+// ATen's ops only without hidden units); the spatial gate on the [N, H·W]
+// maps is our own kernels: the forward's (the k×k
 // convolution, the BatchNorm's batch statistics in double, the gate) two
 // launches (cbam_spatial_gate), the backward's (the gate and BatchNorm
 // backward, the flipped convolution, the weight gradient) four
@@ -294,13 +295,45 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   const at::Tensor dg = acc_empty(N, C, aopt), scnt = acc_empty(N, C, aopt);
   reduce(p, CbamReduce::ChannelReduce, geo, dg, scnt);
 
-  // The channel gate and the MLP backward; the weight gradients as GEMMs over the batch.
+  // The channel gate and the MLP backward, once for the batch: four launches
+  // of ours (cbam_mlp_backward) with hidden units; without, ATen's ops.
+  const int64_t rd = w1.size(0);
+  if (rd > 0) {
+    SeExcite e;
+    e.dtype = p.dtype;
+    e.sm_count = p.sm_count;
+    e.N = N, e.C = C, e.rd = rd, e.HW = HW;
+    e.act = static_cast<int8_t>(act);
+    e.gate = static_cast<int8_t>(light ? Gate::Sigmoid : gate);
+    const at::Tensor w1c = w1.contiguous(), w2c = w2.contiguous();
+    const at::Tensor b1c = b1 ? b1->contiguous() : at::Tensor();
+    e.w1 = w1c.const_data_ptr(), e.b1 = ptr_or_null(b1c), e.w2 = w2c.const_data_ptr();
+    e.pooled = pooled.const_data_ptr(), e.s = dg.const_data_ptr(), e.saved_logits = logits.const_data_ptr();
+    e.cnt = scnt.const_data_ptr();
+    const at::Tensor a = acc_empty(N, C, aopt), b = acc_empty(N, C, aopt);
+    e.a = a.data_ptr(), e.b = b.data_ptr();
+    at::Tensor workspace = at::empty({cbam_mlp_backward_workspace(e, light)}, aopt);
+    maybe_poison(workspace);
+    e.partials = workspace.data_ptr();
+    const auto wopts = w1.options().memory_format(at::MemoryFormat::Contiguous);
+    at::Tensor dw1 = at::empty(w1.sizes(), wopts), dw2 = at::empty(w2.sizes(), wopts);
+    at::Tensor db1 = at::empty({b1 ? rd : 0}, wopts), db2 = at::empty({b2 ? C : 0}, wopts);
+    for (at::Tensor* t : {&dw1, &db1, &dw2, &db2}) maybe_poison(*t);
+    e.dw1 = dw1.data_ptr(), e.db1 = ptr_or_null(db1), e.dw2 = dw2.data_ptr(), e.db2 = ptr_or_null(db2);
+    C10_CUDA_CHECK(cbam_mlp_backward(e, light, stream()));
+
+    // Pass 3: dx.
+    p.a = a.const_data_ptr();
+    p.b = b.const_data_ptr();
+    p.out = dx.data_ptr();
+    C10_CUDA_CHECK(cbam_input_grad(p, stream()));
+    return grads(dw1, db1, dw2, db2, dws, dgamma, dbeta);
+  }
   const at::Tensor da = gate_backward(light ? Gate::Sigmoid : gate, dg, logits, g);
   const SeWeights w = se_weights(w1, b1, w2, c10::nullopt, acc);
   const at::Tensor dh = da.mm(*w.w2);  // [N, rd]: the same for both pools' rows
   const at::Tensor v = mlp_input(pooled, light);  // [rows, C], rows = N (light) or 2N
   const at::Tensor pre = fc(v, w.w1, w.b1);
-  const int64_t rd = pre.size(1);
   const at::Tensor dpre = light ? activation_backward(act, dh, pre)
                                 : activation_backward(act, dh.unsqueeze(0).expand({2, N, rd}), pre.view({2, N, rd}))
                                       .reshape({2 * N, rd});

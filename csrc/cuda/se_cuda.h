@@ -139,6 +139,17 @@ cudaError_t cbam_mlp_forward(const SeExcite& p, bool light, cudaStream_t stream)
 // weight gradients.
 int64_t se_excite_backward_workspace(const SeExcite& p);
 cudaError_t se_excite_backward(const SeExcite& p, cudaStream_t stream);
+// CBAM's channel MLP backward on the same kernels, in place of cuBLAS GEMMs
+// and a dozen ATen ops: s = dL/dg [N, C] (the channel reduction's), the
+// saved logits, pooled [2, N, C] and the spatial maxima's tie counts cnt →
+// the dx pass's a (the means' share per pixel, dL/dmean / HW) and b (the
+// maxima's per tie, dL/dmax / cnt), and the weight gradients in the weights'
+// dtype (db1 / db2 null without that bias). fc1 is recomputed by the
+// forward's own launch, so the pre-activations the activation's derivative
+// sees have the forward's bits. Four launches; g is written when set. N = 0
+// launches nothing (the glue returns zeros).
+int64_t cbam_mlp_backward_workspace(const SeExcite& p, bool light);
+cudaError_t cbam_mlp_backward(const SeExcite& p, bool light, cudaStream_t stream);
 
 // ---- ECA's excitation on the two-phase path (se_forward.cu / se_backward.cu) --
 //

@@ -378,14 +378,18 @@ enum class LinIn {
                 // 2N rows and the input is act(h[n]) + act(h[N + n]) (the two pools' hidden rows)
   GateGrad,     // backward, first layer: dz = gate'(z)·s with s = in, z = in2 ([N, K] each), the gate
                 // g = gate(z) saved to save2 and dz to save
-  PartsActGrad  // backward fc1: the partials summed in order, through act's derivative at h = in2: dL/dh,
-                // saved to save
+  PartsActGrad  // backward fc1: the partials summed in order, through act's derivative at h: dL/dh,
+                // saved to save. The partials hold part_rows rows (row n reads row n mod part_rows: CBAM's
+                // two pools share dL/dh); h is in2 [N, K], or (in2_splits > 0) in2's partials
+                // [in2_splits, N, K] summed in order plus in_bias, saved to save2 (CBAM's recomputed fc1)
 };
 // What becomes of the sums: the raw sums of each split (part_out [splits, N, J]),
 // z = sum + bias with gate(z) (z_out, g_out), or (Spread: the sums are
 // dL/dpooled) their spread back over H·W for se_dx: a = sum·a_scale to z_out
 // and, with cnt (the max's tie counts [N, J]), b = (sum·0.5) / cnt to g_out,
-// as input_grad_pass's ATen ops compute them.
+// as input_grad_pass's ATen ops compute them; with pair (CBAM: rows [0, N/2) the
+// spatial means', [N/2, N) the maxima's) a = sum·a_scale from the first half
+// and b = sum / cnt from the second.
 enum class LinOut { Parts, Gate, Spread };
 
 struct SeLinear {
@@ -395,12 +399,14 @@ struct SeLinear {
   const void* in = nullptr;        // acc type, as LinIn says
   const void* in2 = nullptr;
   int64_t in_splits = 1;
+  int64_t part_rows = 0;           // PartsActGrad: rows of in's partials (0: N)
+  int64_t in2_splits = 0;          // PartsActGrad: in2 as partials (0: in2 itself)
   const void* in_bias = nullptr;   // [K], x's dtype, or null
   void* save = nullptr;            // [N, K] acc type, or null (PartsAct, PartsActGrad)
   void* save2 = nullptr;
   int8_t act = 0;
   int8_t gate = 0;                 // LinOut::Gate's, or LinIn::GateGrad's
-  bool pair = false;               // CBAM's two pools (LinIn::Rows, LinIn::PartsAct)
+  bool pair = false;               // CBAM's two pools (LinIn::Rows, LinIn::PartsAct, LinOut::Spread)
   const void* bias = nullptr;      // [J], x's dtype, or null
   double bias_scale = 1;           // LinOut::Gate: z = sum + bias_scale·bias (CBAM: fc2's bias once per pool)
   void* z_out = nullptr;
@@ -449,16 +455,21 @@ __global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q
           } else if constexpr (IN == LinIn::GateGrad) {
             const A z = in2[at], g = gate_fwd(q.gate, z);
             v = gate_bwd(q.gate, in[at], z, g);
-            if (saves) static_cast<A*>(q.save)[at] = v, static_cast<A*>(q.save2)[at] = g;
+            if (saves) {
+              static_cast<A*>(q.save)[at] = v;
+              if (q.save2 != nullptr) static_cast<A*>(q.save2)[at] = g;
+            }
           } else {
-            const int64_t rows = q.pair ? 2 * N : N;
-            auto row_sum = [&](int64_t row) {
-              A h = in[row * K + k];
-              for (int64_t sp = 1; sp < q.in_splits; ++sp) h += in[(sp * rows + row) * K + k];
+            // Row `row` of partials [splits, rows, K], the splits summed in order.
+            auto parts_sum = [&](const A* __restrict__ src, int64_t splits, int64_t rows, int64_t row) {
+              A h = src[row * K + k];
+              for (int64_t sp = 1; sp < splits; ++sp) h += src[(sp * rows + row) * K + k];
               return h;
             };
-            A h = row_sum(n);
             if constexpr (IN == LinIn::PartsAct) {
+              const int64_t rows = q.pair ? 2 * N : N;
+              auto row_sum = [&](int64_t row) { return parts_sum(in, q.in_splits, rows, row); };
+              A h = row_sum(n);
               if (q.in_bias != nullptr) h += to_acc(static_cast<const T*>(q.in_bias)[k]);
               if (saves) static_cast<A*>(q.save)[at] = h;
               v = act_fwd(q.act, h);
@@ -468,8 +479,20 @@ __global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q
                 v += act_fwd(q.act, h2);
               }
             } else {
-              v = act_bwd(q.act, h, in2[at]);
-              if (saves) static_cast<A*>(q.save)[at] = v;
+              const int64_t rows = q.part_rows ? q.part_rows : N;
+              const A h = parts_sum(in, q.in_splits, rows, n < rows ? n : n - rows);
+              A pre;
+              if (q.in2_splits > 0) {
+                pre = parts_sum(in2, q.in2_splits, N, n);
+                if (q.in_bias != nullptr) pre += to_acc(static_cast<const T*>(q.in_bias)[k]);
+              } else {
+                pre = in2[at];
+              }
+              v = act_bwd(q.act, h, pre);
+              if (saves) {
+                static_cast<A*>(q.save)[at] = v;
+                if (q.save2 != nullptr) static_cast<A*>(q.save2)[at] = pre;
+              }
             }
           }
         }
@@ -495,9 +518,19 @@ __global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q
           static_cast<A*>(q.z_out)[n * J + j] = z;
           if (q.g_out != nullptr) static_cast<A*>(q.g_out)[n * J + j] = gate_fwd(q.gate, z);
         } else if constexpr (OUT == LinOut::Spread) {
-          static_cast<A*>(q.z_out)[n * J + j] = acc[m] * static_cast<A>(q.a_scale);
-          if (q.cnt != nullptr)
-            static_cast<A*>(q.g_out)[n * J + j] = acc[m] * A(0.5) / static_cast<const A*>(q.cnt)[n * J + j];
+          if (q.pair) {
+            const int64_t half = N / 2;
+            if (n < half) {
+              static_cast<A*>(q.z_out)[n * J + j] = acc[m] * static_cast<A>(q.a_scale);
+            } else {
+              const int64_t at = (n - half) * J + j;
+              static_cast<A*>(q.g_out)[at] = acc[m] / static_cast<const A*>(q.cnt)[at];
+            }
+          } else {
+            static_cast<A*>(q.z_out)[n * J + j] = acc[m] * static_cast<A>(q.a_scale);
+            if (q.cnt != nullptr)
+              static_cast<A*>(q.g_out)[n * J + j] = acc[m] * A(0.5) / static_cast<const A*>(q.cnt)[n * J + j];
+          }
         } else {
           static_cast<A*>(q.part_out)[(static_cast<int64_t>(blockIdx.z) * N + n) * J + j] = acc[m];
         }
@@ -510,7 +543,10 @@ __global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q
 // (r < Rn, c < Cn; L through the activation when l_act), each sum over n in
 // order by one thread: deterministic, whatever the grid. The bias gradient
 // rides along as a row or column of ones: the row sums Σ_n L[n, r] (bias_rows)
-// at column c = Cn, or the column sums Σ_n R[n, c] at row r = Rn. out is
+// at column c = Cn, or the column sums Σ_n R[n, c] at row r = Rn. CBAM's
+// pairs of rows: l_pair reads L's row n as act(L[n]) + act(L[N + n]) (the two
+// pools' hidden rows, whose bias counts twice: a row of twos), r_pair R's as
+// ½R[n] + ½R[N + n] (light CBAM's MLP input). out is
 // [Rn, Cn], or (transposed) [Cn, Rn], written through shared memory so that
 // the stores stay coalesced. A block of 256 threads takes 16 rows × 64
 // columns (thread t: column t % 64 of rows 4·(t / 64) ... + 3), n in chunks
@@ -519,10 +555,12 @@ constexpr int kWgR = 16, kWgC = 64, kWgN = 32;
 static_assert(kWgR * kWgC == kLinThreads * 4, "four sums per thread");
 
 struct SeWgradJob {
+  int64_t N = 0;                   // the rows summed over
   int64_t Rn = 0, Cn = 0;
   const void* L = nullptr;         // [N, Rn], acc type
   const void* R = nullptr;         // [N, Cn], acc type
   bool l_act = false;
+  bool l_pair = false, r_pair = false;  // L [2N, Rn], R [2N, Cn]: pairs of rows, as above
   bool transposed = false;
   bool bias_rows = false;
   void* out = nullptr;             // x's dtype
@@ -530,7 +568,6 @@ struct SeWgradJob {
   int64_t col_tiles = 0, tiles = 0;
 };
 struct SeWgrad {
-  int64_t N = 0;
   int8_t act = 0;
   SeWgradJob a, b;                 // b.tiles == 0: one job
 };
@@ -542,7 +579,6 @@ __global__ void __launch_bounds__(kLinThreads) se_wgrad_kernel(const SeWgrad q) 
   __shared__ A rs[kWgN][kWgC];
   __shared__ A out_tile[kWgR][kWgC + 1];
   const int t = threadIdx.x, cc = t % kWgC, rg = t / kWgC;
-  const int64_t N = q.N;
   for (int64_t tile = blockIdx.x; tile < q.a.tiles + q.b.tiles; tile += gridDim.x) {
     const bool second = tile >= q.a.tiles;
     const SeWgradJob jb = second ? q.b : q.a;
@@ -550,6 +586,7 @@ __global__ void __launch_bounds__(kLinThreads) se_wgrad_kernel(const SeWgrad q) 
     const int64_t r0 = local / jb.col_tiles * kWgR, c0 = local % jb.col_tiles * kWgC;
     const A* __restrict__ L = static_cast<const A*>(jb.L);
     const A* __restrict__ R = static_cast<const A*>(jb.R);
+    const int64_t N = jb.N;
     A acc[kWgR * kWgC / kLinThreads];
 #pragma unroll
     for (int m = 0; m < 4; ++m) acc[m] = A(0);
@@ -563,8 +600,9 @@ __global__ void __launch_bounds__(kLinThreads) se_wgrad_kernel(const SeWgrad q) 
           if (r < jb.Rn) {
             v = L[n * jb.Rn + r];
             if (jb.l_act) v = act_fwd(q.act, v);
+            if (jb.l_pair) v += act_fwd(q.act, L[(N + n) * jb.Rn + r]);
           } else if (r == jb.Rn) {
-            v = A(1);
+            v = jb.l_pair ? A(2) : A(1);
           }
         }
         ls[nn][rr] = v;
@@ -573,7 +611,15 @@ __global__ void __launch_bounds__(kLinThreads) se_wgrad_kernel(const SeWgrad q) 
       for (int i = 0; i < kWgN * kWgC / kLinThreads; ++i) {
         const int e = t + i * kLinThreads, nn = e / kWgC, c = e % kWgC;
         const int64_t n = n0 + nn, col = c0 + c;
-        rs[nn][c] = n < N ? (col < jb.Cn ? R[n * jb.Cn + col] : (col == jb.Cn ? A(1) : A(0))) : A(0);
+        A v = A(0);
+        if (n < N) {
+          if (col < jb.Cn) {
+            v = jb.r_pair ? R[n * jb.Cn + col] * A(0.5) + R[(N + n) * jb.Cn + col] * A(0.5) : R[n * jb.Cn + col];
+          } else if (col == jb.Cn) {
+            v = A(1);
+          }
+        }
+        rs[nn][c] = v;
       }
       __syncthreads();
 #pragma unroll 8
@@ -888,17 +934,25 @@ inline SeExcite cbam_mlp_rows(const SeExcite& p, bool light) {
 // sums them with fc1's bias, saves hidden (when p.hidden is set), applies the
 // activation, fc2's bias (times bias_scale) and the gate. SE: rows = p;
 // CBAM as cbam_mlp_rows says, with the pairs of rows as LinIn says.
+// fc1 without its bias on the `rows` of p.pooled, split over C into partials
+// [splits, rows.N, rd] at `parts`: the forward's first launch, and CBAM's
+// backward recomputing it with the very same sums.
 template <typename T>
-void launch_two_layers(const SeExcite& p, const SeExcite& rows, bool fc1_pair, bool fc2_pair, double bias_scale,
-                       cudaStream_t stream) {
+void launch_fc1_parts(const SeExcite& p, const SeExcite& rows, bool pair, void* parts, cudaStream_t stream) {
   SeLinear fc1;
   fc1.N = rows.N, fc1.J = p.rd, fc1.K = p.C;
   fc1.w = p.w1;
-  fc1.in = p.pooled, fc1.pair = fc1_pair;
+  fc1.in = p.pooled, fc1.pair = pair;
   fc1.k_per_split = se_fc1_k_per_split(rows);
+  fc1.part_out = parts;
+  launch_linear<T, LinIn::Rows, LinOut::Parts, false>(fc1, se_fc1_splits(rows), stream);
+}
+
+template <typename T>
+void launch_two_layers(const SeExcite& p, const SeExcite& rows, bool fc1_pair, bool fc2_pair, double bias_scale,
+                       cudaStream_t stream) {
+  launch_fc1_parts<T>(p, rows, fc1_pair, p.partials, stream);
   const int64_t splits = se_fc1_splits(rows);
-  fc1.part_out = p.partials;
-  launch_linear<T, LinIn::Rows, LinOut::Parts, false>(fc1, splits, stream);
   SeLinear fc2;
   fc2.N = p.N, fc2.J = p.C, fc2.K = p.rd;
   fc2.k_per_split = ceil_div(p.rd, kLinK) * kLinK;
@@ -953,6 +1007,14 @@ inline void se_wgrad_tiles(SeWgradJob& jb) {
   jb.tiles = ceil_div(jb.Rn + (bias && !jb.bias_rows ? 1 : 0), kWgR) * jb.col_tiles;
 }
 
+// Both jobs' tiles over at most eight blocks per multiprocessor.
+template <typename T>
+void launch_wgrad(const SeWgrad& wg, int sm_count, cudaStream_t stream) {
+  const int64_t tiles = wg.a.tiles + wg.b.tiles;
+  const int64_t blocks = std::min<int64_t>(tiles, int64_t{sm_count} * 8);
+  se_wgrad_kernel<T><<<static_cast<unsigned>(blocks), kLinThreads, 0, stream>>>(wg);
+}
+
 // The backward of the excitation (the layers run with their weights
 // transposed): dz = gate'·s, saved with g, times W2ᵀ split over C into
 // partials; those summed through the activation's derivative (dL/dhidden,
@@ -968,9 +1030,9 @@ cudaError_t launch_se_excite_bwd(const SeExcite& p, cudaStream_t stream) {
   A* const dh = dz + p.N * p.C;
   A* const parts = dh + p.N * p.rd;
   SeWgrad wg;
-  wg.N = p.N, wg.act = p.act;
+  wg.act = p.act;
   SeWgradJob& w1_job = p.two_layer ? wg.b : wg.a;  // dW1 [rd, C] = Σ_n dL/dfc1[n, ·]ᵀ pooled[n, ·]
-  w1_job.Rn = p.rd, w1_job.Cn = p.C;
+  w1_job.N = p.N, w1_job.Rn = p.rd, w1_job.Cn = p.C;
   w1_job.L = p.two_layer ? dh : dz, w1_job.R = p.pooled;
   w1_job.bias_rows = true;
   w1_job.out = p.dw1, w1_job.bias = p.db1;
@@ -1005,16 +1067,92 @@ cudaError_t launch_se_excite_bwd(const SeExcite& p, cudaStream_t stream) {
     }
   }
   if (p.two_layer) {  // dW2 [C, rd] = Σ_n dz[n, ·]ᵀ act(hidden[n, ·]), computed as its transpose
-    wg.a.Rn = p.rd, wg.a.Cn = p.C;
+    wg.a.N = p.N, wg.a.Rn = p.rd, wg.a.Cn = p.C;
     wg.a.L = p.saved_hidden, wg.a.l_act = true, wg.a.R = dz;
     wg.a.transposed = true;
     wg.a.out = p.dw2, wg.a.bias = p.db2;
     se_wgrad_tiles(wg.a);
   }
   // Without samples the gradients are zeros, which the kernel writes too.
-  const int64_t tiles = wg.a.tiles + wg.b.tiles;
-  const int64_t blocks = std::min<int64_t>(tiles, int64_t{p.sm_count} * 8);
-  se_wgrad_kernel<T><<<static_cast<unsigned>(blocks), kLinThreads, 0, stream>>>(wg);
+  launch_wgrad<T>(wg, p.sm_count, stream);
+  return cudaGetLastError();
+}
+
+// CBAM's channel MLP backward (cbam_mlp_backward). The workspace: dz [N, C],
+// fc1's recomputed partials [s1, rows, rd], dL/dhidden's partials
+// [s2, N, rd], the hidden pre-activations and their gradients [rows, rd]
+// each (rows = 2N, or N when light).
+struct CbamMlpBwdSpace {
+  int64_t rows = 0, s1 = 1, s2 = 1;
+  int64_t dz = 0, pre_parts = 0, dh_parts = 0, pre = 0, dpre = 0, total = 0;
+};
+inline CbamMlpBwdSpace cbam_mlp_bwd_space(const SeExcite& p, bool light) {
+  CbamMlpBwdSpace w;
+  w.rows = cbam_mlp_rows(p, light).N;
+  w.s1 = se_fc1_splits(cbam_mlp_rows(p, light));
+  w.s2 = se_fc1_splits(p);
+  w.pre_parts = w.dz + p.N * p.C;
+  w.dh_parts = w.pre_parts + w.s1 * w.rows * p.rd;
+  w.pre = w.dh_parts + w.s2 * p.N * p.rd;
+  w.dpre = w.pre + w.rows * p.rd;
+  w.total = w.dpre + w.rows * p.rd;
+  return w;
+}
+
+// fc1 again, as the forward ran it (launch_fc1_parts: the same partials, so
+// the same pre-activations); dz = gate'·dL/dg (p.s) times W2ᵀ split over C;
+// those partials (one row for both pools) through the activation's
+// derivative at each pool's pre-activations (fc1's partials summed with its
+// bias, as the forward's fc2 sums them) times W1ᵀ: dL/dpooled, written as
+// the dx pass's a (the means' share, / HW) and b (the maxima's, / cnt; light:
+// both halves of ½mean + ½max's gradient); then both weight gradients, dW2
+// on each sample's two activated rows (its bias on twos), dW1 on the 2N
+// rows. Four launches.
+template <typename T>
+cudaError_t launch_cbam_mlp_bwd(const SeExcite& p, bool light, cudaStream_t stream) {
+  if (!se_excite_valid(p) || !p.two_layer || p.N >= (int64_t{1} << 62) || p.cnt == nullptr || p.b == nullptr)
+    return cudaErrorInvalidValue;
+  if (p.N == 0) return cudaSuccess;  // the glue returns zeros without launching
+  if (p.C == 0 || p.rd == 0) return cudaErrorInvalidValue;  // the glue keeps the ATen ops for these
+  using A = acc_t<T>;
+  const CbamMlpBwdSpace sp = cbam_mlp_bwd_space(p, light);
+  A* const base = static_cast<A*>(p.partials);
+  A* const dz = base + sp.dz;
+  A* const pre = base + sp.pre;
+  A* const dpre = base + sp.dpre;
+  launch_fc1_parts<T>(p, cbam_mlp_rows(p, light), light, base + sp.pre_parts, stream);
+  SeLinear first;
+  first.N = p.N, first.J = p.rd, first.K = p.C, first.w = p.w2;
+  first.in = p.s, first.in2 = p.saved_logits, first.gate = p.gate;
+  first.save = dz, first.save2 = p.g;
+  first.k_per_split = se_fc1_k_per_split(p);
+  first.part_out = base + sp.dh_parts;
+  launch_linear<T, LinIn::GateGrad, LinOut::Parts, true>(first, sp.s2, stream);
+  SeLinear second;
+  second.N = sp.rows, second.J = p.C, second.K = p.rd, second.w = p.w1;
+  second.k_per_split = ceil_div(p.rd, kLinK) * kLinK;
+  second.in = base + sp.dh_parts, second.in_splits = sp.s2, second.part_rows = p.N;
+  second.in2 = base + sp.pre_parts, second.in2_splits = sp.s1, second.in_bias = p.b1, second.act = p.act;
+  second.save = dpre, second.save2 = pre;
+  second.z_out = p.a, second.g_out = p.b, second.cnt = p.cnt;
+  second.pair = !light;
+  second.a_scale = (light ? 0.5 : 1.0) / static_cast<double>(p.HW);
+  launch_linear<T, LinIn::PartsActGrad, LinOut::Spread, true>(second, 1, stream);
+  SeWgrad wg;
+  wg.act = p.act;
+  // dW2 [C, rd] = Σ_n dz[n, ·]ᵀ (act(pre_mean[n, ·]) + act(pre_max[n, ·])), as its transpose.
+  wg.a.N = p.N, wg.a.Rn = p.rd, wg.a.Cn = p.C;
+  wg.a.L = pre, wg.a.l_act = true, wg.a.l_pair = !light, wg.a.R = dz;
+  wg.a.transposed = true;
+  wg.a.out = p.dw2, wg.a.bias = p.db2;
+  se_wgrad_tiles(wg.a);
+  // dW1 [rd, C] = Σ over the rows of dL/dpre[row, ·]ᵀ input[row, ·].
+  wg.b.N = sp.rows, wg.b.Rn = p.rd, wg.b.Cn = p.C;
+  wg.b.L = dpre, wg.b.R = p.pooled, wg.b.r_pair = light;
+  wg.b.bias_rows = true;
+  wg.b.out = p.dw1, wg.b.bias = p.db1;
+  se_wgrad_tiles(wg.b);
+  launch_wgrad<T>(wg, p.sm_count, stream);
   return cudaGetLastError();
 }
 

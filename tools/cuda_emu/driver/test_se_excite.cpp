@@ -281,11 +281,142 @@ bool run_cbam_mlp(const SeExciteCase& k, bool light, std::mt19937_64& rng) {
   return ok;
 }
 
+// CBAM's channel MLP backward (cbam_mlp_backward), stage by stage as SE's:
+// the workspace's dz (its first N·C elements) and the recomputed hidden
+// pre-activations and their gradients (its last 2·rows·rd: pre, then dpre)
+// are read for the later stages; pre against the exact fc1 of the input
+// rows (2N: the means', then the maxima's; light: N of ½mean + ½max).
+template <class T>
+bool run_cbam_mlp_bwd(const SeExciteCase& k, bool light, std::mt19937_64& rng) {
+  using A = typename Ty<T>::A;
+  const long N = k.N, C = k.C, R = k.rd, P = light ? 1 : 2, rows = P * N, HW = 7;
+  const double u = std::is_same<A, double>::value ? 1.2e-16 : 6.0e-8;
+  std::uniform_real_distribution<double> U(-1, 1), W(-0.5, 0.5), Z(-4, 4);
+  std::uniform_int_distribution<int> ties(1, 3);
+  Buf<T> w1(R * C), b1(R), w2(C * R), b2(C), dw1(R * C), db1(R), dw2(C * R), db2(C);
+  Buf<A> pooled(2 * N * C), s(N * C), logits(N * C), cnt(N * C), a_out(N * C), b_out(N * C);
+  for (size_t i = 0; i < w1.n; ++i) w1[i] = Ty<T>::from_d(W(rng));
+  for (size_t i = 0; i < w2.n; ++i) w2[i] = Ty<T>::from_d(W(rng));
+  for (long i = 0; i < R; ++i) b1[i] = Ty<T>::from_d(U(rng));
+  for (size_t i = 0; i < pooled.n; ++i) pooled[i] = static_cast<A>(2 * U(rng));
+  for (long i = 0; i < N * C; ++i)
+    s[i] = static_cast<A>(3 * U(rng)), logits[i] = static_cast<A>(Z(rng)), cnt[i] = static_cast<A>(ties(rng));
+  auto d = [](T v) { return Ty<T>::to_d(v); };
+  SeExcite e;
+  e.dtype = Ty<T>::dt;
+  e.N = N, e.C = C, e.rd = R, e.HW = HW;
+  e.act = static_cast<int8_t>(k.act), e.gate = static_cast<int8_t>(light ? 0 : k.gate);
+  e.sm_count = k.sm;
+  e.w1 = w1.p, e.b1 = k.b1 ? b1.p : nullptr, e.w2 = w2.p;
+  e.pooled = pooled.p, e.s = s.p, e.saved_logits = logits.p, e.cnt = cnt.p;
+  e.a = a_out.p, e.b = b_out.p;
+  e.dw1 = dw1.p, e.db1 = k.b1 ? db1.p : nullptr, e.dw2 = dw2.p, e.db2 = k.b2 ? db2.p : nullptr;
+  const long wsn = cbam_mlp_backward_workspace(e, light);
+  Buf<A> ws(wsn);
+  ws.fill_bytes(0xff);
+  e.partials = ws.p;
+  for (auto* b : {&a_out, &b_out}) b->fill_bytes(0xff);
+  for (auto* b : {&dw1, &db1, &dw2, &db2}) b->fill_bytes(0xff);
+  bool ok = true;
+  if (wsn < N * C + 2 * rows * R) std::printf("  cbam_mlp_backward_workspace %ld is too small\n", wsn), ok = false;
+  if (cbam_mlp_backward(e, light, nullptr) != cudaSuccess || cudaGetLastError() != cudaSuccess)
+    std::printf("  cbam_mlp_backward failed\n"), ok = false;
+  if (!ok) return false;
+  const A* dz = ws.p;
+  const A* pre = ws.p + wsn - 2 * rows * R;
+  const A* dpre = ws.p + wsn - rows * R;
+  const std::string tn = Ty<T>::name + std::string(light ? " cbam_mlp_bwd(light)." : " cbam_mlp_bwd.");
+  Check cpre(tn + "pre"), cdz(tn + "dz"), cdp(tn + "dpre"), ca(tn + "a"), cb(tn + "b"), cw1(tn + "dw1"),
+      cb1(tn + "db1"), cw2(tn + "dw2"), cb2(tn + "db2");
+  // The MLP's input row `row` (double, as the kernels form it: halving is exact).
+  auto input = [&](long row, long c) {
+    return light ? 0.5 * double(pooled[row * C + c]) + 0.5 * double(pooled[(N + row) * C + c])
+                 : double(pooled[row * C + c]);
+  };
+  for (long row = 0; row < rows; ++row)
+    for (long r = 0; r < R; ++r) {
+      double h = k.b1 ? d(b1[r]) : 0, m = std::fabs(h);
+      for (long c = 0; c < C; ++c) h += d(w1[r * C + c]) * input(row, c), m += std::fabs(d(w1[r * C + c]) * input(row, c));
+      cpre.near(at2(row, r), pre[row * R + r], h, 4 * u * (C + 8) * m + 1e-300);
+    }
+  for (long n = 0; n < N; ++n)
+    for (long c = 0; c < C; ++c) {
+      const double z = logits[n * C + c], gv = ref_gate(e.gate, z), sv = s[n * C + c];
+      const double want = e.gate == 0 ? sv * (1 - gv) * gv : (z > -3 && z < 3 ? sv / 6 : 0);
+      cdz.near(at2(n, c), dz[n * C + c], want, 16 * u * std::fabs(sv) + 1e-300);
+    }
+  // dL/dpre of each row: W2ᵀ·dz of its sample, through the activation's slope at the kernel's pre.
+  for (long row = 0; row < rows; ++row)
+    for (long r = 0; r < R; ++r) {
+      const long n = row % N;
+      double a = 0, m = 0;
+      for (long c = 0; c < C; ++c) a += d(w2[c * R + r]) * dz[n * C + c], m += std::fabs(d(w2[c * R + r]) * dz[n * C + c]);
+      double slope_mag;
+      const double want = a * ref_act_d(k.act, pre[row * R + r], slope_mag);
+      cdp.near(at2(row, r), dpre[row * R + r], want, 6 * u * (C + 8) * m + 32 * u * std::fabs(a) + 1e-300);
+    }
+  // dL/dpooled spread: the means' (rows < N; light: half of every row's) / HW to a, the maxima's / cnt to b.
+  for (long row = 0; row < rows; ++row)
+    for (long c = 0; c < C; ++c) {
+      double a = 0, m = 0;
+      for (long r = 0; r < R; ++r) a += d(w1[r * C + c]) * dpre[row * R + r], m += std::fabs(d(w1[r * C + c]) * dpre[row * R + r]);
+      const double tol = 4 * u * (R + 8) * m + 1e-300;
+      const long n = row % N;
+      auto spread = [&](Check& ch, const A* out, double scale) {
+        ch.near(at2(n, c), out[n * C + c], a * scale, tol * scale + 2 * u * std::fabs(a * scale));
+      };
+      const double half = light ? 0.5 : 1.0;
+      if (light || row < N) spread(ca, a_out.p, half / HW);
+      if (light || row >= N) spread(cb, b_out.p, half / double(cnt[n * C + c]));
+    }
+  auto grad_near = [&](Check& ch, const std::string& where, T got, double want, double mag, long terms) {
+    ch.near(where, d(got), want, 4 * u * (terms + 8) * mag + Ty<T>::ulp(want) + 1e-300);
+  };
+  for (long r = 0; r < R; ++r) {
+    double bsum = 0, bmag = 0;
+    for (long row = 0; row < rows; ++row) bsum += dpre[row * R + r], bmag += std::fabs(dpre[row * R + r]);
+    if (k.b1) grad_near(cb1, at2(r, 0), db1[r], bsum, bmag, rows);
+    for (long c = 0; c < C; ++c) {
+      double a = 0, m = 0;
+      for (long row = 0; row < rows; ++row) a += dpre[row * R + r] * input(row, c), m += std::fabs(dpre[row * R + r] * input(row, c));
+      grad_near(cw1, at2(r, c), dw1[r * C + c], a, m, rows);
+    }
+  }
+  for (long c = 0; c < C; ++c) {
+    double bsum = 0, bmag = 0;
+    for (long n = 0; n < N; ++n) bsum += P * double(dz[n * C + c]), bmag += P * std::fabs(dz[n * C + c]);
+    if (k.b2) grad_near(cb2, at2(c, 0), db2[c], bsum, bmag, N);
+    for (long r = 0; r < R; ++r) {
+      double a = 0, m = 0;
+      for (long n = 0; n < N; ++n)
+        for (long q = 0; q < P; ++q) {
+          const double h = pre[(q * N + n) * R + r], act = ref_act(k.act, h);
+          a += dz[n * C + c] * act;
+          m += std::fabs(dz[n * C + c]) * (std::fabs(act) + 2 * std::fabs(h));  // the act's own float error
+        }
+      grad_near(cw2, at2(c, r), dw2[c * R + r], a, m, N);
+    }
+  }
+  auto untouched = [&](Buf<T>& b, bool absent, const char* name) {
+    if (!absent) return;
+    const unsigned char* raw = reinterpret_cast<const unsigned char*>(b.p);
+    for (size_t i = 0; i < b.n * sizeof(T); ++i)
+      if (raw[i] != 0xff) { std::printf("  %s written without that bias\n", name), ok = false; return; }
+  };
+  untouched(db1, !k.b1, "db1");
+  untouched(db2, !k.b2, "db2");
+  ok &= cpre.done() & cdz.done() & cdp.done() & ca.done() & cb.done() & cw1.done() & cb1.done() & cw2.done() & cb2.done();
+  return ok;
+}
+
 bool excite_any(DType dt, const SeExciteCase& k, std::mt19937_64& rng) {
   return run_typed(dt, [&](auto tag) { return run_excite<decltype(tag)>(k, rng); });
 }
 bool cbam_mlp_any(DType dt, const SeExciteCase& k, bool light, std::mt19937_64& rng) {
   return run_typed(dt, [&](auto tag) { return run_cbam_mlp<decltype(tag)>(k, light, rng); });
+}
+bool cbam_mlp_bwd_any(DType dt, const SeExciteCase& k, bool light, std::mt19937_64& rng) {
+  return run_typed(dt, [&](auto tag) { return run_cbam_mlp_bwd<decltype(tag)>(k, light, rng); });
 }
 bool excite_bwd_any(DType dt, const SeExciteCase& k, std::mt19937_64& rng) {
   return run_typed(dt, [&](auto tag) { return run_excite_bwd<decltype(tag)>(k, rng); });
@@ -314,7 +445,10 @@ void run_se_excite_suite(bool quick) {
                              static_cast<int>((idx / 3) % 2)};
         run_case("se_excite", dt, k, [&] { return excite_any(dt, k, rng); });
         run_case("se_excite_bwd", dt, k, [&] { return excite_bwd_any(dt, k, rng); });
-        if (two) run_case("cbam_mlp", dt, k, [&] { return cbam_mlp_any(dt, k, idx % 4 == 0, rng); });
+        if (two) {
+          run_case("cbam_mlp", dt, k, [&] { return cbam_mlp_any(dt, k, idx % 4 == 0, rng); });
+          run_case("cbam_mlp_bwd", dt, k, [&] { return cbam_mlp_bwd_any(dt, k, idx % 4 == 1, rng); });
+        }
       }
   // The backward without samples: zero weight gradients.
   for (DType dt : dts)
@@ -332,5 +466,6 @@ void run_se_excite_suite(bool quick) {
     for (bool light : {false, true}) {
       const SeExciteCase k{33, 2048, 128, true, light, !light, 0, 0, 132, 0};
       run_case("cbam_mlp", dt, k, [&] { return cbam_mlp_any(dt, k, light, rng); });
+      run_case("cbam_mlp_bwd", dt, k, [&] { return cbam_mlp_bwd_any(dt, k, light, rng); });
     }
 }

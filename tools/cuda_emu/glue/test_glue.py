@@ -419,8 +419,8 @@ def test_cbam_launches(fmt, light):
     """Forward: the spatial pool, the channel MLP's logits (fc1 on both pools'
     rows, fc2: two launches of SE's linear kernel, no GEMM), the gate (the one
     ATen op: the backward recomputes it), the channel pool of x1, the spatial gate's two kernels, the
-    rescale; backward: two reductions, the spatial gate's four, dx (a
-    reduction may add its segments' combine)."""
+    rescale; backward: two reductions, the spatial gate's four, the MLP's
+    four (no GEMM), dx (a reduction may add its segments' combine)."""
     variant = CBAMVariant(train=True, light=light)
     args = _op_args(variant, torch.float32, (2, 16, 6, 7), FORMATS[fmt])
     EMU.trace()
@@ -431,11 +431,17 @@ def test_cbam_launches(fmt, light):
     assert names[0].startswith("reduce_") and names[3].startswith("reduce_"), names
     ours, aten, ops = launch_count.count(lambda: EMU.cbam_forward(*args))
     assert ops == {"aten::sigmoid": 1}, ops  # the gate, as the backward computes it (cbam_cuda.cpp)
-    EMU.cbam_backward(*cbam_backward_args(args, out, grad_like(out[0]), variant))
+    bwd_args = cbam_backward_args(args, out, grad_like(out[0]), variant)
+    EMU.cbam_backward(*bwd_args)
     names = [k.split("<")[0] for k in EMU.trace() if not k.startswith("combine")]
-    assert len(names) == 7 and names[0].startswith("reduce_") and names[5].startswith("reduce_"), names
+    assert len(names) == 11 and names[0].startswith("reduce_") and names[5].startswith("reduce_"), names
     assert names[1:5] == ["spatial_bn_grad_kernel", "spatial_dz_kernel", "spatial_dmap_kernel",
-                          "spatial_wgrad_kernel"] and names[6] == "apply_kernel", names
+                          "spatial_wgrad_kernel"] and names[10] == "apply_kernel", names
+    # The MLP backward: fc1 again, the two layers' backward, both weight gradients.
+    assert names[6:10] == ["se_linear_kernel"] * 3 + ["se_wgrad_kernel"], names
+    ours, aten, ops = launch_count.count(lambda: EMU.cbam_backward(*bwd_args))
+    # g (recomputed as the forward computed it) and the sum of the per-sample spatial weight gradients
+    assert ops == {"aten::sigmoid": 1, "aten::sum": 1}, ops
 
 
 # ---- the planner on other devices, refusals, empty inputs --------------------
