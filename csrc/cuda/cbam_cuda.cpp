@@ -284,7 +284,20 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   sp.dbeta = dbeta.data_ptr();
   sp.wpart = wpart.data_ptr();
   C10_CUDA_CHECK(cbam_spatial_grad(sp, stream()));
-  const at::Tensor dws = wpart.sum(0).view({maps, k, k});
+  // The samples' conv weight gradients summed in order, in the weight's dtype
+  // (sum_partials; float64 by ATen: the partials are double).
+  at::Tensor dws;
+  if (acc == at::kFloat) {
+    dws = at::empty({maps, k, k}, ws.options().memory_format(at::MemoryFormat::Contiguous));
+    maybe_poison(dws);
+    PartialSums q;
+    q.dtype = dtype_of(ws.scalar_type());
+    q.groups = N, q.count = 1;
+    q.parts[0] = wpart.const_data_ptr<float>(), q.out[0] = dws.data_ptr(), q.len[0] = maps * k * k;
+    C10_CUDA_CHECK(sum_partials(q, stream()));
+  } else {
+    dws = wpart.sum(0).view({maps, k, k});
+  }
 
   // Pass 2: the channel gate's gradient per channel, and the spatial max's ties.
   const at::Tensor mx = pooled[1];

@@ -89,8 +89,32 @@ at::Tensor single_launch_grad(const SeFused& f, const at::Tensor& like, c10::Int
   return t;
 }
 
-at::Tensor single_launch_grad_result(const SeFused& f, const at::Tensor& grad, const at::Tensor& like) {
-  return weight_grad_or_empty(f.groups > 1 && grad.defined() ? grad.sum(0) : grad, like);
+std::vector<at::Tensor> single_launch_grad_results(const SeFused& f, const std::vector<at::Tensor>& grads,
+                                                   const at::Tensor& like) {
+  std::vector<at::Tensor> out;
+  PartialSums q;
+  q.dtype = dtype_of(like.scalar_type());
+  q.groups = f.groups;
+  for (const at::Tensor& grad : grads) {
+    if (!grad.defined()) {
+      out.push_back(at::empty({0}, like.options()));
+    } else if (f.groups <= 1) {
+      out.push_back(weight_grad_or_empty(grad, like));
+    } else {
+      TORCH_CHECK(q.count < kMaxPartialSums && grad.scalar_type() == at::kFloat && grad.is_contiguous(),
+                  "fused_attn: single_launch_grad_results takes at most ", kMaxPartialSums, " float partials");
+      at::Tensor sum = at::empty(grad.sizes().slice(1), like.options().memory_format(at::MemoryFormat::Contiguous));
+      maybe_poison(sum);
+      q.parts[q.count] = grad.const_data_ptr<float>();
+      q.out[q.count] = sum.data_ptr();
+      q.len[q.count] = sum.numel();
+      // (an empty gradient has nothing to sum)
+      if (sum.numel() > 0) ++q.count;
+      out.push_back(sum);
+    }
+  }
+  if (q.count > 0) C10_CUDA_CHECK(sum_partials(q, c10::cuda::getCurrentCUDAStream()));
+  return out;
 }
 
 namespace {

@@ -8,6 +8,8 @@
 #include "../se.h"
 #include "se_cuda.h"
 
+#include <vector>
+
 namespace fused_attn::cuda {
 
 // The kernels' name for a tensor dtype (raises for one they lack), and the
@@ -41,10 +43,13 @@ bool plan_single_launch(SeFused& f, const Geometry& geo, bool backward);
 
 // A weight gradient the single launch writes (planned in f): [*shape] in
 // like's dtype with one group, else float partials [groups, *shape]; and the
-// gradient as the backward op returns it, the partials summed over groups
-// (a fixed-order reduction) and converted (weight_grad_or_empty).
+// gradients as the backward op returns them: with more than one group, the
+// partials summed over the groups in order and written in like's dtype, all
+// of them in one launch (sum_partials); an undefined one as
+// weight_grad_or_empty gives it, [0].
 at::Tensor single_launch_grad(const SeFused& f, const at::Tensor& like, c10::IntArrayRef shape);
-at::Tensor single_launch_grad_result(const SeFused& f, const at::Tensor& grad, const at::Tensor& like);
+std::vector<at::Tensor> single_launch_grad_results(const SeFused& f, const std::vector<at::Tensor>& grads,
+                                                   const at::Tensor& like);
 
 // A tensor's data, or null when it is undefined or empty (absent outputs and
 // optional weights).

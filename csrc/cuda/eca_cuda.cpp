@@ -125,7 +125,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_backward_cuda(
     f.dw1 = dw.data_ptr();
     f.db1 = ptr_or_null(db);
     C10_CUDA_CHECK(se_fused_backward(f, c10::cuda::getCurrentCUDAStream()));
-    return {dx, single_launch_grad_result(f, dw, w), single_launch_grad_result(f, db, w)};
+    const std::vector<at::Tensor> grads = single_launch_grad_results(f, {dw, db}, w);
+    return {dx, grads[0], grads[1]};
   }
   at::Tensor s = at::empty({geo.N, geo.C}, opts);
   at::Tensor no_max = at::empty({0, 0}, opts);

@@ -27,6 +27,10 @@ cudaError_t cbam_mlp_backward(const SeExcite& p, bool light, cudaStream_t stream
   return dispatch_dtype(p.dtype, [&](auto tag) { return launch_cbam_mlp_bwd<decltype(tag)>(p, light, stream); });
 }
 
+cudaError_t sum_partials(const PartialSums& p, cudaStream_t stream) {
+  return dispatch_dtype(p.dtype, [&](auto tag) { return launch_grad_sum<decltype(tag)>(p, stream); });
+}
+
 int64_t eca_excite_partials(const EcaExcite& p) {
   const dim3 grid = eca_excite_bwd_grid(p);
   return int64_t{grid.x} * grid.y * (p.k + 1);

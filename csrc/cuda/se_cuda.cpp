@@ -101,8 +101,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   f.dw2 = ptr_or_null(dw2);
   f.db2 = ptr_or_null(db2);
   C10_CUDA_CHECK(se_fused_backward(f, c10::cuda::getCurrentCUDAStream()));
-  return {dx, single_launch_grad_result(f, dw1, w1), single_launch_grad_result(f, db1, w1),
-          single_launch_grad_result(f, dw2, w1), single_launch_grad_result(f, db2, w1)};
+  const std::vector<at::Tensor> grads = single_launch_grad_results(f, {dw1, db1, dw2, db2}, w1);
+  return {dx, grads[0], grads[1], grads[2], grads[3]};
 }
 
 }  // namespace

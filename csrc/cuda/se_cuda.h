@@ -196,6 +196,24 @@ int64_t eca_excite_partials(const EcaExcite& p);
 cudaError_t eca_excite_forward(const EcaExcite& p, cudaStream_t stream);
 cudaError_t eca_excite_backward(const EcaExcite& p, cudaStream_t stream);
 
+// ---- weight-gradient partials summed (se_backward.cu) -------------------------
+//
+// Float partials [groups, len] of up to four weight gradients, each summed
+// over its groups in order (deterministic) and written in `dtype`, in one
+// launch: the single launch's per-group partials (SE's dw1, db1, dw2, db2;
+// ECA's dw, db) and CBAM's per-sample spatial weight gradients, where ATen
+// took a sum and, in float16 / bfloat16, a conversion for each.
+constexpr int kMaxPartialSums = 4;
+struct PartialSums {
+  DType dtype = DType::F32;     // the outputs'
+  int64_t groups = 1;
+  int count = 0;                // gradients
+  const float* parts[kMaxPartialSums] = {};
+  void* out[kMaxPartialSums] = {};
+  int64_t len[kMaxPartialSums] = {};
+};
+cudaError_t sum_partials(const PartialSums& p, cudaStream_t stream);
+
 // ---- the single-launch SE (se_fused.cu) ------------------------------------
 //
 // One kernel per direction instead of a pool, the excitation's GEMMs (or

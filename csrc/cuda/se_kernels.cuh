@@ -657,6 +657,40 @@ __global__ void __launch_bounds__(kLinThreads) se_wgrad_kernel(const SeWgrad q) 
   }
 }
 
+// ---- weight-gradient partials summed over their groups (sum_partials) -------
+
+// One thread per output element (of all the gradients in turn), summing its
+// groups' partials in order: adjacent threads read adjacent partials.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) grad_sum_kernel(const PartialSums q) {
+  int64_t total = 0;
+  for (int j = 0; j < q.count; ++j) total += q.len[j];
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    int j = 0;
+    int64_t e = i;
+    while (e >= q.len[j]) e -= q.len[j], ++j;
+    const float* __restrict__ src = q.parts[j] + e;
+    float s = src[0];
+    for (int64_t g = 1; g < q.groups; ++g) s += src[g * q.len[j]];
+    static_cast<T*>(q.out[j])[e] = from_acc<T>(s);
+  }
+}
+
+template <typename T>
+cudaError_t launch_grad_sum(const PartialSums& q, cudaStream_t stream) {
+  if (q.count < 0 || q.count > kMaxPartialSums || q.groups < 1) return cudaErrorInvalidValue;
+  int64_t total = 0;
+  for (int j = 0; j < q.count; ++j) {
+    if (q.len[j] < 1 || q.parts[j] == nullptr || q.out[j] == nullptr) return cudaErrorInvalidValue;
+    total += q.len[j];
+  }
+  if (total == 0) return cudaSuccess;
+  const int64_t blocks = std::min<int64_t>(ceil_div(total, kThreads), 1024);  // a grid-stride loop past that
+  grad_sum_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(q);
+  return cudaGetLastError();
+}
+
 // ---- ECA's excitation on the [N, C] rows (two-phase path) -------------------
 
 constexpr int kExciteThreads = 256;

@@ -123,6 +123,10 @@ M = {
                             "emu_test", ["--quick", "--se"]),
   "cbam_mlp_bwd_pre_parts": ("se_kernels.cuh", "pre = parts_sum(in2, q.in2_splits, N, n);", "pre = parts_sum(in2, 1, N, n);",
                              "emu_test", ["--quick", "--se"]),
+  # the single launch's gradient sums (grad_sum_kernel)
+  "grad_sum_last_group": ("se_kernels.cuh", "for (int64_t g = 1; g < q.groups; ++g) s += src[g * q.len[j]];",
+                          "for (int64_t g = 1; g < q.groups - 1; ++g) s += src[g * q.len[j]];", "emu_test", ["--quick", "--se"]),
+  "grad_sum_stride": ("se_kernels.cuh", "s += src[g * q.len[j]];", "s += src[g * q.len[0]];", "emu_test", ["--quick", "--se"]),
   "se_tail_barrier_cap2": ("se_kernels.cuh", "    __syncthreads();  // the partials are rewritten for the next sample", "",
                            "cap2/emu_test", ["--quick", "--se"]),
 }

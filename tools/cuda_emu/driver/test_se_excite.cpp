@@ -409,6 +409,58 @@ bool run_cbam_mlp_bwd(const SeExciteCase& k, bool light, std::mt19937_64& rng) {
   return ok;
 }
 
+struct GradSumCase {
+  std::vector<long> lens;
+  long groups;
+  int policy;
+  std::string str() const {
+    std::string s = "lens=";
+    for (long l : lens) s += std::to_string(l) + ",";
+    return s + " groups=" + std::to_string(groups) + " policy=" + std::to_string(policy);
+  }
+};
+
+// The single launch's weight-gradient partials summed over the groups
+// (sum_partials): each output exactly the float sum over the groups in
+// order, rounded once to T; nothing past each output's end written.
+template <class T>
+bool run_grad_sum(const std::vector<long>& lens, long groups, std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> U(-2, 2);
+  PartialSums q;
+  q.dtype = Ty<T>::dt;
+  q.groups = groups;
+  q.count = static_cast<int>(lens.size());
+  std::vector<Buf<float>> parts;
+  std::vector<Buf<T>> outs;
+  parts.reserve(lens.size()), outs.reserve(lens.size());
+  for (size_t j = 0; j < lens.size(); ++j) {
+    parts.emplace_back(groups * lens[j]);
+    outs.emplace_back(lens[j] + 8);  // 8 guard elements
+    for (size_t i = 0; i < parts[j].n; ++i) parts[j][i] = static_cast<float>(U(rng));
+    outs[j].fill_bytes(0xff);
+    q.parts[j] = parts[j].p, q.out[j] = outs[j].p, q.len[j] = lens[j];
+  }
+  bool ok = true;
+  if (sum_partials(q, nullptr) != cudaSuccess || cudaGetLastError() != cudaSuccess)
+    std::printf("  sum_partials failed\n"), ok = false;
+  Check ch(std::string(Ty<T>::name) + " grad_sum");
+  for (size_t j = 0; j < lens.size(); ++j) {
+    for (long e = 0; e < lens[j]; ++e) {
+      float s = parts[j][e];
+      for (long g = 1; g < groups; ++g) s += parts[j][g * lens[j] + e];
+      ch.exact(at2(long(j), e), Ty<T>::to_d(outs[j][e]), Ty<T>::round_acc(s));
+    }
+    const unsigned char* raw = reinterpret_cast<const unsigned char*>(outs[j].p + lens[j]);
+    for (size_t i = 0; i < 8 * sizeof(T); ++i)
+      if (raw[i] != 0xff) { std::printf("  grad_sum wrote past output %zu\n", j), ok = false; break; }
+  }
+  return ch.done() && ok;
+}
+
+bool grad_sum_any(DType dt, const GradSumCase& k, std::mt19937_64& rng) {
+  return run_typed(dt, [&](auto tag) { return run_grad_sum<decltype(tag)>(k.lens, k.groups, rng); });
+}
+
 bool excite_any(DType dt, const SeExciteCase& k, std::mt19937_64& rng) {
   return run_typed(dt, [&](auto tag) { return run_excite<decltype(tag)>(k, rng); });
 }
@@ -461,6 +513,14 @@ void run_se_excite_suite(bool quick) {
                                   SeExciteCase{70, 96, 8, true, false, true, 1, 0, 132, 2}})
       run_case("se_excite", dt, k, [&] { return excite_any(dt, k, rng); }),
           run_case("se_excite_bwd", dt, k, [&] { return excite_bwd_any(dt, k, rng); });
+  // The single launch's gradient sums: SE's four (dw1, db1, dw2, db2), ECA's
+  // two, one; groups 2 to 70; past the grid's 1024 blocks (and the cap2
+  // build's grid of two) a grid-stride loop.
+  for (DType dt : dts)
+    for (const GradSumCase& k : {GradSumCase{{16 * 64, 16, 64 * 16, 64}, 3, 0}, GradSumCase{{5, 1}, 70, 1},
+                                 GradSumCase{{4097}, 2, 2}, GradSumCase{{300, 7, 300 * 7, 300}, 9, 0},
+                                 GradSumCase{{128 * 1024 + 1, 256 * 1024 + 3}, 2, 0}})
+      run_case("grad_sum", dt, k, [&] { return grad_sum_any(dt, k, rng); });
   // CBAM at the ResNet-50 site's widths (reduction 16), both kinds.
   for (DType dt : dts)
     for (bool light : {false, true}) {
