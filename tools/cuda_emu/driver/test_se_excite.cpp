@@ -28,6 +28,16 @@ struct SeExciteCase {
   }
 };
 
+// Whether n elements from p all still hold the 0xff poison (what a kernel
+// must not have written: an absent bias's gradient, guard elements).
+template <class E>
+bool poisoned(const E* p, size_t n) {
+  const unsigned char* raw = reinterpret_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < n * sizeof(E); ++i)
+    if (raw[i] != 0xff) return false;
+  return true;
+}
+
 template <class T>
 bool run_excite(const SeExciteCase& k, std::mt19937_64& rng) {
   using A = typename Ty<T>::A;
@@ -204,10 +214,7 @@ bool run_excite_bwd(const SeExciteCase& k, std::mt19937_64& rng) {
   }
   // What the kernels must not write: the absent biases stay poisoned.
   auto untouched = [&](Buf<T>& b, bool absent, const char* name) {
-    if (!absent) return;
-    const unsigned char* raw = reinterpret_cast<const unsigned char*>(b.p);
-    for (size_t i = 0; i < b.n * sizeof(T); ++i)
-      if (raw[i] != 0xff) { std::printf("  %s written without that bias\n", name), ok = false; return; }
+    if (absent && !poisoned(b.p, b.n)) std::printf("  %s written without that bias\n", name), ok = false;
   };
   untouched(db1, !k.b1, "db1");
   untouched(db2, !(k.two_layer && k.b2), "db2");
@@ -398,10 +405,7 @@ bool run_cbam_mlp_bwd(const SeExciteCase& k, bool light, std::mt19937_64& rng) {
     }
   }
   auto untouched = [&](Buf<T>& b, bool absent, const char* name) {
-    if (!absent) return;
-    const unsigned char* raw = reinterpret_cast<const unsigned char*>(b.p);
-    for (size_t i = 0; i < b.n * sizeof(T); ++i)
-      if (raw[i] != 0xff) { std::printf("  %s written without that bias\n", name), ok = false; return; }
+    if (absent && !poisoned(b.p, b.n)) std::printf("  %s written without that bias\n", name), ok = false;
   };
   untouched(db1, !k.b1, "db1");
   untouched(db2, !k.b2, "db2");
@@ -450,9 +454,7 @@ bool run_grad_sum(const std::vector<long>& lens, long groups, std::mt19937_64& r
       for (long g = 1; g < groups; ++g) s += parts[j][g * lens[j] + e];
       ch.exact(at2(long(j), e), Ty<T>::to_d(outs[j][e]), Ty<T>::round_acc(s));
     }
-    const unsigned char* raw = reinterpret_cast<const unsigned char*>(outs[j].p + lens[j]);
-    for (size_t i = 0; i < 8 * sizeof(T); ++i)
-      if (raw[i] != 0xff) { std::printf("  grad_sum wrote past output %zu\n", j), ok = false; break; }
+    if (!poisoned(outs[j].p + lens[j], 8)) std::printf("  grad_sum wrote past output %zu\n", j), ok = false;
   }
   return ch.done() && ok;
 }
