@@ -114,6 +114,32 @@ Spatial spatial_of(const at::Tensor& smap, const at::Tensor& ws, const c10::opti
   return r;
 }
 
+// SE's excitation params for the channel MLP (cbam_mlp_forward /
+// cbam_mlp_backward) on pooled [2, N, C], with the contiguous weights its
+// pointers name; light CBAM's gate is a sigmoid.
+struct Mlp {
+  SeExcite e;
+  at::Tensor w1, b1, w2, b2;
+};
+
+Mlp mlp_of(const Geometry& geo, const at::Tensor& pooled, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+           const at::Tensor& w2, const c10::optional<at::Tensor>& b2, Act act, Gate gate, bool light) {
+  Mlp m;
+  const SePass pass = pass_of<SePass>(geo);  // the dtype and the device's multiprocessors
+  SeExcite& e = m.e;
+  e.dtype = pass.dtype;
+  e.sm_count = pass.sm_count;
+  e.N = geo.N, e.C = geo.C, e.rd = w1.size(0), e.HW = geo.HW;
+  e.act = static_cast<int8_t>(act);
+  e.gate = static_cast<int8_t>(light ? Gate::Sigmoid : gate);
+  m.w1 = w1.contiguous(), m.w2 = w2.contiguous();
+  if (b1) m.b1 = b1->contiguous();
+  if (b2) m.b2 = b2->contiguous();
+  e.w1 = m.w1.const_data_ptr(), e.b1 = ptr_or_null(m.b1), e.w2 = m.w2.const_data_ptr(), e.b2 = ptr_or_null(m.b2);
+  e.pooled = pooled.const_data_ptr();
+  return m;
+}
+
 at::Tensor acc_empty(int64_t a, int64_t b, const at::TensorOptions& opts) {
   at::Tensor t = at::empty({a, b}, opts);
   maybe_poison(t);
@@ -155,17 +181,8 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
   at::Tensor logits, g;
   if (w1.size(0) > 0) {
     // The logits in two launches of ours (cbam_mlp_forward); no hidden units keeps the ATen ops.
-    const SePass pass = pass_of<SePass>(geo);  // the dtype and the device's multiprocessors
-    SeExcite e;
-    e.dtype = pass.dtype;
-    e.sm_count = pass.sm_count;
-    e.N = N, e.C = C, e.rd = w1.size(0);
-    e.act = static_cast<int8_t>(act);
-    e.gate = static_cast<int8_t>(light ? Gate::Sigmoid : gate);  // light CBAM's gate is a sigmoid
-    const at::Tensor w1c = w1.contiguous(), w2c = w2.contiguous();
-    const at::Tensor b1c = b1 ? b1->contiguous() : at::Tensor(), b2c = b2 ? b2->contiguous() : at::Tensor();
-    e.w1 = w1c.const_data_ptr(), e.b1 = ptr_or_null(b1c), e.w2 = w2c.const_data_ptr(), e.b2 = ptr_or_null(b2c);
-    e.pooled = pooled.const_data_ptr();
+    Mlp mlp = mlp_of(geo, pooled, w1, b1, w2, b2, act, gate, light);
+    SeExcite& e = mlp.e;
     logits = at::empty({N, C}, aopt);
     maybe_poison(logits);
     e.logits = logits.data_ptr();
@@ -312,16 +329,9 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   // of ours (cbam_mlp_backward) with hidden units; without, ATen's ops.
   const int64_t rd = w1.size(0);
   if (rd > 0) {
-    SeExcite e;
-    e.dtype = p.dtype;
-    e.sm_count = p.sm_count;
-    e.N = N, e.C = C, e.rd = rd, e.HW = HW;
-    e.act = static_cast<int8_t>(act);
-    e.gate = static_cast<int8_t>(light ? Gate::Sigmoid : gate);
-    const at::Tensor w1c = w1.contiguous(), w2c = w2.contiguous();
-    const at::Tensor b1c = b1 ? b1->contiguous() : at::Tensor();
-    e.w1 = w1c.const_data_ptr(), e.b1 = ptr_or_null(b1c), e.w2 = w2c.const_data_ptr();
-    e.pooled = pooled.const_data_ptr(), e.s = dg.const_data_ptr(), e.saved_logits = logits.const_data_ptr();
+    Mlp mlp = mlp_of(geo, pooled, w1, b1, w2, b2, act, gate, light);
+    SeExcite& e = mlp.e;
+    e.s = dg.const_data_ptr(), e.saved_logits = logits.const_data_ptr();
     e.cnt = scnt.const_data_ptr();
     const at::Tensor a = acc_empty(N, C, aopt), b = acc_empty(N, C, aopt);
     e.a = a.data_ptr(), e.b = b.data_ptr();

@@ -964,10 +964,6 @@ inline SeExcite cbam_mlp_rows(const SeExcite& p, bool light) {
   return rows;
 }
 
-// fc1 on the `rows` of p.pooled split over C into partials, then fc2, which
-// sums them with fc1's bias, saves hidden (when p.hidden is set), applies the
-// activation, fc2's bias (times bias_scale) and the gate. SE: rows = p;
-// CBAM as cbam_mlp_rows says, with the pairs of rows as LinIn says.
 // fc1 without its bias on the `rows` of p.pooled, split over C into partials
 // [splits, rows.N, rd] at `parts`: the forward's first launch, and CBAM's
 // backward recomputing it with the very same sums.
@@ -982,6 +978,10 @@ void launch_fc1_parts(const SeExcite& p, const SeExcite& rows, bool pair, void* 
   launch_linear<T, LinIn::Rows, LinOut::Parts, false>(fc1, se_fc1_splits(rows), stream);
 }
 
+// fc1 on the `rows` of p.pooled split over C into partials, then fc2, which
+// sums them with fc1's bias, saves hidden (when p.hidden is set), applies the
+// activation, fc2's bias (times bias_scale) and the gate. SE: rows = p;
+// CBAM as cbam_mlp_rows says, with the pairs of rows as LinIn says.
 template <typename T>
 void launch_two_layers(const SeExcite& p, const SeExcite& rows, bool fc1_pair, bool fc2_pair, double bias_scale,
                        cudaStream_t stream) {
@@ -1049,6 +1049,27 @@ void launch_wgrad(const SeWgrad& wg, int sm_count, cudaStream_t stream) {
   se_wgrad_kernel<T><<<static_cast<unsigned>(blocks), kLinThreads, 0, stream>>>(wg);
 }
 
+// The backward's first layer as it stages its input: dz = gate'(logits)·s,
+// saved to dz, with g saved to p.g when set.
+inline SeLinear gate_grad_layer(const SeExcite& p, void* dz) {
+  SeLinear first;
+  first.N = p.N, first.K = p.C;
+  first.in = p.s, first.in2 = p.saved_logits, first.gate = p.gate;
+  first.save = dz, first.save2 = p.g;
+  return first;
+}
+
+// Two layers (SE's, CBAM's): dz times W2ᵀ split over C into partials
+// [se_fc1_splits(p), N, rd] at `parts`.
+template <typename T>
+void launch_gate_grad_parts(const SeExcite& p, void* dz, void* parts, cudaStream_t stream) {
+  SeLinear first = gate_grad_layer(p, dz);
+  first.J = p.rd, first.w = p.w2;
+  first.k_per_split = se_fc1_k_per_split(p);
+  first.part_out = parts;
+  launch_linear<T, LinIn::GateGrad, LinOut::Parts, true>(first, se_fc1_splits(p), stream);
+}
+
 // The backward of the excitation (the layers run with their weights
 // transposed): dz = gate'·s, saved with g, times W2ᵀ split over C into
 // partials; those summed through the activation's derivative (dL/dhidden,
@@ -1077,15 +1098,8 @@ cudaError_t launch_se_excite_bwd(const SeExcite& p, cudaStream_t stream) {
     q.z_out = p.a, q.cnt = p.cnt, q.g_out = p.b;
   };
   if (p.N > 0) {
-    SeLinear first;
-    first.N = p.N, first.K = p.C;
-    first.in = p.s, first.in2 = p.saved_logits, first.gate = p.gate;
-    first.save = dz, first.save2 = p.g;
     if (p.two_layer) {
-      first.J = p.rd, first.w = p.w2;
-      first.k_per_split = se_fc1_k_per_split(p);
-      first.part_out = parts;
-      launch_linear<T, LinIn::GateGrad, LinOut::Parts, true>(first, se_fc1_splits(p), stream);
+      launch_gate_grad_parts<T>(p, dz, parts, stream);
       SeLinear second;
       second.N = p.N, second.J = p.C, second.K = p.rd, second.w = p.w1;
       second.k_per_split = ceil_div(p.rd, kLinK) * kLinK;
@@ -1094,6 +1108,7 @@ cudaError_t launch_se_excite_bwd(const SeExcite& p, cudaStream_t stream) {
       spread(second);
       launch_linear<T, LinIn::PartsActGrad, LinOut::Spread, true>(second, 1, stream);
     } else {
+      SeLinear first = gate_grad_layer(p, dz);
       first.J = p.C, first.w = p.w1;
       first.k_per_split = ceil_div(p.C, kLinK) * kLinK;
       spread(first);
@@ -1122,8 +1137,9 @@ struct CbamMlpBwdSpace {
 };
 inline CbamMlpBwdSpace cbam_mlp_bwd_space(const SeExcite& p, bool light) {
   CbamMlpBwdSpace w;
-  w.rows = cbam_mlp_rows(p, light).N;
-  w.s1 = se_fc1_splits(cbam_mlp_rows(p, light));
+  const SeExcite rows = cbam_mlp_rows(p, light);
+  w.rows = rows.N;
+  w.s1 = se_fc1_splits(rows);
   w.s2 = se_fc1_splits(p);
   w.pre_parts = w.dz + p.N * p.C;
   w.dh_parts = w.pre_parts + w.s1 * w.rows * p.rd;
@@ -1155,13 +1171,7 @@ cudaError_t launch_cbam_mlp_bwd(const SeExcite& p, bool light, cudaStream_t stre
   A* const pre = base + sp.pre;
   A* const dpre = base + sp.dpre;
   launch_fc1_parts<T>(p, cbam_mlp_rows(p, light), light, base + sp.pre_parts, stream);
-  SeLinear first;
-  first.N = p.N, first.J = p.rd, first.K = p.C, first.w = p.w2;
-  first.in = p.s, first.in2 = p.saved_logits, first.gate = p.gate;
-  first.save = dz, first.save2 = p.g;
-  first.k_per_split = se_fc1_k_per_split(p);
-  first.part_out = base + sp.dh_parts;
-  launch_linear<T, LinIn::GateGrad, LinOut::Parts, true>(first, sp.s2, stream);
+  launch_gate_grad_parts<T>(p, dz, base + sp.dh_parts, stream);
   SeLinear second;
   second.N = sp.rows, second.J = p.C, second.K = p.rd, second.w = p.w1;
   second.k_per_split = ceil_div(p.rd, kLinK) * kLinK;

@@ -38,6 +38,15 @@ bool poisoned(const E* p, size_t n) {
   return true;
 }
 
+// CBAM's MLP input row `row` from the pools' rows pooled [2N, C]: row itself
+// (2N rows, the means' then the maxima's), or light ½mean + ½max (N rows);
+// in double, as the kernels form it (halving is exact).
+template <class A>
+double cbam_mlp_input(const Buf<A>& pooled, long N, long C, bool light, long row, long c) {
+  return light ? 0.5 * double(pooled.p[row * C + c]) + 0.5 * double(pooled.p[(N + row) * C + c])
+               : double(pooled.p[row * C + c]);
+}
+
 template <class T>
 bool run_excite(const SeExciteCase& k, std::mt19937_64& rng) {
   using A = typename Ty<T>::A;
@@ -157,7 +166,7 @@ bool run_excite_bwd(const SeExciteCase& k, std::mt19937_64& rng) {
     for (long c = 0; c < C; ++c) {
       const double z = logits[n * C + c], gv = ref_gate(k.gate, z), sv = s[n * C + c];
       cg.near(at2(n, c), g[n * C + c], gv, 8 * u + 1e-300);
-      const double want = k.gate == 0 ? sv * (1 - gv) * gv : (z > -3 && z < 3 ? sv / 6 : 0);
+      const double want = sv * ref_gate_coef(k.gate, z, gv);
       cdz.near(at2(n, c), dz[n * C + c], want, 16 * u * std::fabs(sv) + 1e-300);
     }
     if (k.two_layer) {
@@ -265,8 +274,7 @@ bool run_cbam_mlp(const SeExciteCase& k, bool light, std::mt19937_64& rng) {
       for (long q = 0; q < P; ++q) {
         double h = k.b1 ? d(b1[r]) : 0, m = std::fabs(h);
         for (long c = 0; c < C; ++c) {
-          const double v = light ? 0.5 * double(pooled[n * C + c]) + 0.5 * double(pooled[(N + n) * C + c])
-                                 : double(pooled[(q * N + n) * C + c]);
+          const double v = cbam_mlp_input(pooled, N, C, light, q * N + n, c);
           h += d(w1[r * C + c]) * v, m += std::fabs(d(w1[r * C + c]) * v);
         }
         const double a = ref_act(k.act, h);
@@ -335,11 +343,7 @@ bool run_cbam_mlp_bwd(const SeExciteCase& k, bool light, std::mt19937_64& rng) {
   const std::string tn = Ty<T>::name + std::string(light ? " cbam_mlp_bwd(light)." : " cbam_mlp_bwd.");
   Check cpre(tn + "pre"), cdz(tn + "dz"), cdp(tn + "dpre"), ca(tn + "a"), cb(tn + "b"), cw1(tn + "dw1"),
       cb1(tn + "db1"), cw2(tn + "dw2"), cb2(tn + "db2");
-  // The MLP's input row `row` (double, as the kernels form it: halving is exact).
-  auto input = [&](long row, long c) {
-    return light ? 0.5 * double(pooled[row * C + c]) + 0.5 * double(pooled[(N + row) * C + c])
-                 : double(pooled[row * C + c]);
-  };
+  auto input = [&](long row, long c) { return cbam_mlp_input(pooled, N, C, light, row, c); };
   for (long row = 0; row < rows; ++row)
     for (long r = 0; r < R; ++r) {
       double h = k.b1 ? d(b1[r]) : 0, m = std::fabs(h);
@@ -349,7 +353,7 @@ bool run_cbam_mlp_bwd(const SeExciteCase& k, bool light, std::mt19937_64& rng) {
   for (long n = 0; n < N; ++n)
     for (long c = 0; c < C; ++c) {
       const double z = logits[n * C + c], gv = ref_gate(e.gate, z), sv = s[n * C + c];
-      const double want = e.gate == 0 ? sv * (1 - gv) * gv : (z > -3 && z < 3 ? sv / 6 : 0);
+      const double want = sv * ref_gate_coef(e.gate, z, gv);
       cdz.near(at2(n, c), dz[n * C + c], want, 16 * u * std::fabs(sv) + 1e-300);
     }
   // dL/dpre of each row: W2ᵀ·dz of its sample, through the activation's slope at the kernel's pre.
