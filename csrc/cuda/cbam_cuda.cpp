@@ -146,6 +146,16 @@ at::Tensor acc_empty(int64_t a, int64_t b, const at::TensorOptions& opts) {
   return t;
 }
 
+// g = gate(logits) [N, C] by cbam_channel_gate: the function the MLP's fc2
+// applies in the forward, so the backward's g has the forward's bits.
+at::Tensor channel_gate(const at::Tensor& logits, Gate gate, bool light) {
+  const at::Tensor z = logits.contiguous();
+  at::Tensor g = acc_empty(z.size(0), z.size(1), z.options());
+  C10_CUDA_CHECK(cbam_channel_gate(dtype_of(z.scalar_type()), static_cast<int8_t>(light ? Gate::Sigmoid : gate),
+                                   z.numel(), z.const_data_ptr(), g.data_ptr(), stream()));
+  return g;
+}
+
 }  // namespace
 
 Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
@@ -178,25 +188,26 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
   maybe_poison(pooled);
   at::Tensor pmean = pooled[0], pmax = pooled[1];
   pool_pass(geo, pmean, pmax, /*plain_mean=*/true);
+  // The channel max of x1 = x·g is saved, and the backward finds its ties
+  // by recomputing x·g: its g (cbam_channel_gate) and this one are the same
+  // function of the same logits, so they have the same bits.
   at::Tensor logits, g;
   if (w1.size(0) > 0) {
-    // The logits in two launches of ours (cbam_mlp_forward); no hidden units keeps the ATen ops.
+    // The logits and the gate in two launches of ours (cbam_mlp_forward: fc2 applies the gate).
     Mlp mlp = mlp_of(geo, pooled, w1, b1, w2, b2, act, gate, light);
     SeExcite& e = mlp.e;
-    logits = at::empty({N, C}, aopt);
-    maybe_poison(logits);
+    logits = acc_empty(N, C, aopt);
+    g = acc_empty(N, C, aopt);
     e.logits = logits.data_ptr();
+    e.g = g.data_ptr();
     at::Tensor workspace = at::empty({cbam_mlp_partials(e, light)}, aopt);
     e.partials = ptr_or_null(workspace);
     C10_CUDA_CHECK(cbam_mlp_forward(e, light, stream()));
-  } else {
+  } else {  // no hidden units: the logits by ATen's ops, the gate by ours
     const SeWeights w = se_weights(w1, b1, w2, b2, acc);
     logits = mlp_logits(activation(act, fc(mlp_input(pooled, light), w.w1, w.b1)), *w.w2, w.b2, light).contiguous();
+    g = channel_gate(logits, gate, light);
   }
-  // The gate by the same ATen op as the backward's: the channel max of
-  // x1 = x·g is saved, and the backward finds its ties by recomputing x·g, so
-  // both must have g's very bits (the kernel's own sigmoid may round otherwise).
-  g = (light ? at::sigmoid(logits) : gate_forward(gate, logits)).contiguous();
 
   // The spatial gate: channel mean and max of x1, the conv, the BatchNorm.
   at::Tensor smap = at::empty({2, N, HW}, aopt);
@@ -265,7 +276,7 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   }
   const at::Tensor dy = dy_in.contiguous(geo.format);
   const at::Tensor cmax = smap[1];
-  const at::Tensor g = (light ? at::sigmoid(logits) : gate_forward(gate, logits)).contiguous();
+  const at::Tensor g = channel_gate(logits, gate, light);  // the forward's bits (cbam_forward_cuda)
   CbamPass p = pass_of<CbamPass>(geo);
   p.dy = dy.const_data_ptr();
   p.g = g.const_data_ptr();

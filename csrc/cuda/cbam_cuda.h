@@ -73,6 +73,13 @@ cudaError_t cbam_rescale(const CbamPass& p, cudaStream_t stream);
 // dx = dx1·g + a (+ b where x == mx), dx1 = dy·s + dcmean (+ dcmax where x1 == cmax).
 cudaError_t cbam_input_grad(const CbamPass& p, cudaStream_t stream);
 
+// The channel gate g = gate(z) on [count] values of the accumulation type
+// (acc F32 or F64), by the function cbam_mlp_forward's fc2 applies (gate_fwd):
+// the backward recomputes g from the saved logits with the forward's very
+// bits, which the channel max's ties need (x1 = x·g is compared with the
+// saved max_c x1). One launch.
+cudaError_t cbam_channel_gate(DType acc, int8_t gate, int64_t count, const void* z, void* g, cudaStream_t stream);
+
 // The forward's spatial gate in two launches instead of about twenty small
 // ATen ops on [N, H·W] maps (on a GPU those cost more than the passes over x
 // at the ResNet-50 sites): the k×k convolution of the maps read straight from

@@ -266,6 +266,21 @@ __global__ void __launch_bounds__(kRowThreads) apply_kernel(const CbamPass p) {
   }
 }
 
+// ---- the channel gate ------------------------------------------------------
+
+// g = gate(z), element by element, by gate_fwd: the very function fc2's
+// epilogue (se_linear_kernel's LinOut::Gate) applies, so a g recomputed here
+// from the saved logits has the forward's bits. Grid-stride.
+constexpr int64_t kGateMaxBlocks = 1024;
+
+template <typename A>
+__global__ void __launch_bounds__(kRowThreads) channel_gate_kernel(const int64_t count, const A* __restrict__ z,
+                                                                   A* __restrict__ g, const int8_t gate) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kRowThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kRowThreads + threadIdx.x; i < count; i += stride)
+    g[i] = gate_fwd(gate, z[i]);
+}
+
 // ---- the forward's spatial gate --------------------------------------------
 
 constexpr int kSpatialThreads = 256;
@@ -715,6 +730,19 @@ cudaError_t cbam_rescale(const CbamPass& p, cudaStream_t stream) {
 
 cudaError_t cbam_input_grad(const CbamPass& p, cudaStream_t stream) {
   return dispatch_dtype(p.dtype, [&](auto tag) { return launch_apply<decltype(tag), true>(p, stream); });
+}
+
+cudaError_t cbam_channel_gate(DType acc, int8_t gate, int64_t count, const void* z, void* g, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  if (count < 0 || z == nullptr || g == nullptr) return cudaErrorInvalidValue;
+  const int64_t blocks = std::min<int64_t>(ceil_div(count, kRowThreads), kGateMaxBlocks);
+  return dispatch_acc(acc, [&](auto tag) {
+    using A = decltype(tag);
+    const A* zs = static_cast<const A*>(z);
+    A* gs = static_cast<A*>(g);
+    channel_gate_kernel<A><<<static_cast<unsigned>(blocks), kRowThreads, 0, stream>>>(count, zs, gs, gate);
+    return cudaGetLastError();
+  });
 }
 
 int64_t cbam_spatial_blocks(const CbamSpatial& sp) {

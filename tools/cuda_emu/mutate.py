@@ -55,6 +55,8 @@ M = {
                           "emu_test", ["--quick", "--cbam"]),
   "cbam_grad_hard_window": ("cbam_kernels.cu", "(bo > A(-3) && bo < A(3))", "(bo >= A(-3) && bo < A(3) && bo > A(-2.5))",
                             "emu_test", ["--quick", "--cbam"]),
+  "cbam_channel_gate_stride": ("cbam_kernels.cu", "i < count; i += stride)\n    g[i] = gate_fwd(gate, z[i]);",
+                               "i < count; i += stride + 1)\n    g[i] = gate_fwd(gate, z[i]);", "emu_test", ["--quick", "--cbam"]),
   "se_cols_merge": ("se_kernels.cuh", "for (int j = 1; j < kColsY; ++j)", "for (int j = 1; j < kColsY - 1; ++j)", "emu_test", ["--quick", "--se"]),
   "se_vec_oob": ("se_kernels.cuh", "  if (row % kVec<T> != 0) return false;", "", "emu_test", ["--quick", "--se"]),
   # se_fused.cu (clusters, distributed shared memory, asynchronous copies)

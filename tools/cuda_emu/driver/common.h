@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -181,6 +182,17 @@ struct Check {
     return bad == 0;
   }
 };
+
+// Whether n elements from p all still hold the 0xff poison (what a kernel
+// must not have written: an absent bias's gradient, guard elements,
+// anything with nothing to do).
+template <class E>
+bool poisoned(const E* p, size_t n) {
+  const unsigned char* raw = reinterpret_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < n * sizeof(E); ++i)
+    if (raw[i] != 0xff) return false;
+  return true;
+}
 
 inline std::string at3(long a, long b, long c) {
   return "[" + std::to_string(a) + "," + std::to_string(b) + "," + std::to_string(c) + "]";

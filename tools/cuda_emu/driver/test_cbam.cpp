@@ -510,6 +510,31 @@ bool cbam_case_any(DType dt, const CbamCase& k, std::mt19937_64& rng) {
   return run_typed(dt, [&](auto tag) { return run_cbam<decltype(tag)>(k, rng); });
 }
 
+// The channel gate (cbam_channel_gate) on values around the hard sigmoid's
+// corners, large ones, NaN and ±inf: against the double formula; nothing
+// written with count 0; 300000 values take the grid-stride loop (1024 blocks).
+template <class A>
+bool run_channel_gate(long count, int gate, std::mt19937_64& rng) {
+  const double u = std::is_same<A, double>::value ? 1.2e-16 : 6.0e-8;
+  const double inf = std::numeric_limits<double>::infinity();
+  const double special[] = {0, 3, -3, 2.9999, -2.9999, 40, -40, 100, -100, inf, -inf, std::nan("")};
+  std::uniform_real_distribution<double> U(-8, 8);
+  Buf<A> z(std::max(count, 1L)), g(std::max(count, 1L));
+  for (long i = 0; i < count; ++i) z[i] = static_cast<A>(i % 7 == 0 ? special[(i / 7) % 12] : U(rng));
+  g.fill_bytes(0xff);
+  bool ok = true;
+  if (cbam_channel_gate(Ty<A>::dt, static_cast<int8_t>(gate), count, z.p, g.p, nullptr) != cudaSuccess ||
+      cudaGetLastError() != cudaSuccess)
+    std::printf("  cbam_channel_gate failed\n"), ok = false;
+  if (count == 0) {
+    if (!poisoned(g.p, g.n)) std::printf("  cbam_channel_gate wrote with count 0\n"), ok = false;
+    return ok;
+  }
+  Check cg(std::string(Ty<A>::name) + (gate ? " channel_gate(hard)" : " channel_gate"));
+  for (long i = 0; i < count; ++i) cg.near(at2(0, i), g[i], ref_gate(gate, double(z[i])), 8 * u + 1e-300);
+  return cg.done() & ok;
+}
+
 void run_cbam_suite(bool quick) {
   std::mt19937_64 rng(2024);
   const DType dts[4] = {DType::F32, DType::F16, DType::BF16, DType::F64};
@@ -535,6 +560,18 @@ void run_cbam_suite(bool quick) {
         CbamCase k{e.N, e.C, e.H, e.W, e.cl != 0, e.sm, 0, 0, 0, e.mode, pol};
         k.mis_x = pol == 1;
         run_case("cbam", dt, k, [&] { return cbam_case_any(dt, k, rng); });
+      }
+  // The channel gate.
+  for (long count : {0L, 1L, 257L, 300000L})
+    for (int gate = 0; gate < 2; ++gate)
+      for (int a = 0; a < 2; ++a) {
+        ++g_stats.cases;
+        const bool ok = a ? run_channel_gate<double>(count, gate, rng) : run_channel_gate<float>(count, gate, rng);
+        if (g_verbose) std::printf("channel_gate %s count=%ld gate=%d\n", a ? "f64" : "f32", count, gate);
+        if (!ok) {
+          ++g_stats.failed_cases;
+          std::printf("FAILED channel_gate %s count=%ld gate=%d\n", a ? "f64" : "f32", count, gate);
+        }
       }
   // The forward's spatial gate.
   {

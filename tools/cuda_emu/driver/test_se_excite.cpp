@@ -6,6 +6,9 @@
 // kernel's own logits. Its backward (se_excite_backward: the layers
 // transposed, then se_wgrad_kernel) the same way, reading the workspace's dz
 // and dL/dhidden (the first N·C, then N·rd elements) for the later stages.
+#include <cstring>
+
+#include "cbam_cuda.h"
 #include "common.h"
 #include "se_cuda.h"
 
@@ -27,16 +30,6 @@ struct SeExciteCase {
     return b;
   }
 };
-
-// Whether n elements from p all still hold the 0xff poison (what a kernel
-// must not have written: an absent bias's gradient, guard elements).
-template <class E>
-bool poisoned(const E* p, size_t n) {
-  const unsigned char* raw = reinterpret_cast<const unsigned char*>(p);
-  for (size_t i = 0; i < n * sizeof(E); ++i)
-    if (raw[i] != 0xff) return false;
-  return true;
-}
 
 // CBAM's MLP input row `row` from the pools' rows pooled [2N, C]: row itself
 // (2N rows, the means' then the maxima's), or light ½mean + ½max (N rows);
@@ -293,6 +286,15 @@ bool run_cbam_mlp(const SeExciteCase& k, bool light, std::mt19937_64& rng) {
     }
   }
   ok &= cz.done() & cg.done();
+  // The backward's g, cbam_channel_gate on the saved logits, has the forward's
+  // bits (the channel max's ties need them).
+  Buf<A> g2(N * C);
+  g2.fill_bytes(0xff);
+  if (cbam_channel_gate(Ty<A>::dt, e.gate, N * C, logits.p, g2.p, nullptr) != cudaSuccess ||
+      cudaGetLastError() != cudaSuccess)
+    std::printf("  cbam_channel_gate failed\n"), ok = false;
+  if (std::memcmp(g.p, g2.p, g.n * sizeof(A)) != 0)
+    std::printf("  cbam_channel_gate's g differs from cbam_mlp_forward's\n"), ok = false;
   return ok;
 }
 

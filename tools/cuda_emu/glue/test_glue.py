@@ -447,34 +447,57 @@ def test_cbam_without_hidden_units(light):
 @pytest.mark.parametrize("fmt", ["nchw", "cl"])
 @pytest.mark.parametrize("light", [False, True])
 def test_cbam_launches(fmt, light):
-    """Forward: the spatial pool, the channel MLP's logits (fc1 on both pools'
-    rows, fc2: two launches of SE's linear kernel, no GEMM), the gate (the one
-    ATen op: the backward recomputes it), the channel pool of x1, the spatial gate's two kernels, the
-    rescale; backward: two reductions, the spatial gate's four and the sum
-    of its per-sample weight gradients, the MLP's four (no GEMM), dx (a
-    reduction may add its segments' combine); the one ATen op either way is
-    the gate."""
+    """Forward: the spatial pool, the channel MLP (fc1 on both pools' rows,
+    fc2 with the gate: two launches of SE's linear kernel, no GEMM), the
+    channel pool of x1, the spatial gate's two kernels, the rescale; backward:
+    the gate recomputed from the logits (channel_gate_kernel), two reductions,
+    the spatial gate's four and the sum of its per-sample weight gradients,
+    the MLP's four (no GEMM), dx (a reduction may add its segments' combine).
+    No ATen op that would be a kernel either way."""
     variant = CBAMVariant(train=True, light=light)
     args = _op_args(variant, torch.float32, (2, 16, 6, 7), FORMATS[fmt])
     EMU.trace()
     out = EMU.cbam_forward(*args)
     names = [k.split("<")[0] for k in EMU.trace() if not k.startswith("combine")]
-    assert names[1:3] == ["se_linear_kernel"] * 2, names
+    assert len(names) == 7 and names[1:3] == ["se_linear_kernel"] * 2, names
     assert names[4:] == ["spatial_conv_kernel", "spatial_gate_kernel", "apply_kernel"], names
     assert names[0].startswith("reduce_") and names[3].startswith("reduce_"), names
     ours, aten, ops = launch_count.count(lambda: EMU.cbam_forward(*args))
-    assert ops == {"aten::sigmoid": 1}, ops  # the gate, as the backward computes it (cbam_cuda.cpp)
+    assert aten == 0 and not ops, ops
     bwd_args = cbam_backward_args(args, out, grad_like(out[0]), variant)
     EMU.cbam_backward(*bwd_args)
     names = [k.split("<")[0] for k in EMU.trace() if not k.startswith("combine")]
-    assert len(names) == 12 and names[0].startswith("reduce_") and names[6].startswith("reduce_"), names
+    assert len(names) == 13 and names[0] == "channel_gate_kernel", names
+    assert names[1].startswith("reduce_") and names[7].startswith("reduce_"), names
     # The spatial gate's four, and its per-sample weight gradients summed.
-    assert names[1:6] == ["spatial_bn_grad_kernel", "spatial_dz_kernel", "spatial_dmap_kernel",
-                          "spatial_wgrad_kernel", "grad_sum_kernel"] and names[11] == "apply_kernel", names
+    assert names[2:7] == ["spatial_bn_grad_kernel", "spatial_dz_kernel", "spatial_dmap_kernel",
+                          "spatial_wgrad_kernel", "grad_sum_kernel"] and names[12] == "apply_kernel", names
     # The MLP backward: fc1 again, the two layers' backward, both weight gradients.
-    assert names[7:11] == ["se_linear_kernel"] * 3 + ["se_wgrad_kernel"], names
+    assert names[8:12] == ["se_linear_kernel"] * 3 + ["se_wgrad_kernel"], names
     ours, aten, ops = launch_count.count(lambda: EMU.cbam_backward(*bwd_args))
-    assert ops == {"aten::sigmoid": 1}, ops  # g, recomputed as the forward computed it
+    assert aten == 0 and not ops, ops
+
+
+@pytest.mark.parametrize("fmt", ["nchw", "cl"])
+@pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid"])
+@pytest.mark.parametrize("dt", ["f32", "bf16"])
+def test_cbam_backward_gate_has_the_forwards_bits(dt, gate, fmt):
+    """The backward finds the channel max of x1 = x·g (and its ties: many
+    in bfloat16) by recomputing x·g from the saved logits and comparing with
+    the saved max, so its g must have the forward's bits (fc2's gate in the
+    forward, channel_gate_kernel in the backward): a g one ulp off loses the
+    max's gradient at every pixel where that channel is the max. 800 distinct
+    logits, against the CPU backend. ATen's CPU sigmoid in the backward
+    instead (it differs from the kernel's in ~4% of float32 values) fails it."""
+    dtype = DTYPES[dt]
+    for light in (False, True):
+        variant = CBAMVariant(light=light, gate=gate, k=3)
+        args = _op_args(variant, dtype, (4, 200, 5, 6), FORMATS[fmt])
+        emu, cpu = EMU.cbam_forward(*args), CPU.cbam_forward(*args)
+        check_outputs(emu, cpu, dtype)
+        dy = grad_like(cpu[0])
+        check_outputs(EMU.cbam_backward(*cbam_backward_args(args, emu, dy, variant)),
+                      CPU.cbam_backward(*cbam_backward_args(args, cpu, dy, variant)), dtype, grad=True)
 
 
 # ---- the planner on other devices, refusals, empty inputs --------------------
