@@ -14,6 +14,8 @@
 #                GPU (the interpreter never compiles them) by the GPU machine's triton (the
 #                floor venv's 3.6), and checked by Inductor's mutation analysis; then
 #                compiled again for an AMD MI300 (hip:gfx942)
+#   make ptxas-report  each CUDA kernel's registers, spills and shared memory as ptxas reports
+#                them for sm_90 and sm_80 (bench/results/ptxas/), failing on a spill not known
 #   make cuda-emu  the CBAM, SE two-phase and single-launch CUDA kernels run on the CPU (fibers for threads,
 #                ASan/UBSan) against a double-precision reference (tools/cuda_emu/README.md)
 #   make cuda-emu-glue  the CUDA ops' torch glue on CPU tensors over the emulated kernels, against
@@ -44,7 +46,7 @@ FLOOR_DEPS := torch==2.11.0 torchvision==0.26.0 "numpy<2.4" "setuptools<82" timm
 FLOOR_SRC := build/floor
 FLOOR_TESTS ?= tests
 
-.PHONY: bench test test-floor triton-check cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv
+.PHONY: bench test test-floor triton-check ptxas-report cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -104,6 +106,12 @@ triton-check: $(FLOOR_VENV)/.deps
 	mkdir -p build
 	$(FLOOR_PY) tools/triton_compile_check.py --mutation --save build/triton_variants.json
 	$(FLOOR_PY) tools/triton_compile_check.py --load build/triton_variants.json --target hip:gfx942
+
+# What each CUDA kernel takes in registers, spills and shared memory, as ptxas
+# reports it for sm_90 and sm_80 (needs nvcc only; ~4 minutes on 2 cores):
+# fails if the kernels that spill are not exactly the known ones.
+ptxas-report:
+	python3 tools/ptxas_report.py --md bench/results/ptxas/ptxas_report.md --check
 
 # The CUDA kernels' logic checked without a GPU: an emulation that runs them
 # on the CPU (needs g++ only; builds under build/cuda_emu).
