@@ -70,7 +70,10 @@ def test_models_benchmark_runs_and_writes_json_and_markdown(tmp_path, one_thread
         assert set(row["blocks"]) == {"eager", "fused"}
         for name, b in row["blocks"].items():
             assert 0 < b["q1_ms"] <= b["median_ms"] <= b["q3_ms"] and b["reps"] >= 1
-            assert 0 < b["share"] < 1
+            # Two medians timed apart: on a loaded machine the blocks alone
+            # can take longer than their network did (CI of f96bae7: 1.07),
+            # so the share is checked as what it is computed from, not < 1.
+            assert 0 < b["share"] and math.isfinite(b["share"])
             assert b["share"] == pytest.approx(b["median_ms"] / row["providers"][name]["median_ms"])
 
     md = (tmp_path / "models_smoke.md").read_text()
