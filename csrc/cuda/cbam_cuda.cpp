@@ -80,9 +80,11 @@ at::Tensor mlp_logits(const at::Tensor& h, const at::Tensor& w2, const c10::opti
   return b2 ? at::addmm(*b2, hsum, w2.t(), /*beta=*/2) : hsum.mm(w2.t());
 }
 
+static_assert(kCbamMaxSpatialK == kMaxSpatialKernel, "the spatial kernels stage at most the ops' largest kernel");
+
 // The spatial gate's launch struct for both directions, with the tensors its
-// pointers name: the conv weight and the BatchNorm's affine scalars in the
-// accumulation type, and the partials' workspace.
+// pointers name: the conv weight and the BatchNorm's affine scalars (in their
+// own dtypes), and the partials' workspace.
 struct Spatial {
   CbamSpatial sp;
   at::Tensor w, gamma, beta, workspace;
@@ -93,10 +95,15 @@ Spatial spatial_of(const at::Tensor& smap, const at::Tensor& ws, const c10::opti
                    bool max_first, bool batch_stats) {
   const auto acc = smap.scalar_type();
   Spatial r;
-  r.w = ws.to(acc).contiguous();
-  if (bn_w) r.gamma = bn_w->reshape({}).to(acc);
-  if (bn_b) r.beta = bn_b->reshape({}).to(acc);
   CbamSpatial& sp = r.sp;
+  // The conv weight (x's dtype) and the BatchNorm's affine scalars read as
+  // they are, converted by the kernels; only a dtype they do not read (a
+  // float8 scalar) is converted here.
+  const auto as_read = [&](const at::Tensor& t) { return kernel_dtype(t.scalar_type()) ? t : t.to(acc); };
+  r.w = as_read(ws).contiguous();
+  sp.w_dtype = dtype_of(r.w.scalar_type());
+  if (bn_w) r.gamma = as_read(bn_w->reshape({})), sp.gamma_dtype = dtype_of(r.gamma.scalar_type());
+  if (bn_b) r.beta = as_read(bn_b->reshape({})), sp.beta_dtype = dtype_of(r.beta.scalar_type());
   sp.acc = dtype_of(acc);
   sp.N = smap.size(1), sp.H = H, sp.W = W;
   sp.k = static_cast<int>(ws.size(-1));
@@ -293,7 +300,17 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   const at::Tensor s = acc_empty(N, HW, aopt), dz = acc_empty(N, HW, aopt);
   const at::Tensor dcmean = acc_empty(N, HW, aopt), dcmax = acc_empty(N, HW, aopt);
   const at::Tensor wpart = acc_empty(N, maps * k * k, aopt);
-  at::Tensor dgamma = at::empty({}, aopt), dbeta = at::empty({}, aopt);
+  // dgamma and dbeta written by the kernel in the parameter's dtype where
+  // rounding once to the accumulation type, then to that dtype, is what a
+  // conversion launch after it would give (float64 to a 16-bit type would
+  // round twice: converted here instead).
+  const auto grad_dtype = [&](const c10::optional<at::Tensor>& t) {
+    if (!t) return acc;
+    const auto d = t->scalar_type();
+    const bool sixteen = d == at::kHalf || d == at::kBFloat16;
+    return kernel_dtype(d) && !(sixteen && acc == at::kDouble) ? d : acc;
+  };
+  at::Tensor dgamma = at::empty({}, aopt.dtype(grad_dtype(bn_w))), dbeta = at::empty({}, aopt.dtype(grad_dtype(bn_b)));
   maybe_poison(dgamma);
   maybe_poison(dbeta);
   const at::Tensor smap_c = smap.contiguous(), z_c = z.contiguous(), stats_c = stats.contiguous();
@@ -310,6 +327,8 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   sp.dcmax = dcmax.data_ptr();
   sp.dgamma = dgamma.data_ptr();
   sp.dbeta = dbeta.data_ptr();
+  sp.dgamma_dtype = dtype_of(dgamma.scalar_type());
+  sp.dbeta_dtype = dtype_of(dbeta.scalar_type());
   sp.wpart = wpart.data_ptr();
   C10_CUDA_CHECK(cbam_spatial_grad(sp, stream()));
   // The samples' conv weight gradients summed in order, in the weight's dtype

@@ -111,9 +111,13 @@ struct CbamSpatial {
   double eps = 1e-5;
 
   const void* smap = nullptr;   // [2, N, H·W]: the channel mean, the channel max of x1
-  const void* w = nullptr;      // [maps, k, k]
-  const void* gamma = nullptr;  // scalar, or null for 1
-  const void* beta = nullptr;   // scalar, or null for 0
+  const void* w = nullptr;      // [maps, k, k] of w_dtype (x's), k at most kCbamMaxSpatialK
+  const void* gamma = nullptr;  // scalar of gamma_dtype, or null for 1
+  const void* beta = nullptr;   // scalar of beta_dtype, or null for 0
+  // The parameters' own dtypes: the kernels convert them to acc as they read
+  // them (exactly, or rounded to nearest from float64 to float32, as a
+  // conversion launch before would), instead of one launch per parameter.
+  DType w_dtype = DType::F32, gamma_dtype = DType::F32, beta_dtype = DType::F32;
   void* partials = nullptr;     // double [3, cbam_spatial_blocks]: forward (batch_stats) and backward
 
   void* z = nullptr;            // [N, H·W] the convolution (forward: written; backward: read)
@@ -131,10 +135,15 @@ struct CbamSpatial {
   void* dz = nullptr;           // [N, H·W] dL/dz
   void* dcmean = nullptr;       // [N, H·W] dL/d(mean_c x1) / C
   void* dcmax = nullptr;        // [N, H·W] dL/d(max_c x1) / ties
-  void* dgamma = nullptr;       // scalar
-  void* dbeta = nullptr;        // scalar
+  void* dgamma = nullptr;       // scalar of dgamma_dtype: the sum rounded to acc, then to that dtype
+  void* dbeta = nullptr;        // scalar of dbeta_dtype
+  DType dgamma_dtype = DType::F32, dbeta_dtype = DType::F32;
   void* wpart = nullptr;        // [N, maps·k·k] each sample's conv weight gradient
 };
+
+// The largest spatial kernel the launchers take (the ops' kMaxSpatialKernel):
+// its weights are staged in shared memory.
+constexpr int kCbamMaxSpatialK = 15;
 
 // The blocks of the per-pixel launches: the partials cbam_spatial_gate and
 // cbam_spatial_grad need (3 and 2 doubles per block).

@@ -356,12 +356,50 @@ __device__ __forceinline__ A map_value(const CbamSpatial& sp, const A* __restric
   return ((ci == 0) != sp.max_first) ? cmean : cmax;
 }
 
+// Element i of a parameter of dtype t, in the accumulation type A: exact
+// widening, or float64 rounded to nearest as a conversion launch would.
+template <typename A>
+__device__ __forceinline__ A param_as(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::F32: return static_cast<A>(static_cast<const float*>(p)[i]);
+    case DType::F64: return static_cast<A>(static_cast<const double*>(p)[i]);
+    case DType::F16: return static_cast<A>(to_acc(static_cast<const __half*>(p)[i]));
+    case DType::BF16: return static_cast<A>(to_acc(static_cast<const __nv_bfloat16*>(p)[i]));
+  }
+  return A(0);  // not reached
+}
+
+// v (already rounded to A) stored in dtype t, rounded to nearest from float
+// (the caller never asks for float64 to a 16-bit type: that would round twice).
+template <typename A>
+__device__ __forceinline__ void store_param(void* p, DType t, A v) {
+  switch (t) {
+    case DType::F32: *static_cast<float*>(p) = static_cast<float>(v); break;
+    case DType::F64: *static_cast<double*>(p) = static_cast<double>(v); break;
+    case DType::F16: *static_cast<__half*>(p) = from_acc<__half>(static_cast<float>(v)); break;
+    case DType::BF16: *static_cast<__nv_bfloat16*>(p) = from_acc<__nv_bfloat16>(static_cast<float>(v)); break;
+  }
+}
+
+// The conv's weights [maps, k, k] in A, staged in shared memory by the whole
+// block (every thread must call it, before any returns).
+template <typename A>
+__device__ __forceinline__ const A* stage_weights(const CbamSpatial& sp, A* buf) {
+  const int n = (sp.light ? 1 : 2) * sp.k * sp.k;
+  for (int i = threadIdx.x; i < n; i += kSpatialThreads) buf[i] = param_as<A>(sp.w, sp.w_dtype, i);
+  __syncthreads();
+  return buf;
+}
+
+constexpr int kSpatialMaxTaps = 2 * kCbamMaxSpatialK * kCbamMaxSpatialK;
+
 // z = conv(maps), summed in (map, i, j) order, the maps read from smap; each
 // block's moments of its pixels of z to partials [3, gridDim.x].
 template <typename A>
 __global__ void __launch_bounds__(kSpatialThreads) spatial_conv_kernel(const CbamSpatial sp) {
+  __shared__ A w_sh[kSpatialMaxTaps];
   const A* __restrict__ smap = static_cast<const A*>(sp.smap);
-  const A* __restrict__ w = static_cast<const A*>(sp.w);
+  const A* __restrict__ w = stage_weights(sp, w_sh);
   A* __restrict__ z = static_cast<A*>(sp.z);
   const int64_t HW = sp.H * sp.W, total = sp.N * HW;
   const int maps = sp.light ? 1 : 2, pad = (sp.k - 1) / 2, kk = sp.k * sp.k;
@@ -429,8 +467,8 @@ __global__ void __launch_bounds__(kSpatialThreads) spatial_gate_kernel(const Cba
   if (blockIdx.x == 0 && threadIdx.x == 0) stats_acc[0] = static_cast<A>(mean), stats_acc[1] = static_cast<A>(var);
   const A mu = static_cast<A>(mean);
   const A invstd = static_cast<A>(1.0 / sqrt(var + sp.eps));
-  const A gamma = sp.gamma ? *static_cast<const A*>(sp.gamma) : A(1);
-  const A beta = sp.beta ? *static_cast<const A*>(sp.beta) : A(0);
+  const A gamma = sp.gamma ? param_as<A>(sp.gamma, sp.gamma_dtype, 0) : A(1);
+  const A beta = sp.beta ? param_as<A>(sp.beta, sp.beta_dtype, 0) : A(0);
   const A* __restrict__ z = static_cast<const A*>(sp.z);
   A* __restrict__ s = static_cast<A*>(sp.s);
   const int64_t total = sp.N * sp.H * sp.W;
@@ -467,8 +505,8 @@ struct SpatialBn {
     const A* stats = static_cast<const A*>(sp.stats_acc);
     mu = stats[0];
     invstd = static_cast<A>(1.0 / sqrt(static_cast<double>(stats[1]) + sp.eps));
-    gamma = sp.gamma ? *static_cast<const A*>(sp.gamma) : A(1);
-    beta = sp.beta ? *static_cast<const A*>(sp.beta) : A(0);
+    gamma = sp.gamma ? param_as<A>(sp.gamma, sp.gamma_dtype, 0) : A(1);
+    beta = sp.beta ? param_as<A>(sp.beta, sp.beta_dtype, 0) : A(0);
   }
 };
 
@@ -519,8 +557,8 @@ __global__ void __launch_bounds__(kSpatialThreads) spatial_dz_kernel(const CbamS
   for (int64_t b = threadIdx.x; b < parts; b += kSpatialThreads) dbeta += part[b], dgamma += part[parts + b];
   block_sum2(dbeta, dgamma);
   if (blockIdx.x == 0 && threadIdx.x == 0) {
-    *static_cast<A*>(sp.dbeta) = static_cast<A>(dbeta);
-    *static_cast<A*>(sp.dgamma) = static_cast<A>(dgamma);
+    store_param(sp.dbeta, sp.dbeta_dtype, static_cast<A>(dbeta));
+    store_param(sp.dgamma, sp.dgamma_dtype, static_cast<A>(dgamma));
   }
   const SpatialBn<A> bn(sp);
   const A scale = mul_rn(bn.gamma, bn.invstd);
@@ -545,7 +583,8 @@ __global__ void __launch_bounds__(kSpatialThreads) spatial_dz_kernel(const CbamS
 // dcmax = dmax / ties; light: both maps get ½dm.
 template <typename A>
 __global__ void __launch_bounds__(kSpatialThreads) spatial_dmap_kernel(const CbamSpatial sp) {
-  const A* __restrict__ w = static_cast<const A*>(sp.w);
+  __shared__ A w_sh[kSpatialMaxTaps];
+  const A* __restrict__ w = stage_weights(sp, w_sh);
   const A* __restrict__ dz = static_cast<const A*>(sp.dz);
   const A* __restrict__ ccnt = static_cast<const A*>(sp.ccnt);
   A* __restrict__ dcmean = static_cast<A*>(sp.dcmean);
@@ -751,7 +790,7 @@ int64_t cbam_spatial_blocks(const CbamSpatial& sp) {
 
 cudaError_t cbam_spatial_gate(const CbamSpatial& sp, cudaStream_t stream) {
   if (sp.N * sp.H * sp.W == 0) return cudaSuccess;
-  if (sp.k < 1 || sp.k % 2 == 0 || (sp.batch_stats && sp.partials == nullptr) ||
+  if (sp.k < 1 || sp.k % 2 == 0 || sp.k > kCbamMaxSpatialK || (sp.batch_stats && sp.partials == nullptr) ||
       (!sp.batch_stats && (sp.running_mean == nullptr || sp.running_var == nullptr)))
     return cudaErrorInvalidValue;
   const int64_t blocks = cbam_spatial_blocks(sp);
@@ -769,7 +808,8 @@ cudaError_t cbam_spatial_grad(const CbamSpatial& sp, cudaStream_t stream) {
   const int64_t total = sp.N * sp.H * sp.W;
   if (total == 0) return cudaSuccess;
   const int64_t taps = int64_t{sp.light ? 1 : 2} * sp.k * sp.k;
-  if (sp.k < 1 || sp.k % 2 == 0 || sp.C < 1 || sp.partials == nullptr || sp.N * taps > 0x7fffffff)
+  if (sp.k < 1 || sp.k % 2 == 0 || sp.k > kCbamMaxSpatialK || sp.C < 1 || sp.partials == nullptr ||
+      sp.N * taps > 0x7fffffff)
     return cudaErrorInvalidValue;
   const int64_t blocks = cbam_spatial_blocks(sp);
   return dispatch_acc(sp.acc, [&](auto tag) {

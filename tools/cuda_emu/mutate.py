@@ -57,6 +57,11 @@ M = {
                             "emu_test", ["--quick", "--cbam"]),
   "cbam_channel_gate_stride": ("cbam_kernels.cu", "i < count; i += stride)\n    g[i] = gate_fwd(gate, z[i]);",
                                "i < count; i += stride + 1)\n    g[i] = gate_fwd(gate, z[i]);", "emu_test", ["--quick", "--cbam"]),
+  "cbam_param_bf16_as_half": ("cbam_kernels.cu", "case DType::BF16: return static_cast<A>(to_acc(static_cast<const __nv_bfloat16*>(p)[i]));",
+                              "case DType::BF16: return static_cast<A>(to_acc(static_cast<const __half*>(p)[i]));",
+                              "emu_test", ["--quick", "--cbam"]),
+  "cbam_stage_weights_one_map": ("cbam_kernels.cu", "const int n = (sp.light ? 1 : 2) * sp.k * sp.k;",
+                               "const int n = sp.k * sp.k;", "emu_test", ["--quick", "--cbam"]),
   "se_cols_merge": ("se_kernels.cuh", "for (int j = 1; j < kColsY; ++j)", "for (int j = 1; j < kColsY - 1; ++j)", "emu_test", ["--quick", "--se"]),
   "se_vec_oob": ("se_kernels.cuh", "  if (row % kVec<T> != 0) return false;", "", "emu_test", ["--quick", "--se"]),
   # se_fused.cu (clusters, distributed shared memory, asynchronous copies)

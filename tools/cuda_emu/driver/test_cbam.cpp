@@ -250,6 +250,44 @@ struct Running {
   }
 };
 
+// The conv weight and the BatchNorm's scalars as the glue hands them over: in
+// a dtype of their own, turn by turn float32, bfloat16, float16, float64 (w:
+// x's dtype, so float32 or float64 by A except on the 16-bit turns, gamma
+// and beta one turn further on), and the reference's A values rounded to
+// what the kernels read (the stored value converted to A).
+struct SpatialParams {
+  Buf<float> f[3];
+  Buf<double> d[3];
+  Buf<__half> h[3];
+  Buf<__nv_bfloat16> b[3];
+  template <class R, class A>
+  const void* put(Buf<R>& dst, Buf<A>& ref, DType& dt) {
+    dst = Buf<R>(ref.n);
+    for (size_t i = 0; i < ref.n; ++i) {
+      dst[i] = Ty<R>::from_d(static_cast<double>(ref[i]));
+      ref[i] = static_cast<A>(Ty<R>::to_d(dst[i]));
+    }
+    dt = Ty<R>::dt;
+    return dst.p;
+  }
+  template <class A>
+  const void* put(int slot, int turn, Buf<A>& ref, DType& dt) {
+    switch (turn % 4) {
+      case 0: return std::is_same<A, double>::value ? put(d[slot], ref, dt) : put(f[slot], ref, dt);
+      case 1: return put(b[slot], ref, dt);
+      case 2: return put(h[slot], ref, dt);
+      default: return std::is_same<A, double>::value ? put(f[slot], ref, dt) : put(d[slot], ref, dt);
+    }
+  }
+  template <class A>
+  void set(CbamSpatial& sp, int turn, Buf<A>& w, Buf<A>& gamma, Buf<A>& beta, bool affine) {
+    sp.w = put(0, turn, w, sp.w_dtype);
+    sp.gamma = affine ? put(1, turn + 1, gamma, sp.gamma_dtype) : nullptr;
+    sp.beta = affine ? put(2, turn + 2, beta, sp.beta_dtype) : nullptr;
+  }
+};
+int g_params_turn = 0;
+
 template <class A>
 bool run_spatial(const SpatialCase& sc, std::mt19937_64& rng) {
   const int64_t N = sc.N, HW = int64_t{sc.H} * sc.W, total = N * HW;
@@ -272,9 +310,9 @@ bool run_spatial(const SpatialCase& sc, std::mt19937_64& rng) {
   sp.light = sc.light, sp.max_first = sc.max_first, sp.gate = static_cast<int8_t>(sc.gate);
   sp.batch_stats = sc.batch_stats;
   sp.eps = 1e-5;
-  sp.smap = smap.p, sp.w = w.p;
-  sp.gamma = sc.affine ? gamma.p : nullptr;
-  sp.beta = sc.affine ? beta.p : nullptr;
+  sp.smap = smap.p;
+  SpatialParams params;
+  params.set(sp, g_params_turn++, w, gamma, beta, sc.affine);
   const int64_t blocks = cbam_spatial_blocks(sp);
   Buf<double> part(sc.batch_stats ? 3 * blocks : 0);
   part.fill_bytes(0xff);
@@ -294,6 +332,11 @@ bool run_spatial(const SpatialCase& sc, std::mt19937_64& rng) {
     CbamSpatial bad = sp;
     bad.running_var = nullptr;
     if (cbam_spatial_gate(bad, nullptr) != cudaErrorInvalidValue) std::printf("  accepted no running_var\n"), ok = false;
+  }
+  {  // a kernel larger than the weights' staging holds: refused
+    CbamSpatial bad = sp;
+    bad.k = kCbamMaxSpatialK + 2;
+    if (cbam_spatial_gate(bad, nullptr) != cudaErrorInvalidValue) std::printf("  accepted k=17\n"), ok = false;
   }
   if (cbam_spatial_gate(sp, nullptr) != cudaSuccess || cudaGetLastError() != cudaSuccess)
     std::printf("  cbam_spatial_gate failed\n"), ok = false;
@@ -391,12 +434,13 @@ bool run_spatial_grad(const SpatialCase& sc, int C, std::mt19937_64& rng) {
   CbamSpatial sp;
   sp.acc = std::is_same<A, double>::value ? DType::F64 : DType::F32;
   sp.N = N, sp.H = sc.H, sp.W = sc.W, sp.k = sc.k, sp.C = C;
+  sp.dgamma_dtype = sp.dbeta_dtype = sp.acc;  // the glue's 16-bit ones: tools/cuda_emu/glue
   sp.light = sc.light, sp.max_first = sc.max_first, sp.gate = static_cast<int8_t>(sc.gate);
   sp.batch_stats = sc.batch_stats;
   sp.eps = 1e-5;
-  sp.smap = smap.p, sp.w = w.p, sp.z = z.p, sp.stats_acc = stats.p, sp.ds = ds.p, sp.ccnt = ccnt.p;
-  sp.gamma = sc.affine ? gamma.p : nullptr;
-  sp.beta = sc.affine ? beta.p : nullptr;
+  sp.smap = smap.p, sp.z = z.p, sp.stats_acc = stats.p, sp.ds = ds.p, sp.ccnt = ccnt.p;
+  SpatialParams params;
+  params.set(sp, g_params_turn++, w, gamma, beta, sc.affine);
   const int64_t blocks = cbam_spatial_blocks(sp);
   Buf<double> part(3 * blocks);
   part.fill_bytes(0xff);
@@ -406,6 +450,11 @@ bool run_spatial_grad(const SpatialCase& sc, int C, std::mt19937_64& rng) {
   bool ok = true;
   if (cbam_spatial_grad(sp, nullptr) != cudaErrorInvalidValue) std::printf("  accepted no partials\n"), ok = false;
   sp.partials = part.p;
+  {
+    CbamSpatial bad = sp;
+    bad.k = kCbamMaxSpatialK + 2;
+    if (cbam_spatial_grad(bad, nullptr) != cudaErrorInvalidValue) std::printf("  accepted k=17\n"), ok = false;
+  }
   if (cbam_spatial_grad(sp, nullptr) != cudaSuccess || cudaGetLastError() != cudaSuccess)
     std::printf("  cbam_spatial_grad failed\n"), ok = false;
   const std::string tn = std::string(std::is_same<A, double>::value ? "f64" : "f32") + " spatial_grad.";

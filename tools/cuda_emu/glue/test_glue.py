@@ -444,18 +444,21 @@ def test_cbam_without_hidden_units(light):
     check_outputs(ge, gc, torch.float32, grad=True)
 
 
+@pytest.mark.parametrize("dt", ["f32", "bf16"])
 @pytest.mark.parametrize("fmt", ["nchw", "cl"])
 @pytest.mark.parametrize("light", [False, True])
-def test_cbam_launches(fmt, light):
+def test_cbam_launches(fmt, light, dt):
     """Forward: the spatial pool, the channel MLP (fc1 on both pools' rows,
     fc2 with the gate: two launches of SE's linear kernel, no GEMM), the
     channel pool of x1, the spatial gate's two kernels, the rescale; backward:
     the gate recomputed from the logits (channel_gate_kernel), two reductions,
     the spatial gate's four and the sum of its per-sample weight gradients,
     the MLP's four (no GEMM), dx (a reduction may add its segments' combine).
-    No ATen op that would be a kernel either way."""
+    No ATen op that would be a kernel either way (in bfloat16 too: the
+    spatial conv's weight is read in x's dtype, the BatchNorm's float32
+    scalars in theirs)."""
     variant = CBAMVariant(train=True, light=light)
-    args = _op_args(variant, torch.float32, (2, 16, 6, 7), FORMATS[fmt])
+    args = _op_args(variant, DTYPES[dt], (2, 16, 6, 7), FORMATS[fmt])
     EMU.trace()
     out = EMU.cbam_forward(*args)
     names = [k.split("<")[0] for k in EMU.trace() if not k.startswith("combine")]
@@ -476,6 +479,37 @@ def test_cbam_launches(fmt, light):
     assert names[8:12] == ["se_linear_kernel"] * 3 + ["se_wgrad_kernel"], names
     ours, aten, ops = launch_count.count(lambda: EMU.cbam_backward(*bwd_args))
     assert aten == 0 and not ops, ops
+
+
+BN_DTYPES = {"f32": torch.float32, "f64": torch.float64, "f16": torch.float16, "bf16": torch.bfloat16}
+
+
+@pytest.mark.parametrize("bn", BN_DTYPES)
+@pytest.mark.parametrize("dt", ["f32", "bf16", "f64"])
+def test_cbam_parameters_in_their_own_dtypes(dt, bn):
+    """The BatchNorm's weight and bias in any floating dtype (a module kept
+    in float32 under a bfloat16 x, or a whole .to(dtype) model): the spatial
+    kernels read them, and the conv weight, in their own dtypes, converted as
+    a conversion launch would, and write dgamma and dbeta in them (but
+    from float64 to a 16-bit type, which would round twice: the glue
+    converts those two). Forward and backward against the CPU backend, and
+    no other ATen op either way but float64's weight-gradient sum."""
+    dtype = DTYPES[dt]
+    variant = CBAMVariant(train=True, act="silu")
+    args = list(_op_args(variant, dtype, (2, 20, 6, 5), torch.channels_last))
+    args[6], args[7] = args[6].to(BN_DTYPES[bn]), args[7].to(BN_DTYPES[bn])
+    args = tuple(args)
+    emu, cpu = EMU.cbam_forward(*args), CPU.cbam_forward(*args)
+    check_outputs(emu, cpu, dtype)
+    dy = grad_like(cpu[0])
+    check_outputs(EMU.cbam_backward(*cbam_backward_args(args, emu, dy, variant)),
+                  CPU.cbam_backward(*cbam_backward_args(args, cpu, dy, variant)), dtype, grad=True)
+    _, aten, ops = launch_count.count(lambda: EMU.cbam_forward(*args))
+    assert aten == 0, ops
+    bwd_args = cbam_backward_args(args, emu, dy, variant)
+    _, aten, ops = launch_count.count(lambda: EMU.cbam_backward(*bwd_args))
+    # float64: the spatial weight gradients' sum is ATen's (their partials are double).
+    assert aten == (1 if dt == "f64" else 0) + (2 if dt == "f64" and bn in ("f16", "bf16") else 0), ops
 
 
 @pytest.mark.parametrize("fmt", ["nchw", "cl"])

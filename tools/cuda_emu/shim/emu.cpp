@@ -170,7 +170,7 @@ std::vector<unsigned> order_of(unsigned n) {
 bool is_barrier_free(const char* name) {
   const std::string s(name);
   return s.find("apply_kernel") != std::string::npos || s.find("combine") != std::string::npos ||
-         s.rfind("spatial_dmap_kernel", 0) == 0;
+         s.rfind("channel_gate_kernel", 0) == 0;
 }
 
 // Runs the K blocks of one cluster (K = 1 without clusters) together: K·T
