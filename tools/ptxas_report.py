@@ -93,25 +93,33 @@ def compile_one(src, arch, nvcc):
 
 
 def parse(text, file):
-    rows, cur = [], None
-    props = {}
+    """Rows per kernel; the stack / spill line is matched to its kernel by
+    the name on its "Function properties for" line, whatever the order."""
+    used, props = [], {}
+    cur, prop_of = None, None
     for line in text.splitlines():
         m = re.search(r"Compiling entry function '(\w+)' for '(sm_\d+)'", line)
         if m:
-            cur = [m.group(1), m.group(2)]
-            props = {"stack": 0, "st": 0, "ld": 0}
+            cur = (m.group(1), m.group(2))
+            continue
+        m = re.search(r"Function properties for (\w+)", line)
+        if m:
+            prop_of = m.group(1)
             continue
         m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m and cur:
-            props.update(stack=int(m.group(1)), st=int(m.group(2)), ld=int(m.group(3)))
+        if m and prop_of:
+            props[prop_of] = tuple(int(g) for g in m.groups())
+            prop_of = None
             continue
         m = re.search(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?", line)
         if m and cur:
-            rows.append((file, cur[1], cur[0], int(m.group(1)), int(m.group(2) or 0), props["stack"], props["st"],
-                         props["ld"]))
+            used.append((cur[0], cur[1], int(m.group(1)), int(m.group(2) or 0)))
             cur = None
-    names = demangle([r[2] for r in rows]) if rows else []
-    return [Kernel(f, a, shorten(n), *rest) for (f, a, _, *rest), n in zip(rows, names)]
+    if not used:
+        sys.exit(f"ptxas_report: no kernel found in the ptxas output for {file}")
+    names = demangle([u[0] for u in used])
+    return [Kernel(file, arch, shorten(n), regs, smem, *props.get(mangled, (0, 0, 0)))
+            for (mangled, arch, regs, smem), n in zip(used, names)]
 
 
 def main():

@@ -427,9 +427,9 @@ def test_se_without_hidden_units(path, monkeypatch):
 @pytest.mark.parametrize("light", [False, True])
 def test_cbam_without_hidden_units(light):
     """rd = 0 (fc1 [0, C], fc2 [C, 0]): the logits are fc2's bias (twice, one
-    per pool, unless light). The forward keeps the ATen ops for it, beside
-    cbam_mlp_forward's kernels; forward and backward (empty MLP weight
-    gradients) against the CPU backend."""
+    per pool, unless light), by ATen's ops instead of cbam_mlp_forward's
+    kernels, then the gate by cbam_channel_gate; forward and backward (empty
+    MLP weight gradients) against the CPU backend."""
     variant = CBAMVariant(bias=True, light=light)
     args = list(_op_args(variant, torch.float32, (2, 16, 5, 4)))
     g = torch.Generator().manual_seed(6)
@@ -516,13 +516,15 @@ def test_cbam_parameters_in_their_own_dtypes(dt, bn):
 @pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid"])
 @pytest.mark.parametrize("dt", ["f32", "bf16"])
 def test_cbam_backward_gate_has_the_forwards_bits(dt, gate, fmt):
-    """The backward finds the channel max of x1 = x·g (and its ties: many
-    in bfloat16) by recomputing x·g from the saved logits and comparing with
-    the saved max, so its g must have the forward's bits (fc2's gate in the
-    forward, channel_gate_kernel in the backward): a g one ulp off loses the
-    max's gradient at every pixel where that channel is the max. 800 distinct
+    """The backward finds the channel max of x1 = x·g (and its ties) by
+    recomputing x·g from the saved logits and comparing with the saved max,
+    so its g must have the forward's bits (fc2's gate in the forward,
+    channel_gate_kernel in the backward): a g one ulp off loses the max's
+    gradient at every pixel where that channel is the max. 800 distinct
     logits, against the CPU backend. ATen's CPU sigmoid in the backward
-    instead (it differs from the kernel's in ~4% of float32 values) fails it."""
+    instead (it differs from the kernel's in ~4% of float32 values) fails the
+    float32 cases; in bfloat16, x·g rounded to 8 bits hides most one-ulp
+    differences of g, so those cases check the ties' gradients, not this."""
     dtype = DTYPES[dt]
     for light in (False, True):
         variant = CBAMVariant(light=light, gate=gate, k=3)
