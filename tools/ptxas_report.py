@@ -115,8 +115,10 @@ def parse(text, file):
         if m and cur:
             used.append((cur[0], cur[1], int(m.group(1)), int(m.group(2) or 0)))
             cur = None
-    if not used:
-        sys.exit(f"ptxas_report: no kernel found in the ptxas output for {file}")
+    entries = len(re.findall(r"Compiling entry function", text))
+    if entries != len(used):
+        sys.exit(f"ptxas_report: {entries} entry functions in the ptxas output for {file}, "
+                 f"but {len(used)} 'Used ... registers' lines parsed")
     names = demangle([u[0] for u in used])
     return [Kernel(file, arch, shorten(n), regs, smem, *props.get(mangled, (0, 0, 0)))
             for (mangled, arch, regs, smem), n in zip(used, names)]
@@ -135,6 +137,8 @@ def main():
     with ThreadPoolExecutor(max_workers=int(os.environ.get("MAX_JOBS", os.cpu_count() or 2))) as pool:
         texts = list(pool.map(lambda j: compile_one(j[0], j[1], args.nvcc), jobs))
     kernels = [k for (s, _), t in zip(jobs, texts) for k in parse(t, os.path.relpath(s, ROOT))]
+    if not kernels:
+        sys.exit("ptxas_report: no kernel found in any csrc/cuda/*.cu")
     nvcc_version = subprocess.run([args.nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
 
     lines = [f"# ptxas resource usage of the CUDA kernels ({nvcc_version})", "",
