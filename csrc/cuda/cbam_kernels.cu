@@ -356,8 +356,9 @@ __device__ __forceinline__ A map_value(const CbamSpatial& sp, const A* __restric
   return ((ci == 0) != sp.max_first) ? cmean : cmax;
 }
 
-// Element i of a parameter of dtype t, in the accumulation type A: exact
-// widening, or float64 rounded to nearest as a conversion launch would.
+// Element i of a parameter of dtype t (the conv weight, the BatchNorm's
+// scalars and running buffers) in A: exact widening, or float64 rounded to
+// nearest as a conversion launch would.
 template <typename A>
 __device__ __forceinline__ A param_as(const void* p, DType t, int64_t i) {
   switch (t) {
@@ -434,17 +435,6 @@ __global__ void __launch_bounds__(kSpatialThreads) spatial_conv_kernel(const Cba
   }
 }
 
-// A scalar of any of the four dtypes, exactly (each widens to double without rounding).
-__device__ __forceinline__ double scalar_as_double(const void* p, DType t) {
-  switch (t) {
-    case DType::F32: return *static_cast<const float*>(p);
-    case DType::F64: return *static_cast<const double*>(p);
-    case DType::F16: return to_acc(*static_cast<const __half*>(p));
-    case DType::BF16: return to_acc(*static_cast<const __nv_bfloat16*>(p));
-  }
-  return __longlong_as_double(0x7ff8000000000000LL);  // not reached
-}
-
 // s = gate(BN(z)): every block merges the `parts` partials in one fixed
 // order (so all agree, bit for bit), block 0 writes the statistics.
 template <typename A>
@@ -460,8 +450,8 @@ __global__ void __launch_bounds__(kSpatialThreads) spatial_gate_kernel(const Cba
     var = m.m2 / m.n;
     if (blockIdx.x == 0 && threadIdx.x == 0 && sp.stats) sp.stats[0] = mean, sp.stats[1] = var;
   } else {
-    mean = scalar_as_double(sp.running_mean, sp.running_dtype);
-    var = scalar_as_double(sp.running_var, sp.running_dtype);
+    mean = param_as<double>(sp.running_mean, sp.running_dtype, 0);  // exact: every dtype widens to double
+    var = param_as<double>(sp.running_var, sp.running_dtype, 0);
   }
   A* stats_acc = static_cast<A*>(sp.stats_acc);
   if (blockIdx.x == 0 && threadIdx.x == 0) stats_acc[0] = static_cast<A>(mean), stats_acc[1] = static_cast<A>(var);

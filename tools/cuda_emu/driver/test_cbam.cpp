@@ -559,6 +559,13 @@ bool cbam_case_any(DType dt, const CbamCase& k, std::mt19937_64& rng) {
   return run_typed(dt, [&](auto tag) { return run_cbam<decltype(tag)>(k, rng); });
 }
 
+struct GateCase {
+  long count;
+  int gate;  // FusedGate
+  int policy = 0;
+  std::string str() const { return "count=" + std::to_string(count) + (gate ? " hard_sigmoid" : " sigmoid"); }
+};
+
 // The channel gate (cbam_channel_gate) on values around the hard sigmoid's
 // corners, large ones, NaN and ±inf: against the double formula; nothing
 // written with count 0; 300000 values take the grid-stride loop (1024 blocks).
@@ -620,14 +627,11 @@ void run_cbam_suite(bool quick) {
   // The channel gate.
   for (long count : {0L, 1L, 257L, 300000L})
     for (int gate = 0; gate < 2; ++gate)
-      for (int a = 0; a < 2; ++a) {
-        ++g_stats.cases;
-        const bool ok = a ? run_channel_gate<double>(count, gate, rng) : run_channel_gate<float>(count, gate, rng);
-        if (g_verbose) std::printf("channel_gate %s count=%ld gate=%d\n", a ? "f64" : "f32", count, gate);
-        if (!ok) {
-          ++g_stats.failed_cases;
-          std::printf("FAILED channel_gate %s count=%ld gate=%d\n", a ? "f64" : "f32", count, gate);
-        }
+      for (DType dt : {DType::F32, DType::F64}) {
+        const GateCase k{count, gate};
+        run_case("channel_gate", dt, k, [&] {
+          return dt == DType::F64 ? run_channel_gate<double>(count, gate, rng) : run_channel_gate<float>(count, gate, rng);
+        });
       }
   // The forward's spatial gate.
   {
