@@ -123,6 +123,42 @@ def test_one_launch_per_direction_at_n1(monkeypatch, dtype, memory_format):
     assert len(bwd) == 1, bwd
 
 
+# The two-phase forward's excitation (csrc/cuda/se_forward.cu): one
+# cooperative launch by default, a launch per phase with
+# FUSED_ATTN_CUDA_EXCITE=launches. The shapes: the last ResNet-50 site at
+# N = 32 (channels_last pools it in two segments: the combine is a phase) and
+# 128 (more tiles than resident blocks), NCHW with segments, effective SE.
+COOP_CASES = [((32, 2048, 7, 7), torch.bfloat16, torch.channels_last, SEVariant()),
+              ((128, 2048, 7, 7), torch.bfloat16, torch.contiguous_format, SEVariant(act="silu")),
+              ((2, 64, 40, 40), torch.float32, torch.contiguous_format, SEVariant(pool="avgmax")),
+              ((6, 96, 17, 17), torch.float16, torch.channels_last, SEVariant(effective=True, pool="avgmax"))]
+
+
+@pytest.mark.parametrize("case", COOP_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{'cl' if c[2] is torch.channels_last else 'nchw'}")
+def test_two_phase_forward_cooperative_excitation(monkeypatch, case):
+    """Three launches (pool, the cooperative excitation, rescale; effective SE
+    without segments: its one layer), with the bits of the launch per phase,
+    which takes four or five."""
+    require_cuda_backend()
+    shape, dtype, memory_format, variant = case
+    monkeypatch.delenv("FUSED_ATTN_DEBUG_POISON", raising=False)
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase")
+    args = (*se_sample(shape, dtype, memory_format, variant, seed=11, device="cuda"), variant.act, variant.gate,
+            variant.pool)
+    runs = {}
+    for mode in ("launches", "cooperative"):
+        monkeypatch.setenv("FUSED_ATTN_CUDA_EXCITE", mode)
+        torch.ops.fused_attn.se_forward(*args)  # first call: the occupancy query
+        names = cuda_kernels_launched(lambda: runs.update({mode: torch.ops.fused_attn.se_forward(*args)}))
+        runs[mode + " launches"] = names
+    assert len(runs["cooperative launches"]) == 3, runs["cooperative launches"]
+    assert len(runs["launches launches"]) >= 3, runs["launches launches"]
+    for a, b in zip(runs["launches"], runs["cooperative"]):
+        assert torch.equal(a, b)
+    with fused_attn.use_backend("cuda"):  # cooperative (the default), forward and backward
+        check_se_against_reference(shape, dtype, memory_format, variant, device="cuda", seed=12)
+
+
 def test_forced_single_launch_refuses_what_it_cannot_run(monkeypatch):
     """FUSED_ATTN_CUDA_PATH=fused raises, naming the shape, where the single
     launch has no plan (float64 stays two-phase); an unknown path is a

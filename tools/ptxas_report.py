@@ -52,11 +52,11 @@ SPILLS_KNOWN = {
     ("sm_80", "reduce_cols_kernel<__nv_bfloat16, CbamReduce::PixelReduce, 8>"),
     ("sm_80", "reduce_cols_kernel<__half, CbamReduce::PixelReduce, 8>"),
     # sm_80 only, 12 bytes each: the forward's fc2 in 16-bit types (ptxas
-    # again stopping at 64 registers) and ECA's two-phase excitation in
-    # float32, both on N x C values, not passes over x.
+    # again stopping at 64 registers), on N x C values, not passes over x.
+    # (ECA's two-phase excitation in float32 spilled too until its window's
+    # reads became one branch per tap.)
     ("sm_80", "se_linear_kernel<__half, LinIn::PartsAct, LinOut::Gate, false>"),
     ("sm_80", "se_linear_kernel<__nv_bfloat16, LinIn::PartsAct, LinOut::Gate, false>"),
-    ("sm_80", "eca_excite_fwd_kernel<float>"),
 }
 
 Kernel = collections.namedtuple("Kernel", "file arch name regs smem stack spill_st spill_ld")

@@ -182,6 +182,24 @@ void pool_pass(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv, bool p
   C10_CUDA_CHECK(se_pool(p, stream()));
 }
 
+DeferredPool pool_pass_deferred(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv) {
+  DeferredPool d;
+  d.pass = pass_of<SePass>(geo);
+  d.pass.sum = pooled.data_ptr();
+  d.pass.ext = ptr_or_null(maxv);
+  d.pass.defer_combine = true;
+  d.workspace = split_reduction(d.pass, geo, false);
+  C10_CUDA_CHECK(se_pool(d.pass, stream()));
+  return d;
+}
+
+bool cooperative_excite() {
+  const char* v = std::getenv("FUSED_ATTN_CUDA_EXCITE");
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "cooperative") == 0) return true;
+  if (std::strcmp(v, "launches") == 0) return false;
+  TORCH_CHECK_VALUE(false, "fused_attn: FUSED_ATTN_CUDA_EXCITE must be cooperative or launches; got '", v, "'");
+}
+
 void scale_pass(const Geometry& geo, const at::Tensor& g, at::Tensor& y) {
   SePass p = pass_of<SePass>(geo);
   p.out = y.data_ptr();

@@ -60,6 +60,18 @@ const void* ptr_or_null(const at::Tensor& t);
 // (when maxv is not empty; with plain_mean, pooled is the mean itself).
 // Accumulation dtype.
 void pool_pass(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv, bool plain_mean = false);
+// The same pass for an excitation that combines the segments' partials
+// itself (se_excite_forward_pooled): its params, and the workspace, to keep
+// until that excitation is launched.
+struct DeferredPool {
+  SePass pass;
+  at::Tensor workspace;
+};
+DeferredPool pool_pass_deferred(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv);
+// FUSED_ATTN_CUDA_EXCITE: "cooperative" (the default: SE's two-phase forward
+// excitation, with the pool's combine, in one cooperative launch where the
+// device has them) or "launches" (a launch per phase), for A/B runs.
+bool cooperative_excite();
 // y = x · g, g [N, C] contiguous in the accumulation dtype; y dense like geo.x.
 void scale_pass(const Geometry& geo, const at::Tensor& g, at::Tensor& y);
 // s = Σ_hw dy·x, and cnt = #{x == maxv} when maxv is not empty.

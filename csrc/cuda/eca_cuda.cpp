@@ -3,7 +3,8 @@
 // where se_fused.cu has a plan (sm_90+; the cluster gathers the pooled
 // vector, so the convolution's neighbours across blocks cost no pass over x),
 // else two phases: pool → the 1-D convolution across channels and the gate
-// on [N, C] (eca_excite_forward) → rescale, three launches; Σ dy·x → the
+// on [N, C] (eca_excite_forward, which also combines the pool's segments,
+// when it has them) → rescale, three launches; Σ dy·x → the
 // convolution's backward (eca_excite_backward: g, dL/dpooled and the weight
 // gradients, two launches) → dx, four. Kernel sizes above kEcaMaxTaps take
 // ATen ops on [N, C] for the excitation instead.
@@ -77,20 +78,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_forward_cuda(const at::Tensor
     C10_CUDA_CHECK(se_fused_forward(f, c10::cuda::getCurrentCUDAStream()));
     return out.tuple();
   }
-  pool_pass(geo, out.pooled, no_max);
   if (excite_kernels_take(w)) {
+    // The pool leaves its segments' partials (if any) to the excitation's
+    // threads: pool, excitation, rescale.
+    const DeferredPool pool = pool_pass_deferred(geo, out.pooled, no_max);
     const at::Tensor wc = w.contiguous(), bc = b ? b->contiguous() : at::Tensor();
     at::Tensor g = at::empty({geo.N, geo.C}, out.pooled.options());
     EcaExcite e = eca_excite_of(geo, wc, gate, padding);
     e.w = wc.const_data_ptr();
     e.b = ptr_or_null(bc);
     e.pooled = out.pooled.const_data_ptr();
+    e.pool_partials = pool.pass.partials;
+    e.segments = pool.pass.segments;
+    e.pooled_out = out.pooled.data_ptr();
     e.logits = out.logits.data_ptr();
     e.g = g.data_ptr();
     C10_CUDA_CHECK(eca_excite_forward(e, c10::cuda::getCurrentCUDAStream()));
     scale_pass(geo, g, out.y);
     return out.tuple();
   }
+  pool_pass(geo, out.pooled, no_max);
   const c10::optional<at::Tensor> ba = b ? c10::optional<at::Tensor>(b->to(acc)) : c10::nullopt;
   out.logits.copy_(eca_logits(out.pooled, w.to(acc), ba, padding));
   scale_pass(geo, gate_forward(gate, out.logits).contiguous(), out.y);

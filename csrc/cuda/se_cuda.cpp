@@ -7,8 +7,10 @@
 // and writes y), backward 4|x| (Σ dy·x reads dy and x; dx reads dy — and x
 // only for the avg+max pool — and writes dx). The excitation runs once per
 // batch over all N samples, so the weights are read a few times, not once
-// per sample, by kernels of ours: forward se_excite_forward (fc1, then fc2
-// with the activation and gate; four launches with the pool and rescale),
+// per sample, by kernels of ours: forward se_excite_forward_pooled (the
+// pool's partials combined, fc1, then fc2 with the activation and gate, in
+// one cooperative launch where the device has them: three launches with the
+// pool and rescale; else one per phase, as many as five in all),
 // backward se_excite_backward (the layers' backward and the weight gradients;
 // five launches with Σ dy·x and dx). Without hidden units (rd = 0, or C = 0)
 // the excitation is ATen's (cuBLAS, on the current stream). Nothing here
@@ -142,11 +144,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
     return out.tuple();
   }
 
-  pool_pass(geo, out.pooled, out.maxv);
-
   if (geo.C > 0 && w1.size(0) > 0) {
-    // The excitation as two launches of ours (one for effective SE); no
+    // The pool, then the excitation straight from its partials: one
+    // cooperative launch (the combine, fc1, fc2), or as many as three; no
     // hidden units (rd = 0) keeps the ATen ops.
+    const bool cooperative = cooperative_excite();
+    const DeferredPool pool = pool_pass_deferred(geo, out.pooled, out.maxv);
     SeExcite e = se_excite_of(geo, w1, w2.has_value(), act, gate);
     e.w1 = w1c.const_data_ptr();
     e.b1 = ptr_or_null(b1c);
@@ -159,10 +162,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
     e.g = g.data_ptr();
     at::Tensor workspace = at::empty({se_excite_partials(e)}, out.pooled.options());
     e.partials = ptr_or_null(workspace);
-    C10_CUDA_CHECK(se_excite_forward(e, c10::cuda::getCurrentCUDAStream()));
+    C10_CUDA_CHECK(se_excite_forward_pooled(e, pool.pass, cooperative, c10::cuda::getCurrentCUDAStream()));
     scale_pass(geo, g, out.y);
     return out.tuple();
   }
+
+  pool_pass(geo, out.pooled, out.maxv);
 
   const SeWeights w = se_weights(w1, b1, w2, b2, acc_dtype(x_in));
   if (w.two_layer()) {

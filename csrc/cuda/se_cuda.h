@@ -39,6 +39,7 @@ struct SePass {
   // se_reduce_segments says how many; the caller allocates the workspace.
   int64_t segments = 1;
   void* partials = nullptr;
+  bool defer_combine = false;   // se_pool: leave the partials for se_excite_forward_pooled to combine
 
   const void* x = nullptr;
   const void* dy = nullptr;     // backward passes
@@ -121,6 +122,16 @@ struct SeExcite {
 
 int64_t se_excite_partials(const SeExcite& p);
 cudaError_t se_excite_forward(const SeExcite& p, cudaStream_t stream);
+// The excitation straight after se_pool(pool) run with defer_combine
+// (pool.sum is p.pooled): the pool's partials are combined first when
+// pool.segments > 1 (pooled, and maxv with pool.ext), then se_excite_forward's
+// layers. With `cooperative`, on a device that has cooperative launches, all
+// of it is one launch (SE's forward then takes three: pool, this, rescale):
+// the combine, fc1 and fc2 as phases between grid.sync()s, each phase the
+// very tiles of its own launch, so the results are the same bits. Otherwise
+// (or should the device refuse the launch) the combine's launch and
+// se_excite_forward's. Needs C > 0 and rd > 0.
+cudaError_t se_excite_forward_pooled(const SeExcite& p, const SePass& pool, bool cooperative, cudaStream_t stream);
 // CBAM's channel MLP (cbam_cuda.cpp's two-phase forward) on the same kernel:
 // pooled is the two pools' rows [2, N, C] (the spatial means, then the
 // maxima); fc1 runs on all 2N rows (light: on ½mean + ½max), fc2 on the sum
@@ -179,6 +190,14 @@ struct EcaExcite {
   const void* pooled = nullptr; // also read by the backward (the weight gradient)
   void* logits = nullptr;
   void* g = nullptr;
+  // Forward straight after se_pool run with defer_combine and segments > 1:
+  // the pool's partials [N·C, segments] (its sums: ECA pools by the mean),
+  // which each thread combines in the pool's own order for every pooled value
+  // its window reads (pooled is not read), writing its own to pooled_out:
+  // the combine's launch saved, the same bits.
+  const void* pool_partials = nullptr;
+  int64_t segments = 1;
+  void* pooled_out = nullptr;
 
   // Backward: s = Σ_hw dy·x and the saved logits → g (again), a = dL/dpooled / HW,
   // dw [k] and db [1] (null: no bias) in the weights' dtype, through a

@@ -235,18 +235,25 @@ __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(const SePass p, c
 
 // Combines the segments' partials of every row in order 0, 1, ... and writes
 // the results (one thread per row).
+// Rows first, first + stride, ...: the body of combine_partials_kernel, and
+// the first phase of the forward's cooperative excitation (se_forward.cu).
 template <typename A, bool BWD, bool WITH_MAX>
-__global__ void __launch_bounds__(kThreads) combine_partials_kernel(const SePass p) {
+__device__ __forceinline__ void combine_rows(const SePass& p, int64_t first, int64_t stride) {
   const A* part = static_cast<const A*>(p.partials);
   const int64_t rows = p.N * p.C, S = p.segments;
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; r < rows;
-       r += static_cast<int64_t>(gridDim.x) * kThreads) {
+  for (int64_t r = first; r < rows; r += stride) {
     Partial<A, BWD, WITH_MAX> acc;
     acc.sum = part[r * S];
     acc.ext = part[rows * S + r * S];
     for (int64_t s = 1; s < S; ++s) acc.merge(part[r * S + s], part[rows * S + r * S + s]);
     acc.finish(p, r);
   }
+}
+
+template <typename A, bool BWD, bool WITH_MAX>
+__global__ void __launch_bounds__(kThreads) combine_partials_kernel(const SePass p) {
+  combine_rows<A, BWD, WITH_MAX>(p, static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x,
+                                 static_cast<int64_t>(gridDim.x) * kThreads);
 }
 
 // channels_last: a pixel's C channels are contiguous. A block of 32 × 8
@@ -416,21 +423,33 @@ struct SeLinear {
   const void* cnt = nullptr;
 };
 
+// The shared tiles of one block of a layer: the weights' and the inputs'.
+template <typename A> struct LinTiles {
+  A (*ws)[kLinK + 1];  // [kLinJ][kLinK + 1]
+  A (*xs)[kLinK];      // [kLinN][kLinK]
+};
+
+// The work of block (bx, by, bz) of a layer's grid (gy blocks along y): the
+// body of se_linear_kernel, and a tile of the cooperative excitation. The
+// inputs are read by plain loads (no __restrict__): in the cooperative kernel
+// they were written by the phase before its grid.sync, which the
+// non-coherent read-only path need not see.
 template <typename T, LinIn IN, LinOut OUT, bool WT>
-__global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q) {
+__device__ __forceinline__ void linear_block(const SeLinear& q, int64_t bx, int64_t by, int64_t bz, int64_t gy,
+                                             const LinTiles<acc_t<T>>& tiles) {
   using A = acc_t<T>;
-  __shared__ A ws[kLinJ][kLinK + 1];
-  __shared__ A xs[kLinN][kLinK];
+  A (*const ws)[kLinK + 1] = tiles.ws;
+  A (*const xs)[kLinK] = tiles.xs;
   const T* __restrict__ w = static_cast<const T*>(q.w);
-  const A* __restrict__ in = static_cast<const A*>(q.in);
-  const A* __restrict__ in2 = static_cast<const A*>(q.in2);
+  const A* in = static_cast<const A*>(q.in);
+  const A* in2 = static_cast<const A*>(q.in2);
   const int t = threadIdx.x, jj = t % kLinJ, ng = t / kLinJ;
   const int64_t N = q.N, J = q.J, K = q.K;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kLinJ;
-  const int64_t kb = static_cast<int64_t>(blockIdx.z) * q.k_per_split;
+  const int64_t j0 = bx * kLinJ;
+  const int64_t kb = bz * q.k_per_split;
   const int64_t ke = kb + q.k_per_split < K ? kb + q.k_per_split : K;
-  const bool saves = blockIdx.x == 0 && q.save != nullptr;
-  for (int64_t n0 = static_cast<int64_t>(blockIdx.y) * kLinN; n0 < N; n0 += static_cast<int64_t>(gridDim.y) * kLinN) {
+  const bool saves = bx == 0 && q.save != nullptr;
+  for (int64_t n0 = by * kLinN; n0 < N; n0 += gy * kLinN) {
     A acc[kLinPerThread];
 #pragma unroll
     for (int m = 0; m < kLinPerThread; ++m) acc[m] = A(0);
@@ -461,7 +480,7 @@ __global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q
             }
           } else {
             // Row `row` of partials [splits, rows, K], the splits summed in order.
-            auto parts_sum = [&](const A* __restrict__ src, int64_t splits, int64_t rows, int64_t row) {
+            auto parts_sum = [&](const A* src, int64_t splits, int64_t rows, int64_t row) {
               A h = src[row * K + k];
               for (int64_t sp = 1; sp < splits; ++sp) h += src[(sp * rows + row) * K + k];
               return h;
@@ -532,11 +551,19 @@ __global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q
               static_cast<A*>(q.g_out)[n * J + j] = acc[m] * A(0.5) / static_cast<const A*>(q.cnt)[n * J + j];
           }
         } else {
-          static_cast<A*>(q.part_out)[(static_cast<int64_t>(blockIdx.z) * N + n) * J + j] = acc[m];
+          static_cast<A*>(q.part_out)[(bz * N + n) * J + j] = acc[m];
         }
       }
     }
   }
+}
+
+template <typename T, LinIn IN, LinOut OUT, bool WT>
+__global__ void __launch_bounds__(kLinThreads) se_linear_kernel(const SeLinear q) {
+  using A = acc_t<T>;
+  __shared__ A ws[kLinJ][kLinK + 1];
+  __shared__ A xs[kLinN][kLinK];
+  linear_block<T, IN, OUT, WT>(q, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.y, LinTiles<A>{ws, xs});
 }
 
 // The weight gradients on the [N, ·] rows: out[r, c] = Σ_n L[n, r]·R[n, c]
@@ -707,11 +734,32 @@ __global__ void __launch_bounds__(kExciteThreads) eca_excite_fwd_kernel(const Ec
   const int64_t C = p.C, k = p.k, pad = (k - 1) / 2, total = p.N * C;
   const A bias = p.b != nullptr ? to_acc(static_cast<const T*>(p.b)[0]) : A(0);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kExciteThreads;
+  // The pooled value of row r: as the pool wrote it, or (deferred) its
+  // segments' sums added in order and divided by H·W, as combine_rows does.
+  const A* __restrict__ parts = static_cast<const A*>(p.pool_partials);
+  const int64_t S = p.segments;
+  auto pooled_at = [&](int64_t r) {
+    if (S <= 1) return pooled[r];
+    Partial<A, false, false> acc;
+    acc.sum = parts[r * S];
+    for (int64_t s = 1; s < S; ++s) acc.merge(parts[r * S + s], A(0));
+    return acc.sum / static_cast<A>(p.HW);
+  };
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kExciteThreads + threadIdx.x; i < total; i += stride) {
     const int64_t n = i / C, c = i - n * C;
-    const A* row = pooled + n * C;
     A z = A(0);
-    for (int64_t j = 0; j < k; ++j) z += to_acc(w[j]) * padded(row, C, c + j - pad, p.circular);
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t at = c + j - pad;
+      A v = A(0);
+      if (at >= 0 && at < C) {
+        v = pooled_at(n * C + at);
+      } else if (p.circular) {
+        at %= C;
+        v = pooled_at(n * C + (at < 0 ? at + C : at));
+      }
+      z += to_acc(w[j]) * v;
+    }
+    if (S > 1) static_cast<A*>(p.pooled_out)[i] = pooled_at(i);
     z += bias;
     z_out[i] = z;
     g_out[i] = gate_fwd(p.gate, z);
@@ -857,6 +905,12 @@ int64_t segments_for(const SePass& p, int V) {
   return ceil_div(p.HW, seg_len);
 }
 
+template <typename A, bool BWD, bool WITH_MAX>
+void launch_combine(const SePass& p, cudaStream_t stream) {
+  const int64_t blocks = std::min<int64_t>(ceil_div(p.N * p.C, kThreads), int64_t{p.sm_count} * 32);
+  combine_partials_kernel<A, BWD, WITH_MAX><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
+}
+
 template <typename T, bool BWD, bool WITH_MAX, int V>
 void launch_reduce_v(const SePass& p, cudaStream_t stream) {
   // Segment length: H·W / segments rounded up to whole access rounds (32·V
@@ -873,10 +927,7 @@ void launch_reduce_v(const SePass& p, cudaStream_t stream) {
                     static_cast<unsigned>(std::min<int64_t>(p.N, 65535)), static_cast<unsigned>(p.segments));
     reduce_cols_kernel<T, BWD, WITH_MAX, V><<<grid, dim3(kColsX, kColsY), 0, stream>>>(p, seg_len);
   }
-  if (p.segments > 1) {
-    const int64_t blocks = std::min<int64_t>(ceil_div(p.N * p.C, kThreads), int64_t{p.sm_count} * 32);
-    combine_partials_kernel<acc_t<T>, BWD, WITH_MAX><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p);
-  }
+  if (p.segments > 1 && !p.defer_combine) launch_combine<acc_t<T>, BWD, WITH_MAX>(p, stream);
 }
 
 template <typename T, bool BWD, bool WITH_MAX, int V>
@@ -967,15 +1018,42 @@ inline SeExcite cbam_mlp_rows(const SeExcite& p, bool light) {
 // fc1 without its bias on the `rows` of p.pooled, split over C into partials
 // [splits, rows.N, rd] at `parts`: the forward's first launch, and CBAM's
 // backward recomputing it with the very same sums.
-template <typename T>
-void launch_fc1_parts(const SeExcite& p, const SeExcite& rows, bool pair, void* parts, cudaStream_t stream) {
+inline SeLinear fc1_parts_layer(const SeExcite& p, const SeExcite& rows, bool pair, void* parts) {
   SeLinear fc1;
   fc1.N = rows.N, fc1.J = p.rd, fc1.K = p.C;
   fc1.w = p.w1;
   fc1.in = p.pooled, fc1.pair = pair;
   fc1.k_per_split = se_fc1_k_per_split(rows);
   fc1.part_out = parts;
-  launch_linear<T, LinIn::Rows, LinOut::Parts, false>(fc1, se_fc1_splits(rows), stream);
+  return fc1;
+}
+
+template <typename T>
+void launch_fc1_parts(const SeExcite& p, const SeExcite& rows, bool pair, void* parts, cudaStream_t stream) {
+  launch_linear<T, LinIn::Rows, LinOut::Parts, false>(fc1_parts_layer(p, rows, pair, parts), se_fc1_splits(rows), stream);
+}
+
+// fc2 on fc1's partials at p.partials (as launch_two_layers says).
+inline SeLinear fc2_gate_layer(const SeExcite& p, const SeExcite& rows, bool pair, double bias_scale) {
+  SeLinear fc2;
+  fc2.N = p.N, fc2.J = p.C, fc2.K = p.rd;
+  fc2.k_per_split = ceil_div(p.rd, kLinK) * kLinK;
+  fc2.w = p.w2;
+  fc2.in = p.partials, fc2.in_splits = se_fc1_splits(rows), fc2.in_bias = p.b1, fc2.save = p.hidden, fc2.act = p.act;
+  fc2.pair = pair;
+  fc2.bias = p.b2, fc2.bias_scale = bias_scale, fc2.z_out = p.logits, fc2.g_out = p.g, fc2.gate = p.gate;
+  return fc2;
+}
+
+// Effective SE's one layer, ending with the gate.
+inline SeLinear one_layer_gate(const SeExcite& p) {
+  SeLinear fc1;
+  fc1.N = p.N, fc1.J = p.rd, fc1.K = p.C;
+  fc1.w = p.w1;
+  fc1.in = p.pooled;
+  fc1.k_per_split = ceil_div(p.C, kLinK) * kLinK;
+  fc1.bias = p.b1, fc1.z_out = p.logits, fc1.g_out = p.g, fc1.gate = p.gate;
+  return fc1;
 }
 
 // fc1 on the `rows` of p.pooled split over C into partials, then fc2, which
@@ -986,15 +1064,7 @@ template <typename T>
 void launch_two_layers(const SeExcite& p, const SeExcite& rows, bool fc1_pair, bool fc2_pair, double bias_scale,
                        cudaStream_t stream) {
   launch_fc1_parts<T>(p, rows, fc1_pair, p.partials, stream);
-  const int64_t splits = se_fc1_splits(rows);
-  SeLinear fc2;
-  fc2.N = p.N, fc2.J = p.C, fc2.K = p.rd;
-  fc2.k_per_split = ceil_div(p.rd, kLinK) * kLinK;
-  fc2.w = p.w2;
-  fc2.in = p.partials, fc2.in_splits = splits, fc2.in_bias = p.b1, fc2.save = p.hidden, fc2.act = p.act;
-  fc2.pair = fc2_pair;
-  fc2.bias = p.b2, fc2.bias_scale = bias_scale, fc2.z_out = p.logits, fc2.g_out = p.g, fc2.gate = p.gate;
-  launch_linear<T, LinIn::PartsAct, LinOut::Gate, false>(fc2, 1, stream);
+  launch_linear<T, LinIn::PartsAct, LinOut::Gate, false>(fc2_gate_layer(p, rows, fc2_pair, bias_scale), 1, stream);
 }
 
 template <typename T>
@@ -1003,13 +1073,7 @@ cudaError_t launch_se_excite(const SeExcite& p, cudaStream_t stream) {
   if (p.N == 0) return cudaSuccess;
   if (p.C == 0 || p.rd == 0) return cudaErrorInvalidValue;  // the glue keeps the ATen ops for these
   if (!p.two_layer) {  // effective SE: one layer, ending with the gate
-    SeLinear fc1;
-    fc1.N = p.N, fc1.J = p.rd, fc1.K = p.C;
-    fc1.w = p.w1;
-    fc1.in = p.pooled;
-    fc1.k_per_split = ceil_div(p.C, kLinK) * kLinK;
-    fc1.bias = p.b1, fc1.z_out = p.logits, fc1.g_out = p.g, fc1.gate = p.gate;
-    launch_linear<T, LinIn::Rows, LinOut::Gate, false>(fc1, 1, stream);
+    launch_linear<T, LinIn::Rows, LinOut::Gate, false>(one_layer_gate(p), 1, stream);
   } else {
     launch_two_layers<T>(p, p, false, false, 1, stream);
   }
@@ -1216,7 +1280,9 @@ inline bool eca_excite_valid(const EcaExcite& p) {
 
 template <typename T>
 cudaError_t launch_eca_excite_fwd(const EcaExcite& p, cudaStream_t stream) {
-  if (!eca_excite_valid(p)) return cudaErrorInvalidValue;
+  if (!eca_excite_valid(p) || (p.segments > 1 && (p.pool_partials == nullptr || p.pooled_out == nullptr))) {
+    return cudaErrorInvalidValue;
+  }
   const int64_t total = p.N * p.C;
   if (total == 0) return cudaSuccess;
   const int64_t blocks = std::min<int64_t>(ceil_div(total, kExciteThreads), int64_t{p.sm_count} * 32);

@@ -62,6 +62,19 @@ M = {
                               "emu_test", ["--quick", "--cbam"]),
   "cbam_stage_weights_one_map": ("cbam_kernels.cu", "const int n = (sp.light ? 1 : 2) * sp.k * sp.k;",
                                "const int n = sp.k * sp.k;", "emu_test", ["--quick", "--cbam"]),
+  # the forward's cooperative excitation (se_forward.cu): its phase barriers, its tiles, its fallback's combine
+  "se_coop_no_sync_after_combine": ("se_forward.cu", "      combine_rows<A, false, false>(c.pool, first, stride);\n    }\n    grid.sync();",
+                                    "      combine_rows<A, false, false>(c.pool, first, stride);\n    }\n", "emu_test", ["--quick", "--se"]),
+  "se_coop_no_sync_between_layers": ("se_forward.cu", "  if (c.two_layer) {\n    grid.sync();", "  if (c.two_layer) {\n",
+                                     "emu_test", ["--quick", "--se"]),
+  "se_coop_tile_z": ("se_forward.cu", "bz = b / (c.gx1 * c.gy1);", "bz = (b / (c.gx1 * c.gy1)) % 2;", "emu_test", ["--quick", "--se"]),
+  "se_coop_fallback_no_combine": ("se_forward.cu", "  if (combine) {\n    if (pool.ext != nullptr) {",
+                                  "  if (false) {\n    if (pool.ext != nullptr) {", "emu_test", ["--quick", "--se"]),
+  # ECA's forward excitation combining the pool's segments itself (se_kernels.cuh)
+  "eca_deferred_pooled_not_written": ("se_kernels.cuh", "    if (S > 1) static_cast<A*>(p.pooled_out)[i] = pooled_at(i);\n", "",
+                                      "emu_test", ["--quick", "--se"]),
+  "eca_deferred_segments_short": ("se_kernels.cuh", "    for (int64_t s = 1; s < S; ++s) acc.merge(parts[r * S + s], A(0));",
+                                  "    for (int64_t s = 1; s < S - 1; ++s) acc.merge(parts[r * S + s], A(0));", "emu_test", ["--quick", "--se"]),
   "se_cols_merge": ("se_kernels.cuh", "for (int j = 1; j < kColsY; ++j)", "for (int j = 1; j < kColsY - 1; ++j)", "emu_test", ["--quick", "--se"]),
   "se_vec_oob": ("se_kernels.cuh", "  if (row % kVec<T> != 0) return false;", "", "emu_test", ["--quick", "--se"]),
   # se_fused.cu (clusters, distributed shared memory, asynchronous copies)

@@ -132,6 +132,77 @@ bool run_excite(const ExciteCase& k, std::mt19937_64& rng) {
   return ok;
 }
 
+// The forward straight after se_pool with defer_combine: each thread
+// combines the pool's segments for its window (EcaExcite::pool_partials) and
+// writes its own pooled value; pooled, logits and g must be the bits of
+// se_pool (with its combine) then eca_excite_forward, and nothing launched
+// after the pool but the excitation. x: N×C×H×W, channels_last or NCHW.
+struct PooledEcaCase {
+  ExciteCase e;
+  int H, W;
+  bool cl;
+  std::string str() const { return e.str() + " H=" + std::to_string(H) + " W=" + std::to_string(W) + (cl ? " channels_last" : " NCHW"); }
+  int policy = 0;
+};
+
+template <class T>
+bool run_excite_pooled(const PooledEcaCase& pk, std::mt19937_64& rng) {
+  using A = typename Ty<T>::A;
+  const ExciteCase& k = pk.e;
+  const long N = k.N, C = k.C, HW = long{pk.H} * pk.W;
+  std::uniform_real_distribution<double> U(-1, 1);
+  Buf<T> x(N * C * HW), dy(N * C * HW), w(k.k), b(1);
+  fill_x_dy(x, dy, 0, rng);
+  for (long j = 0; j < k.k; ++j) w[j] = Ty<T>::from_d(U(rng));
+  b[0] = Ty<T>::from_d(U(rng));
+  bool ok = true;
+  long segments = 0;
+  struct Out { Buf<A> pooled, logits, g, ws; std::vector<std::string> trace; };
+  auto run = [&](bool deferred) {
+    Out o;
+    o.pooled = Buf<A>(N * C), o.logits = Buf<A>(N * C), o.g = Buf<A>(N * C);
+    for (Buf<A>* q : {&o.pooled, &o.logits, &o.g}) q->fill_bytes(0xff);
+    SePass q;
+    q.dtype = Ty<T>::dt;
+    q.N = N, q.C = C, q.HW = HW, q.channels_last = pk.cl, q.sm_count = k.sm, q.x = x.p, q.sum = o.pooled.p;
+    q.defer_combine = deferred;
+    q.segments = segments = se_reduce_segments(q, false);
+    o.ws = Buf<A>(q.segments > 1 ? 2 * N * C * q.segments : 0);
+    o.ws.fill_bytes(0xff);
+    q.partials = q.segments > 1 ? o.ws.p : nullptr;
+    EcaExcite e;
+    e.dtype = Ty<T>::dt;
+    e.N = N, e.C = C, e.k = k.k, e.HW = HW, e.circular = k.circular, e.gate = k.hard ? 1 : 0, e.sm_count = k.sm;
+    e.w = w.p, e.b = k.bias ? b.p : nullptr;
+    e.pooled = o.pooled.p, e.logits = o.logits.p, e.g = o.g.p;
+    if (deferred) e.pool_partials = q.partials, e.segments = q.segments, e.pooled_out = o.pooled.p;
+    if (se_pool(q, nullptr) != cudaSuccess) std::printf("  se_pool failed\n"), ok = false;
+    emu::take_trace();
+    if (eca_excite_forward(e, nullptr) != cudaSuccess || cudaGetLastError() != cudaSuccess)
+      std::printf("  eca_excite_forward failed\n"), ok = false;
+    for (const std::string& t : emu::take_trace()) o.trace.push_back(t.substr(0, t.find('<')));
+    return o;
+  };
+  const Out ref = run(false), got = run(true);
+  const std::string tn = Ty<T>::name;
+  auto same = [&](const char* what, const Buf<A>& a, const Buf<A>& c) {
+    if (std::memcmp(a.p, c.p, N * C * sizeof(A)) == 0) return;
+    std::printf("  %s %s: not the bits of se_pool + eca_excite_forward (segments %ld)\n", tn.c_str(), what, segments);
+    ok = false;
+  };
+  same("pooled", ref.pooled, got.pooled);
+  same("logits", ref.logits, got.logits);
+  same("g", ref.g, got.g);
+  const std::vector<std::string> want = {"eca_excite_fwd_kernel"};
+  if (N * C > 0 && got.trace != want) std::printf("  %s: %zu launches after the pool\n", tn.c_str(), got.trace.size()), ok = false;
+  if (segments < 2 && pk.H * pk.W > 64) std::printf("  the case has no segments to combine\n"), ok = false;
+  return ok;
+}
+
+bool excite_pooled_any(DType dt, const PooledEcaCase& k, std::mt19937_64& rng) {
+  return run_typed(dt, [&](auto tag) { return run_excite_pooled<decltype(tag)>(k, rng); });
+}
+
 bool excite_any(DType dt, const ExciteCase& k, std::mt19937_64& rng) {
   return run_typed(dt, [&](auto tag) { return run_excite<decltype(tag)>(k, rng); });
 }
@@ -163,4 +234,20 @@ void run_eca_excite_suite(bool quick) {
                                 ExciteCase{70, 300, 7, true, false, false, 1, 49, 2},   // sm 1: one sample row of blocks
                                 ExciteCase{9, 513, 15, false, true, true, 132, 3, 0}})
       run_case("eca_excite", dt, k, [&] { return excite_any(dt, k, rng); });
+  // Deferred pools: segments (the windows reaching across rows of partials,
+  // wrapped or zero-padded), C below k, and one segment (pooled read as written).
+  int pi = 0;
+  for (const PooledEcaCase& k : {PooledEcaCase{{5, 64, 5, false, true, false, 132, 0, 0}, 9, 9, true},
+                                 PooledEcaCase{{3, 3, 7, true, false, true, 132, 0, 1}, 40, 40, false},
+                                 PooledEcaCase{{17, 40, 15, true, true, false, 132, 0, 2}, 13, 13, true},
+                                 PooledEcaCase{{2, 24, 3, false, true, false, 4, 0, 0}, 3, 3, false}}) {
+    for (int d = 0; d < 4; ++d) {
+      if (quick && d % 2 != pi % 2) continue;
+      const DType dt = dts[(d + pi) % 4];
+      PooledEcaCase kk = k;
+      kk.policy = k.e.policy;
+      run_case("eca_excite_pooled", dt, kk, [&] { return excite_pooled_any(dt, kk, rng); });
+    }
+    ++pi;
+  }
 }

@@ -484,6 +484,104 @@ bool excite_bwd_any(DType dt, const SeExciteCase& k, std::mt19937_64& rng) {
 
 }  // namespace
 
+// se_excite_forward_pooled straight after se_pool with defer_combine: the
+// same bits as se_pool (combining its partials itself) then
+// se_excite_forward, for pooled, maxv, hidden, logits and g; and the launches
+// it took: one cooperative launch where the device has them and holds the
+// grid (what is left of the forward after the pool), else the combine's
+// launch (with segments) and a launch per layer.
+struct PooledCase {
+  int N, C, rd, H, W;
+  bool cl, two_layer, with_max;
+  int dev, sm, policy;
+  bool cooperative = true;
+  bool expect_coop = true;  // one cooperative launch after the pool (else the launches)
+  std::string str() const {
+    char b[200];
+    std::snprintf(b, sizeof b, "N=%d C=%d rd=%d H=%d W=%d %s %s max=%d dev=%d sm=%d policy=%d cooperative=%d", N, C, rd,
+                  H, W, cl ? "channels_last" : "NCHW", two_layer ? "two-layer" : "effective", with_max, dev, sm, policy,
+                  cooperative);
+    return b;
+  }
+};
+
+template <class T>
+bool run_excite_pooled(const PooledCase& k, std::mt19937_64& rng) {
+  using A = typename Ty<T>::A;
+  const long N = k.N, C = k.C, R = k.two_layer ? k.rd : k.C, HW = long{k.H} * k.W;
+  std::uniform_real_distribution<double> U(-1, 1), W(-0.5, 0.5);
+  Buf<T> x(N * C * HW), dy(N * C * HW), w1(R * C), b1(R), w2(k.two_layer ? C * R : 0), b2(C);
+  fill_x_dy(x, dy, 0, rng);
+  for (size_t i = 0; i < w1.n; ++i) w1[i] = Ty<T>::from_d(W(rng));
+  for (size_t i = 0; i < w2.n; ++i) w2[i] = Ty<T>::from_d(W(rng));
+  for (long i = 0; i < R; ++i) b1[i] = Ty<T>::from_d(U(rng));
+  for (long i = 0; i < C; ++i) b2[i] = Ty<T>::from_d(U(rng));
+  struct Out {
+    Buf<A> pooled, maxv, hidden, logits, g, parts, ws;
+    std::vector<std::string> trace;
+  };
+  if (cudaSetDevice(k.dev) != cudaSuccess) return std::printf("  cudaSetDevice(%d) failed\n", k.dev), false;
+  bool ok = true;
+  auto run = [&](bool pooled_api) {
+    Out o;
+    o.pooled = Buf<A>(N * C), o.maxv = Buf<A>(N * C), o.hidden = Buf<A>(N * R), o.logits = Buf<A>(N * C),
+    o.g = Buf<A>(N * C);
+    for (Buf<A>* b : {&o.pooled, &o.maxv, &o.hidden, &o.logits, &o.g}) b->fill_bytes(0xff);
+    SePass q;
+    q.dtype = Ty<T>::dt;
+    q.N = N, q.C = C, q.HW = HW, q.channels_last = k.cl, q.sm_count = k.sm, q.x = x.p;
+    q.sum = o.pooled.p, q.ext = k.with_max ? o.maxv.p : nullptr;
+    q.defer_combine = pooled_api;
+    q.segments = se_reduce_segments(q, false);
+    o.ws = Buf<A>(q.segments > 1 ? 2 * N * C * q.segments : 0);
+    o.ws.fill_bytes(0xff);
+    q.partials = q.segments > 1 ? o.ws.p : nullptr;
+    SeExcite e;
+    e.dtype = Ty<T>::dt;
+    e.N = N, e.C = C, e.rd = R, e.two_layer = k.two_layer, e.act = 1, e.gate = 0, e.sm_count = k.sm;
+    e.w1 = w1.p, e.b1 = b1.p, e.w2 = k.two_layer ? w2.p : nullptr, e.b2 = k.two_layer ? b2.p : nullptr;
+    e.pooled = o.pooled.p, e.hidden = k.two_layer ? o.hidden.p : nullptr, e.logits = o.logits.p, e.g = o.g.p;
+    o.parts = Buf<A>(se_excite_partials(e));
+    o.parts.fill_bytes(0xff);
+    e.partials = o.parts.n ? o.parts.p : nullptr;
+    if (se_pool(q, nullptr) != cudaSuccess) std::printf("  se_pool failed\n"), ok = false;
+    emu::take_trace();
+    const cudaError_t err = pooled_api ? se_excite_forward_pooled(e, q, k.cooperative, nullptr) : se_excite_forward(e, nullptr);
+    if (err != cudaSuccess || cudaGetLastError() != cudaSuccess)
+      std::printf("  the excitation failed (%d)\n", static_cast<int>(err)), ok = false;
+    for (const std::string& t : emu::take_trace()) o.trace.push_back(t.substr(0, t.find('<')));
+    if (!pooled_api && q.segments > 1) o.trace.insert(o.trace.begin(), "combine_partials_kernel");
+    return o;
+  };
+  const Out ref = run(false), got = run(true);
+  const std::string tn = Ty<T>::name;
+  auto same = [&](const char* what, const Buf<A>& a, const Buf<A>& b, long n) {
+    if (std::memcmp(a.p, b.p, n * sizeof(A)) == 0) return;
+    std::printf("  %s %s: not the bits of se_pool + se_excite_forward\n", tn.c_str(), what);
+    ok = false;
+  };
+  same("pooled", ref.pooled, got.pooled, N * C);
+  if (k.with_max) same("maxv", ref.maxv, got.maxv, N * C);
+  if (k.two_layer) same("hidden", ref.hidden, got.hidden, N * R);
+  same("logits", ref.logits, got.logits, N * C);
+  same("g", ref.g, got.g, N * C);
+  const std::vector<std::string> coop = {"cudaLaunchKernelEx"};
+  const std::vector<std::string>& want = k.expect_coop ? coop : ref.trace;
+  if (got.trace != want) {
+    std::string g, w;
+    for (const auto& t : got.trace) g += t + " ";
+    for (const auto& t : want) w += t + " ";
+    std::printf("  %s launches after the pool: %s(expected %s)\n", tn.c_str(), g.c_str(), w.c_str());
+    ok = false;
+  }
+  cudaSetDevice(0);
+  return ok;
+}
+
+bool excite_pooled_any(DType dt, const PooledCase& k, std::mt19937_64& rng) {
+  return run_typed(dt, [&](auto tag) { return run_excite_pooled<decltype(tag)>(k, rng); });
+}
+
 void run_se_excite_suite(bool quick) {
   std::mt19937_64 rng(93);
   const DType dts[4] = {DType::F32, DType::F16, DType::BF16, DType::F64};
@@ -529,6 +627,33 @@ void run_se_excite_suite(bool quick) {
                                  GradSumCase{{4097}, 2, 2}, GradSumCase{{300, 7, 300 * 7, 300}, 9, 0},
                                  GradSumCase{{128 * 1024 + 1, 256 * 1024 + 3}, 2, 0}})
       run_case("grad_sum", dt, k, [&] { return grad_sum_any(dt, k, rng); });
+  // The excitation straight from the pool's partials (se_excite_forward_pooled):
+  // segments or not, two layers or effective SE, each dtype in turn; on the
+  // H100, the 4-multiprocessor part (its grid walking the tiles; refused when
+  // asked for a 132-multiprocessor grid), the part without cooperative
+  // launches, and sm_80; and with the cooperative launch turned off.
+  const PooledCase pooled_cases[] = {
+      {5, 64, 16, 9, 9, true, true, true, 0, 132, 0},            // segments: the combine, fc1, fc2
+      {17, 31, 4, 25, 25, false, true, false, 0, 132, 1},        // NCHW segments
+      {3, 65, 65, 9, 9, true, false, true, 1, 4, 2},             // effective SE: the combine and one layer
+      {40, 300, 70, 7, 7, true, true, false, 0, 132, 0},         // more tiles than one pass of the grid? (2 segments)
+      {40, 300, 70, 7, 7, true, true, false, 1, 132, 1, true, false},  // 4 SMs asked for 132's grid: refused, launches
+      {5, 64, 16, 9, 9, true, true, true, 2, 132, 2, true, false},     // no cooperative launch on the device
+      {2, 130, 8, 1, 1, false, true, true, 3, 108, 0},           // sm_80; one segment: fc1 and fc2
+      {16, 17, 17, 1, 1, true, false, false, 0, 1, 1, true, false},    // one segment, one layer: one plain launch
+      {5, 64, 16, 9, 9, true, true, true, 0, 132, 2, false, false},    // FUSED_ATTN_CUDA_EXCITE=launches
+      {33, 2048, 128, 7, 7, true, true, false, 0, 132, 0},       // the ResNet-50 site's widths
+  };
+  int pi = 0;
+  for (const PooledCase& k : pooled_cases) {
+    for (int d = 0; d < 4; ++d) {
+      // quick: two dtypes per case, in turn (the ResNet-50 widths: bfloat16 only)
+      if (quick && (k.C >= 2048 ? d != 2 : d % 2 != pi % 2)) continue;
+      const DType dt = dts[(d + pi) % 4];
+      run_case("se_excite_pooled", dt, k, [&] { return excite_pooled_any(dt, k, rng); });
+    }
+    ++pi;
+  }
   // CBAM at the ResNet-50 site's widths (reduction 16), both kinds.
   for (DType dt : dts)
     for (bool light : {false, true}) {

@@ -310,24 +310,51 @@ def test_single_launch_backward_sums_its_groups_in_one_launch(dt, monkeypatch):
 
 @pytest.mark.parametrize("dt", ["bf16", "f32"])
 @pytest.mark.parametrize("effective", [False, True], ids=["two-layer", "effective"])
-def test_se_two_phase_forward_launches(dt, effective, monkeypatch):
-    """The two-phase SE forward: the pool, the excitation (fc1 split over C,
-    then fc2 with the activation and gate; effective SE's one layer with the
-    gate), the rescale, and no ATen op that would be a kernel: no GEMM, no
-    activation, no conversion of bfloat16 weights. NCHW at 2×64×7×7 pools
-    without segments."""
+@pytest.mark.parametrize("shape,fmt,segments", [((2, 64, 7, 7), "nchw", False), ((2, 64, 9, 9), "cl", True)],
+                         ids=["one-segment", "segments"])
+@pytest.mark.parametrize("device,excite", [(0, "cooperative"), (0, "launches"), (2, "cooperative")],
+                         ids=["h100", "h100-launches", "no-cooperative-device"])
+def test_se_two_phase_forward_launches(dt, effective, shape, fmt, segments, device, excite, monkeypatch):
+    """The two-phase SE forward: the pool, the excitation straight from its
+    partials, the rescale. On the emulated H100 the excitation (the pool's
+    combine where it has segments, fc1 split over C, fc2 with the activation
+    and gate) is one cooperative launch: three launches in all (issue 3's
+    bound); effective SE without segments, one plain launch of its one layer.
+    With FUSED_ATTN_CUDA_EXCITE=launches, or on the emulated part without
+    cooperative launches, a launch per phase. Never an ATen op that would be a
+    kernel (no GEMM, no activation, no conversion of bfloat16 weights); the
+    outputs are the CPU backend's either way."""
     monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase")
-    v = SEVariant(effective=True) if effective else SEVariant()
-    x, w1, b1, w2, b2 = se_sample((2, 64, 7, 7), DTYPES[dt], torch.contiguous_format, v)
+    monkeypatch.setenv("FUSED_ATTN_CUDA_EXCITE", excite)
+    EMU.set_device(device)
+    v = SEVariant(effective=True, pool="avgmax") if effective else SEVariant()
+    x, w1, b1, w2, b2 = se_sample(shape, DTYPES[dt], FORMATS[fmt], v)
     kw = (v.act, v.gate, v.pool)
     fn = lambda: EMU.se_forward(x, w1, b1, w2, b2, *kw)  # noqa: E731
     EMU.trace()
-    fn()
+    got = fn()
     passes = [k.split("<")[0] for k in EMU.trace()]
-    linear = ["se_linear_kernel"] * (1 if effective else 2)
-    assert passes == ["reduce_rows_kernel", *linear, "apply_kernel"], passes
+    pool = "reduce_cols_kernel" if fmt == "cl" else "reduce_rows_kernel"
+    if excite == "cooperative" and device != 2 and (segments or not effective):
+        assert passes == [pool, "cudaLaunchKernelEx", "apply_kernel"], passes
+    else:
+        combine = ["combine_partials_kernel"] if segments else []
+        linear = ["se_linear_kernel"] * (1 if effective else 2)
+        assert passes == [pool, *combine, *linear, "apply_kernel"], passes
     ours, aten, ops = launch_count.count(fn)
     assert (ours, aten) == (len(passes), 0), ops
+    check_outputs(got, torch.ops.fused_attn.se_forward(x, w1, b1, w2, b2, *kw), DTYPES[dt])
+
+
+def test_cuda_excite_knob_refuses_unknown_values(monkeypatch):
+    """FUSED_ATTN_CUDA_EXCITE takes cooperative or launches, and says so."""
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase")
+    monkeypatch.setenv("FUSED_ATTN_CUDA_EXCITE", "fastest")
+    x, w1, b1, w2, b2 = se_sample((2, 16, 3, 3), torch.float32, torch.contiguous_format, SEVariant())
+    EMU.trace()
+    with pytest.raises(ValueError, match="FUSED_ATTN_CUDA_EXCITE must be cooperative or launches"):
+        EMU.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid", "avg")
+    assert EMU.trace() == []
 
 
 @pytest.mark.parametrize("effective", [False, True])
@@ -366,7 +393,8 @@ def test_eca_two_phase_launches(dt, fmt, monkeypatch):
     rescale, and no ATen op that would be a kernel; the backward: Σ dy·x, the
     excitation's backward and its weight-gradient sum, dx. A reduction split
     over H·W (here channels_last: 4 × 256 channels leave the emulated H100
-    idle) adds the small kernel that combines its segments."""
+    idle) adds, in the backward, the small kernel that combines its segments;
+    the forward's excitation combines the pool's segments itself."""
     monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase")
     x, w, b = eca_sample((4, 256, 7, 7), DTYPES[dt], FORMATS[fmt], ECAVariant(k=5, bias=True))
     out = EMU.eca_forward(x, w, b, "circular", "sigmoid")
@@ -381,7 +409,7 @@ def test_eca_two_phase_launches(dt, fmt, monkeypatch):
         EMU.trace()
         fn()
         names = [k.split("<")[0] for k in EMU.trace()]
-        split = fmt == "cl"
+        split = fmt == "cl" and name == "bwd"
         assert (names[1] == "combine_partials_kernel") == split, (name, names)
         names = names[:1] + names[1 + split:]
         assert len(names) == len(want) and all(n.startswith(w_) for n, w_ in zip(names, want)), (name, names)

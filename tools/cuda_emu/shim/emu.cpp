@@ -41,13 +41,21 @@ static std::string pending_note;
 static std::map<std::string, long> coverage;
 static std::string pending_key;
 // The emulated devices (cudaSetDevice): all sm_90 but the last.
-struct Dev { int major, sms, optin, max_cluster; };
+struct Dev { int major, sms, optin, max_cluster; bool coop; };
 static const Dev devs[] = {
-    {9, 132, 232448, 16},  // 0: H100 / H200 SXM (227 KiB opt-in, clusters of 16 with the non-portable attribute)
-    {9, 4, 232448, 16},    // 1: a small slice: few multiprocessors
-    {9, 132, 101376, 8},   // 2: 99 KiB per block and no clusters over 8 (the planner must fall back)
-    {8, 108, 166912, 1},   // 3: sm_80: no clusters (no plan)
+    {9, 132, 232448, 16, true},  // 0: H100 / H200 SXM (227 KiB opt-in, clusters of 16 with the non-portable attribute)
+    {9, 4, 232448, 16, true},    // 1: a small slice: few multiprocessors
+    {9, 132, 101376, 8, false},  // 2: 99 KiB per block, no clusters over 8 (the planner must fall back), and no
+                                 //    cooperative launch (the forward's excitation must fall back to its launches)
+    {8, 108, 166912, 1, true},   // 3: sm_80: no clusters (no plan)
 };
+// Blocks of `threads` threads and `smem` bytes of shared memory resident per
+// multiprocessor (2048 threads, 32 blocks, 228 KiB: an sm_90's limits; registers not modelled).
+static int blocks_per_sm(unsigned long long threads, size_t smem) {
+  int n = static_cast<int>(std::min<unsigned long long>(32, 2048 / threads));
+  if (smem) n = std::min<int>(n, static_cast<int>(233472 / (smem + 1024)));
+  return n;
+}
 static int cur_dev = 0;
 struct FuncAttr { int max_dyn = 48 * 1024; bool nonportable = false; };
 static std::map<const void*, FuncAttr> fattrs;
@@ -340,9 +348,26 @@ void launch(const char* name, const char* where, const Cfg& cfg, const std::func
     last_error = cudaErrorInvalidConfiguration;
     return;
   }
-  const dim3 cl = cfg.cluster;
-  const unsigned K = cl.x * cl.y * cl.z;
-  if (cfg.func != nullptr) {  // cudaLaunchKernelEx: the cluster, the shared memory and the kernel's attributes
+  // A cooperative launch runs as one cluster of all its blocks (grid.sync as cluster.sync).
+  const dim3 cl = cfg.cooperative ? cfg.grid : cfg.cluster;
+  const unsigned long long K64 = 1ull * cl.x * cl.y * cl.z;
+  if (cfg.cooperative) {
+    const Dev& d = devs[cur_dev];
+    const char* why = nullptr;
+    cudaError_t err = cudaErrorCooperativeLaunchTooLarge;
+    if (cfg.func == nullptr) fail("a cooperative launch without cudaLaunchKernelEx");
+    if (cfg.cluster.x * cfg.cluster.y * cfg.cluster.z != 1) why = "a cluster in a cooperative launch (not emulated)", err = cudaErrorInvalidValue;
+    else if (!d.coop) why = "the device has no cooperative launch", err = cudaErrorNotSupported;
+    else if (K64 > 1ull * d.sms * blocks_per_sm(nthreads, cfg.smem)) why = "more blocks than can be resident at once";
+    if (why) {
+      std::fprintf(stderr, "EMU: launch refused for %s: %s (%llu blocks)\n", cur_kernel.c_str(), why, K64);
+      last_error = err;
+      return;
+    }
+    if (K64 > 256) fail("a cooperative launch of %llu blocks: too many to emulate together (256 at most)", K64);
+  }
+  const unsigned K = static_cast<unsigned>(K64);
+  if (cfg.func != nullptr && !cfg.cooperative) {  // cudaLaunchKernelEx: the cluster, the shared memory and the kernel's attributes
     const Dev& d = devs[cur_dev];
     const FuncAttr& fa = fattrs[cfg.func];
     const char* why = nullptr;
@@ -357,14 +382,15 @@ void launch(const char* name, const char* where, const Cfg& cfg, const std::func
       last_error = err;
       return;
     }
-  } else if (K != 1) {
+  } else if (K != 1 && !cfg.cooperative) {
     fail("a cluster launch without cudaLaunchKernelEx");
   }
   ++launches;
   if (dry_run) { pending_note.clear(); return; }
   trace.emplace_back(name);
   if (cfg.func != nullptr) {  // keyed by the kernel's own name (dyn_smem), once it runs
-    pending_key = " block=" + std::to_string(cfg.block.x) + " cluster=" + std::to_string(K) + pending_note;
+    pending_key = " block=" + std::to_string(cfg.block.x) + (cfg.cooperative ? " cooperative" : " cluster=" + std::to_string(K)) +
+                  pending_note;
     pending_note.clear();
   } else {
     std::string w(where);
@@ -423,6 +449,11 @@ void launch(const char* name, const char* where, const Cfg& cfg, const std::func
   dyn_bufs.clear();
   cluster_blocks = 1;
   cur_cfg = nullptr;
+}
+
+void grid_sync() {
+  if (cur_cfg == nullptr || !cur_cfg->cooperative) fail("grid.sync in a launch that is not cooperative");
+  cluster_sync();
 }
 
 unsigned char* dyn_smem(const char* kernel) {
@@ -524,11 +555,20 @@ cudaError_t max_active_clusters(int* n, const void* f, const cudaLaunchConfig_t*
   *n = std::max(1, d.sms * per_sm / K);
   return cudaSuccess;
 }
+cudaError_t max_active_blocks(int* n, const void* f, int threads, size_t smem) {
+  const FuncAttr& fa = fattrs[f];
+  *n = 0;
+  if (threads <= 0 || threads > 1024 || smem > static_cast<size_t>(fa.max_dyn)) return last_error = cudaErrorInvalidValue;
+  *n = blocks_per_sm(static_cast<unsigned long long>(threads), smem);
+  return cudaSuccess;
+}
 Cfg cfg_of(const cudaLaunchConfig_t* cfg, const void* f) {
   Cfg c(cfg->gridDim, cfg->blockDim, cfg->dynamicSmemBytes, cfg->stream);
-  for (unsigned i = 0; i < cfg->numAttrs; ++i)
+  for (unsigned i = 0; i < cfg->numAttrs; ++i) {
     if (cfg->attrs[i].id == cudaLaunchAttributeClusterDimension)
       c.cluster = dim3(cfg->attrs[i].val.clusterDim.x, cfg->attrs[i].val.clusterDim.y, cfg->attrs[i].val.clusterDim.z);
+    if (cfg->attrs[i].id == cudaLaunchAttributeCooperative) c.cooperative = cfg->attrs[i].val.cooperative != 0;
+  }
   c.func = f;
   return c;
 }
@@ -548,6 +588,8 @@ const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidClusterSize: return "invalid cluster size";
+    case cudaErrorCooperativeLaunchTooLarge: return "too many blocks in cooperative launch";
+    case cudaErrorNotSupported: return "operation not supported";
   }
   return "unknown error";
 }
@@ -564,6 +606,7 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int dev) {
     case cudaDevAttrMultiProcessorCount: *v = d.sms; return cudaSuccess;
     case cudaDevAttrComputeCapabilityMajor: *v = d.major; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = d.optin; return cudaSuccess;
+    case cudaDevAttrCooperativeLaunch: *v = d.coop ? 1 : 0; return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }

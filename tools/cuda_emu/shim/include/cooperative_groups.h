@@ -1,4 +1,5 @@
-// CPU emulation (emu.h): the part of cooperative_groups that se_fused.cu uses.
+// CPU emulation (emu.h): the part of cooperative_groups that se_fused.cu and
+// the forward's cooperative excitation (se_forward.cu) use.
 #pragma once
 #include "emu.h"
 
@@ -17,4 +18,8 @@ struct cluster_group {
   }
 };
 inline cluster_group this_cluster() { return cluster_group{}; }
+struct grid_group {
+  void sync() const { ::emu::grid_sync(); }
+};
+inline grid_group this_grid() { return grid_group{}; }
 }  // namespace cooperative_groups

@@ -34,7 +34,8 @@ extern uint3 threadIdx, blockIdx;
 extern dim3 blockDim, gridDim;
 
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9,
-                   cudaErrorInvalidDevice = 101, cudaErrorInvalidClusterSize = 912 };
+                   cudaErrorInvalidDevice = 101, cudaErrorCooperativeLaunchTooLarge = 720,
+                   cudaErrorNotSupported = 801, cudaErrorInvalidClusterSize = 912 };
 typedef struct CUstream_st* cudaStream_t;
 cudaError_t cudaGetLastError();
 #define __align__(n) __attribute__((aligned(n)))
@@ -119,6 +120,7 @@ struct Cfg {
   size_t smem;
   cudaStream_t stream;
   dim3 cluster{1, 1, 1};       // thread-block cluster (cudaLaunchKernelEx's attribute)
+  bool cooperative = false;    // cudaLaunchKernelEx's cudaLaunchAttributeCooperative: all blocks resident, grid.sync
   const void* func = nullptr;  // the kernel (cudaLaunchKernelEx): its function attributes are checked
   Cfg(dim3 g, dim3 b, size_t s = 0, cudaStream_t st = nullptr) : grid(g), block(b), smem(s), stream(st) {}
 };
@@ -136,6 +138,9 @@ unsigned char* dyn_smem(const char* kernel);
 unsigned cluster_rank();
 unsigned cluster_size();
 void cluster_sync();
+// cooperative_groups::this_grid().sync(): a barrier over every thread of a
+// cooperative launch (which runs all its blocks together, as one cluster).
+void grid_sync();
 void* map_shared(void* p, unsigned rank);
 void async_copy(void* dst, const void* src, size_t bytes);
 void pipe_commit();
@@ -188,6 +193,7 @@ template <class T> inline T __ldg(const T* p) { return *p; }
 enum cudaDeviceAttr {
   cudaDevAttrMultiProcessorCount = 16,
   cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrCooperativeLaunch = 95,
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
 };
 enum cudaFuncAttribute {
@@ -199,9 +205,10 @@ struct cudaFuncAttributes {
   int maxThreadsPerBlock = 0, numRegs = 0, ptxVersion = 0, binaryVersion = 0, cacheModeCA = 0;
   int maxDynamicSharedSizeBytes = 0;
 };
-enum cudaLaunchAttributeID { cudaLaunchAttributeClusterDimension = 4 };
+enum cudaLaunchAttributeID { cudaLaunchAttributeCooperative = 2, cudaLaunchAttributeClusterDimension = 4 };
 union cudaLaunchAttributeValue {
   struct { unsigned x, y, z; } clusterDim;
+  int cooperative;
   char pad[64];
 };
 struct cudaLaunchAttribute {
@@ -223,6 +230,7 @@ namespace emu {
 cudaError_t func_get_attributes(cudaFuncAttributes* a, const void* f);
 cudaError_t func_set_attribute(const void* f, cudaFuncAttribute a, int v);
 cudaError_t max_active_clusters(int* n, const void* f, const cudaLaunchConfig_t* cfg);
+cudaError_t max_active_blocks(int* n, const void* f, int threads, size_t smem);
 Cfg cfg_of(const cudaLaunchConfig_t* cfg, const void* f);
 }  // namespace emu
 template <class F> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, F* f) {
@@ -233,6 +241,9 @@ template <class F> cudaError_t cudaFuncSetAttribute(F* f, cudaFuncAttribute a, i
 }
 template <class F> cudaError_t cudaOccupancyMaxActiveClusters(int* n, F* f, const cudaLaunchConfig_t* cfg) {
   return ::emu::max_active_clusters(n, reinterpret_cast<const void*>(f), cfg);
+}
+template <class F> cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, F* f, int threads, size_t smem) {
+  return ::emu::max_active_blocks(n, reinterpret_cast<const void*>(f), threads, smem);
 }
 template <class... Exp, class... Act>
 cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*k)(Exp...), Act&&... args) {
