@@ -8,13 +8,13 @@
 #
 #   bench/gpu_check.sh                      # build test sanitize bench
 #   bench/gpu_check.sh build gpu-test       # some of: build test gpu-test gpu-test-quick sanitize
-#                                           #   sanitize-quick bench bench-fast overhead models bench-full
+#                                           #   sanitize-quick bench bench-fast overhead ab-paths models bench-full
 #
 # A short lease (one command of at most 10 minutes, a quarter hour in all):
 # first `make gpu-prebuild` here, then, with carry [".prebuilt"],
 #
 #   GPU_LOG_DIR=/tmp/gpu GPU_LOG_TAR=$OUT/gpu_logs.tgz GPU_DEADLINE=570 \
-#     bench/gpu_check.sh build gpu-test-quick:170 sanitize-quick:60 overhead:40 bench-fast:150 gpu-test
+#     bench/gpu_check.sh build gpu-test-quick:170 sanitize-quick:60 ab-paths:40 overhead:40 bench-fast:150 gpu-test
 #
 # (the build step uses .prebuilt when its stamp matches, and compiles
 # otherwise; gpu-test-quick runs one in FUSED_ATTN_SUBSET=6 of each big test
@@ -190,6 +190,9 @@ for spec in "${steps[@]}"; do
     bench-fast)  # the quick grid without torch.compile (a compile per row is most of bench's time)
       run_step bench-fast bench_ops_quick_nocompile.log $PY -m bench.ops --device cuda --quick --compile none \
         --out "$LOG"
+      ;;
+    ab-paths)  # SE's CUDA forward paths (single launch, two-phase cooperative / per-phase launches) vs a copy
+      run_step ab-paths ab_cuda_paths.log $PY -m bench.ab_cuda_paths --out "$LOG"
       ;;
     overhead)  # host time per call, layer by layer (seconds)
       run_step overhead bench_overhead.log $PY -m bench.overhead --device cuda --out "$LOG"

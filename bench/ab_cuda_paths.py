@@ -1,0 +1,102 @@
+"""A/B of the CUDA backend's SE forward paths at the ResNet-50 SE sites where
+the planner is closest to its limits, against a device copy of x:
+
+* auto: what the dispatcher picks (the single launch where it has a plan);
+* fused: the single launch forced (FUSED_ATTN_CUDA_PATH=fused; "-" where it
+  has no plan for the shape);
+* 2p-coop: the two-phase passes with the excitation as one cooperative
+  launch (FUSED_ATTN_CUDA_PATH=two_phase, FUSED_ATTN_CUDA_EXCITE=cooperative:
+  three launches);
+* 2p-launches: the two-phase passes, a launch per phase
+  (FUSED_ATTN_CUDA_EXCITE=launches: four or five).
+
+Medians of CUDA-event times in µs, the providers taking turns; forward only,
+outputs not poisoned. Answers two open questions of issue 3: whether the
+grid barriers beat the launch gaps, and whether the planner's rule against
+re-reading the weights (it sends 2048×7×7 at N = 32 and 128 to the two-phase
+path) costs more than it saves.
+
+    python -m bench.ab_cuda_paths [--out DIR] [--device cpu]   # cpu: a smoke run of the plumbing
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+import fused_attn
+
+from bench.common import measure_cuda, quartiles_ms
+
+SITES = [(32, 2048, 7, 7), (128, 2048, 7, 7), (32, 1024, 14, 14), (128, 1024, 14, 14)]
+PATHS = {"auto": ("auto", "cooperative"), "fused": ("fused", "cooperative"),
+         "2p-coop": ("two_phase", "cooperative"), "2p-launches": ("two_phase", "launches")}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", help="also write the table to DIR/ab_cuda_paths.md")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=40)
+    args = ap.parse_args(argv)
+    cuda = args.device == "cuda"
+    sites = SITES if cuda else [(2, 64, 7, 7)]
+    os.environ.pop("FUSED_ATTN_DEBUG_POISON", None)
+    lines = ["| N×C×H×W | dtype | layout | copy | " + " | ".join(PATHS) + " |",
+             "|---|---|---|---:|" + "---:|" * len(PATHS)]
+    op = torch.ops.fused_attn.se_forward
+    for shape in sites:
+        N, C, H, W = shape
+        rd = C // 16
+        for dtype in (torch.bfloat16, torch.float32):
+            for fmt in (torch.channels_last, torch.contiguous_format):
+                g = torch.Generator().manual_seed(0)
+                x = torch.randn(shape, generator=g).to(args.device, dtype).contiguous(memory_format=fmt)
+                w1 = (torch.randn(rd, C, generator=g) / C ** 0.5).to(args.device, dtype)
+                w2 = (torch.randn(C, rd, generator=g) / rd ** 0.5).to(args.device, dtype)
+                b1 = torch.zeros(rd, device=args.device, dtype=dtype)
+                b2 = torch.zeros(C, device=args.device, dtype=dtype)
+                y = torch.empty_like(x)
+
+                def run(path, excite):
+                    os.environ["FUSED_ATTN_CUDA_PATH"], os.environ["FUSED_ATTN_CUDA_EXCITE"] = path, excite
+                    return op(x, w1, b1, w2, b2, "relu", "sigmoid", "avg")
+
+                providers = {"copy": lambda i: y.copy_(x)}
+                for name, (path, excite) in PATHS.items():
+                    try:
+                        run(path, excite)  # warm: plans, occupancy queries
+                    except RuntimeError as e:  # the forced single launch without a plan
+                        print(f"# {shape} {dtype} {name}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+                        continue
+                    providers[name] = lambda i, p=path, e=excite: run(p, e)
+                if cuda:
+                    res = measure_cuda(providers, 1, rounds=args.rounds, reps=args.reps)
+                else:
+                    import time
+                    res = {}
+                    for name, fn in providers.items():
+                        ts = []
+                        for _ in range(3):
+                            t0 = time.perf_counter()
+                            fn(0)
+                            ts.append(time.perf_counter() - t0)
+                        res[name] = quartiles_ms(ts)
+                cells = [f"{res[n]['median_ms'] * 1e3:.1f}" if n in res else "-" for n in ["copy", *PATHS]]
+                layout = "cl" if fmt is torch.channels_last else "nchw"
+                lines.append(f"| {N}×{C}×{H}×{W} | {str(dtype)[6:]} | {layout} | " + " | ".join(cells) + " |")
+                print(lines[-1], flush=True)
+    for k in ("FUSED_ATTN_CUDA_PATH", "FUSED_ATTN_CUDA_EXCITE"):
+        os.environ.pop(k, None)
+    dev = torch.cuda.get_device_name(0) if cuda else "cpu (smoke)"
+    head = (f"# SE forward paths, µs (median), {dev}, torch {torch.__version__}, "
+            f"fused_attn backends: {fused_attn.backends()['cuda']}\n\n")
+    if args.out:
+        with open(os.path.join(args.out, "ab_cuda_paths.md"), "w") as f:
+            f.write(head + "\n".join(lines) + "\n")
+    print(head.strip())
+
+
+if __name__ == "__main__":
+    main()
