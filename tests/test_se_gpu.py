@@ -159,6 +159,32 @@ def test_two_phase_forward_cooperative_excitation(monkeypatch, case):
         check_se_against_reference(shape, dtype, memory_format, variant, device="cuda", seed=12)
 
 
+def test_two_phase_cooperative_excitation_in_a_cuda_graph(monkeypatch):
+    """The cooperative launch captured in a CUDA graph (its occupancy asked
+    first inside the capture, in a fresh process's first call for the dtype
+    when this test runs alone) and replayed on new inputs: eager's bits."""
+    require_cuda_backend()
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase")
+    monkeypatch.setenv("FUSED_ATTN_CUDA_EXCITE", "cooperative")
+    variant = SEVariant(pool="avgmax")
+    shape = (32, 2048, 7, 7)  # channels_last pools it in segments: the combine is a phase
+    static = list(se_sample(shape, torch.float16, torch.channels_last, variant, seed=21, device="cuda"))
+    args = (variant.act, variant.gate, variant.pool)
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        static_out = torch.ops.fused_attn.se_forward(*static, *args)
+    for seed in (22, 23):
+        fresh = se_sample(shape, torch.float16, torch.channels_last, variant, seed=seed, device="cuda")
+        for s_, f_ in zip(static, fresh):
+            s_.copy_(f_)
+        graph.replay()
+        torch.cuda.synchronize()
+        for a, b in zip(static_out, torch.ops.fused_attn.se_forward(*static, *args)):
+            assert torch.equal(a, b)
+
+
 def test_forced_single_launch_refuses_what_it_cannot_run(monkeypatch):
     """FUSED_ATTN_CUDA_PATH=fused raises, naming the shape, where the single
     launch has no plan (float64 stays two-phase); an unknown path is a

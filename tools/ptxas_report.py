@@ -57,6 +57,12 @@ SPILLS_KNOWN = {
     # reads became one branch per tap.)
     ("sm_80", "se_linear_kernel<__half, LinIn::PartsAct, LinOut::Gate, false>"),
     ("sm_80", "se_linear_kernel<__nv_bfloat16, LinIn::PartsAct, LinOut::Gate, false>"),
+    # sm_80 only, 4-8 bytes: the backward's first layer since it also adds
+    # Σ dy·x's segments as it stages them (which saved the combine's launch),
+    # likewise on N x C values.
+    ("sm_80", "se_linear_kernel<__half, LinIn::GateGrad, LinOut::Spread, true>"),
+    ("sm_80", "se_linear_kernel<__nv_bfloat16, LinIn::GateGrad, LinOut::Spread, true>"),
+    ("sm_80", "se_linear_kernel<double, LinIn::GateGrad, LinOut::Parts, true>"),
 }
 
 Kernel = collections.namedtuple("Kernel", "file arch name regs smem stack spill_st spill_ld")

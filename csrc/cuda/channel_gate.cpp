@@ -193,6 +193,20 @@ DeferredPool pool_pass_deferred(const Geometry& geo, at::Tensor& pooled, at::Ten
   return d;
 }
 
+DeferredPool reduce_pass_deferred(const Geometry& geo, const at::Tensor& dy, const at::Tensor& maxv, at::Tensor& s,
+                                  at::Tensor& cnt) {
+  DeferredPool d;
+  d.pass = pass_of<SePass>(geo);
+  d.pass.dy = dy.const_data_ptr();
+  d.pass.sum = s.data_ptr();
+  d.pass.ext = ptr_or_null(cnt);
+  d.pass.maxv = ptr_or_null(maxv);
+  d.pass.defer_combine = true;
+  d.workspace = split_reduction(d.pass, geo, true);
+  C10_CUDA_CHECK(se_reduce(d.pass, stream()));
+  return d;
+}
+
 bool cooperative_excite() {
   const char* v = std::getenv("FUSED_ATTN_CUDA_EXCITE");
   if (v == nullptr || v[0] == '\0' || std::strcmp(v, "cooperative") == 0) return true;

@@ -72,6 +72,11 @@ DeferredPool pool_pass_deferred(const Geometry& geo, at::Tensor& pooled, at::Ten
 // excitation, with the pool's combine, in one cooperative launch where the
 // device has them) or "launches" (a launch per phase), for A/B runs.
 bool cooperative_excite();
+// reduce_pass for an excitation backward that reads the segments' partials
+// itself (SeExcite / EcaExcite::s_partials): s and cnt are not written when
+// the pass has segments.
+DeferredPool reduce_pass_deferred(const Geometry& geo, const at::Tensor& dy, const at::Tensor& maxv, at::Tensor& s,
+                                  at::Tensor& cnt);
 // y = x · g, g [N, C] contiguous in the accumulation dtype; y dense like geo.x.
 void scale_pass(const Geometry& geo, const at::Tensor& g, at::Tensor& y);
 // s = Σ_hw dy·x, and cnt = #{x == maxv} when maxv is not empty.

@@ -138,6 +138,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_backward_cuda(
   at::Tensor s = at::empty({geo.N, geo.C}, opts);
   at::Tensor no_max = at::empty({0, 0}, opts);
   maybe_poison(s);
+  // (Σ dy·x's segments are combined by their own launch: read in the
+  // excitation backward's staging, their sums made its kernel spill.)
   if (geo.N > 0) reduce_pass(geo, dy, no_max, s, no_max);
   if (excite_kernels_take(w)) {
     const at::Tensor wc = w.contiguous();

@@ -124,6 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   SeForwardOutputs out = se_forward_outputs(geo, w1, w2.has_value(), pool);
   if (geo.N == 0) return out.tuple();
 
+  const bool cooperative = cooperative_excite();  // (parsed here: a bad value raises whatever the path)
   SeFused f = se_variant(w1, w2.has_value(), act, gate, pool);
   f.x = geo.x.const_data_ptr();
   f.y = out.y.data_ptr();
@@ -148,7 +149,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
     // The pool, then the excitation straight from its partials: one
     // cooperative launch (the combine, fc1, fc2), or as many as three; no
     // hidden units (rd = 0) keeps the ATen ops.
-    const bool cooperative = cooperative_excite();
     const DeferredPool pool = pool_pass_deferred(geo, out.pooled, out.maxv);
     SeExcite e = se_excite_of(geo, w1, w2.has_value(), act, gate);
     e.w1 = w1c.const_data_ptr();
@@ -214,12 +214,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
   at::Tensor cnt = at::empty({with_max ? N : 0, with_max ? C : 0}, opts);
   maybe_poison(s);
   maybe_poison(cnt);
-  if (N > 0) reduce_pass(geo, dy, maxv, s, cnt);
 
   if (C > 0 && w1.size(0) > 0) {
-    // The excitation backward for the whole batch as three launches of ours
-    // (two for effective SE); no hidden units (rd = 0) keeps the ATen ops.
+    // Σ dy·x, its segments (if any) left to the excitation's first layer and
+    // spread; the excitation backward for the whole batch as three launches
+    // of ours (two for effective SE); no hidden units (rd = 0) keeps the ATen ops.
+    DeferredPool red;
+    if (N > 0) red = reduce_pass_deferred(geo, dy, maxv, s, cnt);
     SeExcite e = se_excite_of(geo, w1, w2.has_value(), act, gate);
+    e.s_partials = red.pass.partials;
+    e.s_segments = red.pass.segments;
     const at::Tensor w1c = w1.contiguous(), w2c = contiguous_or_undefined(w2);
     e.w1 = w1c.const_data_ptr();
     e.w2 = ptr_or_null(w2c);
@@ -246,6 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backwa
     return {dx, dw1, db1, w2 ? dw2 : dw2.view({0}), db2};
   }
 
+  if (N > 0) reduce_pass(geo, dy, maxv, s, cnt);
   // The excitation backward for the whole batch: dz = dL/dlogits, then
   // through the MLP to dL/dpooled, and the weight gradients (one GEMM each).
   const SeWeights w = se_weights(w1, c10::nullopt, w2, c10::nullopt, acc);

@@ -112,6 +112,12 @@ struct SeExcite {
   const void* saved_logits = nullptr; // [N, C]
   const void* saved_hidden = nullptr; // [N, rd] (two layers)
   const void* cnt = nullptr;          // [N, C], null unless the pool is avg+max
+  // With s_segments > 1: se_reduce's partials (run with defer_combine),
+  // [N·C, s_segments] of Σ dy·x then of the tie counts, read in place of s
+  // and cnt (cnt still non-null with the max): each row's segments added in
+  // the reduce's combine order, so the same bits, and its launch saved.
+  const void* s_partials = nullptr;
+  int64_t s_segments = 1;
   void* a = nullptr;                  // [N, C]
   void* b = nullptr;                  // [N, C] (with cnt)
   void* dw1 = nullptr;

@@ -126,7 +126,10 @@ cudaError_t launch_se_excite_pooled(const SeExcite& p, const SePass& pool, bool 
       cudaError_t err = cudaLaunchKernelEx(&cfg, se_excite_coop_kernel<T>, c);
       if (err == cudaSuccess) err = cudaGetLastError();
       if (err != cudaErrorCooperativeLaunchTooLarge && err != cudaErrorNotSupported) return err;
-      // Refused (the device's resident blocks fewer than asked): the launches below.
+      // Refused (fewer blocks resident than the occupancy query said: MPS
+      // limits, a green context): the launches below. The runtime recorded
+      // the refusal as its last error too, which their check would report.
+      (void)cudaGetLastError();
     }
   }
   if (combine) {

@@ -235,6 +235,15 @@ __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(const SePass p, c
 
 // Combines the segments' partials of every row in order 0, 1, ... and writes
 // the results (one thread per row).
+// Row r's total from a reduction's segment partials [rows, S]: added in
+// order, as combine_rows adds them (the same bits).
+template <typename A>
+__device__ __forceinline__ A segments_sum(const A* part, int64_t S, int64_t r) {
+  A v = part[r * S];
+  for (int64_t s = 1; s < S; ++s) v += part[r * S + s];
+  return v;
+}
+
 // Rows first, first + stride, ...: the body of combine_partials_kernel, and
 // the first phase of the forward's cooperative excitation (se_forward.cu).
 template <typename A, bool BWD, bool WITH_MAX>
@@ -421,6 +430,10 @@ struct SeLinear {
   void* part_out = nullptr;
   double a_scale = 1;              // Spread
   const void* cnt = nullptr;
+  // GateGrad's in (s) and Spread's cnt from se_reduce's deferred partials
+  // [2, red_rows, red_segs] (sums, then counts) when red_segs > 1.
+  const void* red = nullptr;
+  int64_t red_segs = 1, red_rows = 0;
 };
 
 // The shared tiles of one block of a layer: the weights' and the inputs'.
@@ -473,7 +486,8 @@ __device__ __forceinline__ void linear_block(const SeLinear& q, int64_t bx, int6
             v = q.pair ? in[at] * A(0.5) + in[N * K + at] * A(0.5) : in[at];
           } else if constexpr (IN == LinIn::GateGrad) {
             const A z = in2[at], g = gate_fwd(q.gate, z);
-            v = gate_bwd(q.gate, in[at], z, g);
+            const A sv = q.red_segs > 1 ? segments_sum(static_cast<const A*>(q.red), q.red_segs, at) : in[at];
+            v = gate_bwd(q.gate, sv, z, g);
             if (saves) {
               static_cast<A*>(q.save)[at] = v;
               if (q.save2 != nullptr) static_cast<A*>(q.save2)[at] = g;
@@ -547,8 +561,12 @@ __device__ __forceinline__ void linear_block(const SeLinear& q, int64_t bx, int6
             }
           } else {
             static_cast<A*>(q.z_out)[n * J + j] = acc[m] * static_cast<A>(q.a_scale);
-            if (q.cnt != nullptr)
-              static_cast<A*>(q.g_out)[n * J + j] = acc[m] * A(0.5) / static_cast<const A*>(q.cnt)[n * J + j];
+            if (q.cnt != nullptr) {
+              const A c = q.red_segs > 1
+                              ? segments_sum(static_cast<const A*>(q.red) + q.red_rows * q.red_segs, q.red_segs, n * J + j)
+                              : static_cast<const A*>(q.cnt)[n * J + j];
+              static_cast<A*>(q.g_out)[n * J + j] = acc[m] * A(0.5) / c;
+            }
           }
         } else {
           static_cast<A*>(q.part_out)[(bz * N + n) * J + j] = acc[m];
@@ -745,9 +763,11 @@ __global__ void __launch_bounds__(kExciteThreads) eca_excite_fwd_kernel(const Ec
     for (int64_t s = 1; s < S; ++s) acc.merge(parts[r * S + s], A(0));
     return acc.sum / static_cast<A>(p.HW);
   };
+  // (pooled, __restrict__, is never read when S > 1: pooled_out, the same
+  // memory, is written instead.)
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kExciteThreads + threadIdx.x; i < total; i += stride) {
     const int64_t n = i / C, c = i - n * C;
-    A z = A(0);
+    A z = A(0), own = A(0);
     for (int64_t j = 0; j < k; ++j) {
       int64_t at = c + j - pad;
       A v = A(0);
@@ -757,9 +777,10 @@ __global__ void __launch_bounds__(kExciteThreads) eca_excite_fwd_kernel(const Ec
         at %= C;
         v = pooled_at(n * C + (at < 0 ? at + C : at));
       }
+      if (j == pad) own = v;  // the window's centre: row i itself
       z += to_acc(w[j]) * v;
     }
-    if (S > 1) static_cast<A*>(p.pooled_out)[i] = pooled_at(i);
+    if (S > 1) static_cast<A*>(p.pooled_out)[i] = own;
     z += bias;
     z_out[i] = z;
     g_out[i] = gate_fwd(p.gate, z);
@@ -1119,6 +1140,7 @@ inline SeLinear gate_grad_layer(const SeExcite& p, void* dz) {
   SeLinear first;
   first.N = p.N, first.K = p.C;
   first.in = p.s, first.in2 = p.saved_logits, first.gate = p.gate;
+  first.red = p.s_partials, first.red_segs = p.s_segments, first.red_rows = p.N * p.C;
   first.save = dz, first.save2 = p.g;
   return first;
 }
@@ -1142,7 +1164,7 @@ void launch_gate_grad_parts(const SeExcite& p, void* dz, void* parts, cudaStream
 // Effective SE: dz times W1ᵀ, then dW1. Three launches (two).
 template <typename T>
 cudaError_t launch_se_excite_bwd(const SeExcite& p, cudaStream_t stream) {
-  if (!se_excite_valid(p)) return cudaErrorInvalidValue;
+  if (!se_excite_valid(p) || (p.s_segments > 1 && p.s_partials == nullptr)) return cudaErrorInvalidValue;
   if (p.C == 0 || p.rd == 0) return cudaErrorInvalidValue;  // the glue keeps the ATen ops for these
   using A = acc_t<T>;
   A* const dz = static_cast<A*>(p.partials);
@@ -1160,6 +1182,7 @@ cudaError_t launch_se_excite_bwd(const SeExcite& p, cudaStream_t stream) {
   auto spread = [&](SeLinear& q) {
     q.a_scale = (p.cnt != nullptr ? 0.5 : 1.0) / static_cast<double>(p.HW);
     q.z_out = p.a, q.cnt = p.cnt, q.g_out = p.b;
+    q.red = p.s_partials, q.red_segs = p.s_segments, q.red_rows = p.N * p.C;
   };
   if (p.N > 0) {
     if (p.two_layer) {

@@ -68,13 +68,20 @@ M = {
   "se_coop_no_sync_between_layers": ("se_forward.cu", "  if (c.two_layer) {\n    grid.sync();", "  if (c.two_layer) {\n",
                                      "emu_test", ["--quick", "--se"]),
   "se_coop_tile_z": ("se_forward.cu", "bz = b / (c.gx1 * c.gy1);", "bz = (b / (c.gx1 * c.gy1)) % 2;", "emu_test", ["--quick", "--se"]),
+  "se_coop_refusal_not_cleared": ("se_forward.cu", "      (void)cudaGetLastError();\n    }\n  }\n  if (combine) {", "    }\n  }\n  if (combine) {",
+                                  "emu_test", ["--quick", "--se"]),
   "se_coop_fallback_no_combine": ("se_forward.cu", "  if (combine) {\n    if (pool.ext != nullptr) {",
                                   "  if (false) {\n    if (pool.ext != nullptr) {", "emu_test", ["--quick", "--se"]),
   # ECA's forward excitation combining the pool's segments itself (se_kernels.cuh)
-  "eca_deferred_pooled_not_written": ("se_kernels.cuh", "    if (S > 1) static_cast<A*>(p.pooled_out)[i] = pooled_at(i);\n", "",
+  "eca_deferred_pooled_not_written": ("se_kernels.cuh", "    if (S > 1) static_cast<A*>(p.pooled_out)[i] = own;\n", "",
                                       "emu_test", ["--quick", "--se"]),
   "eca_deferred_segments_short": ("se_kernels.cuh", "    for (int64_t s = 1; s < S; ++s) acc.merge(parts[r * S + s], A(0));",
                                   "    for (int64_t s = 1; s < S - 1; ++s) acc.merge(parts[r * S + s], A(0));", "emu_test", ["--quick", "--se"]),
+  # the backward excitations reading the Σ dy·x reduction's segments themselves (segments_sum)
+  "se_bwd_deferred_segments_short": ("se_kernels.cuh", "  for (int64_t s = 1; s < S; ++s) v += part[r * S + s];",
+                                     "  for (int64_t s = 1; s < S - 1; ++s) v += part[r * S + s];", "emu_test", ["--quick", "--se"]),
+  "se_bwd_deferred_cnt_as_sums": ("se_kernels.cuh", "segments_sum(static_cast<const A*>(q.red) + q.red_rows * q.red_segs, q.red_segs, n * J + j)",
+                                  "segments_sum(static_cast<const A*>(q.red), q.red_segs, n * J + j)", "emu_test", ["--quick", "--se"]),
   "se_cols_merge": ("se_kernels.cuh", "for (int j = 1; j < kColsY; ++j)", "for (int j = 1; j < kColsY - 1; ++j)", "emu_test", ["--quick", "--se"]),
   "se_vec_oob": ("se_kernels.cuh", "  if (row % kVec<T> != 0) return false;", "", "emu_test", ["--quick", "--se"]),
   # se_fused.cu (clusters, distributed shared memory, asynchronous copies)

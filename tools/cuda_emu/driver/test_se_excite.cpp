@@ -6,6 +6,7 @@
 // kernel's own logits. Its backward (se_excite_backward: the layers
 // transposed, then se_wgrad_kernel) the same way, reading the workspace's dz
 // and dL/dhidden (the first N·C, then N·rd elements) for the later stages.
+#include <algorithm>
 #include <cstring>
 
 #include "cbam_cuda.h"
@@ -578,6 +579,91 @@ bool run_excite_pooled(const PooledCase& k, std::mt19937_64& rng) {
   return ok;
 }
 
+// The backward's twin: se_reduce with defer_combine, then se_excite_backward
+// reading its partials (s_partials) in place of s and cnt: the bits of
+// se_reduce (with its combine) then se_excite_backward, for g, a, b and the
+// four weight gradients, and no combine launched.
+template <class T>
+bool run_excite_bwd_pooled(const PooledCase& k, std::mt19937_64& rng) {
+  using A = typename Ty<T>::A;
+  const long N = k.N, C = k.C, R = k.two_layer ? k.rd : k.C, HW = long{k.H} * k.W;
+  std::uniform_real_distribution<double> U(-1, 1), W(-0.5, 0.5), Z(-4, 4);
+  Buf<T> x(N * C * HW), dy(N * C * HW), w1(R * C), w2(k.two_layer ? C * R : 0);
+  fill_x_dy(x, dy, 1, rng);  // ties: the max's counts matter
+  for (size_t i = 0; i < w1.n; ++i) w1[i] = Ty<T>::from_d(W(rng));
+  for (size_t i = 0; i < w2.n; ++i) w2[i] = Ty<T>::from_d(W(rng));
+  Buf<A> pooled(N * C), maxv(N * C), logits(N * C), hidden(N * R);
+  for (long i = 0; i < N * C; ++i) pooled[i] = static_cast<A>(U(rng)), logits[i] = static_cast<A>(Z(rng));
+  for (long i = 0; i < N * R; ++i) hidden[i] = static_cast<A>(Z(rng));
+  auto idx = [&](long n, long c, long q) { return k.cl ? (n * HW + q) * C + c : (n * C + c) * HW + q; };
+  for (long n = 0; n < N; ++n)
+    for (long c = 0; c < C; ++c) {
+      double m = -INFINITY;
+      for (long q = 0; q < HW; ++q) m = std::max(m, Ty<T>::to_d(x[idx(n, c, q)]));
+      maxv[n * C + c] = static_cast<A>(m);
+    }
+  bool ok = true;
+  long segments = 1;
+  struct Out { Buf<A> s, cnt, g, a, b, ws, red; Buf<T> dw1, db1, dw2, db2; std::vector<std::string> trace; };
+  auto run = [&](bool deferred) {
+    Out o;
+    o.s = Buf<A>(N * C), o.cnt = Buf<A>(N * C), o.g = Buf<A>(N * C), o.a = Buf<A>(N * C), o.b = Buf<A>(N * C);
+    o.dw1 = Buf<T>(R * C), o.db1 = Buf<T>(R), o.dw2 = Buf<T>(w2.n), o.db2 = Buf<T>(C);
+    for (Buf<A>* q : {&o.s, &o.cnt, &o.g, &o.a, &o.b}) q->fill_bytes(0xff);
+    for (Buf<T>* q : {&o.dw1, &o.db1, &o.dw2, &o.db2}) q->fill_bytes(0xff);
+    SePass q;
+    q.dtype = Ty<T>::dt;
+    q.N = N, q.C = C, q.HW = HW, q.channels_last = k.cl, q.sm_count = k.sm, q.x = x.p, q.dy = dy.p;
+    q.sum = o.s.p, q.ext = k.with_max ? o.cnt.p : nullptr, q.maxv = k.with_max ? maxv.p : nullptr;
+    q.defer_combine = deferred;
+    q.segments = segments = se_reduce_segments(q, true);
+    o.red = Buf<A>(q.segments > 1 ? 2 * N * C * q.segments : 0);
+    o.red.fill_bytes(0xff);
+    q.partials = q.segments > 1 ? o.red.p : nullptr;
+    SeExcite e;
+    e.dtype = Ty<T>::dt;
+    e.N = N, e.C = C, e.rd = R, e.two_layer = k.two_layer, e.act = 1, e.gate = 1, e.sm_count = k.sm;
+    e.w1 = w1.p, e.w2 = k.two_layer ? w2.p : nullptr;
+    e.pooled = pooled.p, e.s = o.s.p, e.saved_logits = logits.p, e.saved_hidden = k.two_layer ? hidden.p : nullptr;
+    e.HW = HW, e.cnt = k.with_max ? o.cnt.p : nullptr;
+    if (deferred) e.s_partials = q.partials, e.s_segments = q.segments;
+    e.g = o.g.p, e.a = o.a.p, e.b = k.with_max ? o.b.p : nullptr;
+    e.dw1 = o.dw1.p, e.db1 = o.db1.p, e.dw2 = k.two_layer ? o.dw2.p : nullptr, e.db2 = k.two_layer ? o.db2.p : nullptr;
+    o.ws = Buf<A>(se_excite_backward_workspace(e));
+    o.ws.fill_bytes(0xff);
+    e.partials = o.ws.p;
+    emu::take_trace();
+    if (se_reduce(q, nullptr) != cudaSuccess || se_excite_backward(e, nullptr) != cudaSuccess ||
+        cudaGetLastError() != cudaSuccess)
+      std::printf("  se_reduce / se_excite_backward failed\n"), ok = false;
+    for (const std::string& t : emu::take_trace()) o.trace.push_back(t.substr(0, t.find('<')));
+    return o;
+  };
+  if (cudaSetDevice(k.dev) != cudaSuccess) return false;
+  const Out ref = run(false), got = run(true);
+  cudaSetDevice(0);
+  const std::string tn = Ty<T>::name;
+  auto same = [&](const char* what, const void* a, const void* b, size_t bytes) {
+    if (std::memcmp(a, b, bytes) == 0) return;
+    std::printf("  %s %s: not the bits of se_reduce + se_excite_backward (segments %ld)\n", tn.c_str(), what, segments);
+    ok = false;
+  };
+  same("g", ref.g.p, got.g.p, N * C * sizeof(A));
+  same("a", ref.a.p, got.a.p, N * C * sizeof(A));
+  if (k.with_max) same("b", ref.b.p, got.b.p, N * C * sizeof(A));
+  same("dw1", ref.dw1.p, got.dw1.p, R * C * sizeof(T));
+  same("db1", ref.db1.p, got.db1.p, R * sizeof(T));
+  if (k.two_layer) same("dw2", ref.dw2.p, got.dw2.p, w2.n * sizeof(T)), same("db2", ref.db2.p, got.db2.p, C * sizeof(T));
+  const bool combined = std::find(got.trace.begin(), got.trace.end(), "combine_partials_kernel") != got.trace.end();
+  if (combined || got.trace.size() + (segments > 1) != ref.trace.size())
+    std::printf("  %s: %zu launches deferred, %zu not (segments %ld)\n", tn.c_str(), got.trace.size(), ref.trace.size(), segments), ok = false;
+  return ok;
+}
+
+bool excite_bwd_pooled_any(DType dt, const PooledCase& k, std::mt19937_64& rng) {
+  return run_typed(dt, [&](auto tag) { return run_excite_bwd_pooled<decltype(tag)>(k, rng); });
+}
+
 bool excite_pooled_any(DType dt, const PooledCase& k, std::mt19937_64& rng) {
   return run_typed(dt, [&](auto tag) { return run_excite_pooled<decltype(tag)>(k, rng); });
 }
@@ -651,6 +737,8 @@ void run_se_excite_suite(bool quick) {
       if (quick && (k.C >= 2048 ? d != 2 : d % 2 != pi % 2)) continue;
       const DType dt = dts[(d + pi) % 4];
       run_case("se_excite_pooled", dt, k, [&] { return excite_pooled_any(dt, k, rng); });
+      if (k.cooperative && k.dev != 1)
+        run_case("se_excite_bwd_pooled", dt, k, [&] { return excite_bwd_pooled_any(dt, k, rng); });
     }
     ++pi;
   }

@@ -359,16 +359,19 @@ def test_cuda_excite_knob_refuses_unknown_values(monkeypatch):
 
 @pytest.mark.parametrize("effective", [False, True])
 @pytest.mark.parametrize("dt", ["bf16", "f64"])
-def test_se_two_phase_backward_launches(dt, effective, monkeypatch):
+@pytest.mark.parametrize("shape,fmt", [((2, 64, 7, 7), "nchw"), ((2, 64, 9, 9), "cl")], ids=["one-segment", "segments"])
+def test_se_two_phase_backward_launches(dt, effective, shape, fmt, monkeypatch):
     """The two-phase SE backward: Σ dy·x, the excitation's backward (the
     first layer's dz times W2ᵀ split over C, then through the activation's
     derivative times W1ᵀ; effective SE's one layer), both weight gradients
     in one launch, dx: five launches (four), and no ATen op that would be a
-    kernel (it was 14 with cuBLAS GEMMs and elementwise ops). Its results
-    against the CPU backend's, with and without the biases."""
+    kernel (it was 14 with cuBLAS GEMMs and elementwise ops); where Σ dy·x
+    is split into segments (channels_last 2×64×9×9), the excitation reads
+    them itself: still five (four). Its results against the CPU backend's,
+    with and without the biases, with the max pool's tie counts (effective SE)."""
     monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase")
-    v = SEVariant(effective=True) if effective else SEVariant()
-    x, w1, b1, w2, b2 = se_sample((2, 64, 7, 7), DTYPES[dt], torch.contiguous_format, v)
+    v = SEVariant(effective=True, pool="avgmax") if effective else SEVariant()
+    x, w1, b1, w2, b2 = se_sample(shape, DTYPES[dt], FORMATS[fmt], v)
     kw = (v.act, v.gate, v.pool)
     out = EMU.se_forward(x, w1, b1, w2, b2, *kw)
     cpu = CPU.se_forward(x, w1, b1, w2, b2, *kw)
@@ -379,7 +382,8 @@ def test_se_two_phase_backward_launches(dt, effective, monkeypatch):
         got = fn()
         passes = [k.split("<")[0] for k in EMU.trace()]
         linear = ["se_linear_kernel"] * (1 if effective else 2)
-        assert passes == ["reduce_rows_kernel", *linear, "se_wgrad_kernel", "apply_kernel"], passes
+        pool = "reduce_cols_kernel" if fmt == "cl" else "reduce_rows_kernel"
+        assert passes == [pool, *linear, "se_wgrad_kernel", "apply_kernel"], passes
         ours, aten, ops = launch_count.count(fn)
         assert (ours, aten) == (len(passes), 0), ops
         check_outputs(got, CPU.se_backward(dy, x, w1, w2, *cpu[1:], *kw, *flags), DTYPES[dt], grad=True)

@@ -35,6 +35,7 @@ std::vector<std::string> take_trace() {
 }
 bool dry_run = false;
 static cudaError_t last_error = cudaSuccess;
+static cudaError_t this_launch_error = cudaSuccess;  // the last launch's own refusal
 static std::mt19937_64 rng(12345);
 static std::string cur_kernel;
 static std::string pending_note;
@@ -340,6 +341,7 @@ void warp_exchange(const void* in, void* out, size_t bytes, unsigned mask, int s
 
 void launch(const char* name, const char* where, const Cfg& cfg, const std::function<void()>& body) {
   cur_kernel = std::string(name) + " [" + where + "]";
+  this_launch_error = cudaSuccess;
   const unsigned long long nthreads = 1ull * cfg.block.x * cfg.block.y * cfg.block.z;
   if (cfg.grid.x == 0 || cfg.grid.y == 0 || cfg.grid.z == 0 || cfg.grid.y > 65535 || cfg.grid.z > 65535 ||
       cfg.grid.x > 0x7fffffffu || nthreads == 0 || nthreads > 1024 || cfg.block.z > 64) {
@@ -361,7 +363,7 @@ void launch(const char* name, const char* where, const Cfg& cfg, const std::func
     else if (K64 > 1ull * d.sms * blocks_per_sm(nthreads, cfg.smem)) why = "more blocks than can be resident at once";
     if (why) {
       std::fprintf(stderr, "EMU: launch refused for %s: %s (%llu blocks)\n", cur_kernel.c_str(), why, K64);
-      last_error = err;
+      last_error = this_launch_error = err;
       return;
     }
     if (K64 > 256) fail("a cooperative launch of %llu blocks: too many to emulate together (256 at most)", K64);
@@ -555,6 +557,7 @@ cudaError_t max_active_clusters(int* n, const void* f, const cudaLaunchConfig_t*
   *n = std::max(1, d.sms * per_sm / K);
   return cudaSuccess;
 }
+cudaError_t launch_error() { return this_launch_error; }
 cudaError_t max_active_blocks(int* n, const void* f, int threads, size_t smem) {
   const FuncAttr& fa = fattrs[f];
   *n = 0;

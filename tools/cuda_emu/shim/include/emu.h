@@ -231,6 +231,7 @@ cudaError_t func_get_attributes(cudaFuncAttributes* a, const void* f);
 cudaError_t func_set_attribute(const void* f, cudaFuncAttribute a, int v);
 cudaError_t max_active_clusters(int* n, const void* f, const cudaLaunchConfig_t* cfg);
 cudaError_t max_active_blocks(int* n, const void* f, int threads, size_t smem);
+cudaError_t launch_error();  // the last launch's own refusal, or cudaSuccess
 Cfg cfg_of(const cudaLaunchConfig_t* cfg, const void* f);
 }  // namespace emu
 template <class F> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, F* f) {
@@ -247,7 +248,11 @@ template <class F> cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int
 }
 template <class... Exp, class... Act>
 cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*k)(Exp...), Act&&... args) {
-  ::emu::launch("cudaLaunchKernelEx", __PRETTY_FUNCTION__, ::emu::cfg_of(cfg, reinterpret_cast<const void*>(k)),
-                [&] { k(args...); });
-  return cudaSuccess;  // a refused configuration is left for cudaGetLastError, as for <<<>>>
+  const ::emu::Cfg c = ::emu::cfg_of(cfg, reinterpret_cast<const void*>(k));
+  ::emu::launch("cudaLaunchKernelEx", __PRETTY_FUNCTION__, c, [&] { k(args...); });
+  // As the runtime: a refused launch returns its error, which is also the
+  // last error (cudaGetLastError) until read; a cooperative launch's refusal
+  // is tested so (the excitation's fallback must clear it). Cluster launches
+  // keep the error for cudaGetLastError only, as the emulation always had.
+  return c.cooperative ? ::emu::launch_error() : cudaSuccess;
 }
