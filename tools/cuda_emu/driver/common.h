@@ -219,6 +219,17 @@ void fill_x_dy(Buf<T>& x, Buf<T>& dy, int mode, std::mt19937_64& rng) {
   }
 }
 
+// A reduction pass's segments (se_reduce_segments) and its partials
+// workspace, NaN-poisoned, set in q: the buffer to keep while q is used.
+template <class A>
+Buf<A> segment_workspace(fused_attn::cuda::SePass& q, bool backward) {
+  q.segments = fused_attn::cuda::se_reduce_segments(q, backward);
+  Buf<A> ws(q.segments > 1 ? 2 * q.N * q.C * q.segments : 0);
+  ws.fill_bytes(0xff);
+  q.partials = q.segments > 1 ? ws.p : nullptr;
+  return ws;
+}
+
 inline const char* dtype_name(DType dt) {
   return dt == DType::F32 ? "f32" : dt == DType::F16 ? "f16" : dt == DType::BF16 ? "bf16" : "f64";
 }

@@ -166,10 +166,8 @@ bool run_excite_pooled(const PooledEcaCase& pk, std::mt19937_64& rng) {
     q.dtype = Ty<T>::dt;
     q.N = N, q.C = C, q.HW = HW, q.channels_last = pk.cl, q.sm_count = k.sm, q.x = x.p, q.sum = o.pooled.p;
     q.defer_combine = deferred;
-    q.segments = segments = se_reduce_segments(q, false);
-    o.ws = Buf<A>(q.segments > 1 ? 2 * N * C * q.segments : 0);
-    o.ws.fill_bytes(0xff);
-    q.partials = q.segments > 1 ? o.ws.p : nullptr;
+    o.ws = segment_workspace<A>(q, false);
+    segments = q.segments;
     EcaExcite e;
     e.dtype = Ty<T>::dt;
     e.N = N, e.C = C, e.k = k.k, e.HW = HW, e.circular = k.circular, e.gate = k.hard ? 1 : 0, e.sm_count = k.sm;

@@ -533,10 +533,7 @@ bool run_excite_pooled(const PooledCase& k, std::mt19937_64& rng) {
     q.N = N, q.C = C, q.HW = HW, q.channels_last = k.cl, q.sm_count = k.sm, q.x = x.p;
     q.sum = o.pooled.p, q.ext = k.with_max ? o.maxv.p : nullptr;
     q.defer_combine = pooled_api;
-    q.segments = se_reduce_segments(q, false);
-    o.ws = Buf<A>(q.segments > 1 ? 2 * N * C * q.segments : 0);
-    o.ws.fill_bytes(0xff);
-    q.partials = q.segments > 1 ? o.ws.p : nullptr;
+    o.ws = segment_workspace<A>(q, false);
     SeExcite e;
     e.dtype = Ty<T>::dt;
     e.N = N, e.C = C, e.rd = R, e.two_layer = k.two_layer, e.act = 1, e.gate = 0, e.sm_count = k.sm;
@@ -616,10 +613,8 @@ bool run_excite_bwd_pooled(const PooledCase& k, std::mt19937_64& rng) {
     q.N = N, q.C = C, q.HW = HW, q.channels_last = k.cl, q.sm_count = k.sm, q.x = x.p, q.dy = dy.p;
     q.sum = o.s.p, q.ext = k.with_max ? o.cnt.p : nullptr, q.maxv = k.with_max ? maxv.p : nullptr;
     q.defer_combine = deferred;
-    q.segments = segments = se_reduce_segments(q, true);
-    o.red = Buf<A>(q.segments > 1 ? 2 * N * C * q.segments : 0);
-    o.red.fill_bytes(0xff);
-    q.partials = q.segments > 1 ? o.red.p : nullptr;
+    o.red = segment_workspace<A>(q, true);
+    segments = q.segments;
     SeExcite e;
     e.dtype = Ty<T>::dt;
     e.N = N, e.C = C, e.rd = R, e.two_layer = k.two_layer, e.act = 1, e.gate = 1, e.sm_count = k.sm;
