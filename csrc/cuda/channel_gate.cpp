@@ -173,38 +173,37 @@ at::Tensor split_reduction(SePass& p, const Geometry& geo, bool backward) {
 
 }  // namespace
 
+namespace {
+
+// The pool (se_pool) or, with dy, Σ dy·x (se_reduce), launched; defer: its
+// segments' partials left for the excitation to combine.
+DeferredPool reduction(const Geometry& geo, const at::Tensor* dy, const at::Tensor& maxv, at::Tensor& sum,
+                       at::Tensor& ext, bool plain_mean, bool defer) {
+  DeferredPool d;
+  d.pass = pass_of<SePass>(geo);
+  d.pass.plain_mean = plain_mean;
+  d.pass.sum = sum.data_ptr();
+  d.pass.ext = ptr_or_null(ext);
+  if (dy != nullptr) d.pass.dy = dy->const_data_ptr(), d.pass.maxv = ptr_or_null(maxv);
+  d.pass.defer_combine = defer;
+  d.workspace = split_reduction(d.pass, geo, dy != nullptr);
+  C10_CUDA_CHECK(dy != nullptr ? se_reduce(d.pass, stream()) : se_pool(d.pass, stream()));
+  return d;
+}
+
+}  // namespace
+
 void pool_pass(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv, bool plain_mean) {
-  SePass p = pass_of<SePass>(geo);
-  p.plain_mean = plain_mean;
-  p.sum = pooled.data_ptr();
-  p.ext = ptr_or_null(maxv);
-  const at::Tensor workspace = split_reduction(p, geo, false);
-  C10_CUDA_CHECK(se_pool(p, stream()));
+  reduction(geo, nullptr, maxv, pooled, maxv, plain_mean, false);
 }
 
 DeferredPool pool_pass_deferred(const Geometry& geo, at::Tensor& pooled, at::Tensor& maxv) {
-  DeferredPool d;
-  d.pass = pass_of<SePass>(geo);
-  d.pass.sum = pooled.data_ptr();
-  d.pass.ext = ptr_or_null(maxv);
-  d.pass.defer_combine = true;
-  d.workspace = split_reduction(d.pass, geo, false);
-  C10_CUDA_CHECK(se_pool(d.pass, stream()));
-  return d;
+  return reduction(geo, nullptr, maxv, pooled, maxv, false, true);
 }
 
 DeferredPool reduce_pass_deferred(const Geometry& geo, const at::Tensor& dy, const at::Tensor& maxv, at::Tensor& s,
                                   at::Tensor& cnt) {
-  DeferredPool d;
-  d.pass = pass_of<SePass>(geo);
-  d.pass.dy = dy.const_data_ptr();
-  d.pass.sum = s.data_ptr();
-  d.pass.ext = ptr_or_null(cnt);
-  d.pass.maxv = ptr_or_null(maxv);
-  d.pass.defer_combine = true;
-  d.workspace = split_reduction(d.pass, geo, true);
-  C10_CUDA_CHECK(se_reduce(d.pass, stream()));
-  return d;
+  return reduction(geo, &dy, maxv, s, cnt, false, true);
 }
 
 bool cooperative_excite() {
@@ -222,13 +221,7 @@ void scale_pass(const Geometry& geo, const at::Tensor& g, at::Tensor& y) {
 }
 
 void reduce_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor& maxv, at::Tensor& s, at::Tensor& cnt) {
-  SePass p = pass_of<SePass>(geo);
-  p.dy = dy.const_data_ptr();
-  p.sum = s.data_ptr();
-  p.ext = ptr_or_null(cnt);
-  p.maxv = ptr_or_null(maxv);
-  const at::Tensor workspace = split_reduction(p, geo, true);
-  C10_CUDA_CHECK(se_reduce(p, stream()));
+  reduction(geo, &dy, maxv, s, cnt, false, false);
 }
 
 void input_grad_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor& g, const at::Tensor& dp,

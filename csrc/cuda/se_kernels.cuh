@@ -114,12 +114,17 @@ template <typename A> __device__ __forceinline__ A gate_bwd(int8_t gate, A grad,
   return (z > A(-3) && z < A(3)) ? grad / A(6) : A(0);
 }
 
-// v[i] of a row of C values, i wrapped (circular) or zero outside [0, C).
-template <typename A> __device__ __forceinline__ A padded(const A* v, int64_t C, int64_t i, bool circular) {
-  if (i >= 0 && i < C) return v[i];
+// at(i) of a row of C values, i wrapped (circular) or zero outside [0, C).
+template <typename A, typename At>
+__device__ __forceinline__ A padded_by(At&& at, int64_t C, int64_t i, bool circular) {
+  if (i >= 0 && i < C) return at(i);
   if (!circular) return A(0);
   i %= C;
-  return v[i < 0 ? i + C : i];
+  return at(i < 0 ? i + C : i);
+}
+// v[i] of a row of C values, as padded_by says.
+template <typename A> __device__ __forceinline__ A padded(const A* v, int64_t C, int64_t i, bool circular) {
+  return padded_by<A>([v](int64_t j) { return v[j]; }, C, i, circular);
 }
 
 // V elements in one aligned access.
@@ -233,8 +238,6 @@ __global__ void __launch_bounds__(kThreads) reduce_rows_kernel(const SePass p, c
   }
 }
 
-// Combines the segments' partials of every row in order 0, 1, ... and writes
-// the results (one thread per row).
 // Row r's total from a reduction's segment partials [rows, S]: added in
 // order, as combine_rows adds them (the same bits).
 template <typename A>
@@ -244,8 +247,10 @@ __device__ __forceinline__ A segments_sum(const A* part, int64_t S, int64_t r) {
   return v;
 }
 
-// Rows first, first + stride, ...: the body of combine_partials_kernel, and
-// the first phase of the forward's cooperative excitation (se_forward.cu).
+// Combines the segments' partials of rows first, first + stride, ... in order
+// 0, 1, ... and writes the results (one thread per row): the body of
+// combine_partials_kernel, and the first phase of the forward's cooperative
+// excitation (se_forward.cu).
 template <typename A, bool BWD, bool WITH_MAX>
 __device__ __forceinline__ void combine_rows(const SePass& p, int64_t first, int64_t stride) {
   const A* part = static_cast<const A*>(p.partials);
@@ -757,26 +762,16 @@ __global__ void __launch_bounds__(kExciteThreads) eca_excite_fwd_kernel(const Ec
   const A* __restrict__ parts = static_cast<const A*>(p.pool_partials);
   const int64_t S = p.segments;
   auto pooled_at = [&](int64_t r) {
-    if (S <= 1) return pooled[r];
-    Partial<A, false, false> acc;
-    acc.sum = parts[r * S];
-    for (int64_t s = 1; s < S; ++s) acc.merge(parts[r * S + s], A(0));
-    return acc.sum / static_cast<A>(p.HW);
+    return S <= 1 ? pooled[r] : segments_sum(parts, S, r) / static_cast<A>(p.HW);
   };
   // (pooled, __restrict__, is never read when S > 1: pooled_out, the same
   // memory, is written instead.)
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kExciteThreads + threadIdx.x; i < total; i += stride) {
     const int64_t n = i / C, c = i - n * C;
+    auto row_at = [&](int64_t j) { return pooled_at(n * C + j); };
     A z = A(0), own = A(0);
     for (int64_t j = 0; j < k; ++j) {
-      int64_t at = c + j - pad;
-      A v = A(0);
-      if (at >= 0 && at < C) {
-        v = pooled_at(n * C + at);
-      } else if (p.circular) {
-        at %= C;
-        v = pooled_at(n * C + (at < 0 ? at + C : at));
-      }
+      const A v = padded_by<A>(row_at, C, c + j - pad, p.circular);
       if (j == pad) own = v;  // the window's centre: row i itself
       z += to_acc(w[j]) * v;
     }

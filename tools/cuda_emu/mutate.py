@@ -75,8 +75,8 @@ M = {
   # ECA's forward excitation combining the pool's segments itself (se_kernels.cuh)
   "eca_deferred_pooled_not_written": ("se_kernels.cuh", "    if (S > 1) static_cast<A*>(p.pooled_out)[i] = own;\n", "",
                                       "emu_test", ["--quick", "--se"]),
-  "eca_deferred_segments_short": ("se_kernels.cuh", "    for (int64_t s = 1; s < S; ++s) acc.merge(parts[r * S + s], A(0));",
-                                  "    for (int64_t s = 1; s < S - 1; ++s) acc.merge(parts[r * S + s], A(0));", "emu_test", ["--quick", "--se"]),
+  "eca_deferred_sum_not_mean": ("se_kernels.cuh", "segments_sum(parts, S, r) / static_cast<A>(p.HW);", "segments_sum(parts, S, r);",
+                                "emu_test", ["--quick", "--se"]),
   # the backward excitations reading the Σ dy·x reduction's segments themselves (segments_sum)
   "se_bwd_deferred_segments_short": ("se_kernels.cuh", "  for (int64_t s = 1; s < S; ++s) v += part[r * S + s];",
                                      "  for (int64_t s = 1; s < S - 1; ++s) v += part[r * S + s];", "emu_test", ["--quick", "--se"]),
