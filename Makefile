@@ -10,6 +10,10 @@
 #   make test-floor  the oldest torch we support (2.11, the GPU machine's): its own
 #                venv (.venv-floor) and a copy of the tracked tree (build/floor), the
 #                CPU kernels built against it, then the suite ($(FLOOR_TESTS))
+#   make test-newest  the newest torch release on PyPI, whatever this machine's pip
+#                configuration caps: its own venv (.venv-newest), a copy of the tracked
+#                tree (build/newest) built against it (the CUDA sources too, for sm_90,
+#                when nvcc is on the PATH), then the suite ($(NEWEST_TESTS))
 #   make triton-check  every Triton kernel variant the ops launch, compiled for sm_90 without a
 #                GPU (the interpreter never compiles them) by the GPU machine's triton (the
 #                floor venv's 3.6), and checked by Inductor's mutation analysis; then
@@ -46,7 +50,7 @@ FLOOR_DEPS := torch==2.11.0 torchvision==0.26.0 "numpy<2.4" "setuptools<82" timm
 FLOOR_SRC := build/floor
 FLOOR_TESTS ?= tests
 
-.PHONY: bench test test-floor triton-check ptxas-report cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv
+.PHONY: bench test test-floor test-newest triton-check ptxas-report cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -98,6 +102,37 @@ test-floor: $(FLOOR_VENV)/.deps
 	cd $(FLOOR_SRC) && FUSED_ATTN_NO_CUDA=1 $(FLOOR_PY) setup.py -q build_ext --inplace
 	cd $(FLOOR_SRC) && FUSED_ATTN_REQUIRE_CUDA_BUILD=0 $(FLOOR_PY) -m pytest -q -p no:cacheprovider -n $(MAX_JOBS) $(FLOOR_TESTS)
 
+# The newest torch release. `make test` installs what the machine's package
+# registry offers, and a registry may be capped below the newest release (this
+# VM's and CI's pip configuration pins torch<=2.14.1 to the wheels on their
+# disks, while 2.15.0 is out), though a user's `pip install torch` gets it. So
+# this venv comes from PyPI itself, the machine's pip configuration ignored;
+# delete it to pick up a later release. The build compiles the CUDA sources'
+# torch glue against the newest headers where nvcc is on the PATH (sm_90 only:
+# the kernels themselves do not depend on torch).
+NEWEST_VENV ?= .venv-newest
+NEWEST_PY := $(abspath $(NEWEST_VENV))/bin/python
+NEWEST_PIP := env PIP_CONFIG_FILE=/dev/null PIP_CONSTRAINT= PIP_FIND_LINKS= $(NEWEST_PY) -m pip
+NEWEST_SRC := build/newest
+NEWEST_TESTS ?= tests
+
+$(NEWEST_VENV)/.deps: Makefile
+	$(PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_PIP) install --upgrade pip
+	$(NEWEST_PIP) install $(DEPS)
+	touch $@
+
+test-newest: $(NEWEST_VENV)/.deps
+	@$(NEWEST_PY) -c "import torch; print('make test-newest: torch', torch.__version__)"
+	rm -rf $(NEWEST_SRC) && mkdir -p $(NEWEST_SRC)
+	git ls-files -z | tar --null -T - -cf - | tar xf - -C $(NEWEST_SRC)
+	if command -v nvcc >/dev/null 2>&1; then \
+	  cd $(NEWEST_SRC) && FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 $(NEWEST_PY) setup.py -q build_ext --inplace; \
+	else \
+	  cd $(NEWEST_SRC) && FUSED_ATTN_NO_CUDA=1 $(NEWEST_PY) setup.py -q build_ext --inplace; \
+	fi
+	cd $(NEWEST_SRC) && $(NEWEST_PY) -m pytest -q -p no:cacheprovider -n $(MAX_JOBS) $(NEWEST_TESTS)
+
 # The interpreter runs the Triton kernels but never compiles them: a kernel
 # that the compiler rejects, or whose writes torch.compile's analysis misses,
 # would otherwise first show on a GPU. The same variants are then compiled by
@@ -147,4 +182,4 @@ cmake: venv
 	$(PY) tools/cmake_build.py
 
 clean:
-	rm -rf build *.egg-info fused_attn/*.so $(PREBUILT) $(VENV) $(FLOOR_VENV)
+	rm -rf build *.egg-info fused_attn/*.so $(PREBUILT) $(VENV) $(FLOOR_VENV) $(NEWEST_VENV)
