@@ -1,6 +1,7 @@
 """The benchmark code runs and writes valid results (a tiny grid, briefly
 timed). Benchmarks are not tests: nothing here asserts a time."""
 import json
+import os
 import math
 
 import pytest
@@ -110,3 +111,15 @@ def test_overhead_benchmark_writes_every_layer(tmp_path):
             assert 0 < t["q1_us"] <= t["median_us"] <= t["q3_us"] and t["calls"] > 0
     md = (tmp_path / "overhead.md").read_text()
     assert "| cbam | no_grad |" in md and "| se | on |" in md
+
+
+def test_stream_ab_runs_every_threshold_and_restores_the_knob(tmp_path, monkeypatch):
+    from bench import ab_cpu_stream
+
+    monkeypatch.setenv(ab_cpu_stream.ENV, "12345")
+    out = tmp_path / "ab.md"
+    ab_cpu_stream.main(["--models", "seresnet18", "--image-size", "32", "--batch", "2", "--rounds", "1",
+                        "--min-seconds", "0.01", "--thresholds", "8388608,off", "--out", str(out)])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| seresnet18 |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["eager", "fused@8388608", "fused@off"]
+    assert os.environ[ab_cpu_stream.ENV] == "12345"
