@@ -106,8 +106,8 @@ test-floor: $(FLOOR_VENV)/.deps
 # registry offers, and a registry may be capped below the newest release (this
 # VM's and CI's pip configuration pins torch<=2.14.1 to the wheels on their
 # disks, while 2.15.0 is out), though a user's `pip install torch` gets it. So
-# this venv comes from PyPI itself, the machine's pip configuration ignored;
-# delete it to pick up a later release. The build compiles the CUDA sources'
+# this venv comes from PyPI itself, the machine's pip configuration ignored,
+# and upgrades whenever the Makefile changes (or delete it). The build compiles the CUDA sources'
 # torch glue against the newest headers where nvcc is on the PATH (sm_90 only:
 # the kernels themselves do not depend on torch).
 NEWEST_VENV ?= .venv-newest
@@ -119,7 +119,7 @@ NEWEST_TESTS ?= tests
 $(NEWEST_VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(NEWEST_VENV)
 	$(NEWEST_PIP) install --upgrade pip
-	$(NEWEST_PIP) install $(DEPS)
+	$(NEWEST_PIP) install --upgrade $(DEPS)
 	touch $@
 
 test-newest: $(NEWEST_VENV)/.deps
