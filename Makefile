@@ -50,6 +50,10 @@ FLOOR_DEPS := torch==2.11.0 torchvision==0.26.0 "numpy<2.4" "setuptools<82" timm
 FLOOR_SRC := build/floor
 FLOOR_TESTS ?= tests
 
+# $(call copy_tracked,DIR): DIR afresh, holding a copy of the tracked files
+# (the other-torch targets build there, leaving the main tree's extension alone).
+copy_tracked = rm -rf $(1) && mkdir -p $(1) && git ls-files -z | tar --null -T - -cf - | tar xf - -C $(1)
+
 .PHONY: bench test test-floor test-newest triton-check ptxas-report cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv
 
 $(VENV)/.deps: Makefile
@@ -97,8 +101,7 @@ $(FLOOR_VENV)/.deps: Makefile
 # leaves the main tree's extension alone. CPU kernels only (the CUDA sources
 # against 2.11: FORCE_CUDA=1 by hand), so CI's CUDA-build requirement is off.
 test-floor: $(FLOOR_VENV)/.deps
-	rm -rf $(FLOOR_SRC) && mkdir -p $(FLOOR_SRC)
-	git ls-files -z | tar --null -T - -cf - | tar xf - -C $(FLOOR_SRC)
+	$(call copy_tracked,$(FLOOR_SRC))
 	cd $(FLOOR_SRC) && FUSED_ATTN_NO_CUDA=1 $(FLOOR_PY) setup.py -q build_ext --inplace
 	cd $(FLOOR_SRC) && FUSED_ATTN_REQUIRE_CUDA_BUILD=0 $(FLOOR_PY) -m pytest -q -p no:cacheprovider -n $(MAX_JOBS) $(FLOOR_TESTS)
 
@@ -107,14 +110,15 @@ test-floor: $(FLOOR_VENV)/.deps
 # VM's and CI's pip configuration pins torch<=2.14.1 to the wheels on their
 # disks, while 2.15.0 is out), though a user's `pip install torch` gets it. So
 # this venv comes from PyPI itself, the machine's pip configuration ignored,
-# and upgrades whenever the Makefile changes (or delete it). The build compiles the CUDA sources'
-# torch glue against the newest headers where nvcc is on the PATH (sm_90 only:
-# the kernels themselves do not depend on torch).
+# and upgrades whenever the Makefile changes (or delete it). The build
+# compiles the CUDA sources' torch glue against the newest headers where nvcc
+# is on the PATH (sm_90 only: the kernels themselves do not depend on torch).
 NEWEST_VENV ?= .venv-newest
 NEWEST_PY := $(abspath $(NEWEST_VENV))/bin/python
 NEWEST_PIP := env PIP_CONFIG_FILE=/dev/null PIP_CONSTRAINT= PIP_FIND_LINKS= $(NEWEST_PY) -m pip
 NEWEST_SRC := build/newest
 NEWEST_TESTS ?= tests
+NEWEST_BUILD_ENV := $(if $(shell command -v nvcc 2>/dev/null),FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0,FUSED_ATTN_NO_CUDA=1)
 
 $(NEWEST_VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(NEWEST_VENV)
@@ -124,13 +128,8 @@ $(NEWEST_VENV)/.deps: Makefile
 
 test-newest: $(NEWEST_VENV)/.deps
 	@$(NEWEST_PY) -c "import torch; print('make test-newest: torch', torch.__version__)"
-	rm -rf $(NEWEST_SRC) && mkdir -p $(NEWEST_SRC)
-	git ls-files -z | tar --null -T - -cf - | tar xf - -C $(NEWEST_SRC)
-	if command -v nvcc >/dev/null 2>&1; then \
-	  cd $(NEWEST_SRC) && FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 $(NEWEST_PY) setup.py -q build_ext --inplace; \
-	else \
-	  cd $(NEWEST_SRC) && FUSED_ATTN_NO_CUDA=1 $(NEWEST_PY) setup.py -q build_ext --inplace; \
-	fi
+	$(call copy_tracked,$(NEWEST_SRC))
+	cd $(NEWEST_SRC) && $(NEWEST_BUILD_ENV) $(NEWEST_PY) setup.py -q build_ext --inplace
 	cd $(NEWEST_SRC) && $(NEWEST_PY) -m pytest -q -p no:cacheprovider -n $(MAX_JOBS) $(NEWEST_TESTS)
 
 # The interpreter runs the Triton kernels but never compiles them: a kernel
