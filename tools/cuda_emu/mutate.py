@@ -4,8 +4,8 @@ rewritten sources (after run.sh has built them) and must be caught.
 
     python3 tools/cuda_emu/mutate.py [NAME ...]
 
-Builds each under $BUILD/mut/NAME and runs the quick suite (or the cap2 build,
-for the mutants only the grid-stride loops reach); prints CAUGHT or NOT CAUGHT.
+Builds each under $BUILD/mut/NAME and runs the quick suite (with --cap2 for the
+mutants only the grid-stride loops reach); prints CAUGHT or NOT CAUGHT.
 The se_fused_* mutants break se_fused.cu's cluster barriers, a distributed
 shared-memory rank and the wait for the asynchronous copies.
 """
@@ -28,7 +28,7 @@ M = {
                    "emu_test", ["--quick", "--cbam"]),
   "cbam_rows_wpr_merge": ("cbam_kernels.cu", "for (int w = 1; w < wpr; ++w)", "for (int w = 1; w < wpr - 1; ++w)", "emu_test", ["--quick", "--cbam"]),
   "cbam_tail_barrier_cap2": ("cbam_kernels.cu", "    __syncthreads();  // the partials are rewritten for the next sample", "",
-                             "cap2/emu_test", ["--quick", "--cbam"]),
+                             "emu_test", ["--quick", "--cap2", "--cbam"]),
   "cbam_wgrad_tree": ("cbam_kernels.cu", "if (static_cast<int>(threadIdx.x) < width) buf[threadIdx.x] += buf[threadIdx.x + width];\n    __syncthreads();",
                       "if (static_cast<int>(threadIdx.x) < width) buf[threadIdx.x] += buf[threadIdx.x + width];", "emu_test", ["--quick", "--cbam"]),
   "cbam_spatial_tree_barrier": ("cbam_kernels.cu", "      sn[t] = r.n, smean[t] = r.mean, sm2[t] = r.m2;\n    }\n    __syncthreads();",
@@ -155,7 +155,7 @@ M = {
                           "for (int64_t g = 1; g < q.groups - 1; ++g) s += src[g * q.len[j]];", "emu_test", ["--quick", "--se"]),
   "grad_sum_stride": ("se_kernels.cuh", "s += src[g * q.len[j]];", "s += src[g * q.len[0]];", "emu_test", ["--quick", "--se"]),
   "se_tail_barrier_cap2": ("se_kernels.cuh", "    __syncthreads();  // the partials are rewritten for the next sample", "",
-                           "cap2/emu_test", ["--quick", "--se"]),
+                           "emu_test", ["--quick", "--cap2", "--se"]),
 }
 names = sys.argv[1:] or list(M)
 missed = 0
@@ -164,6 +164,10 @@ for name in names:
     d = os.path.join(BUILD, "mut", name)
     shutil.rmtree(d, ignore_errors=True)
     shutil.copytree(os.path.join(BUILD, "src"), os.path.join(d, "src"))
+    # The built objects too, times kept: make recompiles only what the mutant touches.
+    for o in os.listdir(BUILD):
+        if o.endswith(".o"):
+            shutil.copy2(os.path.join(BUILD, o), d)
     p = os.path.join(d, "src", f)
     s = open(p).read()
     assert old in s, (name, "pattern not found: the kernels changed; update the mutant")

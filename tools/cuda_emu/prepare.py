@@ -6,8 +6,8 @@ CPU emulation (shim/include/emu.h):
   __shared__ T a[..], b[..];  ->  the same, then ::emu::shared_decl(a, sizeof(a)); ... (NaN-poisoned per block)
   se_fused.cu: its `#if ... __CUDA_ARCH__ >= 900` guards -> `#if 1`, and its
   `extern __shared__ ... smem_raw[];` -> emu::dyn_smem (per block of a cluster).
-  65535 (the grid.y / grid.z cap)  ->  EMU_CAP_65535, which the cap2 build sets to 2 so the
-                                       kernels' grid-stride loops over samples run.
+  65535 (the grid.y / grid.z cap)  ->  EMU_CAP_65535, emu::grid_cap, which `emu_test --cap2` sets
+                                       to 2 so the kernels' grid-stride loops over samples run.
 
     python3 prepare.py BUILD_DIR
 """

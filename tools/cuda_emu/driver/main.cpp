@@ -130,6 +130,7 @@ int main(int argc, char** argv) {
   bool quick = false, only_cbam = false, only_se = false, only_fused = false, only_eca = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
+    if (!std::strcmp(argv[i], "--cap2")) emu::grid_cap = 2;
     if (!std::strcmp(argv[i], "-v")) g_verbose = 1;
     if (!std::strcmp(argv[i], "--cbam")) only_cbam = true;
     if (!std::strcmp(argv[i], "--se")) only_se = true;
@@ -147,6 +148,12 @@ int main(int argc, char** argv) {
   std::printf("\ncases %ld, failed cases %ld, element checks %ld, wrong elements %ld, launches %llu, blocks %llu\n",
               g_stats.cases, g_stats.failed_cases, g_stats.checks, g_stats.failures, emu::launches, emu::blocks_run);
   if (g_verbose || !quick) emu::print_coverage();
+  const size_t used = emu::stack_high_water();
+  if (g_verbose || !quick) std::printf("fiber stacks: %zu of %zu bytes used at most\n", used, emu::stack_size());
+  if (2 * used > emu::stack_size()) {
+    std::printf("FAIL: a fiber used %zu of its %zu-byte stack: raise kStack (shim/emu.cpp)\n", used, emu::stack_size());
+    ok = false;
+  }
   ok &= g_stats.failed_cases == 0;
   std::printf("%s\n", ok ? "ALL PASSED" : "SOME CHECKS FAILED");
   return ok ? 0 : 1;

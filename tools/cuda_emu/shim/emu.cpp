@@ -1,7 +1,9 @@
 // The scheduler of the CUDA emulation (emu.h).
 #include "emu.h"
 
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdarg>
@@ -26,6 +28,7 @@ dim3 blockDim, gridDim;
 namespace emu {
 
 int policy = 0;
+int64_t grid_cap = 65535;
 unsigned long long launches = 0, blocks_run = 0;
 static std::vector<std::string> trace;  // the kernels launched (and run) since take_trace
 std::vector<std::string> take_trace() {
@@ -79,10 +82,78 @@ void print_coverage() {
 namespace {
 
 enum State { READY, AT_SYNC, AT_WARP, AT_CLUSTER, DONE };
-constexpr size_t kStack = 256 * 1024;
+// The deepest fiber of the full suite used 8.6 KiB (stack_high_water); main
+// fails a run that used more than half. (With ucontext, where ASan's
+// swapcontext clears the shadow of the whole target stack at every switch,
+// 256 KiB stacks spent half the emulation's time in that memset.)
+constexpr size_t kStack = 64 * 1024;
+
+// Switching between the scheduler and the fibers. On x86-64 our own switch
+// (the callee-saved registers, the stack pointer, MXCSR and the x87 control
+// word, as the ABI has a call preserve them): glibc's swapcontext also sets
+// the signal mask, a system call at every switch, and under ASan its wrapper
+// clears the target stack's shadow: a quick run took 172 s with them, 55 s
+// without. Elsewhere, ucontext.
+#if defined(__x86_64__)
+extern "C" void emu_switch_stack(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .globl emu_switch_stack
+  .type emu_switch_stack, @function
+emu_switch_stack:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size emu_switch_stack, .-emu_switch_stack
+)");
+struct Context { void* sp = nullptr; };
+// A fresh stack whose first switch "returns" into fn, entered as by a call
+// (16-byte alignment + 8); fn never returns.
+void context_init(Context& c, char* stack, size_t size, void (*fn)()) {
+  auto* sp = reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(stack + size) & ~uintptr_t{15});
+  *--sp = 0;                               // fn's return address
+  *--sp = reinterpret_cast<uint64_t>(fn);  // emu_switch_stack's
+  for (int i = 0; i < 6; ++i) *--sp = 0;   // rbp, rbx, r12-r15
+  uint32_t mxcsr;
+  uint16_t fpucw;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpucw));
+  *--sp = mxcsr | (uint64_t{fpucw} << 32);
+  c.sp = sp;
+}
+void context_switch(Context& save, const Context& load) { emu_switch_stack(&save.sp, load.sp); }
+#else
+struct Context { ucontext_t uc; };
+void context_init(Context& c, char* stack, size_t size, void (*fn)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = size;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, fn, 0);
+}
+void context_switch(Context& save, const Context& load) { swapcontext(&save.uc, &load.uc); }
+#endif
 
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
   char* stack = nullptr;
   State state = READY;
   long nsync = 0, nwarp = 0, ncluster = 0;
@@ -96,7 +167,26 @@ struct Fiber {
 };
 
 std::vector<Fiber> fibers;
-ucontext_t sched_ctx;
+
+// A fiber's stack: kStack bytes above a guard page (an overflow faults rather
+// than running into other memory), filled with a pattern whose untouched rest
+// says how deep the fibers went (stack_high_water).
+constexpr unsigned char kStackFill = 0xA5;
+char* new_stack() {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  void* p = mmap(nullptr, kStack + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED || mprotect(p, page, PROT_NONE) != 0) fail("cannot map a fiber stack");
+  char* s = static_cast<char*>(p) + page;
+  std::memset(s, kStackFill, kStack);
+  return s;
+}
+// Uninstrumented: ASan may still hold the shadow of an exited fiber's frames.
+__attribute__((no_sanitize_address)) size_t bytes_used(const char* stack) {
+  size_t i = 0;
+  while (i < kStack && static_cast<unsigned char>(stack[i]) == kStackFill) ++i;
+  return kStack - i;
+}
+Context sched_ctx;
 int cur = -1;
 bool seq_mode = false;
 unsigned seq_tid = 0;
@@ -135,9 +225,12 @@ void fiber_entry() {
 #endif
   }
 #if EMU_ASAN
+  // This frame never returns: its shadow (and that of anything left above it)
+  // is cleared, so no poison is left on the stack for its next fiber.
+  __asan_handle_no_return();
   __sanitizer_start_switch_fiber(nullptr, sched_bottom, sched_size);
 #endif
-  setcontext(&sched_ctx);
+  context_switch(f.ctx, sched_ctx);  // never resumed
 }
 
 void yield_to_sched(State s) {
@@ -146,7 +239,7 @@ void yield_to_sched(State s) {
 #if EMU_ASAN
   __sanitizer_start_switch_fiber(&f.fake, sched_bottom, sched_size);
 #endif
-  swapcontext(&f.ctx, &sched_ctx);
+  context_switch(f.ctx, sched_ctx);
 #if EMU_ASAN
   __sanitizer_finish_switch_fiber(f.fake, &sched_bottom, &sched_size);
 #endif
@@ -161,7 +254,7 @@ void run_fiber(int i) {
 #if EMU_ASAN
   __sanitizer_start_switch_fiber(&fake, f.stack, kStack);
 #endif
-  swapcontext(&sched_ctx, &f.ctx);
+  context_switch(sched_ctx, f.ctx);
 #if EMU_ASAN
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
@@ -193,7 +286,7 @@ void run_cluster_fibers(const std::vector<uint3>& blocks, unsigned nthreads) {
   for (unsigned i = 0; i < total; ++i) {
     Fiber& f = fibers[i];
     const unsigned t = i % nthreads;
-    if (!f.stack) f.stack = static_cast<char*>(std::malloc(kStack));
+    if (!f.stack) f.stack = new_stack();
     f.state = READY;
     f.nsync = f.nwarp = f.ncluster = 0;
     f.tid = t;
@@ -202,11 +295,7 @@ void run_cluster_fibers(const std::vector<uint3>& blocks, unsigned nthreads) {
     f.pending.clear();
     f.committed = 0;
     f.idx = uint3{t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack;
-    f.ctx.uc_stack.ss_size = kStack;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_entry, 0);
+    context_init(f.ctx, f.stack, kStack, fiber_entry);
   }
   const unsigned nwarps = (nthreads + 31) / 32;
   slots.assign(size_t{K} * nwarps * 32 * 16, 0);
@@ -301,6 +390,14 @@ void run_cluster_fibers(const std::vector<uint3>& blocks, unsigned nthreads) {
 }
 
 }  // namespace
+
+size_t stack_size() { return kStack; }
+size_t stack_high_water() {
+  size_t m = 0;
+  for (const Fiber& f : fibers)
+    if (f.stack) m = std::max(m, bytes_used(f.stack));
+  return m;
+}
 
 void shared_decl(void* p, size_t bytes) {
   if (cluster_blocks > 1) fail("static __shared__ storage in a cluster launch: not emulated (one copy for all blocks)");

@@ -1,4 +1,4 @@
-// CPU emulation shim for CUDA kernels: one ucontext fiber per CUDA thread,
+// CPU emulation shim for CUDA kernels: one fiber (its own stack) per CUDA thread,
 // one block at a time, barriers / warp exchanges as cooperative switches.
 #pragma once
 #include <cmath>
@@ -12,9 +12,11 @@
 #include <string>
 #include <vector>
 
-#ifndef EMU_CAP_65535
-#define EMU_CAP_65535 65535
-#endif
+// The grid.y / grid.z cap the kernels' launchers clamp to (prepare.py writes
+// EMU_CAP_65535 for their literal 65535): a GPU's 65535, or 2 (emu_test
+// --cap2), so that the grid-stride loops over samples run at small N.
+namespace emu { extern int64_t grid_cap; }
+#define EMU_CAP_65535 (::emu::grid_cap)
 #define __global__
 #define __device__
 #define __host__
@@ -148,6 +150,8 @@ void pipe_wait(unsigned n);
 // Coverage: a named launch argument of the next launch.
 void note(const char* name, long v);
 void print_coverage();
+size_t stack_size();        // each fiber's stack, in bytes
+size_t stack_high_water();  // the most any fiber has used so far
 [[noreturn]] void fail(const char* fmt, ...);
 
 }  // namespace emu
