@@ -118,7 +118,7 @@ NEWEST_PY := $(abspath $(NEWEST_VENV))/bin/python
 NEWEST_PIP := env PIP_CONFIG_FILE=/dev/null PIP_CONSTRAINT= PIP_FIND_LINKS= $(NEWEST_PY) -m pip
 NEWEST_SRC := build/newest
 NEWEST_TESTS ?= tests
-NEWEST_BUILD_ENV := $(if $(shell command -v nvcc 2>/dev/null),FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0,FUSED_ATTN_NO_CUDA=1)
+NEWEST_BUILD_ENV = $(if $(shell command -v nvcc 2>/dev/null),FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0,FUSED_ATTN_NO_CUDA=1)
 
 $(NEWEST_VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(NEWEST_VENV)

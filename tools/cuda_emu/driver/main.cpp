@@ -147,9 +147,11 @@ int main(int argc, char** argv) {
   if (all || only_fused) run_se_fused_suite(quick);
   std::printf("\ncases %ld, failed cases %ld, element checks %ld, wrong elements %ld, launches %llu, blocks %llu\n",
               g_stats.cases, g_stats.failed_cases, g_stats.checks, g_stats.failures, emu::launches, emu::blocks_run);
-  if (g_verbose || !quick) emu::print_coverage();
   const size_t used = emu::stack_high_water();
-  if (g_verbose || !quick) std::printf("fiber stacks: %zu of %zu bytes used at most\n", used, emu::stack_size());
+  if (g_verbose || !quick) {
+    emu::print_coverage();
+    std::printf("fiber stacks: %zu of %zu bytes used at most\n", used, emu::stack_size());
+  }
   if (2 * used > emu::stack_size()) {
     std::printf("FAIL: a fiber used %zu of its %zu-byte stack: raise kStack (shim/emu.cpp)\n", used, emu::stack_size());
     ok = false;
