@@ -124,7 +124,7 @@ M = {
   "se_excite_bwd_saved_gate": ("se_kernels.cuh", "static_cast<A*>(q.save2)[at] = g;", "static_cast<A*>(q.save2)[at] = z;",
                                "emu_test", ["--quick", "--se"]),
   "se_excite_bwd_no_act_grad": ("se_kernels.cuh", "v = act_bwd(q.act, h, pre);", "v = h;", "emu_test", ["--quick", "--se"]),
-  "se_excite_bwd_spread_b": ("se_kernels.cuh", "acc[m] * A(0.5) / static_cast<const A*>(q.cnt)", "acc[m] / static_cast<const A*>(q.cnt)",
+  "se_excite_bwd_spread_b": ("se_kernels.cuh", "acc[m] * A(0.5) / c;", "acc[m] / c;",
                              "emu_test", ["--quick", "--se"]),
   "cbam_mlp_bias_once": ("se_kernels.cuh", "static_cast<A>(q.bias_scale) * to_acc(", "to_acc(", "emu_test", ["--quick", "--se"]),
   "cbam_mlp_pair_row": ("se_kernels.cuh", "v += act_fwd(q.act, h2);", "v += act_fwd(q.act, h);", "emu_test", ["--quick", "--se"]),
