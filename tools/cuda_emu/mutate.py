@@ -3,6 +3,7 @@
 rewritten sources (after run.sh has built them) and must be caught.
 
     python3 tools/cuda_emu/mutate.py [NAME ...]
+    python3 tools/cuda_emu/mutate.py --check    # only that every pattern is still found (run.sh)
 
 Builds each under $BUILD/mut/NAME and runs the quick suite (with --cap2 for the
 mutants only the grid-stride loops reach); prints CAUGHT or NOT CAUGHT.
@@ -157,12 +158,17 @@ M = {
   "se_tail_barrier_cap2": ("se_kernels.cuh", "    __syncthreads();  // the partials are rewritten for the next sample", "",
                            "emu_test", ["--quick", "--cap2", "--se"]),
 }
-names = sys.argv[1:] or list(M)
+check_only = sys.argv[1:] == ["--check"]
+names = [] if check_only else sys.argv[1:]
+names = names or list(M)
 # Every pattern checked before the first build: a stale one (the kernels
 # changed under it) is reported at once, not after the mutants before it ran.
 stale = [n for n in names if M[n][1] not in open(os.path.join(BUILD, "src", M[n][0])).read()]
 if stale:
     sys.exit("pattern not found (the kernels changed; update these mutants): " + " ".join(stale))
+if check_only:
+    print(f"mutate.py: all {len(names)} mutants' patterns found")
+    sys.exit(0)
 missed = 0
 for name in names:
     f, old, new, binary, args = M[name]

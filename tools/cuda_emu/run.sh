@@ -15,6 +15,7 @@ for a in "$@"; do
   if [ "$a" = --full ]; then mode=; else args+=("$a"); fi
 done
 python3 prepare.py "$BUILD"
+EMU_BUILD="$BUILD" python3 mutate.py --check  # the mutants still fit the kernels
 make -s -j"${MAX_JOBS:-2}" BUILD="$BUILD"
 export ASAN_OPTIONS=detect_stack_use_after_return=0:detect_leaks=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
