@@ -53,6 +53,8 @@ Usage, from the repository root, with the environment to check:
 
 Other options:
 
+    -j, --jobs N        compile in N processes, each on a share of the variants
+                        (default: one per core; a compile is single-threaded)
     --arch N            compile for sm_N instead of sm_90
     --target T          cuda:N (as --arch N) or hip:ARCH, e.g. hip:gfx942 (MI300):
                         Triton's AMD backend, down to an hsaco (wavefront 64)
@@ -828,6 +830,7 @@ def _print_summary(variants, info, out, args, total_s):
             print(f"  {counts[k]:4d}  {k}")
     total_c = sum(r["seconds"] for r in comp)
     print(f"compile: {len(comp) - len(fails)}/{len(comp)} compiled in {out['compile_s']:.1f}s "
+          f"by {out['jobs']} process{'es' if out['jobs'] > 1 else ''} "
           f"(mean {total_c / max(1, len(comp)):.2f}s, slowest "
           f"{max((r['seconds'] for r in comp), default=0):.2f}s)")
     manual = [r for r in comp if r["spec"] != "native"]
@@ -922,6 +925,8 @@ def main(argv=None):
     p.add_argument("--save", metavar="FILE", help="write the recorded variants as JSON")
     p.add_argument("--load", metavar="FILE", help="compile the variants of FILE instead of recording")
     p.add_argument("--cache-dir", metavar="DIR", help="Triton cache to use (default: a fresh temporary one)")
+    p.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
+                   help="compile processes, each on a share of the variants (default: one per core)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--worker-in", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -970,25 +975,55 @@ def main(argv=None):
         print("error: no Triton launch was recorded", file=sys.stderr)
         return 2
 
+    out = _run_workers(variants, args)
+    if out is None:
+        return 2
+    return _print_summary(variants, info, out, args, time.perf_counter() - t_start)
+
+
+def _run_workers(variants, args):
+    """Pass 2 (and the mutation check) in --jobs child processes, each on every
+    jobs-th variant: one compile is single-threaded (MLIR passes, then ptxas or
+    the AMD linker). Their results are merged as one worker's would be; the
+    times are wall-clock."""
     env = {k: val for k, val in os.environ.items() if k not in ("TRITON_INTERPRET", "FUSED_ATTN_DEBUG_POISON")}
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [x for x in [env.get("PYTHONPATH")] if x])
+    jobs = max(1, min(args.jobs, len(variants)))
     tmp = tempfile.mkdtemp(prefix="triton_compile_check.")
     try:
-        env["TRITON_CACHE_DIR"] = args.cache_dir or os.path.join(tmp, "cache")
-        job_in, job_out = os.path.join(tmp, "job.json"), os.path.join(tmp, "out.json")
-        with open(job_in, "w") as f:
-            json.dump({"variants": variants, "target": args.target, "spec": args.spec, "mutation": args.mutation,
-                       "mutation_api": args.mutation_api, "verbose": args.verbose}, f)
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker-in", job_in, "--worker-out", job_out]
-        rc = subprocess.call(cmd, env=env, cwd=ROOT)
-        if rc != 0 or not os.path.exists(job_out):
-            print(f"error: the compile process exited with {rc}", file=sys.stderr)
-            return 2
-        with open(job_out) as f:
-            out = json.load(f)
+        procs = []
+        for j in range(jobs):
+            # A cache of its own per worker unless one is given (Triton's cache
+            # writes are atomic renames, so a shared one is safe too).
+            wenv = dict(env, TRITON_CACHE_DIR=args.cache_dir or os.path.join(tmp, f"cache{j}"))
+            job_in, job_out = os.path.join(tmp, f"job{j}.json"), os.path.join(tmp, f"out{j}.json")
+            with open(job_in, "w") as f:
+                json.dump({"variants": variants[j::jobs], "target": args.target, "spec": args.spec,
+                           "mutation": args.mutation, "mutation_api": args.mutation_api, "verbose": args.verbose}, f)
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker-in", job_in, "--worker-out", job_out]
+            procs.append((subprocess.Popen(cmd, env=wenv, cwd=ROOT), job_out))
+        outs = []
+        for proc, job_out in procs:
+            rc = proc.wait()
+            if rc != 0 or not os.path.exists(job_out):
+                print(f"error: a compile process exited with {rc}", file=sys.stderr)
+                outs = None
+            elif outs is not None:
+                with open(job_out) as f:
+                    outs.append(json.load(f))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return _print_summary(variants, info, out, args, time.perf_counter() - t_start)
+    if outs is None:
+        return None
+    out = {k: outs[0][k] for k in ("torch", "triton")}
+    out["jobs"] = jobs
+    out["compile"] = [r for o in outs for r in o["compile"]]
+    out["compile_s"] = max(o["compile_s"] for o in outs)
+    if args.mutation:
+        out["mutation_api"] = outs[0]["mutation_api"]
+        out["mutation"] = [r for o in outs for r in o["mutation"]]
+        out["mutation_s"] = max(o["mutation_s"] for o in outs)
+    return out
 
 
 if __name__ == "__main__":
