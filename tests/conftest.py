@@ -13,6 +13,14 @@ import torch  # noqa: E402  (does not import triton)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The interpreter without its no-op re-patching of triton.language at every
+# helper call (tests/triton_interpreter.py: a quarter of its time);
+# FUSED_ATTN_PLAIN_INTERPRETER=1 runs Triton's interpreter as it ships.
+if os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("FUSED_ATTN_PLAIN_INTERPRETER") != "1":
+    from .triton_interpreter import skip_nested_patching
+
+    skip_nested_patching()   # (does nothing where Triton is missing or its interpreter differs)
+
 import collections  # noqa: E402
 import time  # noqa: E402
 import zlib  # noqa: E402
