@@ -54,7 +54,7 @@ FLOOR_TESTS ?= tests
 # (the other-torch targets build there, leaving the main tree's extension alone).
 copy_tracked = rm -rf $(1) && mkdir -p $(1) && git ls-files -z | tar --null -T - -cf - | tar xf - -C $(1)
 
-.PHONY: bench test test-floor test-newest triton-check ptxas-report cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv
+.PHONY: bench test test-floor test-newest triton-check ptxas-report cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv floor-venv newest-venv
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,12 @@ $(VENV)/.deps: Makefile
 	touch $@
 
 venv: $(VENV)/.deps
+
+# The floor's and the newest torch's environments alone: CI installs all three
+# at once (`make -j3 -Otarget venv floor-venv newest-venv`): each install is
+# one process unpacking wheels, so on 2 cores the three take little more than
+# the longest.
+floor-venv: $(FLOOR_VENV)/.deps
 
 build: venv
 	$(PIP) install --no-build-isolation --no-deps -e .
@@ -125,6 +131,8 @@ $(NEWEST_VENV)/.deps: Makefile
 	$(NEWEST_PIP) install --upgrade pip
 	$(NEWEST_PIP) install --upgrade $(DEPS)
 	touch $@
+
+newest-venv: $(NEWEST_VENV)/.deps
 
 test-newest: $(NEWEST_VENV)/.deps
 	@$(NEWEST_PY) -c "import torch; print('make test-newest: torch', torch.__version__)"
