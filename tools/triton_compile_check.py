@@ -501,6 +501,11 @@ def record(args):
         raise SystemExit(f"error: {fa_triton.ERROR}")
     if not fa_triton.INTERPRET:
         raise SystemExit("error: the kernels were not loaded under TRITON_INTERPRET=1")
+    # The suite's shortcut through the interpreter (the same execution and
+    # stores, without re-patching triton.language at every helper call).
+    from tests.triton_interpreter import skip_nested_patching
+
+    skip_nested_patching()
     rec = Recorder(args.exact)
     t0 = time.perf_counter()
     with rec.active():
