@@ -64,7 +64,7 @@ $(VENV)/.deps: Makefile
 
 venv: $(VENV)/.deps
 
-# The floor's and the newest torch's environments alone: CI installs all three
+# The floor's environment alone (newest-venv, below: the newest torch's): CI installs all three
 # at once (`make -j3 -Otarget venv floor-venv newest-venv`): each install is
 # one process unpacking wheels, so on 2 cores the three take little more than
 # the longest.
