@@ -159,11 +159,11 @@ M = {
                            "emu_test", ["--quick", "--cap2", "--se"]),
 }
 check_only = sys.argv[1:] == ["--check"]
-names = [] if check_only else sys.argv[1:]
-names = names or list(M)
+names = list(M) if check_only else (sys.argv[1:] or list(M))
 # Every pattern checked before the first build: a stale one (the kernels
 # changed under it) is reported at once, not after the mutants before it ran.
-stale = [n for n in names if M[n][1] not in open(os.path.join(BUILD, "src", M[n][0])).read()]
+sources = {f: open(os.path.join(BUILD, "src", f)).read() for f in {M[n][0] for n in names}}
+stale = [n for n in names if M[n][1] not in sources[M[n][0]]]
 if stale:
     sys.exit("pattern not found (the kernels changed; update these mutants): " + " ".join(stale))
 if check_only:
