@@ -6,6 +6,7 @@ CPU emulation (shim/include/emu.h):
   __shared__ T a[..], b[..];  ->  the same, then ::emu::shared_decl(a, sizeof(a)); ... (NaN-poisoned per block)
   se_fused.cu: its `#if ... __CUDA_ARCH__ >= 900` guards -> `#if 1`, and its
   `extern __shared__ ... smem_raw[];` -> emu::dyn_smem (per block of a cluster).
+  load_pack's read  ->  ::emu::on_load(p) first (the order a launch reads a watched range in)
   65535 (the grid.y / grid.z cap)  ->  EMU_CAP_65535, emu::grid_cap, which `emu_test --cap2` sets
                                        to 2 so the kernels' grid-stride loops over samples run.
 
@@ -22,6 +23,9 @@ FILES = ["cbam_kernels.cu", "cbam_cuda.h", "se_kernels.cuh", "se_cuda.h", "se_fo
 # use dynamic shared memory only, which emu::dyn_smem gives per block.
 ARCH_GUARD = "#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900"
 DYN_SHARED = "extern __shared__ __align__(16) unsigned char smem_raw[];"
+# se_kernels.cuh's load_pack, every pass's read of x and dy: reported to the
+# emulation first (emu::on_load, for its watched range: glue's watch op).
+LOAD_PACK = "  return *reinterpret_cast<const Pack<T, V>*>(p);"
 # The kernel's name, with template arguments: a launch behind an `if` on the same
 # line would be rewritten into an unconditional one, so it is refused.
 LAUNCH = re.compile(r'^(\s*)([A-Za-z_][\w:]*(?:<[^;()]*>)?)<<<(.*)>>>\((.*)\);\s*$')
@@ -82,6 +86,10 @@ def main():
         if f == "se_fused.cu" and (src.count(ARCH_GUARD) != 2 or src.count(DYN_SHARED) != 2 or "cudaLaunchKernelEx" not in src):
             sys.exit("prepare.py: se_fused.cu's kernels no longer look as the emulation expects "
                      "(two sm_90 guards, two `extern __shared__` buffers, cudaLaunchKernelEx)")
+        if f == "se_kernels.cuh":
+            if text.count(LOAD_PACK) != 1:
+                sys.exit("prepare.py: se_kernels.cuh's load_pack no longer reads `" + LOAD_PACK.strip() + "`")
+            text = text.replace(LOAD_PACK, "  ::emu::on_load(p);\n" + LOAD_PACK)
         total += n
         path = os.path.join(dst, f)
         if not os.path.exists(path) or open(path).read() != text:  # keep make's timestamps when unchanged

@@ -3,6 +3,9 @@
 //                    1 four multiprocessors, 2 99 KiB of shared memory per block, 3 an sm_80)
 //   trace()          the kernels launched since the last call, in order ("cudaLaunchKernelEx"
 //                    for a cluster launch)
+//   watch(t, g)      log the order each launch first reads t's g equal granules in (through
+//                    load_pack), until unwatch(); reads() returns "kernel: i j ..." per launch
+//                    since the last call
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
@@ -16,5 +19,14 @@ TORCH_LIBRARY_FRAGMENT(fused_attn_cuda_emu, m) {
   m.def("trace() -> str[]", []() {
     const std::vector<std::string> t = ::emu::take_trace();
     return c10::List<std::string>(t);
+  });
+  m.def("watch(Tensor t, int granules) -> ()", [](const at::Tensor& t, int64_t granules) {
+    TORCH_CHECK(granules > 0 && t.nbytes() % granules == 0, "cuda-emu: watch needs whole granules");
+    ::emu::watch(t.const_data_ptr(), t.nbytes(), t.nbytes() / granules);
+  });
+  m.def("unwatch() -> ()", []() { ::emu::watch(nullptr, 0, 1); });
+  m.def("reads() -> str[]", []() {
+    const std::vector<std::string> r = ::emu::take_reads();
+    return c10::List<std::string>(r);
   });
 }

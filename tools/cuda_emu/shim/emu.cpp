@@ -37,6 +37,30 @@ std::vector<std::string> take_trace() {
   return t;
 }
 bool dry_run = false;
+
+static const unsigned char* watch_base = nullptr;
+static size_t watch_bytes = 0, watch_granule = 1;
+static std::vector<long> first_reads;  // this launch's granules, in the order first read
+static std::vector<char> granule_read;
+static std::vector<std::string> reads;
+void watch(const void* base, size_t bytes, size_t granule) {
+  watch_base = static_cast<const unsigned char*>(base);
+  watch_bytes = base != nullptr ? bytes : 0;
+  watch_granule = granule > 0 ? granule : 1;
+  reads.clear();
+}
+void on_load(const void* p) {
+  const unsigned char* b = static_cast<const unsigned char*>(p);
+  if (watch_bytes == 0 || b < watch_base || b >= watch_base + watch_bytes) return;
+  const size_t g = static_cast<size_t>(b - watch_base) / watch_granule;
+  if (granule_read.size() <= g) granule_read.resize(g + 1, 0);
+  if (!granule_read[g]) granule_read[g] = 1, first_reads.push_back(static_cast<long>(g));
+}
+std::vector<std::string> take_reads() {
+  std::vector<std::string> r;
+  r.swap(reads);
+  return r;
+}
 static cudaError_t last_error = cudaSuccess;
 static cudaError_t this_launch_error = cudaSuccess;  // the last launch's own refusal
 static std::mt19937_64 rng(12345);
@@ -503,6 +527,8 @@ void launch(const char* name, const char* where, const Cfg& cfg, const std::func
   gridDim = cfg.grid;
   blockDim = cfg.block;
   body_fn = &body;
+  first_reads.clear();
+  granule_read.assign(granule_read.size(), 0);
   const unsigned long long nblocks = 1ull * cfg.grid.x * cfg.grid.y * cfg.grid.z;
   if (nblocks > (1ull << 26)) fail("too many blocks to emulate (%llu)", nblocks);
   cur_cfg = &cfg;
@@ -548,6 +574,11 @@ void launch(const char* name, const char* where, const Cfg& cfg, const std::func
   dyn_bufs.clear();
   cluster_blocks = 1;
   cur_cfg = nullptr;
+  if (!first_reads.empty()) {
+    std::string line = std::string(name) + ":";
+    for (long g : first_reads) line += " " + std::to_string(g);
+    reads.push_back(line);
+  }
 }
 
 void grid_sync() {

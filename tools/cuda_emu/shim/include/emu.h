@@ -117,6 +117,15 @@ extern unsigned long long launches, blocks_run;
 std::vector<std::string> take_trace();
 extern bool dry_run;  // validate the launch configuration only
 
+// A watched range of device memory cut into granules (emu_device.cpp's
+// watch op): every launch that reads it through load_pack (prepare.py's
+// rewrite calls on_load) logs the granules in the order it first read them,
+// "kernel: i j k ..." (take_reads: those logged since the last call). The
+// order the blocks of a grid walk memory, for the passes that choose it.
+void watch(const void* base, size_t bytes, size_t granule);
+void on_load(const void* p);
+std::vector<std::string> take_reads();
+
 struct Cfg {
   dim3 grid, block;
   size_t smem;
