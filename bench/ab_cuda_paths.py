@@ -8,13 +8,17 @@ the planner is closest to its limits, against a device copy of x:
   launch (FUSED_ATTN_CUDA_PATH=two_phase, FUSED_ATTN_CUDA_EXCITE=cooperative:
   three launches);
 * 2p-launches: the two-phase passes, a launch per phase
-  (FUSED_ATTN_CUDA_EXCITE=launches: four or five).
+  (FUSED_ATTN_CUDA_EXCITE=launches: four or five);
+* 2p-in-order: 2p-coop with the rescale walking x from the first element
+  on, as the pool does (FUSED_ATTN_CUDA_ORDER=forward), where the others
+  walk it from the last back (the default, alternate).
 
 Medians of CUDA-event times in µs, the providers taking turns; forward only,
 outputs not poisoned. Answers two open questions of issue 3: whether the
 grid barriers beat the launch gaps, and whether the planner's rule against
 re-reading the weights (it sends 2048×7×7 at N = 32 and 128 to the two-phase
-path) costs more than it saves.
+path) costs more than it saves; and whether the reversed rescale saves
+anything where x is larger than L2 (128×2048×7×7 in float32: 51 MB).
 
     python -m bench.ab_cuda_paths [--out DIR] [--device cpu]   # cpu: a smoke run of the plumbing
 """
@@ -29,8 +33,10 @@ import fused_attn
 from bench.common import measure_cuda, quartiles_ms
 
 SITES = [(32, 2048, 7, 7), (128, 2048, 7, 7), (32, 1024, 14, 14), (128, 1024, 14, 14)]
-PATHS = {"auto": ("auto", "cooperative"), "fused": ("fused", "cooperative"),
-         "2p-coop": ("two_phase", "cooperative"), "2p-launches": ("two_phase", "launches")}
+PATHS = {"auto": ("auto", "cooperative", "alternate"), "fused": ("fused", "cooperative", "alternate"),
+         "2p-coop": ("two_phase", "cooperative", "alternate"), "2p-launches": ("two_phase", "launches", "alternate"),
+         "2p-in-order": ("two_phase", "cooperative", "forward")}
+KNOBS = ("FUSED_ATTN_CUDA_PATH", "FUSED_ATTN_CUDA_EXCITE", "FUSED_ATTN_CUDA_ORDER")
 
 
 def main(argv=None):
@@ -59,18 +65,18 @@ def main(argv=None):
                 b2 = torch.zeros(C, device=args.device, dtype=dtype)
                 y = torch.empty_like(x)
 
-                def run(path, excite):
-                    os.environ["FUSED_ATTN_CUDA_PATH"], os.environ["FUSED_ATTN_CUDA_EXCITE"] = path, excite
+                def run(*knobs):
+                    os.environ.update(zip(KNOBS, knobs))
                     return op(x, w1, b1, w2, b2, "relu", "sigmoid", "avg")
 
                 providers = {"copy": lambda i: y.copy_(x)}
-                for name, (path, excite) in PATHS.items():
+                for name, knobs in PATHS.items():
                     try:
-                        run(path, excite)  # warm: plans, occupancy queries
+                        run(*knobs)  # warm: plans, occupancy queries
                     except RuntimeError as e:  # the forced single launch without a plan
                         print(f"# {shape} {dtype} {name}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
                         continue
-                    providers[name] = lambda i, p=path, e=excite: run(p, e)
+                    providers[name] = lambda i, k=knobs: run(*k)
                 if cuda:
                     res = measure_cuda(providers, 1, rounds=args.rounds, reps=args.reps)
                 else:
@@ -87,7 +93,7 @@ def main(argv=None):
                 layout = "cl" if fmt is torch.channels_last else "nchw"
                 lines.append(f"| {N}×{C}×{H}×{W} | {str(dtype)[6:]} | {layout} | " + " | ".join(cells) + " |")
                 print(lines[-1], flush=True)
-    for k in ("FUSED_ATTN_CUDA_PATH", "FUSED_ATTN_CUDA_EXCITE"):
+    for k in KNOBS:
         os.environ.pop(k, None)
     dev = torch.cuda.get_device_name(0) if cuda else "cpu (smoke)"
     head = (f"# SE forward paths, µs (median), {dev}, torch {torch.__version__}, "

@@ -8,13 +8,15 @@
 #
 #   bench/gpu_check.sh                      # build test sanitize bench
 #   bench/gpu_check.sh build gpu-test       # some of: build test gpu-test gpu-test-quick sanitize
-#                                           #   sanitize-quick bench bench-fast overhead ab-paths models bench-full
+#                                           #   sanitize-quick bench bench-fast overhead ab-paths ab-cbam models
+#                                           #   bench-full
 #
 # A short lease (one command of at most 10 minutes, a quarter hour in all):
 # first `make gpu-prebuild` here, then, with carry [".prebuilt"],
 #
 #   GPU_LOG_DIR=/tmp/gpu GPU_LOG_TAR=$OUT/gpu_logs.tgz GPU_DEADLINE=570 \
-#     bench/gpu_check.sh build gpu-test-quick:170 sanitize-quick:60 ab-paths:40 overhead:40 bench-fast:150 gpu-test
+#     bench/gpu_check.sh build gpu-test-quick:170 sanitize-quick:60 ab-paths:40 ab-cbam:40 overhead:40 \
+#       bench-fast:150 gpu-test
 #
 # (the build step uses .prebuilt when its stamp matches, and compiles
 # otherwise; gpu-test-quick runs one in FUSED_ATTN_SUBSET=6 of each big test
@@ -193,6 +195,9 @@ for spec in "${steps[@]}"; do
       ;;
     ab-paths)  # SE's CUDA forward paths (single launch, two-phase cooperative / per-phase launches) vs a copy
       run_step ab-paths ab_cuda_paths.log $PY -m bench.ab_cuda_paths --out "$LOG"
+      ;;
+    ab-cbam)  # the order CBAM's CUDA passes walk the batch (alternating vs all forward) vs a copy
+      run_step ab-cbam ab_cbam_order.log $PY -m bench.ab_cbam_order --out "$LOG"
       ;;
     overhead)  # host time per call, layer by layer (seconds)
       run_step overhead bench_overhead.log $PY -m bench.overhead --device cuda --out "$LOG"

@@ -123,3 +123,22 @@ def test_stream_ab_runs_every_threshold_and_restores_the_knob(tmp_path, monkeypa
     rows = [line for line in out.read_text().splitlines() if line.startswith("| seresnet18 |")]
     assert [r.split("|")[2].strip() for r in rows] == ["eager", "fused@8388608", "fused@off"]
     assert os.environ[ab_cpu_stream.ENV] == "12345"
+
+
+def test_cbam_order_ab_writes_every_row_and_restores_the_knob(tmp_path, monkeypatch):
+    """bench.ab_cbam_order's plumbing on the CPU (the orders only differ on CUDA): every
+    dtype × layout row with a time in each column, the order's variable as it was."""
+    from bench import ab_cbam_order
+
+    monkeypatch.setenv(ab_cbam_order.KEY, "forward")
+    ab_cbam_order.main(["--device", "cpu", "--out", str(tmp_path)])
+    lines = (tmp_path / "ab_cbam_order.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| N×C×H×W"))
+    assert header.split("|")[5:10] == [" copy ", " fwd forward ", " fwd alternate ", " bwd forward ",
+                                        " bwd alternate "]
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| 2×32×7×7 |")]
+    assert sorted((r[1].strip(), r[2].strip()) for r in rows) == sorted(
+        (d, f) for d in ("bfloat16", "float32") for f in ("cl", "nchw"))
+    for r in rows:
+        assert all(float(v) > 0 for v in r[4:])
+    assert os.environ[ab_cbam_order.KEY] == "forward"

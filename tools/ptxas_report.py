@@ -47,10 +47,10 @@ SPILLS_KNOWN = {
     # registers at most). Unrolling once, or pipelining the loads by hand,
     # removed these spills but halved the loads in flight or moved a spill to
     # the float32 instantiation (2026-12-06): left for a GPU to measure.
-    ("sm_90", "reduce_cols_kernel<__nv_bfloat16, CbamReduce::PixelReduce, 8>"),
-    ("sm_90", "reduce_cols_kernel<__half, CbamReduce::PixelReduce, 8>"),
-    ("sm_80", "reduce_cols_kernel<__nv_bfloat16, CbamReduce::PixelReduce, 8>"),
-    ("sm_80", "reduce_cols_kernel<__half, CbamReduce::PixelReduce, 8>"),
+    ("sm_90", "reduce_cols_kernel<__nv_bfloat16, CbamReduce::PixelReduce, 8, false>"),
+    ("sm_90", "reduce_cols_kernel<__half, CbamReduce::PixelReduce, 8, false>"),
+    ("sm_80", "reduce_cols_kernel<__nv_bfloat16, CbamReduce::PixelReduce, 8, false>"),
+    ("sm_80", "reduce_cols_kernel<__half, CbamReduce::PixelReduce, 8, false>"),
     # sm_80 only, 12 bytes each: the forward's fc2 in 16-bit types (ptxas
     # again stopping at 64 registers), on N x C values, not passes over x.
     # (ECA's two-phase excitation in float32 spilled too until its window's

@@ -9,6 +9,17 @@
 //   backward  3 passes, 7|x|: Σ_c dy·x1 (read dy, x), Σ_hw dx1·x (read dy,
 //             x), dx (read dy, x, write dx)
 //
+// Each direction's second pass walks the batch from the last sample back
+// (CbamPass::reverse), the first and third from the first on: a pass then
+// starts on what the pass before it read last, which L2 may still hold (50 MB
+// on an H100), instead of on what was evicted first. Where |x| is larger
+// than L2 (the first ResNet-50 sites at N = 32 and 128; smaller tensors stay
+// in L2 either way) that should save up to an L2's worth of DRAM reads per
+// pass, a GPU measurement still to be made (bench/ab_cbam_order.py; with
+// FUSED_ATTN_CUDA_ORDER=forward every pass walks forward). No launch is
+// added and no result changes: each output is reduced in the same order
+// either way.
+//
 // The MLP runs once per batch: forward as two launches of SE's linear kernel
 // (cbam_mlp_forward, se_kernels.cuh), backward as four (cbam_mlp_backward:
 // fc1 recomputed, then the two layers' backward and the weight gradients;
@@ -221,7 +232,9 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
   maybe_poison(smap);
   CbamPass p = pass_of<CbamPass>(geo);
   p.g = g.const_data_ptr();
+  p.reverse = alternate_order();  // from where the pool ended
   reduce(p, CbamReduce::ChannelPool, geo, smap[0], smap[1]);
+  p.reverse = false;
   // The spatial gate in two launches: z, the statistics (the batch's, or the
   // running buffers read in place), s.
   at::Tensor z = acc_empty(N, HW, aopt), s = acc_empty(N, HW, aopt);
@@ -353,7 +366,9 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   p.dcmax = dcmax.const_data_ptr();
   p.mx = mx.const_data_ptr();
   const at::Tensor dg = acc_empty(N, C, aopt), scnt = acc_empty(N, C, aopt);
+  p.reverse = alternate_order();  // from where pass 1 ended
   reduce(p, CbamReduce::ChannelReduce, geo, dg, scnt);
+  p.reverse = false;
 
   // The channel gate and the MLP backward, once for the batch: four launches
   // of ours (cbam_mlp_backward) with hidden units; without, ATen's ops.

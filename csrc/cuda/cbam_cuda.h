@@ -61,6 +61,14 @@ struct CbamPass {
   // in the accumulation type) a second kernel combines in order.
   int64_t segments = 1;
   void* partials = nullptr;
+
+  // The order the channel pool and the channel reduce walk the batch: from
+  // the first sample to the last (as SE's pool and the elementwise passes
+  // do), or, reversed, from the last back (segments too), so that the pass
+  // starts on what the pass before it read last, which L2 may still hold
+  // (cbam_cuda.cpp alternates). Each output is reduced in the same order
+  // either way: the same bits. The pixel reduce ignores it.
+  bool reverse = false;
 };
 
 enum class CbamReduce : int8_t { ChannelPool, PixelReduce, ChannelReduce };

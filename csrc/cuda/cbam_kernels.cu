@@ -70,9 +70,10 @@ template <CbamReduce K> __host__ __device__ int64_t outputs_len(const CbamPass& 
 template <CbamReduce K> __host__ __device__ bool reduces_rows(const CbamPass& p) { return kOverC<K> == p.channels_last; }
 
 // Rows of L contiguous elements, one output each; `wpr` warps (1 or 8) per
-// row, lane l of a warp taking accesses l, l + 32·wpr, ... V > 1 needs
-// L % V == 0 and 16-byte aligned tensors.
-template <typename T, CbamReduce K, int V>
+// row, lane l of a warp taking accesses l, l + 32·wpr, ...; the samples
+// taken from the last back when REV (p.reverse). V > 1 needs L % V == 0 and
+// 16-byte aligned tensors.
+template <typename T, CbamReduce K, int V, bool REV>
 __global__ void __launch_bounds__(kRowThreads) reduce_rows_kernel(const CbamPass p, const int wpr) {
   using A = acc_t<T>;
   __shared__ A sh_sum[kRowThreads / 32], sh_ext[kRowThreads / 32];
@@ -85,9 +86,10 @@ __global__ void __launch_bounds__(kRowThreads) reduce_rows_kernel(const CbamPass
   const int64_t step = static_cast<int64_t>(32) * wpr * V;
   for (int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block; r0 < rows;
        r0 += static_cast<int64_t>(gridDim.x) * rows_per_block) {
-    const int64_t r = r0 + group;
-    const bool live = r < rows;
-    const int64_t n = live ? r / R : 0, j = live ? r - n * R : 0;
+    const int64_t v = r0 + group;  // REV: row j of sample N - 1 - n for row j of sample n
+    const bool live = v < rows;
+    const int64_t vn = live ? v / R : 0, j = live ? v - vn * R : 0;
+    const int64_t n = REV ? p.N - 1 - vn : vn, r = REV ? n * R + j : v;
     Red<T, K> acc;
     if (live) {
       const T* xr = x + r * L;
@@ -135,8 +137,11 @@ __global__ void __launch_bounds__(kRowThreads) reduce_rows_kernel(const CbamPass
 // Per sample a [L, R] matrix (the R outputs contiguous): a block of 32 × 16
 // threads takes 32·V adjacent outputs, threadIdx.y every 16th element of the
 // reduced axis within segment blockIdx.z; partials summed in order through
-// shared memory. V > 1 needs R % V == 0 and 16-byte aligned tensors.
-template <typename T, CbamReduce K, int V>
+// shared memory. REV (p.reverse) maps blockIdx.y and blockIdx.z to samples
+// and segments in reverse. V > 1 needs R % V == 0 and 16-byte aligned
+// tensors. (REV is a template parameter: a run-time flag cost the in-order
+// kernels registers, and some of them a spill.)
+template <typename T, CbamReduce K, int V, bool REV>
 __global__ void __launch_bounds__(kColsX * kColsY) reduce_cols_kernel(const CbamPass p, const int64_t seg_len) {
   using A = acc_t<T>;
   __shared__ A part_sum[kColsY][kColsX * V];
@@ -147,9 +152,11 @@ __global__ void __launch_bounds__(kColsX * kColsY) reduce_cols_kernel(const Cbam
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t j0 = (static_cast<int64_t>(blockIdx.x) * kColsX + tx) * V;
   const bool active = j0 < R;
-  const int64_t seg = blockIdx.z;
+  const int64_t seg = REV ? p.segments - 1 - blockIdx.z : blockIdx.z;
   const int64_t begin = seg * seg_len, end = begin + seg_len < L ? begin + seg_len : L;
-  for (int64_t n = blockIdx.y; n < p.N; n += gridDim.y) {
+  // REV: the block rows' samples in reverse (with a sample per block row, as
+  // below 65536 samples, the whole batch from the last back).
+  for (int64_t n = REV ? gridDim.y - 1 - blockIdx.y : blockIdx.y; n < p.N; n += gridDim.y) {
     Red<T, K> acc[V];
     if (active) {
       const T* xs = x + n * L * R + j0;
@@ -665,7 +672,7 @@ int64_t segments_of(const CbamPass& p) {
   return ceil_div(L, ceil_div(L, want));
 }
 
-template <typename T, CbamReduce K, int V>
+template <typename T, CbamReduce K, int V, bool REV>
 void launch_reduce_v(const CbamPass& p, cudaStream_t stream) {
   const int64_t R = outputs_len<K>(p), L = reduced_len<K>(p);
   if (reduces_rows<K>(p)) {
@@ -673,13 +680,13 @@ void launch_reduce_v(const CbamPass& p, cudaStream_t stream) {
     const int wpr = (rows < int64_t{p.sm_count} * 16 && L >= int64_t{32} * V * 8) ? 8 : 1;
     const int64_t per_block = (kRowThreads / 32) / wpr;
     const int64_t blocks = std::min<int64_t>(ceil_div(rows, per_block), int64_t{p.sm_count} * 32);
-    reduce_rows_kernel<T, K, V><<<static_cast<unsigned>(blocks), kRowThreads, 0, stream>>>(p, wpr);
+    reduce_rows_kernel<T, K, V, REV><<<static_cast<unsigned>(blocks), kRowThreads, 0, stream>>>(p, wpr);
     return;
   }
   const int64_t seg_len = ceil_div(L, p.segments);
   const dim3 grid(static_cast<unsigned>(ceil_div(R, int64_t{kColsX} * V)),
                   static_cast<unsigned>(std::min<int64_t>(p.N, 65535)), static_cast<unsigned>(p.segments));
-  reduce_cols_kernel<T, K, V><<<grid, dim3(kColsX, kColsY), 0, stream>>>(p, seg_len);
+  reduce_cols_kernel<T, K, V, REV><<<grid, dim3(kColsX, kColsY), 0, stream>>>(p, seg_len);
   if (p.segments > 1) {
     const int64_t blocks = std::min<int64_t>(ceil_div(p.N * R, kRowThreads), int64_t{p.sm_count} * 32);
     combine_kernel<T, K><<<static_cast<unsigned>(blocks), kRowThreads, 0, stream>>>(p);
@@ -691,10 +698,23 @@ cudaError_t launch_reduce(const CbamPass& p, cudaStream_t stream) {
   if (p.N == 0 || p.C == 0 || p.HW == 0) return cudaSuccess;
   if (p.segments != segments_of<T, K>(p) || (p.segments > 1 && p.partials == nullptr))
     return cudaErrorInvalidValue;  // the caller sizes the workspace with cbam_reduce_segments
-  if (reduction_vectorizes<T, K>(p)) {
-    launch_reduce_v<T, K, kVec<T>>(p, stream);
+  const bool vec = reduction_vectorizes<T, K>(p);
+  // Only the passes cbam_cuda.cpp walks in reverse have the reversed kernels;
+  // the pixel reduce takes p.reverse as the hint it is and walks in order.
+  if constexpr (K != CbamReduce::PixelReduce) {
+    if (p.reverse) {
+      if (vec) {
+        launch_reduce_v<T, K, kVec<T>, true>(p, stream);
+      } else {
+        launch_reduce_v<T, K, 1, true>(p, stream);
+      }
+      return cudaGetLastError();
+    }
+  }
+  if (vec) {
+    launch_reduce_v<T, K, kVec<T>, false>(p, stream);
   } else {
-    launch_reduce_v<T, K, 1>(p, stream);
+    launch_reduce_v<T, K, 1, false>(p, stream);
   }
   return cudaGetLastError();
 }

@@ -213,8 +213,16 @@ bool cooperative_excite() {
   TORCH_CHECK_VALUE(false, "fused_attn: FUSED_ATTN_CUDA_EXCITE must be cooperative or launches; got '", v, "'");
 }
 
+bool alternate_order() {
+  const char* v = std::getenv("FUSED_ATTN_CUDA_ORDER");
+  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "alternate") == 0) return true;
+  if (std::strcmp(v, "forward") == 0) return false;
+  TORCH_CHECK_VALUE(false, "fused_attn: FUSED_ATTN_CUDA_ORDER must be alternate or forward; got '", v, "'");
+}
+
 void scale_pass(const Geometry& geo, const at::Tensor& g, at::Tensor& y) {
   SePass p = pass_of<SePass>(geo);
+  p.reverse = alternate_order();  // from where the pool ended
   p.out = y.data_ptr();
   p.g = g.const_data_ptr();
   C10_CUDA_CHECK(se_scale(p, stream()));
@@ -237,6 +245,7 @@ void input_grad_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor
 void dx_pass(const Geometry& geo, const at::Tensor& dy, const at::Tensor& g, const at::Tensor& a,
              const at::Tensor& b, const at::Tensor& maxv, at::Tensor& dx) {
   SePass p = pass_of<SePass>(geo);
+  p.reverse = alternate_order();  // from where Σ dy·x ended
   p.dy = dy.const_data_ptr();
   p.out = dx.data_ptr();
   p.g = g.const_data_ptr();

@@ -72,6 +72,16 @@ DeferredPool pool_pass_deferred(const Geometry& geo, at::Tensor& pooled, at::Ten
 // excitation, with the pool's combine, in one cooperative launch where the
 // device has them) or "launches" (a launch per phase), for A/B runs.
 bool cooperative_excite();
+// FUSED_ATTN_CUDA_ORDER: "alternate" (the default) or "forward", for A/B
+// runs. A pass over x (and dy) that follows another walks it the other way,
+// so that it starts on what the pass before it read last, which L2 may still
+// hold, rather than on what L2 evicted first: SE's and ECA's two-phase
+// elementwise passes (scale_pass, dx_pass) from the last element back, CBAM's
+// second pass each way (the channel pool, Σ_hw dx1·x) from the last sample
+// back. Where x is larger than L2 (50 MB on an H100) that could keep up to an
+// L2's worth of each such pass's reads off DRAM (bench/ab_cbam_order.py
+// measures CBAM's); the results are the same bits either way.
+bool alternate_order();
 // reduce_pass for an excitation backward that reads the segments' partials
 // itself (SeExcite / EcaExcite::s_partials): s and cnt are not written when
 // the pass has segments.

@@ -55,6 +55,11 @@ struct SePass {
   const void* a = nullptr;      // se_dx: added to every element
   const void* b = nullptr;      // se_dx: added where x == maxv
   const void* maxv = nullptr;   // se_reduce / se_dx: the forward's max; null unless avg+max
+
+  // se_scale / se_dx: walk the tensor from its last element back, so that
+  // the pass starts on what the reduction before it read last, which L2 may
+  // still hold (channel_gate.cpp's alternate_order). The same bits either way.
+  bool reverse = false;
 };
 
 // The number of H·W segments se_pool (backward = false) or se_reduce

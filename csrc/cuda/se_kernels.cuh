@@ -328,7 +328,8 @@ __global__ void __launch_bounds__(kColsX * kColsY) reduce_cols_kernel(const SePa
 }
 
 // The elementwise passes: out = x·g (forward) or dy·g + a (+ b where
-// x == maxv) (backward), V elements per thread per step, grid-stride. V > 1
+// x == maxv) (backward), V elements per thread per step, grid-stride (from
+// the last pack back with p.reverse). V > 1
 // needs the contiguous row (HW or C) to be a multiple of V and the tensors 16-byte aligned,
 // so a pack never straddles two (n, c) rows (NCHW) or two samples (channels_last).
 template <typename T, bool BWD, bool WITH_MAX, int V>
@@ -345,7 +346,7 @@ __global__ void __launch_bounds__(kThreads) apply_kernel(const SePass p) {
   const int64_t packs = p.N * C * HW / V;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packs; i += stride) {
-    const int64_t e = i * V;
+    const int64_t e = (p.reverse ? packs - 1 - i : i) * V;
     // (n, c) of each element of the pack.
     int64_t nc[V];
     if (!p.channels_last) {

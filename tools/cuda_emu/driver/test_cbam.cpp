@@ -103,6 +103,23 @@ bool run_cbam(const CbamCase& k, std::mt19937_64& rng) {
       std::printf("  %s returned %d\n", kname, static_cast<int>(e));
       ok = false;
     }
+    // The batch walked from the last sample back (CbamPass::reverse, which
+    // cbam_cuda.cpp sets for the channel pool and the channel reduce): the
+    // same bits in every output.
+    if (kind != CbamReduce::PixelReduce) {
+      Buf<A> rsum(sum.n), rext(ext.n);
+      rsum.fill_bytes(0xff), rext.fill_bytes(0xff);
+      if (q.segments > 1) ws.fill_bytes(0xff);
+      CbamPass r = q;
+      r.reverse = true;
+      r.sum = rsum.p, r.ext = rext.p;
+      const cudaError_t re = cbam_reduce(r, kind, nullptr);
+      if (re != cudaSuccess || cudaGetLastError() != cudaSuccess ||
+          std::memcmp(rsum.p, sum.p, sum.n * sizeof(A)) != 0 || std::memcmp(rext.p, ext.p, ext.n * sizeof(A)) != 0) {
+        std::printf("  %s reversed: returned %d, or not the same bits as in order\n", kname, static_cast<int>(re));
+        ok = false;
+      }
+    }
     return q.segments;
   };
 

@@ -3,6 +3,8 @@
 #include "common.h"
 #include "se_cuda.h"
 
+#include <cstring>
+
 using namespace fused_attn::cuda;
 
 namespace {
@@ -103,6 +105,18 @@ bool run_se(const SeCase& k, std::mt19937_64& rng) {
       }
     ok &= cs.done() & ce.done();
   }
+  // The elementwise pass from the last element back (SePass::reverse, which
+  // channel_gate.cpp sets by default) into a buffer aligned as out: the same
+  // bits as in order.
+  auto same_reversed = [&](SePass q, cudaError_t (*launcher)(const SePass&, cudaStream_t), const char* name) {
+    Buf<T> rout(total, k.mis_out);
+    rout.fill_bytes(0xff);
+    q.reverse = true, q.out = rout.p;
+    if (launcher(q, nullptr) != cudaSuccess || std::memcmp(rout.p, out.p, total * sizeof(T)) != 0) {
+      std::printf("  %s reversed: failed, or not the same bits as in order\n", name);
+      ok = false;
+    }
+  };
   // ---- se_scale: y = x·g
   {
     SePass q = p;
@@ -117,6 +131,7 @@ bool run_se(const SeCase& k, std::mt19937_64& rng) {
           cy.near(at3(n, c, qq), Ty<T>::to_d(out[idx(n, c, qq)]), ref, Ty<T>::ulp(ref) + 4 * u * std::fabs(r));
         }
     ok &= cy.done();
+    same_reversed(q, se_scale, "se_scale");
   }
   // ---- se_dx: dy·g + a (+ b where x == maxv)
   {
@@ -139,6 +154,7 @@ bool run_se(const SeCase& k, std::mt19937_64& rng) {
           cd.near(at3(n, c, qq), Ty<T>::to_d(out[idx(n, c, qq)]), ref, Ty<T>::ulp(ref) + 8 * u * mag);
         }
     ok &= cd.done();
+    same_reversed(q, se_dx, "se_dx");
   }
   return ok;
 }

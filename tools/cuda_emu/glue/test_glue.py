@@ -167,6 +167,123 @@ def test_cbam_running_buffers(running):
     check_outputs(ge, gc, torch.bfloat16, grad=True)
 
 
+# ---- the order of the passes (FUSED_ATTN_CUDA_ORDER) ---------------------------
+# A pass over x (dy) that follows another walks it the other way (channel_gate.h,
+# alternate_order): CBAM's second pass each way from the last sample back,
+# whichever kernel it takes (rows or columns, segments or not, one or eight
+# warps per row); SE's and ECA's two-phase elementwise passes from the last
+# element back.
+ORDER_CASES = [
+    ((4, 16, 6, 7), "f32", "nchw", CBAMVariant()),                # channel pool by columns, channel reduce by rows
+    ((4, 16, 6, 7), "bf16", "cl", CBAMVariant(train=True)),       # the other way round
+    ((3, 512, 3, 3), "f32", "nchw", CBAMVariant(light=True)),     # the channel pool in segments
+    ((3, 40, 12, 12), "f16", "cl", CBAMVariant(train=True)),      # the channel reduce in segments
+    ((2, 1024, 2, 2), "f32", "cl", CBAMVariant(k=3)),             # eight warps per row (channel pool)
+    ((2, 8, 32, 33), "f32", "nchw", CBAMVariant(k=3, train=True)),  # eight warps per row (channel reduce)
+]
+CBAM_ALTERNATE = ("up", "down", "up")  # per direction: the launches that read x, in order
+TWO_PHASE_ALTERNATE = ("up", "down")   # the reduction, then the elementwise pass (forward: x; backward: dy)
+ORDERS = ("forward", "alternate", "")  # "": unset, the default
+
+
+def _directions(reads, n):
+    """Per launch that read the watched tensor: 'up' (samples first read 0, 1, ...), 'down' (n-1, ...)
+    or the order itself."""
+    out = []
+    for line in reads:
+        order = [int(v) for v in line.split(":", 1)[1].split()]
+        out.append("up" if order == list(range(n)) else "down" if order == list(range(n))[::-1] else str(order))
+    return tuple(out)
+
+
+def _run_watched(monkeypatch, order, watched, fn):
+    """fn() under FUSED_ATTN_CUDA_ORDER=order, with watched's samples' first reads per launch."""
+    monkeypatch.setenv("FUSED_ATTN_CUDA_ORDER", order)
+    EMU.watch(watched, watched.shape[0])
+    try:
+        out = fn()
+        return out, _directions(EMU.reads(), watched.shape[0])
+    finally:
+        EMU.unwatch()
+
+
+def _same_bits(results):
+    for order in ORDERS[1:]:
+        for i, (a, b) in enumerate(zip(results["forward"], results[order])):
+            assert torch.equal(a, b), (order, i)
+
+
+@pytest.mark.parametrize("shape,dt,fmt,variant", ORDER_CASES,
+                         ids=[f"{s}-{d}-{f}-{v}" for s, d, f, v in ORDER_CASES])
+def test_cbam_pass_order(shape, dt, fmt, variant, monkeypatch):
+    """The forward's channel pool and the backward's channel reduce read x
+    from the last sample back (FUSED_ATTN_CUDA_ORDER=alternate, the default),
+    every other pass from the first on, and with =forward every pass from the
+    first: with the same bits in every output and gradient either way."""
+    dtype = DTYPES[dt]
+    args = _op_args(variant, dtype, shape, FORMATS[fmt])
+    dy = grad_like(args[0])
+    results = {}
+    for order in ORDERS:
+        want = ("up",) * 3 if order == "forward" else CBAM_ALTERNATE
+        out, fwd = _run_watched(monkeypatch, order, args[0], lambda: EMU.cbam_forward(*args))
+        grads, bwd = _run_watched(monkeypatch, order, args[0],
+                                  lambda: EMU.cbam_backward(*cbam_backward_args(args, out, dy, variant)))
+        assert (fwd, bwd) == (want, want), order
+        results[order] = [t for t in (*out, *grads) if t.numel()]
+    _same_bits(results)
+
+
+TWO_PHASE_ORDER_CASES = [
+    ("se", (3, 24, 5, 6), "f32", "nchw", SEVariant()),
+    ("se", (3, 64, 7, 7), "bf16", "cl", SEVariant(pool="avgmax")),
+    ("eca", (3, 40, 6, 5), "f16", "cl", ECAVariant(k=5)),
+    ("eca", (4, 16, 3, 3), "f32", "nchw", ECAVariant(k=3, padding="circular")),
+]
+
+
+@pytest.mark.parametrize("op,shape,dt,fmt,variant", TWO_PHASE_ORDER_CASES,
+                         ids=[f"{o}-{s}-{d}-{f}-{v}" for o, s, d, f, v in TWO_PHASE_ORDER_CASES])
+def test_two_phase_pass_order(op, shape, dt, fmt, variant, monkeypatch):
+    """SE's and ECA's two-phase paths: the reduction reads from the first
+    sample on, the elementwise pass after it (the rescale; dx) from the last
+    back (=forward: both from the first), with the same bits either way."""
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase")
+    dtype = DTYPES[dt]
+    if op == "se":
+        x, w1, b1, w2, b2 = se_sample(shape, dtype, FORMATS[fmt], variant, seed=sum(shape))
+        kw = (variant.act, variant.gate, variant.pool)
+        forward = lambda: EMU.se_forward(x, w1, b1, w2, b2, *kw)  # noqa: E731
+        backward = lambda out: EMU.se_backward(dy, x, w1, w2, *out[1:], *kw, b1 is not None,  # noqa: E731
+                                               b2 is not None)
+    else:
+        x, w, b = eca_sample(shape, dtype, FORMATS[fmt], variant, seed=sum(shape))
+        forward = lambda: EMU.eca_forward(x, w, b, variant.padding, variant.gate)  # noqa: E731
+        backward = lambda out: EMU.eca_backward(dy, x, w, *out[1:], variant.padding, variant.gate,  # noqa: E731
+                                                b is not None)
+    dy = grad_like(x)
+    results = {}
+    for order in ORDERS:
+        want = ("up", "up") if order == "forward" else TWO_PHASE_ALTERNATE
+        out, fwd = _run_watched(monkeypatch, order, x, forward)
+        grads, bwd = _run_watched(monkeypatch, order, dy, lambda: backward(out))
+        assert (fwd, bwd) == (want, want), order
+        results[order] = [t for t in (*out, *grads) if t.numel()]
+    _same_bits(results)
+
+
+@pytest.mark.parametrize("op", ["se", "cbam"])
+def test_pass_order_refuses_unknown_names(op, monkeypatch):
+    monkeypatch.setenv("FUSED_ATTN_CUDA_ORDER", "backward")
+    monkeypatch.setenv("FUSED_ATTN_CUDA_PATH", "two_phase")
+    with pytest.raises(ValueError, match="FUSED_ATTN_CUDA_ORDER must be alternate or forward"):
+        if op == "cbam":
+            EMU.cbam_forward(*_op_args(CBAMVariant()))
+        else:
+            x, w1, b1, w2, b2 = se_sample((2, 16, 4, 4), torch.float32, torch.contiguous_format, SEVariant())
+            EMU.se_forward(x, w1, b1, w2, b2, "relu", "sigmoid", "avg")
+
+
 # ---- the suite's own matrices ------------------------------------------------
 # Every (variant, shape) of the CPU suite's SE, ECA and CBAM matrices, with a
 # dtype, layout, CUDA path and an aligned, misaligned or strided x chosen in
