@@ -52,49 +52,55 @@ def main(argv=None):
     lines = ["| N×C×H×W | dtype | layout | copy | " + " | ".join(PATHS) + " |",
              "|---|---|---|---:|" + "---:|" * len(PATHS)]
     op = torch.ops.fused_attn.se_forward
-    for shape in sites:
-        N, C, H, W = shape
-        rd = C // 16
-        for dtype in (torch.bfloat16, torch.float32):
-            for fmt in (torch.channels_last, torch.contiguous_format):
-                g = torch.Generator().manual_seed(0)
-                x = torch.randn(shape, generator=g).to(args.device, dtype).contiguous(memory_format=fmt)
-                w1 = (torch.randn(rd, C, generator=g) / C ** 0.5).to(args.device, dtype)
-                w2 = (torch.randn(C, rd, generator=g) / rd ** 0.5).to(args.device, dtype)
-                b1 = torch.zeros(rd, device=args.device, dtype=dtype)
-                b2 = torch.zeros(C, device=args.device, dtype=dtype)
-                y = torch.empty_like(x)
+    saved = {k: os.environ.get(k) for k in KNOBS}
+    try:
+        for shape in sites:
+            N, C, H, W = shape
+            rd = C // 16
+            for dtype in (torch.bfloat16, torch.float32):
+                for fmt in (torch.channels_last, torch.contiguous_format):
+                    g = torch.Generator().manual_seed(0)
+                    x = torch.randn(shape, generator=g).to(args.device, dtype).contiguous(memory_format=fmt)
+                    w1 = (torch.randn(rd, C, generator=g) / C ** 0.5).to(args.device, dtype)
+                    w2 = (torch.randn(C, rd, generator=g) / rd ** 0.5).to(args.device, dtype)
+                    b1 = torch.zeros(rd, device=args.device, dtype=dtype)
+                    b2 = torch.zeros(C, device=args.device, dtype=dtype)
+                    y = torch.empty_like(x)
 
-                def run(*knobs):
-                    os.environ.update(zip(KNOBS, knobs))
-                    return op(x, w1, b1, w2, b2, "relu", "sigmoid", "avg")
+                    def run(*knobs):
+                        os.environ.update(zip(KNOBS, knobs))
+                        return op(x, w1, b1, w2, b2, "relu", "sigmoid", "avg")
 
-                providers = {"copy": lambda i: y.copy_(x)}
-                for name, knobs in PATHS.items():
-                    try:
-                        run(*knobs)  # warm: plans, occupancy queries
-                    except RuntimeError as e:  # the forced single launch without a plan
-                        print(f"# {shape} {dtype} {name}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
-                        continue
-                    providers[name] = lambda i, k=knobs: run(*k)
-                if cuda:
-                    res = measure_cuda(providers, 1, rounds=args.rounds, reps=args.reps)
-                else:
-                    import time
-                    res = {}
-                    for name, fn in providers.items():
-                        ts = []
-                        for _ in range(3):
-                            t0 = time.perf_counter()
-                            fn(0)
-                            ts.append(time.perf_counter() - t0)
-                        res[name] = quartiles_ms(ts)
-                cells = [f"{res[n]['median_ms'] * 1e3:.1f}" if n in res else "-" for n in ["copy", *PATHS]]
-                layout = "cl" if fmt is torch.channels_last else "nchw"
-                lines.append(f"| {N}×{C}×{H}×{W} | {str(dtype)[6:]} | {layout} | " + " | ".join(cells) + " |")
-                print(lines[-1], flush=True)
-    for k in KNOBS:
-        os.environ.pop(k, None)
+                    providers = {"copy": lambda i: y.copy_(x)}
+                    for name, knobs in PATHS.items():
+                        try:
+                            run(*knobs)  # warm: plans, occupancy queries
+                        except RuntimeError as e:  # the forced single launch without a plan
+                            print(f"# {shape} {dtype} {name}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+                            continue
+                        providers[name] = lambda i, k=knobs: run(*k)
+                    if cuda:
+                        res = measure_cuda(providers, 1, rounds=args.rounds, reps=args.reps)
+                    else:
+                        import time
+                        res = {}
+                        for name, fn in providers.items():
+                            ts = []
+                            for _ in range(3):
+                                t0 = time.perf_counter()
+                                fn(0)
+                                ts.append(time.perf_counter() - t0)
+                            res[name] = quartiles_ms(ts)
+                    cells = [f"{res[n]['median_ms'] * 1e3:.1f}" if n in res else "-" for n in ["copy", *PATHS]]
+                    layout = "cl" if fmt is torch.channels_last else "nchw"
+                    lines.append(f"| {N}×{C}×{H}×{W} | {str(dtype)[6:]} | {layout} | " + " | ".join(cells) + " |")
+                    print(lines[-1], flush=True)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     dev = torch.cuda.get_device_name(0) if cuda else "cpu (smoke)"
     head = (f"# SE forward paths, µs (median), {dev}, torch {torch.__version__}, "
             f"fused_attn backends: {fused_attn.backends()['cuda']}\n\n")

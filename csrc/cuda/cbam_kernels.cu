@@ -154,9 +154,8 @@ __global__ void __launch_bounds__(kColsX * kColsY) reduce_cols_kernel(const Cbam
   const bool active = j0 < R;
   const int64_t seg = REV ? p.segments - 1 - blockIdx.z : blockIdx.z;
   const int64_t begin = seg * seg_len, end = begin + seg_len < L ? begin + seg_len : L;
-  // REV: the block rows' samples in reverse (with a sample per block row, as
-  // below 65536 samples, the whole batch from the last back).
-  for (int64_t n = REV ? gridDim.y - 1 - blockIdx.y : blockIdx.y; n < p.N; n += gridDim.y) {
+  for (int64_t m = blockIdx.y; m < p.N; m += gridDim.y) {
+    const int64_t n = REV ? p.N - 1 - m : m;
     Red<T, K> acc[V];
     if (active) {
       const T* xs = x + n * L * R + j0;

@@ -21,7 +21,8 @@ TORCH_LIBRARY_FRAGMENT(fused_attn_cuda_emu, m) {
     return c10::List<std::string>(t);
   });
   m.def("watch(Tensor t, int granules) -> ()", [](const at::Tensor& t, int64_t granules) {
-    TORCH_CHECK(granules > 0 && t.nbytes() % granules == 0, "cuda-emu: watch needs whole granules");
+    TORCH_CHECK(granules > 0 && t.nbytes() % granules == 0 && t.is_non_overlapping_and_dense(),
+                "cuda-emu: watch needs a dense tensor of whole granules");
     ::emu::watch(t.const_data_ptr(), t.nbytes(), t.nbytes() / granules);
   });
   m.def("unwatch() -> ()", []() { ::emu::watch(nullptr, 0, 1); });

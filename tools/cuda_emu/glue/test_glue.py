@@ -183,7 +183,7 @@ ORDER_CASES = [
 ]
 CBAM_ALTERNATE = ("up", "down", "up")  # per direction: the launches that read x, in order
 TWO_PHASE_ALTERNATE = ("up", "down")   # the reduction, then the elementwise pass (forward: x; backward: dy)
-ORDERS = ("forward", "alternate", "")  # "": unset, the default
+ORDERS = ("forward", "alternate", None)  # None: unset, the default
 
 
 def _directions(reads, n):
@@ -197,8 +197,14 @@ def _directions(reads, n):
 
 
 def _run_watched(monkeypatch, order, watched, fn):
-    """fn() under FUSED_ATTN_CUDA_ORDER=order, with watched's samples' first reads per launch."""
-    monkeypatch.setenv("FUSED_ATTN_CUDA_ORDER", order)
+    """fn() under FUSED_ATTN_CUDA_ORDER=order (None: unset), with watched's samples' first reads per
+    launch; outputs and workspaces poisoned (FUSED_ATTN_DEBUG_POISON), so an output a pass leaves
+    unwritten cannot pass for the other order's through a reused allocation."""
+    monkeypatch.setenv("FUSED_ATTN_DEBUG_POISON", "1")
+    if order is None:
+        monkeypatch.delenv("FUSED_ATTN_CUDA_ORDER", raising=False)
+    else:
+        monkeypatch.setenv("FUSED_ATTN_CUDA_ORDER", order)
     EMU.watch(watched, watched.shape[0])
     try:
         out = fn()

@@ -48,11 +48,13 @@ void watch(const void* base, size_t bytes, size_t granule) {
   watch_bytes = base != nullptr ? bytes : 0;
   watch_granule = granule > 0 ? granule : 1;
   reads.clear();
+  first_reads.clear();
+  granule_read.clear();
 }
 void on_load(const void* p) {
-  const unsigned char* b = static_cast<const unsigned char*>(p);
-  if (watch_bytes == 0 || b < watch_base || b >= watch_base + watch_bytes) return;
-  const size_t g = static_cast<size_t>(b - watch_base) / watch_granule;
+  const uintptr_t b = reinterpret_cast<uintptr_t>(p), base = reinterpret_cast<uintptr_t>(watch_base);
+  if (watch_bytes == 0 || b < base || b - base >= watch_bytes) return;
+  const size_t g = static_cast<size_t>(b - base) / watch_granule;
   if (granule_read.size() <= g) granule_read.resize(g + 1, 0);
   if (!granule_read[g]) granule_read[g] = 1, first_reads.push_back(static_cast<long>(g));
 }
@@ -527,8 +529,10 @@ void launch(const char* name, const char* where, const Cfg& cfg, const std::func
   gridDim = cfg.grid;
   blockDim = cfg.block;
   body_fn = &body;
-  first_reads.clear();
-  granule_read.assign(granule_read.size(), 0);
+  if (watch_bytes != 0) {
+    first_reads.clear();
+    granule_read.assign(granule_read.size(), 0);
+  }
   const unsigned long long nblocks = 1ull * cfg.grid.x * cfg.grid.y * cfg.grid.z;
   if (nblocks > (1ull << 26)) fail("too many blocks to emulate (%llu)", nblocks);
   cur_cfg = &cfg;
@@ -574,7 +578,7 @@ void launch(const char* name, const char* where, const Cfg& cfg, const std::func
   dyn_bufs.clear();
   cluster_blocks = 1;
   cur_cfg = nullptr;
-  if (!first_reads.empty()) {
+  if (watch_bytes != 0 && !first_reads.empty()) {
     std::string line = std::string(name) + ":";
     for (long g : first_reads) line += " " + std::to_string(g);
     reads.push_back(line);

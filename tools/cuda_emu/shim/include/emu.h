@@ -120,8 +120,10 @@ extern bool dry_run;  // validate the launch configuration only
 // A watched range of device memory cut into granules (emu_device.cpp's
 // watch op): every launch that reads it through load_pack (prepare.py's
 // rewrite calls on_load) logs the granules in the order it first read them,
-// "kernel: i j k ..." (take_reads: those logged since the last call). The
-// order the blocks of a grid walk memory, for the passes that choose it.
+// "kernel: i j k ..." (take_reads: those logged since the last call; watch
+// starts afresh). The order the blocks of a grid walk memory, for the passes
+// that choose it: meaningful under policy 0 (blocks in grid order), the
+// glue's.
 void watch(const void* base, size_t bytes, size_t granule);
 void on_load(const void* p);
 std::vector<std::string> take_reads();
