@@ -18,13 +18,12 @@ tensors. Medians of CUDA-event times in µs, the providers taking turns.
 """
 import argparse
 import os
-import time
 
 import torch
 
-import fused_attn
+import fused_attn  # noqa: F401  (registers torch.ops.fused_attn)
 
-from bench.common import measure_cuda, quartiles_ms
+from bench.common import measure_ab, restored_env, write_ab
 
 SITES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
 ORDERS = ("forward", "alternate")
@@ -61,12 +60,11 @@ def main(argv=None):
     cuda = args.device == "cuda"
     grid = [(N, C, H) for N in args.batch for C, H in SITES] if cuda else [(2, 32, 7)]
     os.environ.pop("FUSED_ATTN_DEBUG_POISON", None)
-    old = os.environ.get(KEY)
     fwd, bwd = torch.ops.fused_attn.cbam_forward, torch.ops.fused_attn.cbam_backward
     names = ["copy"] + [f"{d} {o}" for d in ("fwd", "bwd") for o in ORDERS]
     lines = ["| N×C×H×W | dtype | layout | x (MB) | " + " | ".join(names) + " |",
              "|---|---|---|---:|" + "---:|" * len(names)]
-    try:
+    with restored_env(KEY):
         for N, C, H in grid:
             for dtype in (torch.bfloat16, torch.float32):
                 for fmt in (torch.channels_last, torch.contiguous_format):
@@ -89,17 +87,7 @@ def main(argv=None):
                         providers[f"bwd {order}"] = lambda i, o=order: run(bwd, bargs, o)
                     for fn in providers.values():
                         fn(0)  # warm
-                    if cuda:
-                        res = measure_cuda(providers, 1, rounds=args.rounds, reps=args.reps)
-                    else:
-                        res = {}
-                        for name, fn in providers.items():
-                            ts = []
-                            for _ in range(3):
-                                t0 = time.perf_counter()
-                                fn(0)
-                                ts.append(time.perf_counter() - t0)
-                            res[name] = quartiles_ms(ts)
+                    res = measure_ab(providers, cuda, rounds=args.rounds, reps=args.reps)
                     cells = [f"{res[n]['median_ms'] * 1e3:.1f}" for n in names]
                     layout = "cl" if fmt is torch.channels_last else "nchw"
                     mb = x.numel() * x.element_size() / 1e6
@@ -107,20 +95,7 @@ def main(argv=None):
                                  + " | ".join(cells) + " |")
                     print(lines[-1], flush=True)
                     del eval_args, train_args, saved, bargs, x, y, dy
-    finally:
-        if old is None:
-            os.environ.pop(KEY, None)
-        else:
-            os.environ[KEY] = old
-    dev = torch.cuda.get_device_name(0) if cuda else "cpu (smoke)"
-    l2_bytes = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) if cuda else 0
-    l2 = f", L2 {l2_bytes / 2**20:.0f} MiB" if l2_bytes else ""
-    head = (f"# CBAM pass order, µs (median), {dev}{l2}, torch {torch.__version__}, "
-            f"fused_attn backends: {fused_attn.backends()['cuda']}\n\n")
-    if args.out:
-        with open(os.path.join(args.out, "ab_cbam_order.md"), "w") as f:
-            f.write(head + "\n".join(lines) + "\n")
-    print(head.strip())
+    write_ab(args.out, "ab_cbam_order", "CBAM pass order", lines, cuda)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ import sys
 
 import torch
 
-import fused_attn
+import fused_attn  # noqa: F401  (registers torch.ops.fused_attn)
 
-from bench.common import measure_cuda, quartiles_ms
+from bench.common import measure_ab, restored_env, write_ab
 
 SITES = [(32, 2048, 7, 7), (128, 2048, 7, 7), (32, 1024, 14, 14), (128, 1024, 14, 14)]
 PATHS = {"auto": ("auto", "cooperative", "alternate"), "fused": ("fused", "cooperative", "alternate"),
@@ -52,8 +52,7 @@ def main(argv=None):
     lines = ["| N×C×H×W | dtype | layout | copy | " + " | ".join(PATHS) + " |",
              "|---|---|---|---:|" + "---:|" * len(PATHS)]
     op = torch.ops.fused_attn.se_forward
-    saved = {k: os.environ.get(k) for k in KNOBS}
-    try:
+    with restored_env(*KNOBS):
         for shape in sites:
             N, C, H, W = shape
             rd = C // 16
@@ -79,35 +78,12 @@ def main(argv=None):
                             print(f"# {shape} {dtype} {name}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
                             continue
                         providers[name] = lambda i, k=knobs: run(*k)
-                    if cuda:
-                        res = measure_cuda(providers, 1, rounds=args.rounds, reps=args.reps)
-                    else:
-                        import time
-                        res = {}
-                        for name, fn in providers.items():
-                            ts = []
-                            for _ in range(3):
-                                t0 = time.perf_counter()
-                                fn(0)
-                                ts.append(time.perf_counter() - t0)
-                            res[name] = quartiles_ms(ts)
+                    res = measure_ab(providers, cuda, rounds=args.rounds, reps=args.reps)
                     cells = [f"{res[n]['median_ms'] * 1e3:.1f}" if n in res else "-" for n in ["copy", *PATHS]]
                     layout = "cl" if fmt is torch.channels_last else "nchw"
                     lines.append(f"| {N}×{C}×{H}×{W} | {str(dtype)[6:]} | {layout} | " + " | ".join(cells) + " |")
                     print(lines[-1], flush=True)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    dev = torch.cuda.get_device_name(0) if cuda else "cpu (smoke)"
-    head = (f"# SE forward paths, µs (median), {dev}, torch {torch.__version__}, "
-            f"fused_attn backends: {fused_attn.backends()['cuda']}\n\n")
-    if args.out:
-        with open(os.path.join(args.out, "ab_cuda_paths.md"), "w") as f:
-            f.write(head + "\n".join(lines) + "\n")
-    print(head.strip())
+    write_ab(args.out, "ab_cuda_paths", "SE forward paths", lines, cuda)
 
 
 if __name__ == "__main__":

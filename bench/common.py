@@ -2,6 +2,7 @@
 writing them (JSON with every number, and a markdown table), the machine's
 description, and timing providers in turn (CPU wall clock, CUDA events)."""
 import argparse
+import contextlib
 import datetime
 import glob
 import importlib.metadata
@@ -99,6 +100,56 @@ def measure_cuda(providers, n_inputs, *, rounds, reps):
             torch.cuda.synchronize()
             times[name].extend(s.elapsed_time(e) * 1e-3 for s, e in events)
     return {name: quartiles_ms(ts) for name, ts in times.items()}
+
+
+@contextlib.contextmanager
+def restored_env(*keys):
+    """The A/B scripts set their knobs (environment variables) per call; this
+    puts each back as it was, or unset, on the way out."""
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def write_ab(out_dir, stem, title, lines, cuda):
+    """An A/B table under a heading naming the device (and its L2), torch and
+    the CUDA backend's build: printed, and written to out_dir/stem.md when
+    out_dir is set."""
+    import torch
+
+    import fused_attn
+
+    dev = torch.cuda.get_device_name(0) if cuda else "cpu (smoke)"
+    l2_bytes = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) if cuda else 0
+    l2 = f", L2 {l2_bytes / 2**20:.0f} MiB" if l2_bytes else ""
+    head = (f"# {title}, µs (median), {dev}{l2}, torch {torch.__version__}, "
+            f"fused_attn backends: {fused_attn.backends()['cuda']}\n\n")
+    if out_dir:
+        with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
+            f.write(head + "\n".join(lines) + "\n")
+    print(head.strip())
+
+
+def measure_ab(providers, cuda, *, rounds, reps):
+    """The A/B scripts' timing: measure_cuda of each fn(0) on a GPU; without one,
+    three wall-clock calls each (a smoke run of the plumbing, not a measurement)."""
+    if cuda:
+        return measure_cuda(providers, 1, rounds=rounds, reps=reps)
+    res = {}
+    for name, fn in providers.items():
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn(0)
+            ts.append(time.perf_counter() - t0)
+        res[name] = quartiles_ms(ts)
+    return res
 
 
 def cpu_model():
