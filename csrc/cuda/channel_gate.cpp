@@ -16,6 +16,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
+#include <string>
 #include <vector>
 
 namespace fused_attn::cuda {
@@ -44,15 +46,26 @@ int sm_count(int device) {
 
 namespace {
 
+// Which of the named choices an environment variable holds (the first, the
+// default, when it is unset or empty), or a ValueError naming the variable
+// and its choices: the CUDA backend's A/B knobs.
+size_t env_choice(const char* name, std::initializer_list<const char*> choices) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || v[0] == '\0') return 0;
+  size_t i = 0;
+  std::string list;
+  for (const char* c : choices) {
+    if (std::strcmp(v, c) == 0) return i;
+    list += i == 0 ? "" : i + 1 == choices.size() ? " or " : ", ";
+    list += c;
+    ++i;
+  }
+  TORCH_CHECK_VALUE(false, "fused_attn: ", name, " must be ", list, "; got '", v, "'");
+}
+
 enum class Path { Auto, Fused, TwoPhase };
 
-Path cuda_path() {
-  const char* v = std::getenv("FUSED_ATTN_CUDA_PATH");
-  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "auto") == 0) return Path::Auto;
-  if (std::strcmp(v, "fused") == 0) return Path::Fused;
-  if (std::strcmp(v, "two_phase") == 0) return Path::TwoPhase;
-  TORCH_CHECK_VALUE(false, "fused_attn: FUSED_ATTN_CUDA_PATH must be auto, fused or two_phase; got '", v, "'");
-}
+Path cuda_path() { return static_cast<Path>(env_choice("FUSED_ATTN_CUDA_PATH", {"auto", "fused", "two_phase"})); }
 
 }  // namespace
 
@@ -206,19 +219,9 @@ DeferredPool reduce_pass_deferred(const Geometry& geo, const at::Tensor& dy, con
   return reduction(geo, &dy, maxv, s, cnt, false, true);
 }
 
-bool cooperative_excite() {
-  const char* v = std::getenv("FUSED_ATTN_CUDA_EXCITE");
-  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "cooperative") == 0) return true;
-  if (std::strcmp(v, "launches") == 0) return false;
-  TORCH_CHECK_VALUE(false, "fused_attn: FUSED_ATTN_CUDA_EXCITE must be cooperative or launches; got '", v, "'");
-}
+bool cooperative_excite() { return env_choice("FUSED_ATTN_CUDA_EXCITE", {"cooperative", "launches"}) == 0; }
 
-bool alternate_order() {
-  const char* v = std::getenv("FUSED_ATTN_CUDA_ORDER");
-  if (v == nullptr || v[0] == '\0' || std::strcmp(v, "alternate") == 0) return true;
-  if (std::strcmp(v, "forward") == 0) return false;
-  TORCH_CHECK_VALUE(false, "fused_attn: FUSED_ATTN_CUDA_ORDER must be alternate or forward; got '", v, "'");
-}
+bool alternate_order() { return env_choice("FUSED_ATTN_CUDA_ORDER", {"alternate", "forward"}) == 0; }
 
 void scale_pass(const Geometry& geo, const at::Tensor& g, at::Tensor& y) {
   SePass p = pass_of<SePass>(geo);
