@@ -59,8 +59,11 @@ at::Tensor fc(const at::Tensor& v, const at::Tensor& w, const c10::optional<at::
 }
 
 // Runs one reduction into sum / ext (contiguous, accumulation dtype), with
-// the workspace its segments need.
+// the workspace its segments need. The channel pool and the channel reduce,
+// each its direction's second pass, walk the batch from the last sample back
+// (channel_gate.h's alternate_order).
 void reduce(CbamPass p, CbamReduce kind, const Geometry& geo, const at::Tensor& sum, const at::Tensor& ext) {
+  p.reverse = kind != CbamReduce::PixelReduce && alternate_order();
   p.sum = sum.data_ptr();
   p.ext = ext.data_ptr();
   p.segments = cbam_reduce_segments(p, kind);
@@ -232,9 +235,7 @@ Forward cbam_forward_cuda(const at::Tensor& x_in, const at::Tensor& w1, const c1
   maybe_poison(smap);
   CbamPass p = pass_of<CbamPass>(geo);
   p.g = g.const_data_ptr();
-  p.reverse = alternate_order();  // from where the pool ended
   reduce(p, CbamReduce::ChannelPool, geo, smap[0], smap[1]);
-  p.reverse = false;
   // The spatial gate in two launches: z, the statistics (the batch's, or the
   // running buffers read in place), s.
   at::Tensor z = acc_empty(N, HW, aopt), s = acc_empty(N, HW, aopt);
@@ -366,9 +367,7 @@ Backward cbam_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in, con
   p.dcmax = dcmax.const_data_ptr();
   p.mx = mx.const_data_ptr();
   const at::Tensor dg = acc_empty(N, C, aopt), scnt = acc_empty(N, C, aopt);
-  p.reverse = alternate_order();  // from where pass 1 ended
   reduce(p, CbamReduce::ChannelReduce, geo, dg, scnt);
-  p.reverse = false;
 
   // The channel gate and the MLP backward, once for the batch: four launches
   // of ours (cbam_mlp_backward) with hidden units; without, ATen's ops.

@@ -698,23 +698,22 @@ cudaError_t launch_reduce(const CbamPass& p, cudaStream_t stream) {
   if (p.segments != segments_of<T, K>(p) || (p.segments > 1 && p.partials == nullptr))
     return cudaErrorInvalidValue;  // the caller sizes the workspace with cbam_reduce_segments
   const bool vec = reduction_vectorizes<T, K>(p);
+  const auto launch = [&](auto rev) {
+    if (vec) {
+      launch_reduce_v<T, K, kVec<T>, decltype(rev)::value>(p, stream);
+    } else {
+      launch_reduce_v<T, K, 1, decltype(rev)::value>(p, stream);
+    }
+  };
   // Only the passes cbam_cuda.cpp walks in reverse have the reversed kernels;
   // the pixel reduce takes p.reverse as the hint it is and walks in order.
   if constexpr (K != CbamReduce::PixelReduce) {
     if (p.reverse) {
-      if (vec) {
-        launch_reduce_v<T, K, kVec<T>, true>(p, stream);
-      } else {
-        launch_reduce_v<T, K, 1, true>(p, stream);
-      }
+      launch(std::true_type{});
       return cudaGetLastError();
     }
   }
-  if (vec) {
-    launch_reduce_v<T, K, kVec<T>, false>(p, stream);
-  } else {
-    launch_reduce_v<T, K, 1, false>(p, stream);
-  }
+  launch(std::false_type{});
   return cudaGetLastError();
 }
 
