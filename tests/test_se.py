@@ -168,3 +168,68 @@ def test_cpu_row_reductions_do_not_depend_on_the_batch(dtype, memory_format, hw)
             assert torch.equal(pooled[n:n + 1], pooled_n) and torch.equal(maxv[n:n + 1], maxv_n), n
             _, p_n, z_n = eca_fwd(xn, w, None, "zeros", "sigmoid")
             assert torch.equal(dx[n:n + 1], eca_bwd(dyn, xn, w, p_n, z_n, "zeros", "sigmoid", False)[0]), n
+
+
+
+def check_outputs_round_as_torch(op, dtype, memory_format, device="cpu", nan_bits=None):
+    """y = x·g computed in float32 and rounded once to x's dtype, bit for bit
+    as torch rounds (nearest, ties to even). g comes back as the forward's
+    logits (float32) through hard_sigmoid, computed here as the kernels do.
+    Mostly gates of few bits (fc2's weight zero, so z = fc2's bias exactly and
+    g = 3/4, 5/8, 7/8, 9/16 as the channel's bias picks), whose products land
+    on halfway cases about every other element, over x drawn across the
+    dtype's range: normal values, subnormal products, values near its largest;
+    then random gates. The first sample holds a NaN (its every output NaN;
+    nan_bits: the 16 bits the kernel writes for one)."""
+    for (N, C, H, W), random_gate in [((3, 37, 5, 7), False), ((2, 64, 4, 8), False), ((3, 24, 3, 5), True)]:
+        g = torch.Generator().manual_seed(N * C)
+        finfo = torch.finfo(dtype)
+        # normal, subnormal products, near the top (a sum of H·W of them stays finite)
+        scale = torch.tensor([1.0, finfo.tiny * 8, finfo.max / 2**12])
+        x = torch.randn(N, C, H, W, generator=g) * scale[torch.randint(0, 3, (N, C, H, W), generator=g)]
+        x = x.to(dtype)
+        x[0, 1, 0, 0] = float("nan")
+        rd = 4
+        w1 = (torch.randn(rd, C, generator=g) * 0.1).to(dtype)
+        b1 = torch.randn(rd, generator=g).to(dtype)
+        w2 = (torch.randn(C, rd, generator=g) if random_gate else torch.zeros(C, rd)).to(dtype)
+        b2 = (torch.randn(C, generator=g) if random_gate else torch.tensor([1.5, 0.75, 2.25, 0.375]).repeat(C)[:C])
+        x, w1, b1, w2, b2 = (t.to(device) for t in (x.contiguous(memory_format=memory_format), w1, b1, w2, b2.to(dtype)))
+        y, _, _, _, logits = op(x, w1, b1, w2, b2, "relu", "hard_sigmoid", "avg")
+        assert logits.dtype == torch.float32
+        gate = torch.clamp(logits + 3, 0, 6) / 6
+        if not random_gate:
+            torch.testing.assert_close(gate[1:], ((b2.float() + 3) / 6).expand(N - 1, C), rtol=0, atol=0)
+        expected = (x.float() * gate[:, :, None, None]).to(dtype)
+        assert y.stride() == x.stride()
+        assert torch.equal(y.isnan(), expected.isnan()) and y[0].isnan().all()
+        finite = ~expected.isnan()
+        bits, expected_bits = y.view(torch.int16)[finite], expected.view(torch.int16)[finite]
+        assert torch.equal(bits, expected_bits), f"{(bits != expected_bits).sum()} elements differ in their bits"
+        if nan_bits is not None:
+            assert (y[0].view(torch.int16) == nan_bits).all()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["stores", "streaming"])
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_outputs_round_to_the_dtype_as_torch_does(backend, monkeypatch, dtype, memory_format, stream):
+    """The rescale's narrowing to x's dtype (check_outputs_round_as_torch):
+    the CPU builds' vector conversions and their scalar tails, with and
+    without streaming stores (rows of whole cache lines and not), and the
+    Triton kernels' casts (float16 only under the interpreter, whose float32
+    to bfloat16 cast truncates, subnormals wrongly, where a GPU rounds to
+    nearest: test_se_gpu.py checks that). bfloat16's NaN from the C++ backend
+    is c10::BFloat16's quiet NaN 0x7FC0 (ATen's vectorized conversion writes
+    0xFFFF instead)."""
+    if backend == "reference":
+        pytest.skip("the reference rounds g to x's dtype first, as eager timm does")
+    if backend == "triton" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter's float32 -> bfloat16 cast truncates")
+    if stream:
+        if backend != "cpu":
+            pytest.skip("streaming stores are the C++ backend's")
+        monkeypatch.setenv("FUSED_ATTN_CPU_STREAM_BYTES", "0")
+    op = torch.ops.fused_attn.se_forward_triton if backend == "triton" else torch.ops.fused_attn.se_forward
+    check_outputs_round_as_torch(op, dtype, memory_format, nan_bits=0x7FC0 if dtype == torch.bfloat16 and
+                                 backend != "triton" else None)

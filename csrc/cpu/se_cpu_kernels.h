@@ -34,26 +34,7 @@ inline const double* load_block(const double* s, double*, int64_t) { return s; }
 inline void store_block(const float* s, c10::BFloat16* d, int64_t n);
 inline void store_block(const float* s, c10::Half* d, int64_t n);
 
-inline const float* load_block(const c10::BFloat16* s, float* d, int64_t n) {
-  const uint16_t* u = reinterpret_cast<const uint16_t*>(s);
-  uint32_t bits[kBlock];
-  for (int64_t j = 0; j < n; ++j) bits[j] = static_cast<uint32_t>(u[j]) << 16;
-  std::memcpy(d, bits, n * sizeof(float));
-  return d;
-}
-
-// Round to nearest even, NaN to the canonical quiet NaN: c10::BFloat16's rule.
-inline void store_block(const float* s, c10::BFloat16* d, int64_t n) {
-  uint32_t bits[kBlock];
-  uint16_t out[kBlock];
-  std::memcpy(bits, s, n * sizeof(float));
-  for (int64_t j = 0; j < n; ++j) {
-    const uint32_t b = bits[j];
-    const uint32_t rounded = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
-    out[j] = (b & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
-  }
-  std::memcpy(d, out, n * sizeof(uint16_t));
-}
+inline const float* load_block(const c10::BFloat16* s, float* d, int64_t n);  // after vload_t
 
 inline const float* load_block(const c10::Half* s, float* d, int64_t n) {
   int64_t j = 0;
@@ -133,6 +114,7 @@ template <typename V> inline __attribute__((always_inline)) V veq01(V a, V b) {
 // vload_t converts kW<A> elements of T on the way in, vstore_t on the way
 // out, vround_t rounds to T and back (x1 as the module stores it).
 typedef uint32_t U32x8 __attribute__((vector_size(32)));  // a float vector's bits
+typedef uint16_t U16x8 __attribute__((vector_size(16)));  // eight bfloat16's bits
 typedef int32_t I32x8 __attribute__((vector_size(32)));
 // The same bits as another type of the same size (std::bit_cast, C++17).
 template <typename To, typename From>
@@ -149,11 +131,16 @@ inline __attribute__((always_inline)) Vec<acc_t<T>> vload_t(const T* p) {
   if constexpr (std::is_same_v<T, A>) {
     return vload(p);
   } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    typedef uint16_t U16x8 __attribute__((vector_size(16)));
+#ifdef FUSED_ATTN_F16C
+    // One widening load (GCC splits __builtin_convertvector's into halves).
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return bits_as<Vec<A>>(_mm256_slli_epi32(w, 16));
+#else
     U16x8 h;
     std::memcpy(&h, p, sizeof h);
     const U32x8 b = __builtin_convertvector(h, U32x8) << 16;
     return bits_as<Vec<A>>(b);
+#endif
   } else {
 #ifdef FUSED_ATTN_F16C
     const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -166,18 +153,35 @@ inline __attribute__((always_inline)) Vec<acc_t<T>> vload_t(const T* p) {
   }
 }
 
+// v rounded to bfloat16 by c10::BFloat16's rule (nearest, ties to even; NaN
+// to the quiet NaN 0x7FC0), in the upper 16 bits of each lane; the lower 16
+// are left as they fall.
+inline __attribute__((always_inline)) U32x8 bf16_round_hi(Vec<float> v) {
+  const U32x8 b = bits_as<U32x8>(v);
+  return (v != v) ? (U32x8{} + 0x7FC00000u) : b + 0x7FFFu + ((b >> 16) & 1u);
+}
+
+// bfloat16 is float's upper half: eight at a time as vload_t widens them, the
+// tail one by one. (A lane-by-lane loop through a bits array had made the
+// channels_last pool in bf16 twice as slow as in float16.)
+inline const float* load_block(const c10::BFloat16* s, float* d, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) vstore(d + j, vload_t(s + j));
+  const uint16_t* u = reinterpret_cast<const uint16_t*>(s);
+  for (; j < n; ++j) {
+    const uint32_t b = static_cast<uint32_t>(u[j]) << 16;
+    std::memcpy(d + j, &b, sizeof b);
+  }
+  return d;
+}
+
 template <typename T>
 inline __attribute__((always_inline)) Vec<acc_t<T>> vround_t(Vec<acc_t<T>> v) {
   using A = acc_t<T>;
   if constexpr (std::is_same_v<T, A>) {
     return v;
   } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    // c10::BFloat16's rule: nearest, ties to even; NaN to the quiet NaN.
-    const U32x8 b = bits_as<U32x8>(v);
-    const U32x8 r = (b + 0x7FFFu + ((b >> 16) & 1u)) & 0xFFFF0000u;
-    const I32x8 mag = bits_as<I32x8>(b) & 0x7FFFFFFF;  // |v|'s bits, compared signed
-    const U32x8 out = (mag > 0x7F800000) ? (U32x8{} + 0x7FC00000u) : r;
-    return bits_as<Vec<A>>(out);
+    return bits_as<Vec<A>>(bf16_round_hi(v) & 0xFFFF0000u);
   } else {
 #ifdef FUSED_ATTN_F16C
     const __m256 r = _mm256_cvtph_ps(_mm256_cvtps_ph(bits_as<__m256>(v), _MM_FROUND_TO_NEAREST_INT));
@@ -187,6 +191,32 @@ inline __attribute__((always_inline)) Vec<acc_t<T>> vround_t(Vec<acc_t<T>> v) {
     return v;
 #endif
   }
+}
+
+// Eight floats as bfloat16 bits (bf16_round_hi's upper halves): vector ops,
+// where a lane-by-lane store had cost the bf16 passes 3-6x over float16's.
+inline __attribute__((always_inline)) U16x8 bf16_bits(Vec<float> v) {
+#ifdef FUSED_ATTN_F16C
+  // The upper halves, packed: every value is below 2^16, so packus's
+  // saturation never applies (the generic narrowing masks them first).
+  const __m256i h = _mm256_srli_epi32(bits_as<__m256i>(bf16_round_hi(v)), 16);
+  return bits_as<U16x8>(_mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0xD8)));
+#else
+  return __builtin_convertvector(bf16_round_hi(v) >> 16, U16x8);
+#endif
+}
+inline __attribute__((always_inline)) void store_bf16x8(const float* s, c10::BFloat16* d) {
+  const U16x8 h = bf16_bits(vload(s));
+  std::memcpy(d, &h, sizeof h);
+}
+
+// Round to nearest even, NaN to the canonical quiet NaN (c10::BFloat16's
+// rule), eight at a time, and a tail of fewer as single lanes of the same.
+inline void store_block(const float* s, c10::BFloat16* d, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) store_bf16x8(s + j, d + j);
+  uint16_t* u = reinterpret_cast<uint16_t*>(d);
+  for (; j < n; ++j) u[j] = bf16_bits(vsplat(s[j]))[0];
 }
 
 // Stores one vector as T; kNt: a streaming store (AVX2 build; p is then
@@ -200,18 +230,19 @@ inline __attribute__((always_inline)) void vstore_t(T* p, Vec<acc_t<T>> v) {
       _mm256_stream_ps(p, bits_as<__m256>(v));
     } else if constexpr (std::is_same_v<T, double>) {
       _mm256_stream_pd(p, bits_as<__m256d>(v));
+    } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(p), bits_as<__m128i>(bf16_bits(v)));
     } else {
-      A a[kW<A>];
-      T tmp[kW<A>];
-      std::memcpy(a, &v, sizeof a);
-      store_block(a, tmp, kW<A>);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp)));
+      _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(bits_as<__m256>(v), _MM_FROUND_TO_NEAREST_INT));
     }
     return;
   }
 #endif
   if constexpr (std::is_same_v<T, A>) {
     vstore(p, v);
+  } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const U16x8 h = bf16_bits(v);
+    std::memcpy(p, &h, sizeof h);
   } else {
     A a[kW<A>];
     std::memcpy(a, &v, sizeof a);
