@@ -6,6 +6,7 @@ timm vs ``torch.compile`` vs a copy of x.
     python -m bench.ops --full           # the whole grid (long: hours on a GPU with every compile mode)
     python -m bench.ops --smoke          # a tiny grid, briefly timed: checks the code runs (the tests use it)
     python -m bench.ops --op se --device cpu --compile none --no-save
+    python -m bench.ops --device cpu --dtype bfloat16   # the quick grid in bf16 instead
 
 Per row (an op at a site, batch N, dtype, layout, pass), the median time with
 quartiles of each provider:
@@ -247,15 +248,17 @@ class Case:
         return (self.N, self.site.C, self.site.H, self.site.W)
 
 
-def cases(ops, mode, device):
-    """Every row to measure, op by op, then pass, dtype, layout, N, site."""
+def cases(ops, mode, device, only_dtypes=None):
+    """Every row to measure, op by op, then pass, dtype, layout, N, site
+    (only_dtypes: these dtypes instead of the mode's)."""
     out = []
     for op in ops:
         if mode == "smoke":
             # Two rows per op, and torch.compile (1-4 s a shape on a CPU) on
             # the first op's forward+backward only: --smoke checks the code runs.
-            out += [Case(op, op.smoke, 2, "float32", "nchw", False, compile=False),
-                    Case(op, op.smoke, 2, "float32", "channels_last", True, compile=op is ops[0])]
+            dtype = (only_dtypes or ["float32"])[0]
+            out += [Case(op, op.smoke, 2, dtype, "nchw", False, compile=False),
+                    Case(op, op.smoke, 2, dtype, "channels_last", True, compile=op is ops[0])]
             continue
         if mode == "full":
             sites = list(op.sites)
@@ -267,6 +270,7 @@ def cases(ops, mode, device):
             sites = [s for s in op.sites if s.net in QUICK_NETS]
             batches = (128,) if device == "cuda" else (8,)
             dtypes = ("float32", "bfloat16") if device == "cuda" else ("float32",)
+        dtypes = only_dtypes or dtypes
         for backward in (False, True):
             for dtype in dtypes:
                 for layout in LAYOUTS:
@@ -687,8 +691,16 @@ def _parse(argv):
                    help="torch.compile modes to time, comma-separated (default, max-autotune, reduce-overhead, "
                         "max-autotune-no-cudagraphs), or 'none'. Default: 'default'; with --full on a GPU "
                         "'default,max-autotune,reduce-overhead'")
+    p.add_argument("--dtype", default=None, metavar="DTYPES",
+                   help=f"comma-separated dtypes instead of the mode's ({', '.join(DTYPES)}; the quick CPU grid "
+                        "has float32 only)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = p.parse_args(argv)
+    args.dtypes = None
+    if args.dtype is not None:
+        args.dtypes = list(dict.fromkeys(d.strip() for d in args.dtype.split(",") if d.strip()))
+        if not args.dtypes or any(d not in DTYPES for d in args.dtypes):
+            p.error(f"--dtype: {args.dtype!r}; choose from {list(DTYPES)}")
     ops = list(dict.fromkeys(o.strip() for o in args.op.split(",") if o.strip()))
     unknown = [o for o in ops if o not in OPS]
     if unknown or not ops:
@@ -726,8 +738,10 @@ def main(argv=None):
     print(f"# fused backends timed: {', '.join(env['fused_backends']) or 'none'}; "
           f"compile modes: {', '.join(args.compile_modes) or 'none'}", flush=True)
 
-    all_cases = cases(args.ops, args.mode, device)
+    all_cases = cases(args.ops, args.mode, device, args.dtypes)
     stem = f"ops_{args.mode}" if len(args.ops) == len(OPS) else f"ops_{args.mode}_{'-'.join(o.name for o in args.ops)}"
+    if args.dtypes:  # nor does one of other dtypes
+        stem += "_" + "-".join(args.dtypes)
     if not args.compile_modes:  # a run without torch.compile does not replace one with it
         stem += "_nocompile"
     out = args.out or os.path.join(common.RESULTS, common.device_folder(env))

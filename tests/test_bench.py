@@ -81,6 +81,7 @@ def test_grids():
     full = bench_ops.cases(ops, "full", "cuda")
     assert {c.N for c in full} == {1, 32, 128} and {c.dtype for c in full} == set(bench_ops.DTYPES)
     assert {(c.site.C, c.site.H, c.site.W) for c in full} >= {(256, 200, 304), (1001, 14, 14), (64, 112, 112)}
+    assert {c.dtype for c in bench_ops.cases(ops, "quick", "cpu", ["bfloat16"])} == {"bfloat16"}
     gpu_quick = bench_ops.cases(ops, "quick", "cuda")
     assert any(c.N == 1 and c.site.C == 2048 for c in gpu_quick) and {c.N for c in gpu_quick} == {1, 128}
     for op in ops:  # every op has the ResNet-50 sites --quick runs, and a smoke site
@@ -93,8 +94,14 @@ def test_op_selection_and_stem(tmp_path):
     assert {r["op"] for r in rows} == {"eca"} and all("compile" not in r["providers"] for r in rows)
     assert (tmp_path / "ops_smoke_eca_nocompile.json").is_file()
     assert not (tmp_path / "ops_smoke.json").exists() and not (tmp_path / "ops_smoke_eca.json").exists()
+    rows = bench_ops.main(["--smoke", "--device", "cpu", "--op", "se", "--compile", "none", "--no-plot",
+                           "--dtype", "bfloat16", "--out", str(tmp_path)])
+    assert {r["dtype"] for r in rows} == {"bfloat16"}
+    assert (tmp_path / "ops_smoke_se_bfloat16_nocompile.json").is_file()
     with pytest.raises(SystemExit):
         bench_ops.main(["--smoke", "--op", "nope", "--no-save"])
+    with pytest.raises(SystemExit):
+        bench_ops.main(["--smoke", "--dtype", "float8", "--no-save"])
 
 
 def test_overhead_benchmark_writes_every_layer(tmp_path):
