@@ -42,7 +42,9 @@ for args in "2048 49 nchw" "2048 49 cl" "1024 196 nchw cold" "512 784 cl cold" "
     for ref in A B; do REPS=150 "$work/$ref/cbam_passes" $args | sed "s/^/$ref round $r: /"; done
   done
 done
-for args in "2048 49 nchw warm 1" "2048 49 cl warm 1" "2048 49 nchw cold 2" "2048 49 cl cold 2"; do
+# (the last two in bf16: its conversions are vector code of their own)
+for args in "2048 49 nchw warm 1" "2048 49 cl warm 1" "2048 49 nchw cold 2" "2048 49 cl cold 2" \
+            "2048 49 nchw warm 1 bf16" "256 3136 cl warm 2 bf16"; do
   for r in $(seq "$ROUNDS"); do
     for ref in A B; do "$work/$ref/passes" $args | sed "s/^/$ref round $r: /"; done
   done
