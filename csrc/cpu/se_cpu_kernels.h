@@ -115,7 +115,6 @@ template <typename V> inline __attribute__((always_inline)) V veq01(V a, V b) {
 // out, vround_t rounds to T and back (x1 as the module stores it).
 typedef uint32_t U32x8 __attribute__((vector_size(32)));  // a float vector's bits
 typedef uint16_t U16x8 __attribute__((vector_size(16)));  // eight bfloat16's bits
-typedef int32_t I32x8 __attribute__((vector_size(32)));
 // The same bits as another type of the same size (std::bit_cast, C++17).
 template <typename To, typename From>
 inline __attribute__((always_inline)) To bits_as(const From& f) {
@@ -205,19 +204,6 @@ inline __attribute__((always_inline)) U16x8 bf16_bits(Vec<float> v) {
   return __builtin_convertvector(bf16_round_hi(v) >> 16, U16x8);
 #endif
 }
-inline __attribute__((always_inline)) void store_bf16x8(const float* s, c10::BFloat16* d) {
-  const U16x8 h = bf16_bits(vload(s));
-  std::memcpy(d, &h, sizeof h);
-}
-
-// Round to nearest even, NaN to the canonical quiet NaN (c10::BFloat16's
-// rule), eight at a time, and a tail of fewer as single lanes of the same.
-inline void store_block(const float* s, c10::BFloat16* d, int64_t n) {
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) store_bf16x8(s + j, d + j);
-  uint16_t* u = reinterpret_cast<uint16_t*>(d);
-  for (; j < n; ++j) u[j] = bf16_bits(vsplat(s[j]))[0];
-}
 
 // Stores one vector as T; kNt: a streaming store (AVX2 build; p is then
 // aligned to the vector's size in T, as stream_output's whole-line rows are).
@@ -248,6 +234,16 @@ inline __attribute__((always_inline)) void vstore_t(T* p, Vec<acc_t<T>> v) {
     std::memcpy(a, &v, sizeof a);
     store_block(a, p, kW<A>);
   }
+}
+
+// Round to nearest even, NaN to the canonical quiet NaN (c10::BFloat16's
+// rule): whole vectors as vstore_t stores them, a tail of fewer as single
+// lanes of the same.
+inline void store_block(const float* s, c10::BFloat16* d, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) vstore_t<false>(d + j, vload(s + j));
+  uint16_t* u = reinterpret_cast<uint16_t*>(d);
+  for (; j < n; ++j) u[j] = bf16_bits(vsplat(s[j]))[0];
 }
 
 // Scalar forms of the same, for the tails (round_t through vround_t, so a
