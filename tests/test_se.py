@@ -170,8 +170,7 @@ def test_cpu_row_reductions_do_not_depend_on_the_batch(dtype, memory_format, hw)
             assert torch.equal(dx[n:n + 1], eca_bwd(dyn, xn, w, p_n, z_n, "zeros", "sigmoid", False)[0]), n
 
 
-
-def check_outputs_round_as_torch(op, dtype, memory_format, device="cpu", nan_bits=None):
+def check_outputs_round_as_torch(backend, dtype, memory_format, device="cpu", nan_bits=None):
     """y = x·g computed in float32 and rounded once to x's dtype, bit for bit
     as torch rounds (nearest, ties to even). g comes back as the forward's
     logits (float32) through hard_sigmoid, computed here as the kernels do.
@@ -180,7 +179,9 @@ def check_outputs_round_as_torch(op, dtype, memory_format, device="cpu", nan_bit
     on halfway cases about every other element, over x drawn across the
     dtype's range: normal values, subnormal products, values near its largest;
     then random gates. The first sample holds a NaN (its every output NaN;
-    nan_bits: the 16 bits the kernel writes for one)."""
+    nan_bits: the 16 bits the kernel writes for one). backend: "triton" for
+    the Triton op, else the compiled one (C++ on the CPU, CUDA on a GPU)."""
+    op = torch.ops.fused_attn.se_forward_triton if backend == "triton" else torch.ops.fused_attn.se_forward
     for (N, C, H, W), random_gate in [((3, 37, 5, 7), False), ((2, 64, 4, 8), False), ((3, 24, 3, 5), True)]:
         g = torch.Generator().manual_seed(N * C)
         finfo = torch.finfo(dtype)
@@ -193,8 +194,9 @@ def check_outputs_round_as_torch(op, dtype, memory_format, device="cpu", nan_bit
         w1 = (torch.randn(rd, C, generator=g) * 0.1).to(dtype)
         b1 = torch.randn(rd, generator=g).to(dtype)
         w2 = (torch.randn(C, rd, generator=g) if random_gate else torch.zeros(C, rd)).to(dtype)
-        b2 = (torch.randn(C, generator=g) if random_gate else torch.tensor([1.5, 0.75, 2.25, 0.375]).repeat(C)[:C])
-        x, w1, b1, w2, b2 = (t.to(device) for t in (x.contiguous(memory_format=memory_format), w1, b1, w2, b2.to(dtype)))
+        bias = torch.randn(C, generator=g) if random_gate else torch.tensor([1.5, 0.75, 2.25, 0.375]).repeat(C)[:C]
+        b2 = bias.to(dtype)
+        x, w1, b1, w2, b2 = (t.to(device) for t in (x.contiguous(memory_format=memory_format), w1, b1, w2, b2))
         y, _, _, _, logits = op(x, w1, b1, w2, b2, "relu", "hard_sigmoid", "avg")
         assert logits.dtype == torch.float32
         gate = torch.clamp(logits + 3, 0, 6) / 6
@@ -230,6 +232,5 @@ def test_outputs_round_to_the_dtype_as_torch_does(backend, monkeypatch, dtype, m
         if backend != "cpu":
             pytest.skip("streaming stores are the C++ backend's")
         monkeypatch.setenv("FUSED_ATTN_CPU_STREAM_BYTES", "0")
-    op = torch.ops.fused_attn.se_forward_triton if backend == "triton" else torch.ops.fused_attn.se_forward
-    check_outputs_round_as_torch(op, dtype, memory_format, nan_bits=0x7FC0 if dtype == torch.bfloat16 and
+    check_outputs_round_as_torch(backend, dtype, memory_format, nan_bits=0x7FC0 if dtype == torch.bfloat16 and
                                  backend != "triton" else None)

@@ -69,14 +69,13 @@ def test_outputs_round_to_the_dtype_as_torch_does(backend, dtype, memory_format)
     """Each GPU backend's rescale rounds x·g (float32) once to x's dtype, bit
     for bit as torch does (test_se.py's check; the interpreter cannot show
     the Triton kernels' bfloat16 rounding)."""
-    op = torch.ops.fused_attn.se_forward_triton if backend == "triton" else torch.ops.fused_attn.se_forward
-    check_outputs_round_as_torch(op, dtype, memory_format, device="cuda")
+    check_outputs_round_as_torch(backend, dtype, memory_format, device="cuda")
 
 
 @pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "cl"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_cuda_paths_round_as_torch(se_cuda_path, dtype, memory_format):
-    check_outputs_round_as_torch(torch.ops.fused_attn.se_forward, dtype, memory_format, device="cuda")
+    check_outputs_round_as_torch("cuda", dtype, memory_format, device="cuda")
 
 
 @pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[5]], ids=str)
