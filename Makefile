@@ -24,6 +24,9 @@
 #                ASan/UBSan) against a double-precision reference (tools/cuda_emu/README.md)
 #   make cuda-emu-glue  the CUDA ops' torch glue on CPU tensors over the emulated kernels, against
 #                the CPU backend (tools/cuda_emu/glue)
+#   make clang-check  every C++ source of the CPU build compiled by Clang for macOS on arm64 (Apple's
+#                compiler family, libc++, NEON), which CI cannot run: the ziglang wheel's Clang
+#                (tools/clang_check.py; CLANG_CHECK_ARGS="--target x86_64-linux-gnu" adds a target)
 #   make gpu-prebuild  the CUDA build for a lent GPU (torch 2.11 of the floor venv, sm_90) into
 #                .prebuilt/ with its stamp (tools/build_stamp.py): carry `.prebuilt` in the device
 #                call and bench/gpu_check.sh's build step uses it instead of compiling there
@@ -54,7 +57,7 @@ FLOOR_TESTS ?= tests
 # (the other-torch targets build there, leaving the main tree's extension alone).
 copy_tracked = rm -rf $(1) && mkdir -p $(1) && git ls-files -z | tar --null -T - -cf - | tar xf - -C $(1)
 
-.PHONY: bench test test-floor test-newest triton-check ptxas-report cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv floor-venv newest-venv
+.PHONY: bench test test-floor test-newest triton-check ptxas-report clang-check cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv floor-venv newest-venv
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -154,6 +157,14 @@ triton-check: $(FLOOR_VENV)/.deps
 # fails if the kernels that spill are not exactly the known ones.
 ptxas-report:
 	python3 tools/ptxas_report.py --md bench/results/ptxas/ptxas_report.md --check
+
+# CI builds with GCC on x86-64 only; a GCC-only builtin in the CPU kernels
+# broke every Clang build (macOS) unseen until 2026-12-07. Compiles only (~1
+# minute on 2 cores); the ziglang wheel (~100 MB) carries Clang and each
+# target's C and C++ headers.
+clang-check: $(VENV)/.deps
+	$(PIP) install -q "ziglang>=0.14"
+	$(PY) tools/clang_check.py $(CLANG_CHECK_ARGS)
 
 # The CUDA kernels' logic checked without a GPU: an emulation that runs them
 # on the CPU (needs g++ only; builds under build/cuda_emu).

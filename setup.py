@@ -7,6 +7,8 @@ Environment:
   TORCH_CUDA_ARCH_LIST  GPU architectures, e.g. "9.0" (torch's default otherwise)
   DEBUG=1               -O0 -g
   MAX_JOBS              parallel compile jobs (ninja)
+  FUSED_ATTN_OPENMP=0   build the CPU kernels without OpenMP (one thread)
+  CXX                   the C++ compiler (GCC or Clang; torch's default: c++)
 """
 import glob
 import os
@@ -16,7 +18,7 @@ from setuptools import find_packages, setup
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tools.build_env import default_arch_list, find_cuda_home  # noqa: E402
+from tools.build_env import default_arch_list, find_cuda_home, openmp_flags  # noqa: E402
 
 # Before torch.utils.cpp_extension reads it.
 if find_cuda_home() and not os.environ.get("CUDA_HOME"):
@@ -44,14 +46,21 @@ def extension():
     want_cuda = not _flag("FUSED_ATTN_NO_CUDA") and not rocm and (
         _flag("FORCE_CUDA") or (torch.version.cuda is not None and CUDA_HOME is not None)
     )
+    if os.name == "nt":
+        raise SystemExit("fused_attn: the CPU kernels are written with GCC/Clang vector extensions, which MSVC "
+                         "does not compile: Windows is not supported (Linux or macOS, with GCC or Clang)")
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    # The C++ standard is the one torch asks for. -fopenmp: at::parallel_for is
+    # The C++ standard is the one torch asks for. OpenMP: at::parallel_for is
     # an inline template that runs serially unless the extension itself is
-    # compiled with OpenMP (torch's libgomp is already loaded when _C is).
-    cxx += ["-fvisibility=hidden", "-fopenmp"]
+    # compiled with OpenMP (torch's runtime, libgomp or libomp, is already
+    # loaded when _C is).
+    omp_cflags, omp_lflags, no_omp = openmp_flags(os.path.dirname(os.path.abspath(torch.__file__)))
+    if no_omp:
+        print(f"fused_attn: WARNING: building the CPU kernels without OpenMP, so they run on one thread: {no_omp}")
+    cxx += ["-fvisibility=hidden"] + omp_cflags
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     macros = [("Py_LIMITED_API", "0x030A0000")]
-    kwargs = dict(py_limited_api=True, define_macros=macros, extra_link_args=["-fopenmp"])
+    kwargs = dict(py_limited_api=True, define_macros=macros, extra_link_args=omp_lflags)
     if want_cuda:
         sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
         macros.append(("FUSED_ATTN_WITH_CUDA", None))

@@ -69,19 +69,34 @@ const char* cuda_compiled_archs() { return ""; }
 }  // namespace fused_attn
 #endif
 
+// Whether the CPU kernels were compiled with OpenMP (setup.py leaves it out
+// where the compiler cannot build and link it, Apple's Clang without libomp
+// for one): without it at::parallel_for, an inline template, runs every
+// range on the calling thread. Every source gets the same flags.
+#ifdef _OPENMP
+static constexpr int kBuiltWithOpenMP = 1;
+#else
+static constexpr int kBuiltWithOpenMP = 0;
+#endif
+
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT,
       "_C",
       "fused_attn's compiled kernels; importing it registers them with torch.library.",
-      -1,
-      nullptr,
+      -1,       // m_size
+      nullptr,  // m_methods
+      nullptr,  // m_slots
+      nullptr,  // m_traverse
+      nullptr,  // m_clear
+      nullptr,  // m_free
   };
   PyObject* m = PyModule_Create(&module_def);
   if (m == nullptr) return nullptr;
   if (PyModule_AddIntConstant(m, "CUDA_VERSION", fused_attn::cuda_compiled_version()) < 0 ||
       PyModule_AddStringConstant(m, "CUDA_ARCHS", fused_attn::cuda_compiled_archs()) < 0 ||
-      PyModule_AddStringConstant(m, "CPU_ISA", fused_attn::cpu::isa_name()) < 0) {
+      PyModule_AddStringConstant(m, "CPU_ISA", fused_attn::cpu::isa_name()) < 0 ||
+      PyModule_AddIntConstant(m, "CPU_OPENMP", kBuiltWithOpenMP) < 0) {
     Py_DECREF(m);
     return nullptr;
   }

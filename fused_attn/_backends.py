@@ -41,7 +41,8 @@ class BackendStatus:
 def _cpu_status():
     if not _extension.HAS_C:
         return BackendStatus("cpu", (), _extension.LOAD_ERROR)
-    return BackendStatus("cpu", ("cpu",), f"C++ kernels ({_extension.CPU_ISA})")
+    threads = "" if _extension.CPU_OPENMP else ", one thread: built without OpenMP"
+    return BackendStatus("cpu", ("cpu",), f"C++ kernels ({_extension.CPU_ISA}{threads})")
 
 
 def _cuda_status():

@@ -23,3 +23,6 @@ CUDA_VERSION = _C.CUDA_VERSION if HAS_C else 0
 CUDA_ARCHS = _C.CUDA_ARCHS if HAS_C else ""
 #: Instruction set the CPU kernels use on this machine ("avx2" or "baseline").
 CPU_ISA = _C.CPU_ISA if HAS_C else ""
+#: Whether the CPU kernels were compiled with OpenMP, so run on torch's intra-op
+#: threads (setup.py builds without it where the compiler cannot: one thread).
+CPU_OPENMP = bool(_C.CPU_OPENMP) if HAS_C else False

@@ -27,6 +27,20 @@ def test_extension_is_built_where_required():
     assert fused_attn.backends()["cpu"].available
     if os.environ.get("FUSED_ATTN_REQUIRE_CUDA_BUILD") == "1":
         assert fused_attn._extension.CUDA_VERSION > 0, "the extension was built without its CUDA sources"
+    # CI's compilers (GCC) take OpenMP: a build that lost it runs on one thread.
+    if os.environ.get("FUSED_ATTN_OPENMP", "1") != "0":
+        assert fused_attn._extension.CPU_OPENMP, fused_attn.backends()["cpu"].detail
+
+
+def test_cpu_status_says_when_the_kernels_run_on_one_thread(monkeypatch):
+    if not fused_attn.HAS_C:
+        pytest.skip("the extension is not built")
+    from fused_attn import _backends, _extension
+
+    monkeypatch.setattr(_extension, "CPU_OPENMP", False)
+    assert "one thread: built without OpenMP" in _backends._cpu_status().detail
+    monkeypatch.setattr(_extension, "CPU_OPENMP", True)
+    assert "OpenMP" not in _backends._cpu_status().detail
 
 
 def test_backends_report_every_backend_with_a_reason():

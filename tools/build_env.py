@@ -1,8 +1,13 @@
 """Where the CUDA toolkit is and which GPU architectures to build for: shared
-by setup.py and tools/cmake_build.py so both builds agree."""
+by setup.py and tools/cmake_build.py so both builds agree. And how the
+compiler takes OpenMP (setup.py)."""
 import glob
 import os
+import shlex
 import shutil
+import subprocess
+import sys
+import tempfile
 
 
 def find_cuda_home():
@@ -44,3 +49,54 @@ def pip_cuda_library(name):
     hits = sorted(glob.glob(os.path.join(site, "nvidia", "**", f"lib{name}.so*"), recursive=True))
     hits = [h for h in hits if "builtins" not in h]
     return hits[0] if hits else None
+
+
+_OPENMP_PROBE = r"""
+#include <omp.h>
+int fused_attn_openmp_probe(int n) {
+  int s = 0;
+#pragma omp parallel for reduction(+ : s)
+  for (int i = 0; i < n; ++i) s += i * omp_get_num_threads();
+  return s;
+}
+"""
+
+
+def openmp_flags(torch_dir):
+    """(compile flags, link flags, why not) for OpenMP with the compiler torch
+    will build with, found by building a small shared library with it. The
+    first that builds of: on macOS, -Xpreprocessor -fopenmp (what Apple's
+    Clang takes) with the omp.h and libomp.dylib that torch's wheels ship
+    (the runtime torch itself loads); -fopenmp (GCC, Clang with an OpenMP
+    runtime of its own). Neither: no flags,
+    and at::parallel_for runs the CPU kernels on one thread. torch_dir: the
+    torch package's directory. CXX names the compiler, as for torch's build;
+    FUSED_ATTN_OPENMP=0 skips OpenMP."""
+    if os.environ.get("FUSED_ATTN_OPENMP", "1").lower() in ("0", "false", "no", "off"):
+        return [], [], "FUSED_ATTN_OPENMP=0"
+    cxx = shlex.split(os.environ.get("CXX", "c++"))
+    candidates = [(["-fopenmp"], ["-fopenmp"])]
+    if sys.platform == "darwin":
+        # torch's own libomp first, for any Clang: a second copy of the
+        # runtime (Homebrew's, which its Clang's -fopenmp links) aborts the
+        # process when both initialize ("OMP: Error #15").
+        inc, lib = os.path.join(torch_dir, "include"), os.path.join(torch_dir, "lib")
+        candidates.insert(0, (["-Xpreprocessor", "-fopenmp", f"-I{inc}"], [f"-L{lib}", "-lomp", f"-Wl,-rpath,{lib}"]))
+    errors = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.cpp")
+        with open(src, "w") as f:
+            f.write(_OPENMP_PROBE)
+        for cflags, lflags in candidates:
+            cmd = cxx + cflags + ["-shared", "-fPIC", src, "-o", os.path.join(tmp, "probe.so")] + lflags
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                errors.append(f"{' '.join(cflags)}: {exc}")
+                continue
+            if r.returncode == 0:
+                return cflags, lflags, ""
+            lines = (r.stderr + r.stdout).strip().splitlines()
+            why = next((ln for ln in lines if "error" in ln), lines[-1] if lines else f"exit {r.returncode}")
+            errors.append(f"{' '.join(cflags)}: {why.strip()}")
+    return [], [], f"{' '.join(cxx)} cannot build OpenMP ({'; '.join(errors)})"

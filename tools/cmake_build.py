@@ -28,7 +28,7 @@ y = torch.ops.fused_attn.se_forward(x, w1, b1, w2, b2, "silu", "sigmoid", "avgma
 p = 0.5 * x.mean((2, 3)) + 0.5 * x.amax((2, 3))
 ref = x * torch.sigmoid(torch.nn.functional.silu(p @ w1.T + b1) @ w2.T + b2)[:, :, None, None]
 torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
-print(f"cmake build OK: {sys.argv[1]} (CUDA {lib.CUDA_VERSION}, CPU ISA {lib.CPU_ISA})")
+print(f"cmake build OK: {sys.argv[1]} (CUDA {lib.CUDA_VERSION}, CPU ISA {lib.CPU_ISA}, OpenMP {bool(lib.CPU_OPENMP)})")
 """
 
 

@@ -82,10 +82,29 @@ inline void stream_fence() {
 template <typename A> struct VecOf { typedef A type __attribute__((vector_size(32))); };
 template <typename A> using Vec = typename VecOf<A>::type;
 template <typename A> constexpr int64_t kW = 32 / sizeof(A);
-// Lane indices for __builtin_shuffle: integers of A's width.
-template <typename A> struct MaskOf { typedef int64_t type __attribute__((vector_size(32))); };
-template <> struct MaskOf<float> { typedef int32_t type __attribute__((vector_size(32))); };
-template <typename A> using MaskVec = typename MaskOf<A>::type;
+// v's lanes rotated down by w: lane j takes lane (j + w) mod kW. Clang has
+// __builtin_shufflevector (constant lane indices) but not GCC's
+// __builtin_shuffle (a vector of indices); GCC has both since 12, and there
+// takes the same branch as Clang, so CI runs the code Clang compiles.
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define FUSED_ATTN_SHUFFLEVECTOR 1
+#endif
+#endif
+template <int64_t w, typename A, size_t... J>
+inline __attribute__((always_inline)) Vec<A> rotate_lanes(Vec<A> v, std::index_sequence<J...>) {
+#ifdef FUSED_ATTN_SHUFFLEVECTOR
+  return __builtin_shufflevector(v, v, ((J + w) % kW<A>)...);
+#else
+  typedef std::conditional_t<sizeof(A) == 4, int32_t, int64_t> I;
+  typedef I Mask __attribute__((vector_size(32)));
+  return __builtin_shuffle(v, Mask{static_cast<I>((J + w) % kW<A>)...});
+#endif
+}
+template <int64_t w, typename A>
+inline __attribute__((always_inline)) Vec<A> rotate_lanes(Vec<A> v) {
+  return rotate_lanes<w, A>(v, std::make_index_sequence<kW<A>>{});
+}
 
 template <typename A> inline __attribute__((always_inline)) Vec<A> vload(const A* p) {
   Vec<A> v;
@@ -271,10 +290,8 @@ inline void store_t(T* p, acc_t<T> a) {
 template <bool kMax, int64_t w, typename A>
 inline __attribute__((always_inline)) void fold_lanes(Vec<A>& va, Vec<A>& vb) {
   if constexpr (w > 0) {
-    MaskVec<A> m;
-    for (int64_t j = 0; j < kW<A>; ++j) m[j] = (j + w) % kW<A>;
-    va += __builtin_shuffle(va, m);
-    const Vec<A> hi = __builtin_shuffle(vb, m);
+    va += rotate_lanes<w, A>(va);
+    const Vec<A> hi = rotate_lanes<w, A>(vb);
     vb = kMax ? vmax_nan(vb, hi) : vb + hi;
     fold_lanes<kMax, w / 2, A>(va, vb);
   }

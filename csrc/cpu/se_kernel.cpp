@@ -34,6 +34,7 @@
 #include <tuple>
 #include <unistd.h>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace fused_attn::cpu {

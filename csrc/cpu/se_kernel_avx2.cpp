@@ -12,9 +12,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #pragma GCC push_options
