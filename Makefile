@@ -161,9 +161,10 @@ ptxas-report:
 # CI builds with GCC on x86-64 only; a GCC-only builtin in the CPU kernels
 # broke every Clang build (macOS) unseen until 2026-12-07. Compiles only (~1
 # minute on 2 cores); the ziglang wheel (~100 MB) carries Clang and each
-# target's C and C++ headers.
+# target's C and C++ headers. Pinned: with -Werror, a newer Clang's new
+# warnings must come in by a commit, not turn a clean clone's CI red.
 clang-check: $(VENV)/.deps
-	$(PIP) install -q "ziglang>=0.14"
+	$(PIP) install -q ziglang==0.17.1
 	$(PY) tools/clang_check.py $(CLANG_CHECK_ARGS)
 
 # The CUDA kernels' logic checked without a GPU: an emulation that runs them

@@ -3,6 +3,7 @@ finds OpenMP for the compiler it builds with (tools/build_env.openmp_flags)."""
 import os
 import shutil
 import stat
+import subprocess
 import sys
 
 import pytest
@@ -10,65 +11,102 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tools import build_env  # noqa: E402
 
-TORCH_DIR = "/nonexistent/site-packages/torch"
+
+def _is_gcc(cxx):
+    if shutil.which(cxx) is None:
+        return False
+    out = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    return "clang" not in out.lower() and ("gcc" in out.lower() or "free software foundation" in out.lower())
 
 
-def _fake_compiler(tmp_path, exit_code, message=""):
-    """A compiler that records each command line and exits with exit_code."""
+def _fake_compiler(tmp_path, body='exit 0'):
+    """A compiler that records each command line, then runs body (sh)."""
     log = tmp_path / "calls.txt"
     script = tmp_path / "fakecxx"
-    script.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\necho "{message}" >&2\nexit {exit_code}\n')
+    script.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\n{body}\n')
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return str(script), log
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
-def test_gcc_takes_fopenmp(monkeypatch):
-    monkeypatch.setenv("CXX", "g++")
-    monkeypatch.delenv("FUSED_ATTN_OPENMP", raising=False)
-    assert build_env.openmp_flags(TORCH_DIR) == (["-fopenmp"], ["-fopenmp"], "")
+def _torch_dir(tmp_path, libomp):
+    """A torch package directory, with or without the libomp.dylib of macOS wheels."""
+    d = tmp_path / "torch"
+    (d / "lib").mkdir(parents=True)
+    (d / "include").mkdir()
+    if libomp:
+        (d / "lib" / "libomp.dylib").write_bytes(b"")
+    return str(d)
 
 
-def test_a_compiler_without_openmp_builds_without_it_and_says_why(monkeypatch, tmp_path):
-    cxx, log = _fake_compiler(tmp_path, 1, "probe.cpp:2:10: fatal error: 'omp.h' file not found")
-    monkeypatch.setenv("CXX", cxx)
+@pytest.fixture
+def env(monkeypatch):
     monkeypatch.delenv("FUSED_ATTN_OPENMP", raising=False)
-    monkeypatch.setattr(sys, "platform", "linux")
-    cflags, lflags, why = build_env.openmp_flags(TORCH_DIR)
+    return monkeypatch
+
+
+@pytest.mark.skipif(not _is_gcc("g++"), reason="needs GCC as g++")
+def test_gcc_takes_fopenmp(env, tmp_path):
+    env.setenv("CXX", "g++")
+    env.setattr(sys, "platform", "linux")
+    assert build_env.openmp_flags(_torch_dir(tmp_path, False)) == (["-fopenmp"], ["-fopenmp"], "")
+
+
+def test_a_compiler_without_openmp_builds_without_it_and_says_why(env, tmp_path):
+    cxx, log = _fake_compiler(tmp_path, "echo \"probe.cpp:2:10: fatal error: 'omp.h' file not found\" >&2; exit 1")
+    env.setenv("CXX", cxx)
+    env.setattr(sys, "platform", "linux")
+    cflags, lflags, why = build_env.openmp_flags(_torch_dir(tmp_path, False))
     assert (cflags, lflags) == ([], [])
     assert "cannot build OpenMP" in why and "'omp.h' file not found" in why
-    assert len(log.read_text().splitlines()) == 1  # -fopenmp tried once
+    assert len(log.read_text().splitlines()) == 1  # -fopenmp's compile, no link
 
 
-def test_macos_tries_torchs_own_libomp_first(monkeypatch, tmp_path):
-    cxx, log = _fake_compiler(tmp_path, 0)
-    monkeypatch.setenv("CXX", cxx)
-    monkeypatch.delenv("FUSED_ATTN_OPENMP", raising=False)
-    monkeypatch.setattr(sys, "platform", "darwin")
-    cflags, lflags, why = build_env.openmp_flags(TORCH_DIR)
+def test_compile_and_link_are_separate_steps_as_in_the_build(env, tmp_path):
+    cxx, log = _fake_compiler(tmp_path)
+    env.setenv("CXX", cxx)
+    env.setattr(sys, "platform", "linux")
+    assert build_env.openmp_flags(_torch_dir(tmp_path, False)) == (["-fopenmp"], ["-fopenmp"], "")
+    compile_, link = log.read_text().splitlines()
+    assert "-c" in compile_.split() and "-fopenmp" in compile_.split()
+    assert "-shared" in link.split() and "-fopenmp" in link.split() and "-c" not in link.split()
+
+
+def test_macos_links_torchs_own_libomp_with_apple_clangs_flags_first(env, tmp_path):
+    cxx, log = _fake_compiler(tmp_path)
+    env.setenv("CXX", cxx)
+    env.setattr(sys, "platform", "darwin")
+    tdir = _torch_dir(tmp_path, True)
+    cflags, lflags, why = build_env.openmp_flags(tdir)
     assert why == ""
-    assert cflags == ["-Xpreprocessor", "-fopenmp", f"-I{TORCH_DIR}/include"]
-    assert f"-L{TORCH_DIR}/lib" in lflags and "-lomp" in lflags
-    calls = log.read_text().splitlines()
-    assert len(calls) == 1 and "-Xpreprocessor -fopenmp" in calls[0] and "-shared" in calls[0]
-
-
-def test_macos_falls_back_to_fopenmp(monkeypatch, tmp_path):
-    # Fails unless given -fopenmp alone, as a Clang with its own runtime would.
-    log = tmp_path / "calls.txt"
-    script = tmp_path / "fakecxx"
-    script.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\ncase "$*" in *Xpreprocessor*) exit 1;; esac\nexit 0\n')
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("CXX", str(script))
-    monkeypatch.delenv("FUSED_ATTN_OPENMP", raising=False)
-    monkeypatch.setattr(sys, "platform", "darwin")
-    assert build_env.openmp_flags(TORCH_DIR) == (["-fopenmp"], ["-fopenmp"], "")
+    assert cflags == ["-Xpreprocessor", "-fopenmp", f"-I{tdir}/include"]
+    assert lflags == [f"-L{tdir}/lib", "-lomp", f"-Wl,-rpath,{tdir}/lib"]
     assert len(log.read_text().splitlines()) == 2
 
 
-def test_openmp_can_be_turned_off(monkeypatch, tmp_path):
-    cxx, log = _fake_compiler(tmp_path, 0)
-    monkeypatch.setenv("CXX", cxx)
-    monkeypatch.setenv("FUSED_ATTN_OPENMP", "0")
-    assert build_env.openmp_flags(TORCH_DIR) == ([], [], "FUSED_ATTN_OPENMP=0")
+def test_macos_clang_with_its_own_omp_h_still_links_torchs_libomp(env, tmp_path):
+    # Rejects -Xpreprocessor (as no real compiler does; it stands for a
+    # failure with torch's omp.h), takes -fopenmp, as Homebrew's Clang would.
+    cxx, log = _fake_compiler(tmp_path, 'case "$*" in *Xpreprocessor*) exit 1;; esac\nexit 0')
+    env.setenv("CXX", cxx)
+    env.setattr(sys, "platform", "darwin")
+    tdir = _torch_dir(tmp_path, True)
+    cflags, lflags, why = build_env.openmp_flags(tdir)
+    assert (cflags, why) == (["-fopenmp"], "")
+    # never the compiler's own runtime: a second libomp aborts the process
+    assert "-fopenmp" not in lflags and f"-L{tdir}/lib" in lflags and "-lomp" in lflags
+
+
+def test_macos_torch_without_libomp_takes_the_compilers_openmp(env, tmp_path):
+    cxx, log = _fake_compiler(tmp_path)
+    env.setenv("CXX", cxx)
+    env.setattr(sys, "platform", "darwin")
+    assert build_env.openmp_flags(_torch_dir(tmp_path, False)) == (["-fopenmp"], ["-fopenmp"], "")
+
+
+@pytest.mark.parametrize("value", ["0", "off", "False"])
+def test_openmp_can_be_turned_off(env, tmp_path, value):
+    cxx, log = _fake_compiler(tmp_path)
+    env.setenv("CXX", cxx)
+    env.setenv("FUSED_ATTN_OPENMP", value)
+    assert build_env.openmp_flags(_torch_dir(tmp_path, False)) == ([], [], "FUSED_ATTN_OPENMP=0")
     assert not log.exists()

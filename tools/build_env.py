@@ -62,41 +62,56 @@ int fused_attn_openmp_probe(int n) {
 """
 
 
+def openmp_off():
+    """FUSED_ATTN_OPENMP=0 (or false, no, off): build without OpenMP."""
+    return os.environ.get("FUSED_ATTN_OPENMP", "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def openmp_flags(torch_dir):
     """(compile flags, link flags, why not) for OpenMP with the compiler torch
-    will build with, found by building a small shared library with it. The
-    first that builds of: on macOS, -Xpreprocessor -fopenmp (what Apple's
-    Clang takes) with the omp.h and libomp.dylib that torch's wheels ship
-    (the runtime torch itself loads); -fopenmp (GCC, Clang with an OpenMP
-    runtime of its own). Neither: no flags,
-    and at::parallel_for runs the CPU kernels on one thread. torch_dir: the
-    torch package's directory. CXX names the compiler, as for torch's build;
-    FUSED_ATTN_OPENMP=0 skips OpenMP."""
-    if os.environ.get("FUSED_ATTN_OPENMP", "1").lower() in ("0", "false", "no", "off"):
+    will build with ($CXX, else c++), found by compiling and then linking a
+    small OpenMP library with it, as the build does. The first that works of:
+
+    * on macOS, where torch's wheel ships libomp.dylib (the runtime torch
+      itself loads): always that library to link, compiled with Apple
+      Clang's -Xpreprocessor -fopenmp and torch's omp.h, else with -fopenmp
+      (a Clang with its own omp.h, Homebrew's). Linking the compiler's own
+      runtime too would load a second copy, and the process aborts when both
+      initialize ("OMP: Error #15").
+    * -fopenmp for both (GCC; Clang with an OpenMP runtime: on Linux that is
+      LLVM's libomp beside torch's libgomp, two thread pools; the README says
+      so).
+
+    Neither: no flags, and at::parallel_for runs the CPU kernels on one
+    thread. torch_dir: the torch package's directory."""
+    if openmp_off():
         return [], [], "FUSED_ATTN_OPENMP=0"
     cxx = shlex.split(os.environ.get("CXX", "c++"))
     candidates = [(["-fopenmp"], ["-fopenmp"])]
-    if sys.platform == "darwin":
-        # torch's own libomp first, for any Clang: a second copy of the
-        # runtime (Homebrew's, which its Clang's -fopenmp links) aborts the
-        # process when both initialize ("OMP: Error #15").
-        inc, lib = os.path.join(torch_dir, "include"), os.path.join(torch_dir, "lib")
-        candidates.insert(0, (["-Xpreprocessor", "-fopenmp", f"-I{inc}"], [f"-L{lib}", "-lomp", f"-Wl,-rpath,{lib}"]))
+    inc, lib = os.path.join(torch_dir, "include"), os.path.join(torch_dir, "lib")
+    if sys.platform == "darwin" and os.path.exists(os.path.join(lib, "libomp.dylib")):
+        torch_omp = [f"-L{lib}", "-lomp", f"-Wl,-rpath,{lib}"]
+        candidates = [(["-Xpreprocessor", "-fopenmp", f"-I{inc}"], torch_omp), (["-fopenmp"], torch_omp)]
     errors = []
     with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "probe.cpp")
+        src, obj = os.path.join(tmp, "probe.cpp"), os.path.join(tmp, "probe.o")
         with open(src, "w") as f:
             f.write(_OPENMP_PROBE)
         for cflags, lflags in candidates:
-            cmd = cxx + cflags + ["-shared", "-fPIC", src, "-o", os.path.join(tmp, "probe.so")] + lflags
-            try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                errors.append(f"{' '.join(cflags)}: {exc}")
-                continue
-            if r.returncode == 0:
+            steps = (cxx + cflags + ["-fPIC", "-c", src, "-o", obj],
+                     cxx + ["-shared", obj, "-o", os.path.join(tmp, "probe.so")] + lflags)
+            why = ""
+            for cmd in steps:
+                try:
+                    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                except (OSError, subprocess.TimeoutExpired) as exc:
+                    why = str(exc)
+                    break
+                if r.returncode != 0:
+                    lines = (r.stderr + r.stdout).strip().splitlines()
+                    why = next((ln for ln in lines if "error" in ln), lines[-1] if lines else f"exit {r.returncode}")
+                    break
+            if not why:
                 return cflags, lflags, ""
-            lines = (r.stderr + r.stdout).strip().splitlines()
-            why = next((ln for ln in lines if "error" in ln), lines[-1] if lines else f"exit {r.returncode}")
             errors.append(f"{' '.join(cflags)}: {why.strip()}")
     return [], [], f"{' '.join(cxx)} cannot build OpenMP ({'; '.join(errors)})"

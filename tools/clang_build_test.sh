@@ -17,18 +17,22 @@ ROOT=$(pwd)
 PY=${PY:-$ROOT/.venv/bin/python}
 OUT=build/clang
 
-"$PY" -m pip install -q "ziglang>=0.14"
+"$PY" -m pip install -q ziglang==0.17.1
 ZIG_INCLUDE=$("$PY" -c "import os, ziglang; print(os.path.join(os.path.dirname(ziglang.__file__), 'lib', 'include'))")
 
 rm -rf "$OUT" && mkdir -p "$OUT"
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar xf - -C "$OUT"
 
-# g++'s header search list, its own compiler headers (stddef.h, the
-# intrinsics) swapped for Clang's.
+# g++'s header search list, GCC's own compiler headers (stddef.h, the
+# intrinsics: `g++ -print-file-name=include`, and include-fixed) swapped for
+# Clang's; compared as real paths, as distributions spell them differently.
+gcc_own=$(realpath -m "$(g++ -print-file-name=include)")
+gcc_fixed=$(realpath -m "$(g++ -print-file-name=include-fixed)")
 includes=()
 while read -r dir; do
-  case "$dir" in
-    /usr/lib/gcc/*) includes+=(-isystem "$ZIG_INCLUDE") ;;
+  case "$(realpath -m "$dir")" in
+    "$gcc_own") includes+=(-isystem "$ZIG_INCLUDE") ;;
+    "$gcc_fixed") ;;
     *) includes+=(-isystem "$dir") ;;
   esac
 done < <(echo | g++ -E -x c++ - -v 2>&1 | sed -n '/<...> search starts here:/,/End of search list/p' | sed '1d;$d')
@@ -42,7 +46,7 @@ cat > "$OUT/cxx.sh" <<EOF
 # objects to g++.
 for a in "\$@"; do
   case "\$a" in
-    *.cpp|*.cc|*.cxx) exec "$PY" -m ziglang c++ -target $target -nostdinc -nostdinc++ ${includes[*]} "\$@" ;;
+    *.cpp|*.cc|*.cxx) exec $(printf '%q ' "$PY") -m ziglang c++ -target $target -nostdinc -nostdinc++ $(printf '%q ' "${includes[@]}") "\$@" ;;
   esac
 done
 exec g++ "\$@"
@@ -53,7 +57,7 @@ cd "$OUT"
 echo "clang_build_test: $("$PY" -m ziglang c++ --version | head -1), target $target"
 if ! CXX="$ROOT/$OUT/cxx.sh" LDSHARED="g++ -shared" FUSED_ATTN_NO_CUDA=1 "$PY" setup.py -q build_ext --inplace \
     > build.log 2>&1; then
-  grep -E -A3 "error" build.log | head -40
+  { grep -E -A3 "error" build.log || tail -20 build.log; } | head -40 || true
   echo "clang_build_test: the build failed ($OUT/build.log)"
   exit 1
 fi

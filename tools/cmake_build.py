@@ -14,7 +14,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from tools.build_env import default_arch_list, find_cuda_home, pip_cuda_library  # noqa: E402
+from tools.build_env import default_arch_list, find_cuda_home, openmp_off, pip_cuda_library  # noqa: E402
 
 SMOKE = r"""
 import importlib.util, sys, torch
@@ -28,6 +28,8 @@ y = torch.ops.fused_attn.se_forward(x, w1, b1, w2, b2, "silu", "sigmoid", "avgma
 p = 0.5 * x.mean((2, 3)) + 0.5 * x.amax((2, 3))
 ref = x * torch.sigmoid(torch.nn.functional.silu(p @ w1.T + b1) @ w2.T + b2)[:, :, None, None]
 torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+# GCC on Linux always has OpenMP: a build that lost it would run on one thread.
+assert lib.CPU_OPENMP or sys.argv[2] != "require-openmp", "the CMake build is without OpenMP"
 print(f"cmake build OK: {sys.argv[1]} (CUDA {lib.CUDA_VERSION}, CPU ISA {lib.CPU_ISA}, OpenMP {bool(lib.CPU_OPENMP)})")
 """
 
@@ -56,7 +58,18 @@ def main():
     subprocess.run(configure, check=True, env=env)
     jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
     subprocess.run(["cmake", "--build", args.build_dir, "-j", jobs], check=True, env=env)
-    subprocess.run([sys.executable, "-c", SMOKE, os.path.join(args.build_dir, "_C.abi3.so")], check=True)
+    subprocess.run([sys.executable, "-c", SMOKE, os.path.join(args.build_dir, "_C.abi3.so"),
+                    "require-openmp" if gcc_on_linux(args.build_dir) and not openmp_off() else ""], check=True)
+
+
+def gcc_on_linux(build_dir):
+    """Whether the CMake build's C++ compiler is GCC on Linux (from its cache)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    with open(os.path.join(build_dir, "CMakeCache.txt")) as f:
+        cxx = next((ln.split("=", 1)[1].strip() for ln in f if ln.startswith("CMAKE_CXX_COMPILER:")), "")
+    out = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.lower() if cxx else ""
+    return "clang" not in out and "free software foundation" in out
 
 
 if __name__ == "__main__":
