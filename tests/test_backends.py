@@ -11,6 +11,9 @@ import fused_attn
 
 from .utils import SEVariant, se_sample
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import build_env  # noqa: E402
+
 
 def _run_python(code, **env):
     full_env = dict(os.environ, **env)
@@ -28,7 +31,7 @@ def test_extension_is_built_where_required():
     if os.environ.get("FUSED_ATTN_REQUIRE_CUDA_BUILD") == "1":
         assert fused_attn._extension.CUDA_VERSION > 0, "the extension was built without its CUDA sources"
     # CI's compilers (GCC) take OpenMP: a build that lost it runs on one thread.
-    if os.environ.get("FUSED_ATTN_OPENMP", "1").strip().lower() not in ("0", "false", "no", "off"):
+    if not build_env.openmp_off():
         assert fused_attn._extension.CPU_OPENMP, fused_attn.backends()["cpu"].detail
 
 

@@ -1,22 +1,13 @@
 """The build's choices that tests can reach without rebuilding: how setup.py
 finds OpenMP for the compiler it builds with (tools/build_env.openmp_flags)."""
 import os
-import shutil
 import stat
-import subprocess
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tools import build_env  # noqa: E402
-
-
-def _is_gcc(cxx):
-    if shutil.which(cxx) is None:
-        return False
-    out = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    return "clang" not in out.lower() and ("gcc" in out.lower() or "free software foundation" in out.lower())
 
 
 def _fake_compiler(tmp_path, body='exit 0'):
@@ -44,7 +35,7 @@ def env(monkeypatch):
     return monkeypatch
 
 
-@pytest.mark.skipif(not _is_gcc("g++"), reason="needs GCC as g++")
+@pytest.mark.skipif(not build_env.compiler_is_gcc("g++"), reason="needs GCC as g++")
 def test_gcc_takes_fopenmp(env, tmp_path):
     env.setenv("CXX", "g++")
     env.setattr(sys, "platform", "linux")

@@ -62,6 +62,15 @@ int fused_attn_openmp_probe(int n) {
 """
 
 
+def compiler_is_gcc(cxx):
+    """Whether the compiler command cxx (a path or name) is GCC, by its
+    --version (Apple's g++ is Clang)."""
+    if not cxx or shutil.which(cxx) is None:
+        return False
+    out = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.lower()
+    return "clang" not in out and "free software foundation" in out
+
+
 def openmp_off():
     """FUSED_ATTN_OPENMP=0 (or false, no, off): build without OpenMP."""
     return os.environ.get("FUSED_ATTN_OPENMP", "1").strip().lower() in ("0", "false", "no", "off")

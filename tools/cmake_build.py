@@ -14,7 +14,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from tools.build_env import default_arch_list, find_cuda_home, openmp_off, pip_cuda_library  # noqa: E402
+from tools.build_env import compiler_is_gcc, default_arch_list, find_cuda_home, openmp_off, pip_cuda_library  # noqa: E402
 
 SMOKE = r"""
 import importlib.util, sys, torch
@@ -68,8 +68,7 @@ def gcc_on_linux(build_dir):
         return False
     with open(os.path.join(build_dir, "CMakeCache.txt")) as f:
         cxx = next((ln.split("=", 1)[1].strip() for ln in f if ln.startswith("CMAKE_CXX_COMPILER:")), "")
-    out = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.lower() if cxx else ""
-    return "clang" not in out and "free software foundation" in out
+    return compiler_is_gcc(cxx)
 
 
 if __name__ == "__main__":
