@@ -595,8 +595,8 @@ inline void times_block(const A* a, int64_t ar, int64_t at, const A* B, int64_t 
     }
   }
   for (int64_t r = 0; r < kR; ++r) {
-    std::memcpy(out + r * ldo, &acc[r][0], sizeof(Vec<A>));
-    std::memcpy(out + r * ldo + W, &acc[r][1], sizeof(Vec<A>));
+    vstore(out + r * ldo, acc[r][0]);
+    vstore(out + r * ldo + W, acc[r][1]);
   }
 }
 
