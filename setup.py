@@ -57,7 +57,10 @@ def extension():
     omp_cflags, omp_lflags, no_omp = openmp_flags(os.path.dirname(os.path.abspath(torch.__file__)))
     if no_omp:
         print(f"fused_attn: WARNING: building the CPU kernels without OpenMP, so they run on one thread: {no_omp}")
-    cxx += ["-fvisibility=hidden"] + omp_cflags
+    # -Wno-psabi: GCC notes that 32-byte vectors passed by value changed ABI
+    # in GCC 4.6 wherever the baseline (pre-AVX) kernels take one; they are
+    # all inline helpers inside this library, so no ABI is crossed.
+    cxx += ["-fvisibility=hidden", "-Wno-psabi"] + omp_cflags
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     macros = [("Py_LIMITED_API", "0x030A0000")]
     kwargs = dict(py_limited_api=True, define_macros=macros, extra_link_args=omp_lflags)
