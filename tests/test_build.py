@@ -101,3 +101,53 @@ def test_openmp_can_be_turned_off(env, tmp_path, value):
     env.setenv("FUSED_ATTN_OPENMP", value)
     assert build_env.openmp_flags(_torch_dir(tmp_path, False)) == ([], [], "FUSED_ATTN_OPENMP=0")
     assert not log.exists()
+
+
+def _tracked(root):
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return [p for p in out.decode().split("\0") if p]
+
+
+def test_sdist_holds_what_the_build_reads(tmp_path):
+    """`python -m build` (and pip given the .tar.gz) builds the wheel from the
+    sdist, not from the tree. setuptools alone packs only the .cpp/.cu files
+    of the extension it would build where the sdist is made: no headers, and
+    not tools/build_env.py, which setup.py imports (MANIFEST.in adds them).
+    Made where the CUDA sources are not built (FUSED_ATTN_NO_CUDA=1), the
+    case that left out the most."""
+    import subprocess
+    import tarfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = _tracked(root)
+    if files is None:
+        pytest.skip("needs a git checkout (the tracked files are what the sdist must hold)")
+    src = tmp_path / "src"
+    for rel in files:  # a copy, so the sdist's egg-info is not written into the checkout
+        dst = src / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(os.path.join(root, rel), "rb") as f:
+            dst.write_bytes(f.read())
+    env = dict(os.environ, FUSED_ATTN_NO_CUDA="1")
+    code = ("import sys; from setuptools import build_meta; "
+            "print(build_meta.build_sdist(sys.argv[1]))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "dist")], cwd=src, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    name = r.stdout.strip().splitlines()[-1]
+    with tarfile.open(tmp_path / "dist" / name) as tar:
+        top = tar.getnames()[0].split("/")[0]
+        packed = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    needed = [p for p in files if p.startswith("csrc/")] + ["tools/build_env.py", "CMakeLists.txt", "setup.py"]
+    missing = [p for p in needed if p not in packed]
+    assert not missing, f"the sdist lacks {missing}"
+    # setup.py runs there: imports tools.build_env, finds the sources.
+    r = subprocess.run([sys.executable, "setup.py", "--name"], cwd=tmp_path / "unpacked" / top, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "fused_attn", r.stderr[-3000:]
