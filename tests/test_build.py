@@ -143,7 +143,9 @@ def test_sdist_holds_what_the_build_reads(tmp_path):
     with tarfile.open(tmp_path / "dist" / name) as tar:
         top = tar.getnames()[0].split("/")[0]
         packed = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-        tar.extractall(tmp_path / "unpacked", filter="data")
+        # filter="data" where this Python has it (3.12, and 3.10.12 / 3.11.4 on)
+        kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(tmp_path / "unpacked", **kw)
     needed = [p for p in files if p.startswith("csrc/")] + ["tools/build_env.py", "CMakeLists.txt", "setup.py"]
     missing = [p for p in needed if p not in packed]
     assert not missing, f"the sdist lacks {missing}"
