@@ -1,5 +1,5 @@
 """One timing for an A/B of two builds: the fastest of REPS calls of a fused
-op (from_module of the timm module, C++ CPU backend, N=8, eval) at one site,
+op (from_module of the timm module, C++ CPU backend, N=8 or $N, eval) at one site,
 forward (no_grad) or forward+backward (dx and every weight gradient), printed
 in ms. Run it under each build's PYTHONPATH in alternation (the VM's speed
 drifts from minute to minute: compare like rounds).
@@ -24,7 +24,7 @@ module = {"se": lambda: SEModule(C, rd_channels=C // 16), "eca": lambda: EcaModu
           "cbam": lambda: CbamModule(C, rd_ratio=1 / 16)}[op]()
 torch.manual_seed(0)
 fused = fused_attn.convert(torch.nn.Sequential(module.eval()))[0].to(dtype)
-x = torch.randn(8, C, H, H).to(dtype).to(memory_format=fmt)
+x = torch.randn(int(os.environ.get("N", 8)), C, H, H).to(dtype).to(memory_format=fmt)
 dy = torch.randn_like(x)
 params = list(fused.parameters())
 

@@ -40,9 +40,12 @@ struct SeWeights {
   bool two_layer() const { return w2.has_value(); }
 };
 
+// Contiguous, in acc_dtype; with keep_16bit (and acc_dtype float), w1 and w2
+// stay float16 / bfloat16 where they are (the CPU forward's row kernels widen
+// them as they load).
 SeWeights se_weights(const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                      const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
-                     at::ScalarType acc_dtype);
+                     at::ScalarType acc_dtype, bool keep_16bit = false);
 
 // Validates x and the weights (rank, shapes that chain to C, dtype, device) and
 // raises with a message naming the argument. Shared by every backend.

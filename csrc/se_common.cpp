@@ -84,12 +84,16 @@ void check_se_args(const at::Tensor& x, const at::Tensor& w1, const c10::optiona
 
 SeWeights se_weights(const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                      const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
-                     at::ScalarType acc) {
+                     at::ScalarType acc, bool keep_16bit) {
   auto cvt = [acc](const at::Tensor& t) { return t.to(acc).contiguous(); };
+  auto matrix = [&](const at::Tensor& t) {
+    const bool half = t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+    return keep_16bit && half && acc == at::kFloat ? t.contiguous() : cvt(t);
+  };
   SeWeights w;
-  w.w1 = cvt(w1);
+  w.w1 = matrix(w1);
   if (b1) w.b1 = cvt(*b1);
-  if (w2) w.w2 = cvt(*w2);
+  if (w2) w.w2 = matrix(*w2);
   if (b2) w.b2 = cvt(*b2);
   return w;
 }

@@ -170,6 +170,42 @@ def test_cpu_row_reductions_do_not_depend_on_the_batch(dtype, memory_format, hw)
             assert torch.equal(dx[n:n + 1], eca_bwd(dyn, xn, w, p_n, z_n, "zeros", "sigmoid", False)[0]), n
 
 
+@pytest.mark.parametrize("isa", ["native", "baseline"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_cpu_16bit_weights_read_as_their_float_values(monkeypatch, dtype, isa):
+    """The CPU forward's MLP reads float16 / bfloat16 weights as they are
+    (rows_dot widens them as it loads: no float copy per call) where every
+    chunk has at most 16 samples, through BLAS on a float copy beyond. The
+    pooled vectors, hidden and logits (float32) must be bitwise those of the
+    float32 op given the same values widened, including the dot products'
+    last K % 8 terms (C = 1000 and 37, rd = 62 and 5: both products have
+    them) and CBAM's two MLP products; the outputs in the dtype are then the
+    same rescale. N = 17 checks the BLAS side keeps working."""
+    if "cpu" not in cpu_backends():
+        pytest.skip("C++ extension not built")
+    if isa == "baseline":
+        monkeypatch.setenv("FUSED_ATTN_CPU_ISA", "baseline")
+    g = torch.Generator().manual_seed(3)
+    for N, C, rd, fmt in [(1, 1000, 62, torch.channels_last), (5, 37, 5, torch.contiguous_format),
+                          (16, 96, 16, torch.contiguous_format), (17, 37, 5, torch.channels_last)]:
+        x = torch.randn(N, C, 5, 7, generator=g).to(dtype).contiguous(memory_format=fmt)
+        w1, b1 = (torch.randn(rd, C, generator=g) * 0.2).to(dtype), torch.randn(rd, generator=g).to(dtype)
+        w2, b2 = (torch.randn(C, rd, generator=g) * 0.3).to(dtype), torch.randn(C, generator=g).to(dtype)
+        ws = (torch.randn(2, 7, 7, generator=g) * 0.1).to(dtype)
+        args16, args32 = (x, w1, b1, w2, b2), tuple(t.float() for t in (x, w1, b1, w2, b2))
+        se = torch.ops.fused_attn.se_forward
+        out16, out32 = se(*args16, "silu", "sigmoid", "avg"), se(*args32, "silu", "sigmoid", "avg")
+        if N <= 16:
+            for name, a, b in zip(["pooled", "maxv", "hidden", "logits"], out16[1:], out32[1:]):
+                assert torch.equal(a, b), (N, C, name)
+        else:
+            assert_close(out16[4], out32[4], torch.float32)
+        cbam = torch.ops.fused_attn.cbam_forward
+        c16 = cbam(*args16, ws, None, None, None, None, 1e-5, "relu", "sigmoid", False, False)
+        c32 = cbam(*args32, ws.float(), None, None, None, None, 1e-5, "relu", "sigmoid", False, False)
+        assert torch.equal(c16[1], c32[1]) and torch.equal(c16[2], c32[2]), (N, C, "cbam pooled, logits")
+
+
 def check_outputs_round_as_torch(backend, dtype, memory_format, device="cpu", nan_bits=None):
     """y = x·g computed in float32 and rounded once to x's dtype, bit for bit
     as torch rounds (nearest, ties to even). g comes back as the forward's

@@ -48,6 +48,22 @@ int main() {
     dump.insert(dump.end(), h.begin(), h.end());
     dump.insert(dump.end(), out.begin(), out.end());
     std::printf("rows_dot C=%d rd=%d rows=%d: fc1 %.1f us, fc2 %.1f us (one thread, best of 300)\n", C, rd, 2 * nb, t1, t2);
+#ifdef FUSED_ATTN_ROWS_DOT_16BIT
+    {  // the same products with the weights in bfloat16, widened as they load (not in the dump: older sources lack
+       // them), checked bitwise against the float path on the same values
+      std::vector<c10::BFloat16> w1b(w1.begin(), w1.end()), w2b(w2.begin(), w2.end());
+      std::vector<float> w1f(w1b.begin(), w1b.end()), w2f(w2b.begin(), w2b.end());
+      std::vector<float> hb(h.size()), outb(out.size()), hf(h.size()), outf(out.size());
+      const double tb1 = best_us([&] { rows_dot<float, c10::BFloat16>(w1b.data(), in.data(), C, 0, rd, 2 * nb, nullptr, 1.f, hb.data(), rd); });
+      const double tb2 = best_us([&] { rows_dot<float, c10::BFloat16>(w2b.data(), h.data(), rd, 0, C, nb, b2.data(), 2.f, outb.data(), C); });
+      rows_dot<float>(w1f.data(), in.data(), C, 0, rd, 2 * nb, nullptr, 1.f, hf.data(), rd);
+      rows_dot<float>(w2f.data(), h.data(), rd, 0, C, nb, b2.data(), 2.f, outf.data(), C);
+      const bool same = std::memcmp(hb.data(), hf.data(), hb.size() * sizeof(float)) == 0 &&
+                        std::memcmp(outb.data(), outf.data(), outb.size() * sizeof(float)) == 0;
+      std::printf("rows_dot C=%d rd=%d rows=%d, bf16 weights: fc1 %.1f us, fc2 %.1f us (one thread, best of 300); %s\n",
+                  C, rd, 2 * nb, tb1, tb2, same ? "bitwise equal to float weights of the same values" : "DIFFER from float weights");
+    }
+#endif
     if (C == 2048) {
       junk.assign(16 << 20, 0.f);
       const double c1 = best_us([&] { rows_dot<float>(w1.data(), in.data(), C, 0, rd, 2 * nb, nullptr, 1.f, h.data(), rd); }, 100, true);

@@ -19,9 +19,11 @@ template <typename T>
 void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t<T>>& sg, const acc_t<T>* mx,
              const acc_t<T>* share, const acc_t<T>* tie, int64_t C, int64_t HW, bool cl, bool nt, T* dx);
 // out[n·ldo + m] = Σ_k a[m·K + k]·b[n·K + k] (+ bias_scale·bias[m]), m in [m0, m1), n < nb
-// (the MLP's products).
-template <typename A>
-void rows_dot(const A* a, const A* b, int64_t K, int64_t m0, int64_t m1, int64_t nb, const A* bias, A bias_scale,
+// (the MLP's products). a, the weights, in A or (A float) 16-bit, widened as
+// they load (since FUSED_ATTN_ROWS_DOT_16BIT, for the harness's A/B runs).
+#define FUSED_ATTN_ROWS_DOT_16BIT 1
+template <typename A, typename Tw>
+void rows_dot(const Tw* a, const A* b, int64_t K, int64_t m0, int64_t m1, int64_t nb, const A* bias, A bias_scale,
               A* out, int64_t ldo);
 // out[r·ldo + j] = Σ_t a[r·ar + t·at]·B[t·ldb + j] for rows r < R, columns j
 // in [j0, j1), t < T ascending (the MLP backward's products and the weight

@@ -472,8 +472,9 @@ void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t
 
 // out[n·ldo + m] = Σ_k a[m·K + k]·b[n·K + k] (+ bias_scale·bias[m] when bias
 // is given) for rows m of a in [m0, m1) and the nb rows n of b: dot products
-// of contiguous rows, in kW lanes, then the lanes folded and the tail added
-// (an order fixed by K). The MLP's matrices are a few rows of pooled vectors
+// of contiguous rows, in kW lanes (the last K % kW terms zero-padded to a
+// whole vector), then the lanes folded: an order fixed by K, whatever the
+// weights' type (float, or 16-bit widened as it loads). The MLP's matrices are a few rows of pooled vectors
 // against weight matrices of up to 2048×128: MKL's GEMM takes 2-5x the time
 // of these loops at 2-8 rows (measured on the 2-core EPYC VM:
 // [2048×128]·[128×2] in 250 µs).
@@ -497,8 +498,8 @@ void cbam_dx(const T* dy, const T* x, const acc_t<T>* g, const SpatialGrad<acc_t
 // 122-132 µs, fc2 185-192 → 129-130 µs (cpu_harness_ab_9dc29ba.txt). fc1's
 // next block (24 KiB) goes to L2: it does not fit in L1 beside the current
 // one.
-template <int64_t kM, int64_t kN, typename A, int kPf = 0>
-inline void dot_block(const A* a, const A* b, int64_t K, const A* bias, A bias_scale, A* out, int64_t ldo) {
+template <int64_t kM, int64_t kN, typename A, int kPf = 0, typename Tw = A>
+inline void dot_block(const Tw* a, const A* b, int64_t K, const A* bias, A bias_scale, A* out, int64_t ldo) {
   constexpr int64_t W = kW<A>;
   Vec<A> acc[kM][kN];
   for (int64_t i = 0; i < kM; ++i)
@@ -507,15 +508,33 @@ inline void dot_block(const A* a, const A* b, int64_t K, const A* bias, A bias_s
   const char* pf = reinterpret_cast<const char*>(a + kM * K);
   for (; k + W <= K; k += W) {
     if constexpr (kPf > 0) {
-      static_assert(kM * W * sizeof(A) <= 128, "two lines per step cover the next block");
-      const char* p = pf + k * kM * static_cast<int64_t>(sizeof(A));
+      static_assert(kM * W * sizeof(Tw) <= 128, "two lines per step cover the next block");
+      const char* p = pf + k * kM * static_cast<int64_t>(sizeof(Tw));
       __builtin_prefetch(p, 0, kPf);
       __builtin_prefetch(p + 64, 0, kPf);
     }
     Vec<A> av[kM];
-    for (int64_t i = 0; i < kM; ++i) av[i] = vload(a + i * K + k);
+    for (int64_t i = 0; i < kM; ++i) av[i] = vload_t(a + i * K + k);
     for (int64_t j = 0; j < kN; ++j) {
       const Vec<A> bv = vload(b + j * K + k);
+      for (int64_t i = 0; i < kM; ++i) acc[i][j] += av[i] * bv;
+    }
+  }
+  if (k < K) {
+    // The last K - k (< W) terms as one more step, zero-padded: the same
+    // vector arithmetic as the rest. (A scalar tail loop was compiled
+    // differently per weight type: GCC vectorized float's products and
+    // added them one by one, and fused bfloat16's into FMAs: one ulp apart.)
+    Vec<A> av[kM];
+    for (int64_t i = 0; i < kM; ++i) {
+      Tw part[W] = {};
+      for (int64_t t = k; t < K; ++t) part[t - k] = a[i * K + t];
+      av[i] = vload_t(part);
+    }
+    for (int64_t j = 0; j < kN; ++j) {
+      A part[W] = {};
+      for (int64_t t = k; t < K; ++t) part[t - k] = b[j * K + t];
+      const Vec<A> bv = vload(part);
       for (int64_t i = 0; i < kM; ++i) acc[i][j] += av[i] * bv;
     }
   }
@@ -524,9 +543,7 @@ inline void dot_block(const A* a, const A* b, int64_t K, const A* bias, A bias_s
     for (int64_t j = 0; j < kN; ++j) {
       Vec<A> va = acc[i][j], unused = acc[i][j];
       fold_lanes<false, W / 2, A>(va, unused);
-      A tail = A(0);
-      for (int64_t t = k; t < K; ++t) tail += a[i * K + t] * b[j * K + t];
-      out[j * ldo + i] = (va[0] + tail) + bm;
+      out[j * ldo + i] = va[0] + bm;
     }
   }
 }
@@ -538,15 +555,15 @@ inline void dot_block(const A* a, const A* b, int64_t K, const A* bias, A bias_s
 // blocks made the compiled loops slower. (The 3×4 block's 16 registers are
 // AVX2's; the baseline build splits each vector in two SSE registers and
 // spills: it is the fallback for CPUs without AVX2.)
-template <int64_t kM, typename A>
-inline void dot_rows(const A* a, const A* b, int64_t K, int64_t m, int64_t nb, const A* bias, A bias_scale,
+template <int64_t kM, typename A, typename Tw>
+inline void dot_rows(const Tw* a, const A* b, int64_t K, int64_t m, int64_t nb, const A* bias, A bias_scale,
                      A* out, int64_t ldo) {
-  const A* am = a + m * K;
+  const Tw* am = a + m * K;
   const A* bias_m = bias ? bias + m : nullptr;
   A* om = out + m;
   int64_t n = 0;
   if (nb >= 4) {
-    if (kM * K * static_cast<int64_t>(sizeof(A)) <= 8192) dot_block<kM, 4, A, 3>(am, b, K, bias_m, bias_scale, om, ldo);
+    if (kM * K * static_cast<int64_t>(sizeof(Tw)) <= 8192) dot_block<kM, 4, A, 3>(am, b, K, bias_m, bias_scale, om, ldo);
     else dot_block<kM, 4, A, 2>(am, b, K, bias_m, bias_scale, om, ldo);
     n = 4;
   }
@@ -559,18 +576,21 @@ inline void dot_rows(const A* a, const A* b, int64_t K, int64_t m, int64_t nb, c
   }
 }
 
-template <typename A>
-void rows_dot(const A* a, const A* b, int64_t K, int64_t m0, int64_t m1, int64_t nb, const A* bias, A bias_scale,
+template <typename A, typename Tw>
+void rows_dot(const Tw* a, const A* b, int64_t K, int64_t m0, int64_t m1, int64_t nb, const A* bias, A bias_scale,
               A* out, int64_t ldo) {
   int64_t m = m0;
   for (; m + 3 <= m1; m += 3) dot_rows<3>(a, b, K, m, nb, bias, bias_scale, out, ldo);
   for (; m + 2 <= m1; m += 2) dot_rows<2>(a, b, K, m, nb, bias, bias_scale, out, ldo);
   if (m < m1) dot_rows<1>(a, b, K, m, nb, bias, bias_scale, out, ldo);
 }
-template void rows_dot<float>(const float*, const float*, int64_t, int64_t, int64_t, int64_t, const float*, float,
-                              float*, int64_t);
-template void rows_dot<double>(const double*, const double*, int64_t, int64_t, int64_t, int64_t, const double*,
-                               double, double*, int64_t);
+#define FUSED_ATTN_INSTANTIATE_ROWS_DOT(A, Tw) \
+  template void rows_dot<A, Tw>(const Tw*, const A*, int64_t, int64_t, int64_t, int64_t, const A*, A, A*, int64_t);
+FUSED_ATTN_INSTANTIATE_ROWS_DOT(float, float)
+FUSED_ATTN_INSTANTIATE_ROWS_DOT(double, double)
+FUSED_ATTN_INSTANTIATE_ROWS_DOT(float, c10::BFloat16)
+FUSED_ATTN_INSTANTIATE_ROWS_DOT(float, c10::Half)
+#undef FUSED_ATTN_INSTANTIATE_ROWS_DOT
 
 // Rows of a times B, as sums of B's rows scaled by a's elements: for kR rows
 // of the output and two vectors of its columns at once, accumulators in

@@ -77,21 +77,38 @@ namespace avx2 {
 // The MLPs' small products (channel_gate.h): the rows m split across
 // threads, each element one thread's fixed-order dot product, so the result
 // does not depend on the thread count.
-template <typename A>
-void rows_dot(const A* a, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo, const A* bias,
+template <typename A, typename Tw>
+void rows_dot(const Tw* a, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo, const A* bias,
               A bias_scale) {
 #if FUSED_ATTN_HAVE_AVX2_BUILD
-  const auto fn = use_avx2() ? &avx2::rows_dot<A> : &baseline::rows_dot<A>;
+  const auto fn = use_avx2() ? &avx2::rows_dot<A, Tw> : &baseline::rows_dot<A, Tw>;
 #else
-  const auto fn = &baseline::rows_dot<A>;
+  const auto fn = &baseline::rows_dot<A, Tw>;
 #endif
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(K * nb, 1));
   at::parallel_for(0, M, grain,
                    [&](int64_t m0, int64_t m1) { fn(a, b, K, m0, m1, nb, bias, bias_scale, out, ldo); });
 }
-template void rows_dot<float>(const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t, const float*,
-                              float);
-template void rows_dot<double>(const double*, const double*, int64_t, int64_t, int64_t, double*, int64_t,
+template void rows_dot<float, float>(const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t,
+                                     const float*, float);
+template void rows_dot<double, double>(const double*, const double*, int64_t, int64_t, int64_t, double*, int64_t,
+                                       const double*, double);
+
+template <typename A>
+void rows_dot(const at::Tensor& w, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo, const A* bias,
+              A bias_scale) {
+  TORCH_INTERNAL_ASSERT(w.is_contiguous() && w.numel() == M * K);
+  if constexpr (std::is_same_v<A, float>) {
+    if (w.scalar_type() == at::kBFloat16)
+      return rows_dot<A>(w.const_data_ptr<c10::BFloat16>(), b, M, K, nb, out, ldo, bias, bias_scale);
+    if (w.scalar_type() == at::kHalf)
+      return rows_dot<A>(w.const_data_ptr<c10::Half>(), b, M, K, nb, out, ldo, bias, bias_scale);
+  }
+  rows_dot<A>(w.const_data_ptr<A>(), b, M, K, nb, out, ldo, bias, bias_scale);
+}
+template void rows_dot<float>(const at::Tensor&, const float*, int64_t, int64_t, int64_t, float*, int64_t,
+                              const float*, float);
+template void rows_dot<double>(const at::Tensor&, const double*, int64_t, int64_t, int64_t, double*, int64_t,
                                const double*, double);
 
 // out = a·b (a [R, T]) or aᵀ·b (a [T, R]), b [T, M], all 2-D: our fixed-order
@@ -185,7 +202,8 @@ struct Cbam {
   int64_t at(int64_t c, int64_t p) const { return cl ? p * C + c : c * HW + p; }
 };
 
-// The weights in the accumulation dtype, contiguous; raw pointers for the loops.
+// The weights in the accumulation dtype (the forward's W1 and W2 may stay 16-bit:
+// weights() below), contiguous; raw pointers for the loops.
 template <typename A>
 struct Weights {
   at::Tensor w1, b1, w2, b2, ws;
@@ -215,10 +233,17 @@ double value_of(const at::Tensor& t) {
 template <typename A>
 Weights<A> weights(at::ScalarType acc, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                    const at::Tensor& w2, const c10::optional<at::Tensor>& b2, const at::Tensor& ws,
-                   const c10::optional<at::Tensor>& bn_w, const c10::optional<at::Tensor>& bn_b) {
+                   const c10::optional<at::Tensor>& bn_w, const c10::optional<at::Tensor>& bn_b,
+                   bool mlp_16bit = false) {
+  // mlp_16bit: W1 and W2 stay float16/bfloat16 where they are (float
+  // accumulation), for the forward's rows_dot, which widens them as it loads.
+  const auto mlp = [&](const at::Tensor& t) {
+    const bool half = t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+    return mlp_16bit && half && acc == at::kFloat ? t.contiguous() : as_acc(t, acc);
+  };
   Weights<A> out;
-  out.w1 = as_acc(w1, acc);
-  out.w2 = as_acc(w2, acc);
+  out.w1 = mlp(w1);
+  out.w2 = mlp(w2);
   if (b1) out.b1 = as_acc(*b1, acc);
   if (b2) out.b2 = as_acc(*b2, acc);
   out.ws = as_acc(ws, acc);
@@ -263,14 +288,14 @@ void chunk_logits(const Cbam& v, const Weights<A>& w, const at::Tensor& pooled, 
   // hᵀ [branches·nb, rd]: each input row against W1's rows.
   at::Tensor h = at::empty({rows, v.rd}, in.options());
   A* hp = h.data_ptr<A>();
-  rows_dot(w.pw1(), in.const_data_ptr<A>(), v.rd, v.C, rows, hp, v.rd, w.pb1());
+  rows_dot(w.w1, in.const_data_ptr<A>(), v.rd, v.C, rows, hp, v.rd, w.pb1());
   for (int64_t i = 0; i < rows * v.rd; ++i) hp[i] = act_forward(v.act, hp[i]);
   // fc2 is linear: mlp(mean) + mlp(max) = W2·(h_mean + h_max) + 2·b2, one
   // product of nb rows instead of 2·nb (fc2 is half the MLP's work).
   if (!v.light)
     for (int64_t i = 0; i < nb * v.rd; ++i) hp[i] += hp[nb * v.rd + i];
   A* out = logits.data_ptr<A>() + n0 * v.C;  // logits rows [n0, n0 + nb): [nb, C]
-  rows_dot(w.pw2(), hp, v.C, v.rd, nb, out, v.C, w.pb2(), v.light ? A(1) : A(2));
+  rows_dot(w.w2, hp, v.C, v.rd, nb, out, v.C, w.pb2(), v.light ? A(1) : A(2));
 }
 
 // g = gate(a) for one sample's C logits (the light channel gate is always a
@@ -419,7 +444,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "cbam_forward_cpu", [&] {
     using T = scalar_t;
     using A = at::opmath_type<T>;
-    const Weights<A> w = weights<A>(acc, w1, b1, w2, b2, ws, bn_w, bn_b);
+    const Weights<A> w = weights<A>(acc, w1, b1, w2, b2, ws, bn_w, bn_b, /*mlp_16bit=*/true);
     const T* xp = geo.x.data_ptr<T>();
     T* yp = y.data_ptr<T>();
     A* pm = pooled.data_ptr<A>();

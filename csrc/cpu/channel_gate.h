@@ -60,8 +60,15 @@ bool stream_output(const at::Tensor& out, int64_t row_elems);
 // weight matrix, where BLAS GEMMs are slow (2-5x at 2-8 rows, measured with
 // MKL). Threads split the rows of a; each element is one thread's
 // fixed-order dot product, the bias added last.
+template <typename A, typename Tw = A>
+void rows_dot(const Tw* a, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo,
+              const A* bias = nullptr, A bias_scale = A(1));
+// The same with the weights a as a tensor ([M, K], contiguous): in A, or,
+// when A is float, in float16 or bfloat16, widened as they load (a model cast
+// to 16 bits then reads half the bytes, and converts no copy of its weights
+// per call).
 template <typename A>
-void rows_dot(const A* a, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo,
+void rows_dot(const at::Tensor& a, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo,
               const A* bias = nullptr, A bias_scale = A(1));
 
 // out = a·b, a·b and aᵀ·b (2-D, accumulation dtype): the excitations' other

@@ -32,23 +32,26 @@ void map_into(at::Tensor& out, const at::Tensor& in, F&& f) {
   for (int64_t i = 0; i < n; ++i) dst[i] = f(src[i], i);
 }
 
-// out = a·wᵀ (+ b): a few pooled rows through our row dot products, many
-// through BLAS (which is then the faster).
-constexpr int64_t kFewRows = 16;
+// out = a·wᵀ (+ b): a few pooled rows through our row dot products (w may
+// be float16 / bfloat16 there, widened as it loads), many through BLAS
+// (which is then the faster).
 void linear_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, const std::optional<at::Tensor>& b) {
   const auto dt = a.scalar_type();
-  const bool few = a.size(0) <= kFewRows && a.is_contiguous() && w.is_contiguous() && out.is_contiguous() &&
-                   w.scalar_type() == dt && out.scalar_type() == dt && (!b || (b->is_contiguous() && b->scalar_type() == dt)) &&
+  const auto wt = w.scalar_type();
+  const bool w_ok = wt == dt || (dt == at::kFloat && (wt == at::kHalf || wt == at::kBFloat16));
+  const bool few = a.size(0) <= kExciteFewRows && a.is_contiguous() && w.is_contiguous() && out.is_contiguous() && w_ok &&
+                   out.scalar_type() == dt && (!b || (b->is_contiguous() && b->scalar_type() == dt)) &&
                    (dt == at::kFloat || dt == at::kDouble);
   if (!few) {
-    if (b) at::addmm_out(out, *b, a, w.t());
-    else at::mm_out(out, a, w.t());
+    const at::Tensor wa = wt == dt ? w : w.to(dt);
+    if (b) at::addmm_out(out, *b, a, wa.t());
+    else at::mm_out(out, a, wa.t());
     return;
   }
   const int64_t nb = a.size(0), M = w.size(0), K = w.size(1);
   AT_DISPATCH_FLOATING_TYPES(dt, "linear_into", [&] {
-    rows_dot<scalar_t>(w.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), M, K, nb,
-                       out.data_ptr<scalar_t>(), M, b ? b->const_data_ptr<scalar_t>() : nullptr);
+    rows_dot<scalar_t>(w, a.const_data_ptr<scalar_t>(), M, K, nb, out.data_ptr<scalar_t>(), M,
+                       b ? b->const_data_ptr<scalar_t>() : nullptr);
   });
 }
 

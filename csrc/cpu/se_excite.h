@@ -6,6 +6,11 @@
 
 namespace fused_attn::cpu {
 
+// Chunks of at most this many samples take the forward's products through
+// rows_dot (channel_gate.h), which reads 16-bit weights as they are; larger
+// ones through BLAS, which needs them in float first.
+constexpr int64_t kExciteFewRows = 16;
+
 // p [nb, C] → hidden [nb, rd] (two-layer only; pre-activation), logits
 // [nb, C] (pre-gate) and g = gate(logits) [nb, C].
 void excite_forward(const SeWeights& w, Act act, Gate gate, const at::Tensor& p, at::Tensor& hidden,

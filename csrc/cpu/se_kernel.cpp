@@ -251,7 +251,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_forwar
   SeForwardOutputs out = se_forward_outputs(geo, w1, w2.has_value(), pool);
   if (geo.N == 0) return out.tuple();
 
-  const SeWeights w = se_weights(w1, b1, w2, b2, acc_dtype(x_in));
+  // 16-bit weights are read as they are where every chunk's products go
+  // through the row kernels (N ≤ kExciteFewRows), not copied to float per call.
+  const SeWeights w = se_weights(w1, b1, w2, b2, acc_dtype(x_in), /*keep_16bit=*/geo.N <= kExciteFewRows);
   gate_forward_cpu(geo, out.y, out.pooled, out.maxv, weight_bytes(w), [&](int64_t n0, int64_t nb, at::Tensor& g) {
     at::Tensor h = rows(out.hidden, n0, nb);
     at::Tensor z = out.logits.narrow(0, n0, nb);
