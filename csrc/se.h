@@ -40,9 +40,13 @@ struct SeWeights {
   bool two_layer() const { return w2.has_value(); }
 };
 
-// Contiguous, in acc_dtype; with keep_16bit (and acc_dtype float), w1 and w2
-// stay float16 / bfloat16 where they are (the CPU forward's row kernels widen
-// them as they load).
+// Whether weights of dtype w may stay as they are for accumulation in acc:
+// float16 / bfloat16 under float, which the CPU forward's row kernels
+// (rows_dot) widen as they load.
+bool rows_dot_widens(at::ScalarType w, at::ScalarType acc);
+
+// Contiguous, in acc_dtype; with keep_16bit, w1 and w2 stay as they are where
+// rows_dot_widens them.
 SeWeights se_weights(const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                      const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
                      at::ScalarType acc_dtype, bool keep_16bit = false);

@@ -82,13 +82,16 @@ void check_se_args(const at::Tensor& x, const at::Tensor& w1, const c10::optiona
   }
 }
 
+bool rows_dot_widens(at::ScalarType w, at::ScalarType acc) {
+  return acc == at::kFloat && (w == at::kHalf || w == at::kBFloat16);
+}
+
 SeWeights se_weights(const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                      const c10::optional<at::Tensor>& w2, const c10::optional<at::Tensor>& b2,
                      at::ScalarType acc, bool keep_16bit) {
   auto cvt = [acc](const at::Tensor& t) { return t.to(acc).contiguous(); };
   auto matrix = [&](const at::Tensor& t) {
-    const bool half = t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
-    return keep_16bit && half && acc == at::kFloat ? t.contiguous() : cvt(t);
+    return keep_16bit && rows_dot_widens(t.scalar_type(), acc) ? t.contiguous() : cvt(t);
   };
   SeWeights w;
   w.w1 = matrix(w1);

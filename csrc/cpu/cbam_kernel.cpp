@@ -98,7 +98,7 @@ template <typename A>
 void rows_dot(const at::Tensor& w, const A* b, int64_t M, int64_t K, int64_t nb, A* out, int64_t ldo, const A* bias,
               A bias_scale) {
   TORCH_INTERNAL_ASSERT(w.is_contiguous() && w.numel() == M * K);
-  if constexpr (std::is_same_v<A, float>) {
+  if constexpr (std::is_same_v<A, float>) {  // the dtypes rows_dot_widens
     if (w.scalar_type() == at::kBFloat16)
       return rows_dot<A>(w.const_data_ptr<c10::BFloat16>(), b, M, K, nb, out, ldo, bias, bias_scale);
     if (w.scalar_type() == at::kHalf)
@@ -238,8 +238,7 @@ Weights<A> weights(at::ScalarType acc, const at::Tensor& w1, const c10::optional
   // mlp_16bit: W1 and W2 stay float16/bfloat16 where they are (float
   // accumulation), for the forward's rows_dot, which widens them as it loads.
   const auto mlp = [&](const at::Tensor& t) {
-    const bool half = t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
-    return mlp_16bit && half && acc == at::kFloat ? t.contiguous() : as_acc(t, acc);
+    return mlp_16bit && rows_dot_widens(t.scalar_type(), acc) ? t.contiguous() : as_acc(t, acc);
   };
   Weights<A> out;
   out.w1 = mlp(w1);

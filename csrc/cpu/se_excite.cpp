@@ -38,7 +38,7 @@ void map_into(at::Tensor& out, const at::Tensor& in, F&& f) {
 void linear_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, const std::optional<at::Tensor>& b) {
   const auto dt = a.scalar_type();
   const auto wt = w.scalar_type();
-  const bool w_ok = wt == dt || (dt == at::kFloat && (wt == at::kHalf || wt == at::kBFloat16));
+  const bool w_ok = wt == dt || rows_dot_widens(wt, dt);
   const bool few = a.size(0) <= kExciteFewRows && a.is_contiguous() && w.is_contiguous() && out.is_contiguous() && w_ok &&
                    out.scalar_type() == dt && (!b || (b->is_contiguous() && b->scalar_type() == dt)) &&
                    (dt == at::kFloat || dt == at::kDouble);
