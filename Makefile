@@ -16,8 +16,9 @@
 #                when nvcc is on the PATH), then the suite ($(NEWEST_TESTS))
 #   make triton-check  every Triton kernel variant the ops launch, compiled for sm_90 without a
 #                GPU (the interpreter never compiles them) by the GPU machine's triton (the
-#                floor venv's 3.6), and checked by Inductor's mutation analysis; then
-#                compiled again for an AMD MI300 (hip:gfx942)
+#                floor venv's 3.6), and checked by Inductor's mutation analysis and for what a
+#                launch needs (shared memory, registers, spills); then compiled again for an
+#                AMD MI300 (hip:gfx942)
 #   make ptxas-report  each CUDA kernel's registers, spills and shared memory as ptxas reports
 #                them for sm_90 and sm_80 (bench/results/ptxas/), failing on a spill not known
 #   make cuda-emu  the CBAM, SE two-phase and single-launch CUDA kernels run on the CPU (fibers for threads,

@@ -29,7 +29,17 @@ failures on a CPU-only machine, in three steps:
    specializes each variant with Triton's own launch binder, exactly as
    JITFunction.run would, then runs ``triton.compile(ASTSource(...),
    target=GPUTarget("cuda", 90, 32))`` down to a cubin (ptxas included). It
-   uses a fresh Triton cache, so every variant is really compiled.
+   uses a fresh Triton cache, so every variant is really compiled. Then it
+   reads what a launch would need: shared memory per block (Triton's
+   metadata) against the target's largest part (an H100 allows 227 KiB, an
+   MI300 64 KiB: beyond that the launch raises OutOfResources), and on CUDA
+   each kernel's registers and local memory (spills, a stack) by the
+   cuobjdump that Triton ships. Too much shared memory, or registers x
+   threads beyond an SM's 64K, is a failure; so is more than SPILL_LIMIT
+   bytes of local memory per thread in a variant the ops launch with 16- or
+   32-bit tensors (float64 variants and the i64 widenings below are only
+   reported). The largest figures and every kernel with local memory are
+   printed.
 3. Mutation check (--mutation). For each recorded variant, the child also
    runs the analysis torch.compile uses to decide which tensors a user Triton
    kernel mutates. That is get_mutated_tensors, identify_accessed_tensors or
@@ -175,9 +185,19 @@ def _token(name, enc, constexpr, exact):
     return f"{k}:{enc.get('v')}"
 
 
+# Launch options a kernel call may pass beside its parameters (compile options,
+# part of a variant: num_warps changes the code).
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
+
+
+def _options_label(v):
+    opts = v.get("options") or {}
+    return "".join(f" {k}={opts[k]}" for k in sorted(opts))
+
+
 def variant_key(v, exact):
     toks = [_token(n, v["args"][n], n in v["constexprs"], exact) for n in v["params"]]
-    return f"{v['module']}.{v['kernel']}(" + ", ".join(toks) + ")"
+    return f"{v['module']}.{v['kernel']}(" + ", ".join(toks) + ")" + _options_label(v)
 
 
 def variant_label(v):
@@ -192,7 +212,7 @@ def variant_label(v):
     rt = [rt_token(n) for n in v["params"] if n not in v["constexprs"]]
     ce = [_token(n, v["args"][n], True, False) for n in v["params"] if n in v["constexprs"]]
     mod = v["module"].rsplit(".", 1)[-1]
-    return f"{mod}.{v['kernel']}({', '.join(rt)} | {' '.join(ce)})"
+    return f"{mod}.{v['kernel']}({', '.join(rt)} | {' '.join(ce)}{_options_label(v)})"
 
 
 # ---- pass 1: record under the interpreter --------------------------------------
@@ -299,11 +319,13 @@ class Recorder:
         sig = self._sig.get(fn)
         if sig is None:
             sig = self._sig[fn] = inspect.signature(fn)
-        bound = sig.bind(*args, **meta)
+        options = {k: meta[k] for k in LAUNCH_OPTIONS if k in meta}
+        bound = sig.bind(*args, **{k: a for k, a in meta.items() if k not in options})
         params = list(sig.parameters)
         constexprs = [n for n in params if _is_constexpr_param(fn, n)]
         v = {"module": fn.__module__, "kernel": fn.__name__, "params": params, "constexprs": constexprs,
-             "args": {n: _encode(bound.arguments[n]) for n in params}, "launches": 0, "stored": [],
+             "options": options, "args": {n: _encode(bound.arguments[n]) for n in params}, "launches": 0,
+             "stored": [],
              "first": self.scenario or os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0],
              "synthetic": False}
         key = variant_key(v, self.exact)
@@ -589,18 +611,19 @@ def _kernel(v):
     return k
 
 
-def _spec_native(kernel, values, backend):
+def _spec_native(kernel, values, backend, launch_options):
     """(signature, constexprs, attrs, options) exactly as JITFunction.run would
     build them for these arguments: Triton's own binder and _pack_args."""
     from triton.runtime.jit import create_function_from_signature
 
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, specialization, options = binder(**values)
-    options, signature, constexprs, attrs = kernel._pack_args(backend, dict(values), bound, specialization, options)
+    bound, specialization, options = binder(**values, **launch_options)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, dict(values, **launch_options), bound,
+                                                              specialization, options)
     return signature, constexprs, attrs, options
 
 
-def _spec_manual(kernel, v, values, backend):
+def _spec_manual(kernel, v, values, backend, launch_options):
     """The same by hand, for a Triton whose binder differs: no divisibility attributes."""
     signature, constexprs = {}, {}
     for name in v["params"]:
@@ -615,7 +638,7 @@ def _spec_manual(kernel, v, values, backend):
             signature[name] = "i1"
         elif a["k"] == "float":
             signature[name] = "fp32"
-    return signature, constexprs, {}, backend.parse_options({})
+    return signature, constexprs, {}, backend.parse_options(dict(launch_options))
 
 
 def _ast_source(kernel, signature, constexprs, attrs):
@@ -642,6 +665,55 @@ def target_label(t):
     return f"cuda sm_{t[1]}" if t[0] == "cuda" else f"hip {t[1]} (wavefront {t[2]})"
 
 
+# What one block (workgroup) may take, per target: shared memory (LDS) as the
+# launch checks it (Triton's loader raises OutOfResources past the device's
+# opt-in maximum per block; the interpreter never compiles, so a tile that
+# needs more passes CI and fails on the first GPU), and 32-bit registers per
+# SM. CUDA: cudaDevAttrMaxSharedMemoryPerBlockOptin by compute capability;
+# AMD: the LDS per workgroup.
+SHARED_LIMITS = {
+    ("cuda", 75): 65536, ("cuda", 80): 166912, ("cuda", 86): 101376, ("cuda", 87): 166912,
+    ("cuda", 89): 101376, ("cuda", 90): 232448, ("cuda", 100): 232448, ("cuda", 103): 232448,
+    ("cuda", 120): 101376,
+    ("hip", "gfx90a"): 65536, ("hip", "gfx942"): 65536, ("hip", "gfx950"): 163840,
+}
+REGISTERS_PER_SM = 65536
+SPILL_LIMIT = 64    # bytes of local memory per thread that a recorded 16/32-bit variant may take (see below)
+
+
+def _cubin_resources(cubin):
+    """REG, LOCAL and STACK of the one kernel in a cubin, by the cuobjdump that
+    Triton ships (`-res-usage`), or None where there is none."""
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    tool = tool if os.path.exists(tool) else shutil.which("cuobjdump")
+    if not tool:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    found = dict(re.findall(r"\b(REG|LOCAL|STACK):(\d+)", text))
+    if "REG" not in found:
+        raise RuntimeError(f"cuobjdump -res-usage: no REG in {text!r}")
+    return {"regs": int(found["REG"]), "local": int(found.get("LOCAL", 0)), "stack": int(found.get("STACK", 0))}
+
+
+def resource_problems(r, target_spec):
+    """What a launch of this compiled variant would be refused for, on the
+    largest part of its target: a list of strings (empty: it fits)."""
+    problems = []
+    limit = SHARED_LIMITS.get((target_spec[0], target_spec[1]))
+    if limit is not None and r.get("shared") is not None and r["shared"] > limit:
+        problems.append(f"needs {r['shared']} B of shared memory per block; {target_label(target_spec)} "
+                        f"allows {limit}")
+    if r.get("regs") is not None and r["regs"] * r["threads"] > REGISTERS_PER_SM:
+        problems.append(f"{r['regs']} registers x {r['threads']} threads = {r['regs'] * r['threads']} > "
+                        f"{REGISTERS_PER_SM} per SM")
+    return problems
+
+
 def compile_all(variants, target_spec, spec_mode, verbose):
     import torch  # noqa: F401  (before triton, as the package does)
     import triton
@@ -661,19 +733,25 @@ def compile_all(variants, target_spec, spec_mode, verbose):
         try:
             kernel = _kernel(v)
             values = {n: _decode(v["args"][n]) for n in v["params"]}
+            launch_options = v.get("options") or {}
             if spec_mode == "native":
                 try:
-                    signature, constexprs, attrs, options = _spec_native(kernel, values, backend)
+                    signature, constexprs, attrs, options = _spec_native(kernel, values, backend, launch_options)
                 except (AttributeError, TypeError) as exc:   # another Triton's private API
                     r["spec"] = f"manual ({type(exc).__name__}: {exc})"
-                    signature, constexprs, attrs, options = _spec_manual(kernel, v, values, backend)
+                    signature, constexprs, attrs, options = _spec_manual(kernel, v, values, backend, launch_options)
             else:
-                signature, constexprs, attrs, options = _spec_manual(kernel, v, values, backend)
+                signature, constexprs, attrs, options = _spec_manual(kernel, v, values, backend, launch_options)
             r["signature"] = {k: str(t) for k, t in signature.items()}
             src = _ast_source(kernel, signature, constexprs, attrs)
             compiled = triton.compile(src, target=target, options=options.__dict__)
             if binary not in compiled.asm:
                 raise RuntimeError(f"no {binary} produced (stages: {list(compiled.asm)})")
+            md = compiled.metadata
+            r["shared"] = int(md.shared)
+            r["threads"] = int(md.num_warps) * int(getattr(md, "warp_size", target_spec[2]) or target_spec[2])
+            if target.backend == "cuda":
+                r.update(_cubin_resources(compiled.asm["cubin"]) or {})
             r["ok"] = True
         except Exception as exc:  # noqa: BLE001  (every failure is reported)
             r["error"] = _fail_line(exc)
@@ -814,6 +892,51 @@ def worker(args):
 
 # ---- the driver ------------------------------------------------------------------
 
+def _print_resources(comp, by_key, target_spec, fail):
+    """The largest shared memory and register counts of the compiled variants,
+    the variants that use local memory (spills or a stack), and a failure for
+    each variant a launch would refuse."""
+    done = [r for r in comp if r["ok"] and r.get("shared") is not None]
+    if not done:
+        return
+
+    def name(r):
+        v = by_key[r["key"]]
+        return f"{v['module'].rsplit('.', 1)[-1]}.{v['kernel']}"
+
+    top = max(done, key=lambda r: r["shared"])
+    limit = SHARED_LIMITS.get((target_spec[0], target_spec[1]))
+    line = (f"resources: shared memory at most {top['shared']} B per block ({name(top)}), limit "
+            + (f"{limit} B" if limit is not None else "unknown for this target (not checked)"))
+    with_regs = [r for r in done if r.get("regs") is not None]
+    if with_regs:
+        top_r = max(with_regs, key=lambda r: r["regs"])
+        line += f"; registers at most {top_r['regs']} per thread ({name(top_r)}, {top_r['threads']} threads)"
+    elif target_spec[0] == "cuda":
+        line += "; registers not read (no cuobjdump)"
+    print(line)
+    local = {}
+    for r in with_regs:
+        if r["local"] or r["stack"]:
+            local.setdefault(name(r), []).append(r)
+    for k, rs in sorted(local.items()):
+        worst = max(rs, key=lambda r: r["local"] + r["stack"])
+        print(f"  note: {k}: local memory in {len(rs)} variant(s) (spills or a stack), up to "
+              f"LOCAL {worst['local']} B, STACK {worst['stack']} B per thread")
+    for r in done:
+        for p in resource_problems(r, target_spec):
+            fail("OUT OF RESOURCES", by_key[r["key"]], p)
+    # Spills as a regression check, where they cost: the variants the ops
+    # launch (not those widened to i64 here) in 32- and 16-bit dtypes (float64
+    # tiles hold twice the registers; its kernels spill and are left so).
+    for r in with_regs:
+        v = by_key[r["key"]]
+        if (r["local"] + r["stack"] > SPILL_LIMIT and not v["synthetic"]
+                and not any(a["k"] == "tensor" and a["dtype"] == "float64" for a in v["args"].values())):
+            fail("SPILLS", v, f"{r['regs']} registers and {r['local'] + r['stack']} B of local memory per "
+                              f"thread (more than {SPILL_LIMIT} B) with {r['threads']} threads")
+
+
 def _print_summary(variants, info, out, args, total_s):
     by_key = {v["key"]: v for v in variants}
     comp = out["compile"]
@@ -854,6 +977,7 @@ def _print_summary(variants, info, out, args, total_s):
 
     for r in fails:
         fail("COMPILE FAIL", by_key[r["key"]], r["error"] + (f"\n{r['traceback']}" if r.get("traceback") else ""))
+    _print_resources(comp, by_key, args.target, fail)
     if "mutation" in out:
         mres = out["mutation"]
         bad = [r for r in mres if r["problems"]]

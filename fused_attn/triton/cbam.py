@@ -303,9 +303,13 @@ def _conv_wgrad_kernel(in_ptr, dz_ptr, part_ptr, H, W, CIN, K, PAD, ACC: tl.cons
 
 
 def _map_tiles(cin, k):
-    """(pixels per program, taps padded to a power of two): tiles of about 8K elements."""
+    """(pixels per program, taps padded to a power of two, warps): tiles of about
+    8K elements, 16 per thread. Four warps (Triton's default) would hold 64 each:
+    on sm_90 ptxas then took all 255 registers and spilled up to 576 bytes per
+    thread (`make triton-check` prints each kernel's registers and stack)."""
     taps = triton.next_power_of_2(cin * k * k)
-    return max(16, min(_MAP_BLOCK, 8192 // taps)), taps
+    block = max(16, min(_MAP_BLOCK, 8192 // taps))
+    return block, taps, max(4, min(16, block * taps // (16 * 32)))
 
 
 def _conv(inp, w, H, W):
@@ -313,22 +317,22 @@ def _conv(inp, w, H, W):
     N, CIN, HW = inp.shape
     COUT, k = w.shape[0], w.shape[-1]
     out = _empty(inp, (N, COUT, HW), inp.dtype)
-    block, taps = _map_tiles(CIN, k)
+    block, taps, warps = _map_tiles(CIN, k)
     grid = (N * COUT * triton.cdiv(HW, block),)  # (row, pixel block) pairs: sample_and_block
     launch(_conv_kernel)[grid](inp.contiguous(), w.contiguous(), out, H, W, CIN, COUT, k, (k - 1) // 2,
-                               ACC=_tl_acc(inp.dtype), BLOCK=block, TAPS=taps)
+                               ACC=_tl_acc(inp.dtype), BLOCK=block, TAPS=taps, num_warps=warps)
     return out
 
 
 def _conv_weight_grad(inp, dz, k, H, W):
     """dL/dw [CIN, k, k] of out = conv(inp, w) (one output map) given dz [N, H·W]."""
     N, CIN, HW = inp.shape
-    block, taps = _map_tiles(CIN, k)
+    block, taps, warps = _map_tiles(CIN, k)
     blocks = triton.cdiv(HW, block)
     part = _empty(inp, (N, blocks, CIN * k * k), inp.dtype)
     grid = (N * blocks,)   # (n, pixel block) pairs: sample_and_block
     launch(_conv_wgrad_kernel)[grid](inp.contiguous(), dz.contiguous(), part, H, W, CIN, k, (k - 1) // 2,
-                                     ACC=_tl_acc(inp.dtype), BLOCK=block, TAPS=taps)
+                                     ACC=_tl_acc(inp.dtype), BLOCK=block, TAPS=taps, num_warps=warps)
     return part.sum((0, 1)).view(CIN, k, k)
 
 
