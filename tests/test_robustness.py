@@ -1,6 +1,7 @@
 """Works where models run, and refuses bad input clearly (SE, ECA and CBAM, every
 CPU backend): autocast, torch.export, torch.compile of a converted timm model
-(fullgraph, dynamic batch), DDP, deterministic mode, non-contiguous views,
+(fullgraph, dynamic batch), inference mode, torch.jit.trace (and torch.jit.script
+refused, saying what to do), DDP, deterministic mode, non-contiguous views,
 zero-size dimensions, NaN / Inf, large fp16 / bf16 magnitudes, and bad arguments."""
 import copy
 import os
@@ -165,6 +166,82 @@ def test_compile_converted_timm_model_fullgraph_and_dynamic_batch():
         for n in (2, 3, 5):
             x = torch.randn(n, 3, 32, 32)
             assert_close(dynamic(x), model(x), torch.float32)
+
+
+# ---- inference mode and TorchScript ------------------------------------------------
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_inference_mode_matches_eager(backend, train):
+    """Under torch.inference_mode the block gives eager's outputs (inference
+    tensors) and, in training mode, updates CBAM's running statistics as
+    eager does, in place: the buffers stay normal tensors, so training
+    outside inference mode still works after."""
+    block = _block().train(train)
+    twin_block = copy.deepcopy(block)
+    eager = _eager_twin(twin_block)
+    x = torch.randn(2, 8, 9, 7)
+    with torch.inference_mode():
+        y = block(x)
+        y_ref = eager(x)
+    assert y.is_inference()
+    assert_close(y, y_ref, torch.float32)
+    bn, bn_ref = block[5].part("bn"), twin_block[5].part("bn")
+    for name in ("running_mean", "running_var"):
+        got, want = getattr(bn, name), getattr(bn_ref, name)
+        assert not got.is_inference(), name
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+    if train:
+        assert not torch.equal(bn.running_mean, torch.full_like(bn.running_mean, 0.2))   # updated
+    # as nn.BatchNorm2d counts (the functional twin counts nothing)
+    assert not bn.num_batches_tracked.is_inference() and bn.num_batches_tracked.item() == int(train)
+    loss = block(x).square().sum()     # outside inference mode: autograd through the same buffers
+    loss.backward()
+    assert all(p.grad is not None for p in block.parameters())
+
+
+@pytest.mark.skipif(not fused_attn.HAS_C, reason="traces the compiled ops")
+def test_jit_trace_keeps_the_ops():
+    block = _block().eval()
+    x = torch.randn(2, 8, 9, 7)
+    with fused_attn.use_backend("cpu"):
+        traced = torch.jit.trace(block, (x,), check_trace=False)
+        kinds = {n.kind() for n in traced.inlined_graph.nodes()}
+        for op in ("se_forward", "eca_forward", "cbam_forward"):
+            assert f"fused_attn::{op}" in kinds, kinds
+        x2 = torch.randn(2, 8, 9, 7)
+        y = traced(x2)
+    assert_close(y, _eager_twin(block)(x2), torch.float32)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fused_attn.nn.SqueezeExcite(16, rd_channels=4),
+    lambda: fused_attn.nn.EfficientChannelAttention(16),
+    lambda: fused_attn.nn.CBAM(16, rd_channels=4),
+    lambda: fused_attn.nn.LightCBAM(16, rd_channels=4),
+    lambda: nn.Sequential(nn.Conv2d(3, 16, 1), fused_attn.nn.SqueezeExcite(16, rd_channels=4)),
+], ids=["se", "eca", "cbam", "lcbam", "nested"])
+def test_jit_script_is_refused_saying_what_to_do(make):
+    m = make()
+    name = type(m[-1] if isinstance(m, nn.Sequential) else m).__name__
+    with pytest.raises(RuntimeError, match=rf"torch.jit.script cannot compile fused_attn.nn.{name}:"
+                                           r".*torch.export.*fused_attn.unconvert\(model\)"):
+        torch.jit.script(m)
+
+
+def test_jit_script_of_the_unconverted_model():
+    """The way the refusal above points to: a converted timm model, unconverted,
+    scripts and gives the converted model's outputs."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model, report = fused_attn.convert(timm.create_model("seresnet18", num_classes=10).eval())
+    assert report.total == 8
+    with pytest.raises(RuntimeError, match="torch.jit.script cannot compile fused_attn.nn.SqueezeExcite"):
+        torch.jit.script(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x)
+        scripted = torch.jit.script(fused_attn.unconvert(model, inplace=False)[0])
+        assert_close(scripted(x), y, torch.float32)
 
 
 # ---- DDP -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from .. import functional as F_fa
 from ..ops.cbam import MAX_SPATIAL_KERNEL, check_cbam_names
 from ..reference.cbam import POOL_ORDERS
 from ._activations import activation_name, gate_name
+from ._torchscript import refuse_torchscript
 from .se import _make_divisible
 
 
@@ -35,6 +36,8 @@ class CBAM(nn.Module):
     """
 
     light = False
+
+    __prepare_scriptable__ = refuse_torchscript
 
     def __init__(self, channels, rd_ratio=1.0 / 16, rd_channels=None, rd_divisor=1, spatial_kernel_size=7, *,
                  act="relu", gate="sigmoid", mlp_bias=False, pool_order="mean_max", device=None, dtype=None):

@@ -6,6 +6,7 @@ from .. import functional as F_fa
 from ..ops.eca import check_eca_names
 from ..reference.eca import eca_kernel_size
 from ._activations import gate_name
+from ._torchscript import refuse_torchscript
 
 
 class EfficientChannelAttention(nn.Module):
@@ -20,6 +21,8 @@ class EfficientChannelAttention(nn.Module):
     The parameter is ``conv.weight`` [1, 1, k] (and ``conv.bias`` [1] when
     ``bias``), as in timm, so their ``state_dict`` loads unchanged.
     """
+
+    __prepare_scriptable__ = refuse_torchscript
 
     def __init__(self, channels=None, kernel_size=3, gamma=2, beta=1, *, padding="zeros", gate="sigmoid",
                  bias=False, device=None, dtype=None):

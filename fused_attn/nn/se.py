@@ -5,6 +5,7 @@ from torch import nn
 from .. import functional as F_fa
 from .. import reference
 from ._activations import activation_name, gate_name
+from ._torchscript import refuse_torchscript
 
 
 def _make_divisible(v, divisor=8, min_value=None, round_limit=0.0):
@@ -36,6 +37,8 @@ class SqueezeExcite(nn.Module):
     statistics of the whole batch before any sample can be gated, so that case
     runs the eager reference (correct, updates running stats, not fused).
     """
+
+    __prepare_scriptable__ = refuse_torchscript
 
     def __init__(self, channels, rd_channels=None, *, rd_ratio=1.0 / 16, rd_divisor=8, bias=True,
                  act="relu", gate="sigmoid", pool="avg", effective=False, norm_layer=None,
