@@ -14,7 +14,14 @@
 // backward op and returns a gradient for every tensor input (undefined where
 // the parameter is absent). Autocast is excluded inside both: the ops choose
 // their own precisions, so ATen calls inside a kernel must not be re-cast.
+//
+// A backward that runs with create_graph=True (grad mode on inside it: a
+// second derivative to come) calls the *_backward_graph op instead, the
+// reference's gradient as a differentiable graph (fused_attn/ops/
+// graph_backward.py): the backward ops' outputs carry no autograd history,
+// and a second derivative through them would silently be zero.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
@@ -41,6 +48,9 @@ struct NoAutocast {
 
 at::Tensor undefined_unless(bool keep, at::Tensor t) { return keep ? std::move(t) : at::Tensor(); }
 
+OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
+bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
+
 // --- SE ---------------------------------------------------------------------
 
 using SeForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
@@ -49,6 +59,9 @@ using SeForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, 
 using SeBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, const at::Tensor&, c10::string_view, c10::string_view, c10::string_view, bool, bool);
+using SeBackwardGraphSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+    c10::string_view, c10::string_view, c10::string_view);
 
 struct SeFunction : torch::autograd::Function<SeFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1,
@@ -60,7 +73,8 @@ struct SeFunction : torch::autograd::Function<SeFunction> {
       static const auto op = find_op<SeForwardSig>("fused_attn::se_forward");
       return op.call(x, w1, b1, w2, b2, act, gate, pool);
     }();
-    ctx->save_for_backward({x, w1, w2.value_or(at::Tensor()), pooled, maxv, hidden, logits});
+    ctx->save_for_backward({x, w1, w2.value_or(at::Tensor()), pooled, maxv, hidden, logits, b1.value_or(at::Tensor()),
+                            b2.value_or(at::Tensor())});
     ctx->saved_data["act"] = std::string(act);
     ctx->saved_data["gate"] = std::string(gate);
     ctx->saved_data["pool"] = std::string(pool);
@@ -75,6 +89,15 @@ struct SeFunction : torch::autograd::Function<SeFunction> {
     const at::Tensor& w2 = s[2];
     const bool has_b1 = ctx->saved_data["has_b1"].toBool(), has_b2 = ctx->saved_data["has_b2"].toBool();
     NoAutocast no_autocast;
+    if (at::GradMode::is_enabled()) {
+      static const auto graph_op = find_op<SeBackwardGraphSig>("fused_attn::se_backward_graph");
+      auto [dx, dw1, db1, dw2, db2] = graph_op.call(
+          grads[0], s[0], s[1], optional_of(s[7]), optional_of(w2), optional_of(s[8]),
+          ctx->saved_data["act"].toStringRef(), ctx->saved_data["gate"].toStringRef(),
+          ctx->saved_data["pool"].toStringRef());
+      return {dx, dw1, undefined_unless(has_b1, db1), undefined_unless(w2.defined(), dw2),
+              undefined_unless(has_b2 && w2.defined(), db2), {}, {}, {}};
+    }
     static const auto op = find_op<SeBackwardSig>("fused_attn::se_backward");
     auto [dx, dw1, db1, dw2, db2] = op.call(grads[0], s[0], s[1], w2.defined() ? OptTensor(w2) : OptTensor(), s[3],
                                               s[4], s[5], s[6], ctx->saved_data["act"].toStringRef(),
@@ -101,6 +124,9 @@ using EcaBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::
                                                                       const at::Tensor&, const at::Tensor&,
                                                                       const at::Tensor&, c10::string_view,
                                                                       c10::string_view, bool);
+using EcaBackwardGraphSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                           const at::Tensor&, const OptTensor&,
+                                                                           c10::string_view, c10::string_view);
 
 struct EcaFunction : torch::autograd::Function<EcaFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const OptTensor& b,
@@ -111,7 +137,7 @@ struct EcaFunction : torch::autograd::Function<EcaFunction> {
       static const auto op = find_op<EcaForwardSig>("fused_attn::eca_forward");
       return op.call(x, w, b, padding, gate);
     }();
-    ctx->save_for_backward({x, w, pooled, logits});
+    ctx->save_for_backward({x, w, pooled, logits, b.value_or(at::Tensor())});
     ctx->saved_data["padding"] = std::string(padding);
     ctx->saved_data["gate"] = std::string(gate);
     ctx->saved_data["has_bias"] = b.has_value() && b->defined();
@@ -123,6 +149,13 @@ struct EcaFunction : torch::autograd::Function<EcaFunction> {
     const auto s = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     NoAutocast no_autocast;
+    if (at::GradMode::is_enabled()) {
+      static const auto graph_op = find_op<EcaBackwardGraphSig>("fused_attn::eca_backward_graph");
+      auto [dx, dw, db] = graph_op.call(grads[0], s[0], s[1], optional_of(s[4]),
+                                        ctx->saved_data["padding"].toStringRef(),
+                                        ctx->saved_data["gate"].toStringRef());
+      return {dx, dw, undefined_unless(has_bias, db), {}, {}};
+    }
     static const auto op = find_op<EcaBackwardSig>("fused_attn::eca_backward");
     auto [dx, dw, db] = op.call(grads[0], s[0], s[1], s[2], s[3], ctx->saved_data["padding"].toStringRef(),
                                   ctx->saved_data["gate"].toStringRef(), has_bias);
@@ -151,9 +184,10 @@ using CbamBackwardSig = Tensor8(const at::Tensor&, const at::Tensor&, const at::
                                 const OptTensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                 const at::Tensor&, const at::Tensor&, bool, double, c10::string_view,
                                 c10::string_view, bool, bool);
-
-OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
-bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
+using CbamBackwardGraphSig = Tensor8(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
+                                     const at::Tensor&, const OptTensor&, const at::Tensor&, const OptTensor&,
+                                     const OptTensor&, const OptTensor&, const OptTensor&, double, c10::string_view,
+                                     c10::string_view, bool, bool);
 
 struct CbamFunction : torch::autograd::Function<CbamFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1,
@@ -171,6 +205,10 @@ struct CbamFunction : torch::autograd::Function<CbamFunction> {
     ctx->save_for_backward({x, w1, value(b1), w2, value(b2), ws, value(bn_w), value(bn_b), pooled, logits, smap, z,
                             stats});
     ctx->saved_data["batch_stats"] = !present(bn_rm) || !present(bn_rv);
+    if (present(bn_rm) && present(bn_rv)) {  // for the graph backward only (by reference: see graph_backward.py)
+      ctx->saved_data["bn_rm"] = *bn_rm;
+      ctx->saved_data["bn_rv"] = *bn_rv;
+    }
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["act"] = std::string(act);
     ctx->saved_data["gate"] = std::string(gate);
@@ -184,11 +222,23 @@ struct CbamFunction : torch::autograd::Function<CbamFunction> {
     const auto s = ctx->get_saved_variables();
     auto& d = ctx->saved_data;
     NoAutocast no_autocast;
-    static const auto op = find_op<CbamBackwardSig>("fused_attn::cbam_backward");
-    auto [dx, dw1, db1, dw2, db2, dws, dbnw, dbnb] = op.call(grads[0], s[0], s[1], optional_of(s[2]), s[3], optional_of(s[4]), s[5], optional_of(s[6]),
-                  optional_of(s[7]), s[8], s[9], s[10], s[11], s[12], d["batch_stats"].toBool(),
-                  d["eps"].toDouble(), d["act"].toStringRef(), d["gate"].toStringRef(), d["light"].toBool(),
-                  d["max_first"].toBool());
+    auto [dx, dw1, db1, dw2, db2, dws, dbnw, dbnb] = [&] {
+      if (at::GradMode::is_enabled()) {
+        static const auto graph_op = find_op<CbamBackwardGraphSig>("fused_attn::cbam_backward_graph");
+        const bool eval = !d["batch_stats"].toBool();
+        return graph_op.call(grads[0], s[0], s[1], optional_of(s[2]), s[3], optional_of(s[4]), s[5],
+                             optional_of(s[6]), optional_of(s[7]),
+                             eval ? OptTensor(d["bn_rm"].toTensor()) : OptTensor(),
+                             eval ? OptTensor(d["bn_rv"].toTensor()) : OptTensor(), d["eps"].toDouble(),
+                             d["act"].toStringRef(), d["gate"].toStringRef(), d["light"].toBool(),
+                             d["max_first"].toBool());
+      }
+      static const auto op = find_op<CbamBackwardSig>("fused_attn::cbam_backward");
+      return op.call(grads[0], s[0], s[1], optional_of(s[2]), s[3], optional_of(s[4]), s[5], optional_of(s[6]),
+                     optional_of(s[7]), s[8], s[9], s[10], s[11], s[12], d["batch_stats"].toBool(),
+                     d["eps"].toDouble(), d["act"].toStringRef(), d["gate"].toStringRef(), d["light"].toBool(),
+                     d["max_first"].toBool());
+    }();
     return {dx,
             dw1,
             undefined_unless(s[2].defined(), db1),

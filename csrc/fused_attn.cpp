@@ -60,6 +60,23 @@ TORCH_LIBRARY(fused_attn, m) {
       "Tensor? fc2_bias, Tensor spatial_weight, Tensor? bn_weight, Tensor? bn_bias, Tensor pooled, Tensor logits, "
       "Tensor smap, Tensor z, Tensor bn_stats, bool bn_batch_stats, float bn_eps, str act, str gate, bool light, "
       "bool max_first) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The same gradients as differentiable graphs, for a backward that runs
+  // with create_graph=True (a second derivative: gradient penalties,
+  // Hessian-vector products): the eager reference's gradient taken by
+  // autograd, implemented in Python for every device as
+  // CompositeImplicitAutograd (fused_attn/ops/graph_backward.py). They take
+  // the forward's inputs and return what the *_backward ops return.
+  m.def(
+      "se_backward_graph(Tensor grad_y, Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor? fc2_weight, "
+      "Tensor? fc2_bias, str act, str gate, str pool) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "eca_backward_graph(Tensor grad_y, Tensor x, Tensor conv_weight, Tensor? conv_bias, str padding, str gate) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "cbam_backward_graph(Tensor grad_y, Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor fc2_weight, "
+      "Tensor? fc2_bias, Tensor spatial_weight, Tensor? bn_weight, Tensor? bn_bias, Tensor? bn_running_mean, "
+      "Tensor? bn_running_var, float bn_eps, str act, str gate, bool light, bool max_first) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 #ifndef FUSED_ATTN_WITH_CUDA

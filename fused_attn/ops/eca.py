@@ -66,7 +66,7 @@ if HAS_C:
 def _setup_context(ctx, inputs, output):
     x, w, b, padding, gate = inputs
     _, pooled, logits = output
-    ctx.save_for_backward(x, w, pooled, logits)
+    ctx.save_for_backward(x, w, pooled, logits, b)
     ctx.variant = (padding, gate, b is not None)
     ctx.mark_non_differentiable(pooled, logits)
 
@@ -78,8 +78,12 @@ def register_eca_autograd(forward_op, backward_op):
     layer's per-call cost."""
 
     def backward(ctx, dy, *_unused):
-        x, w, pooled, logits = ctx.saved_tensors
+        x, w, pooled, logits, b = ctx.saved_tensors
         padding, gate, has_bias = ctx.variant
+        if torch.is_grad_enabled():   # create_graph=True: a graph to differentiate again
+            from .graph_backward import eca_graph_grads
+
+            return (*eca_graph_grads(dy, x, w, b, padding, gate), None, None)
         with no_autocast(x.device.type):
             dx, dw, db = backward_op(dy, x, w, pooled, logits, padding, gate, has_bias)
         return dx, dw, db if has_bias else None, None, None

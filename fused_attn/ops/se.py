@@ -116,7 +116,7 @@ if HAS_C:
 def _setup_context(ctx, inputs, output):
     x, w1, b1, w2, b2, act, gate, pool = inputs
     _, pooled, maxv, hidden, logits = output
-    ctx.save_for_backward(x, w1, w2, pooled, maxv, hidden, logits)
+    ctx.save_for_backward(x, w1, w2, pooled, maxv, hidden, logits, b1, b2)
     ctx.variant = (act, gate, pool, b1 is not None, b2 is not None)
     ctx.mark_non_differentiable(pooled, maxv, hidden, logits)
 
@@ -128,8 +128,12 @@ def register_se_autograd(forward_op, backward_op):
     layer's per-call cost."""
 
     def backward(ctx, dy, *_unused):
-        x, w1, w2, pooled, maxv, hidden, logits = ctx.saved_tensors
+        x, w1, w2, pooled, maxv, hidden, logits, b1, b2 = ctx.saved_tensors
         act, gate, pool, has_b1, has_b2 = ctx.variant
+        if torch.is_grad_enabled():   # create_graph=True: a graph to differentiate again
+            from .graph_backward import se_graph_grads
+
+            return (*se_graph_grads(dy, x, w1, b1, w2, b2, act, gate, pool), None, None, None)
         with no_autocast(x.device.type):
             dx, dw1, db1, dw2, db2 = backward_op(dy, x, w1, w2, pooled, maxv, hidden, logits, act, gate, pool,
                                                  has_b1, has_b2)
