@@ -14,6 +14,8 @@ import contextlib
 import dataclasses
 import os
 
+import torch
+
 from . import _extension
 
 BACKENDS = ("cuda", "triton", "cpu", "reference")
@@ -127,10 +129,23 @@ def current_choice():
     return _forced[-1] if _forced else _ENV_CHOICE
 
 
+def under_torch_func():
+    """Whether a torch.func transform (grad, vjp, jacrev, vmap...) is active.
+    PyTorch refuses the compiled ops' C++ autograd under them ("cannot use C++
+    torch::autograd::Function with functorch transforms"), and vmap would run
+    a fused op once per sample; the reference runs under every transform.
+    (Never while torch.compile traces: it applies no functorch transform, and
+    the check itself is not traced.)"""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
 def resolve(device_type, missing=()):
     """The backend that runs an op on tensors of ``device_type``, or raises.
     ``missing``: {backend: why} for backends that lack this op (``auto`` skips
-    them; forcing one raises with the reason)."""
+    them; forcing one raises with the reason). Under a torch.func transform:
+    the reference, whatever was chosen (see under_torch_func)."""
+    if under_torch_func():
+        return "reference"
     choice = current_choice()
     missing = dict(missing)
     if choice == "auto":

@@ -1,7 +1,7 @@
 """Works where models run, and refuses bad input clearly (SE, ECA and CBAM, every
 CPU backend): autocast, torch.export, torch.compile of a converted timm model
 (fullgraph, dynamic batch), inference mode, torch.jit.trace (and torch.jit.script
-refused, saying what to do), DDP, deterministic mode, non-contiguous views,
+refused, saying what to do), torch.func transforms, DDP, deterministic mode, non-contiguous views,
 zero-size dimensions, NaN / Inf, large fp16 / bf16 magnitudes, and bad arguments."""
 import copy
 import os
@@ -242,6 +242,42 @@ def test_jit_script_of_the_unconverted_model():
         y = model(x)
         scripted = torch.jit.script(fused_attn.unconvert(model, inplace=False)[0])
         assert_close(scripted(x), y, torch.float32)
+
+
+# ---- torch.func --------------------------------------------------------------------
+
+def test_torch_func_transforms_run_the_reference(backend):
+    """torch.func.grad, per-sample gradients (vmap of grad) and jacrev through
+    the fused modules give what autograd gives outside the transforms.
+    PyTorch refuses the compiled ops' C++ autograd under a transform, so the
+    ops run the reference there, whatever backend is chosen."""
+    from torch.func import functional_call, grad, jacrev, vmap
+
+    F64 = torch.float64
+    block = _block().eval().to(F64)
+    names = [n for n, _ in block.named_parameters()]
+    params = {n: p.detach() for n, p in block.named_parameters()}
+    x = torch.randn(3, 8, 5, 4, dtype=F64)
+
+    def loss(p, xs):
+        return functional_call(block, p, (xs,)).square().sum()
+
+    def autograd_grads(xs):
+        return torch.autograd.grad(block(xs).square().sum(), list(block.parameters()))
+
+    got = grad(loss)(params, x)
+    for n, want in zip(names, autograd_grads(x)):
+        assert_close(got[n], want, F64, grad=True)
+    per_sample = vmap(grad(lambda p, xi: loss(p, xi[None])), in_dims=(None, 0))(params, x)
+    for i in range(x.shape[0]):
+        for n, want in zip(names, autograd_grads(x[i:i + 1])):
+            assert_close(per_sample[n][i], want, F64, grad=True)
+
+    def pooled(xi):
+        return block(xi[None]).sum((2, 3))[0]
+
+    jac = jacrev(pooled)(x[0])
+    assert_close(jac, torch.autograd.functional.jacobian(pooled, x[0]), F64, grad=True)
 
 
 # ---- DDP -------------------------------------------------------------------------
