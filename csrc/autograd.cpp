@@ -51,6 +51,11 @@ at::Tensor undefined_unless(bool keep, at::Tensor t) { return keep ? std::move(t
 OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
 bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
 
+// Whether a backward of x's op must return its gradients as a graph: it runs
+// with create_graph=True, and y is not empty (when it is, nothing depends on
+// the gradients: the fused backward's constants stand).
+bool wants_graph(const at::Tensor& x) { return at::GradMode::is_enabled() && x.numel() > 0; }
+
 // --- SE ---------------------------------------------------------------------
 
 using SeForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
@@ -89,7 +94,7 @@ struct SeFunction : torch::autograd::Function<SeFunction> {
     const at::Tensor& w2 = s[2];
     const bool has_b1 = ctx->saved_data["has_b1"].toBool(), has_b2 = ctx->saved_data["has_b2"].toBool();
     NoAutocast no_autocast;
-    if (at::GradMode::is_enabled()) {
+    if (wants_graph(s[0])) {
       static const auto graph_op = find_op<SeBackwardGraphSig>("fused_attn::se_backward_graph");
       auto [dx, dw1, db1, dw2, db2] = graph_op.call(
           grads[0], s[0], s[1], optional_of(s[7]), optional_of(w2), optional_of(s[8]),
@@ -149,7 +154,7 @@ struct EcaFunction : torch::autograd::Function<EcaFunction> {
     const auto s = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     NoAutocast no_autocast;
-    if (at::GradMode::is_enabled()) {
+    if (wants_graph(s[0])) {
       static const auto graph_op = find_op<EcaBackwardGraphSig>("fused_attn::eca_backward_graph");
       auto [dx, dw, db] = graph_op.call(grads[0], s[0], s[1], optional_of(s[4]),
                                         ctx->saved_data["padding"].toStringRef(),
@@ -205,10 +210,6 @@ struct CbamFunction : torch::autograd::Function<CbamFunction> {
     ctx->save_for_backward({x, w1, value(b1), w2, value(b2), ws, value(bn_w), value(bn_b), pooled, logits, smap, z,
                             stats});
     ctx->saved_data["batch_stats"] = !present(bn_rm) || !present(bn_rv);
-    if (present(bn_rm) && present(bn_rv)) {  // for the graph backward only (by reference: see graph_backward.py)
-      ctx->saved_data["bn_rm"] = *bn_rm;
-      ctx->saved_data["bn_rv"] = *bn_rv;
-    }
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["act"] = std::string(act);
     ctx->saved_data["gate"] = std::string(gate);
@@ -223,13 +224,17 @@ struct CbamFunction : torch::autograd::Function<CbamFunction> {
     auto& d = ctx->saved_data;
     NoAutocast no_autocast;
     auto [dx, dw1, db1, dw2, db2, dws, dbnw, dbnb] = [&] {
-      if (at::GradMode::is_enabled()) {
+      if (wants_graph(s[0])) {
         static const auto graph_op = find_op<CbamBackwardGraphSig>("fused_attn::cbam_backward_graph");
+        // In eval mode bn_stats holds the running statistics the forward
+        // normalized with (saved, so version-checked: a training forward
+        // since then updated the buffers in place).
         const bool eval = !d["batch_stats"].toBool();
+        const at::Tensor& stats = s[12];
         return graph_op.call(grads[0], s[0], s[1], optional_of(s[2]), s[3], optional_of(s[4]), s[5],
                              optional_of(s[6]), optional_of(s[7]),
-                             eval ? OptTensor(d["bn_rm"].toTensor()) : OptTensor(),
-                             eval ? OptTensor(d["bn_rv"].toTensor()) : OptTensor(), d["eps"].toDouble(),
+                             eval ? OptTensor(stats.narrow(0, 0, 1)) : OptTensor(),
+                             eval ? OptTensor(stats.narrow(0, 1, 1)) : OptTensor(), d["eps"].toDouble(),
                              d["act"].toStringRef(), d["gate"].toStringRef(), d["light"].toBool(),
                              d["max_first"].toBool());
       }

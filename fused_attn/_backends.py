@@ -134,9 +134,9 @@ def under_torch_func():
     PyTorch refuses the compiled ops' C++ autograd under them ("cannot use C++
     torch::autograd::Function with functorch transforms"), and vmap would run
     a fused op once per sample; the reference runs under every transform.
-    (Never while torch.compile traces: it applies no functorch transform, and
-    the check itself is not traced.)"""
-    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+    torch.compile traces this check as the constant it is (a compiled
+    torch.func.grad takes the reference; a plain compiled call, the fused op)."""
+    return torch._C._are_functorch_transforms_active()
 
 
 def resolve(device_type, missing=()):

@@ -122,3 +122,69 @@ def test_gradient_penalty_on_a_converted_model(backend):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6, msg=name)
     fc1 = names.index("2.fc1.weight")
     assert got[fc1].abs().max() > 1e-6   # the penalty reaches the SE weights
+
+
+def test_cbam_eval_normalizes_as_its_forward_did(backend):
+    """An eval forward, then a training forward that updates the same running
+    statistics in place, then the first one's create_graph backward: it uses
+    the statistics the forward normalized with, as the plain backward does."""
+    torch.manual_seed(0)
+    args, kw, op = _cbam_case("eval")
+    inputs = [a for a in args if a is not None]
+    y = op(*args, **kw)
+    dy = torch.randn_like(y)
+    plain = torch.autograd.grad(y, inputs, dy, retain_graph=True)
+    with torch.no_grad():
+        op(*args, **dict(kw, bn_training=True))
+    assert not torch.equal(kw["bn_running_mean"], torch.tensor([0.1], dtype=F64))   # updated in place
+    graph = torch.autograd.grad(y, inputs, dy, create_graph=True)
+    for g, p in zip(graph, plain):
+        assert_close(g.detach(), p, F64, grad=True)
+
+
+@pytest.mark.parametrize("frozen", ["x", "weights"])
+@pytest.mark.parametrize("case", ["se-gelu_avgmax", "eca-circular", "cbam-eval", "cbam-batch_stats"])
+def test_frozen_input_or_weights(backend, case, frozen):
+    """A Hessian-vector product where x does not require grad (only the
+    weights do), or the weights do not (only x), against the reference
+    backend's."""
+    torch.manual_seed(0)
+    args, kw, op = CASES[case]()
+    tensors = [a for a in args if a is not None]
+    live = tensors[1:] if frozen == "x" else tensors[:1]
+    for t in tensors:
+        t.requires_grad_(any(t is u for u in live))
+    dy = torch.randn_like(args[0])
+    v = [torch.randn_like(t) for t in live]
+
+    def hvp():
+        grads = torch.autograd.grad(op(*args, **kw), live, dy, create_graph=True)
+        return torch.autograd.grad(sum((g * w).sum() for g, w in zip(grads, v)), live)
+
+    got = hvp()
+    with fused_attn.use_backend("reference"):
+        want = hvp()
+    for g, w in zip(got, want):
+        assert_close(g, w, F64, grad=True)
+
+
+@pytest.mark.parametrize("case", ["se-gelu_avgmax", "eca-zeros", "cbam-batch_stats", "cbam-eval"])
+@pytest.mark.parametrize("shape", [(0, 8, 4, 3), (2, 8, 0, 3)], ids=["N0", "HW0"])
+def test_zero_size_create_graph(backend, case, shape):
+    """Empty x: the create_graph backward gives what the plain one gives
+    (gradients of the right shapes, zero or NaN as the fused backward has
+    them), not the reference's amax refusing an empty H·W (as eager timm's
+    does: the reference backend is left out)."""
+    if backend == "reference":
+        pytest.skip("eager PyTorch, as timm's modules: amax refuses an empty H·W")
+    torch.manual_seed(0)
+    args, kw, op = CASES[case]()
+    x = torch.randn(shape[0], args[0].shape[1], *shape[2:], dtype=F64, requires_grad=True)
+    args = (x, *args[1:])
+    inputs = [a for a in args if a is not None]
+    y = op(*args, **kw)
+    plain = torch.autograd.grad(y, inputs, torch.ones_like(y), retain_graph=True, allow_unused=True)
+    graph = torch.autograd.grad(y, inputs, torch.ones_like(y), create_graph=True, allow_unused=True)
+    for g, p, t in zip(graph, plain, inputs):
+        assert g is not None and g.shape == t.shape
+        torch.testing.assert_close(g, torch.zeros_like(t) if p is None else p, equal_nan=True)

@@ -545,8 +545,9 @@ def record(args):
     if args.i64 != "none":
         seen = set(rec.variants)
         # --i64 some: one widened variant per kernel, pointer dtypes and non-int
-        # constexprs (ACC, WITH_MAX): tile sizes and which ints are 1 hardly change
-        # how the i64 index arithmetic compiles. --i64 all: one per recorded variant.
+        # constexprs (ACC, WITH_MAX) and launch options (num_warps): tile sizes and
+        # which ints are 1 hardly change how the i64 index arithmetic compiles.
+        # --i64 all: one per recorded variant.
         coarse = set()
         for v in list(variants):
             w = widened(v)
@@ -555,7 +556,7 @@ def record(args):
             k = variant_key(w, args.exact)
             ck = k if args.i64 == "all" else (w["module"], w["kernel"], tuple(
                 _token(n, a, n in w["constexprs"], False) for n, a in w["args"].items()
-                if a["k"] not in ("int", "none")))
+                if a["k"] not in ("int", "none")), _options_label(w))
             if k in seen or ck in coarse:
                 continue
             seen.add(k)

@@ -8,6 +8,6 @@ def refuse_torchscript(self):
     # compile; its own error would point into that code instead.
     raise RuntimeError(
         f"torch.jit.script cannot compile fused_attn.nn.{type(self).__name__}: its forward dispatches to the "
-        "fused backends in Python. torch.export and torch.compile keep the fused ops; to script the model, "
-        "script fused_attn.unconvert(model)[0] instead, which puts back the modules fused_attn.convert "
-        "replaced (their eager attention)")
+        "fused backends in Python. torch.export and torch.compile keep the fused ops. A model that "
+        "fused_attn.convert converted scripts as fused_attn.unconvert(model, inplace=False)[0], a copy with the "
+        "original modules back (their eager attention)")

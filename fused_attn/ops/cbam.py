@@ -91,7 +91,6 @@ def _setup_context(ctx, inputs, output):
     _, pooled, logits, smap, z, stats = output
     ctx.save_for_backward(x, w1, b1, w2, b2, ws, bn_w, bn_b, pooled, logits, smap, z, stats)
     ctx.variant = (bn_rm is None or bn_rv is None, eps, act, gate, light, max_first)
-    ctx.running = (bn_rm, bn_rv)   # for the graph backward only (by reference: see graph_backward.py)
     ctx.mark_non_differentiable(pooled, logits, smap, z, stats)
 
 
@@ -104,10 +103,11 @@ def register_cbam_autograd(forward_op, backward_op):
     def backward(ctx, dy, *_unused):
         x, w1, b1, w2, b2, ws, bn_w, bn_b, pooled, logits, smap, z, stats = ctx.saved_tensors
         batch_stats, eps, act, gate, light, max_first = ctx.variant
-        if torch.is_grad_enabled():   # create_graph=True: a graph to differentiate again
+        if torch.is_grad_enabled() and x.numel():   # create_graph=True: a graph to differentiate again
             from .graph_backward import cbam_graph_grads
 
-            rm, rv = (None, None) if batch_stats else ctx.running
+            # eval: the running statistics the forward normalized with (bn_stats)
+            rm, rv = (None, None) if batch_stats else (stats[0:1], stats[1:2])
             return (*cbam_graph_grads(dy, x, w1, b1, w2, b2, ws, bn_w, bn_b, rm, rv, eps, act, gate, light,
                                       max_first), None, None, None, None, None, None, None)
         with no_autocast(x.device.type):

@@ -80,7 +80,7 @@ def register_eca_autograd(forward_op, backward_op):
     def backward(ctx, dy, *_unused):
         x, w, pooled, logits, b = ctx.saved_tensors
         padding, gate, has_bias = ctx.variant
-        if torch.is_grad_enabled():   # create_graph=True: a graph to differentiate again
+        if torch.is_grad_enabled() and x.numel():   # create_graph=True: a graph to differentiate again
             from .graph_backward import eca_graph_grads
 
             return (*eca_graph_grads(dy, x, w, b, padding, gate), None, None)

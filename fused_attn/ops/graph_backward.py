@@ -9,7 +9,9 @@ inside it), the autograd formulas (csrc/autograd.cpp; ops/se.py, eca.py and
 cbam.py for the Triton ops) call these instead: the gradient of the eager
 reference (``fused_attn.reference``) taken by autograd itself, a graph of
 differentiable PyTorch ops. That costs eager's time, and only there; a
-plain backward keeps the fused kernels.
+plain backward keeps the fused kernels, and so does an empty x (y is empty:
+nothing depends on the gradients, which are constants, zero or NaN as the
+fused backward gives them; the reference's amax would refuse an empty H·W).
 
 The C++ autograd reaches them through the ops ``fused_attn::*_backward_graph``
 (declared in csrc/fused_attn.cpp, implemented here for every device as
@@ -59,10 +61,9 @@ def eca_graph_grads(grad_y, x, w, b, padding, gate):
 
 def cbam_graph_grads(grad_y, x, w1, b1, w2, b2, ws, bn_w, bn_b, bn_rm, bn_rv, eps, act, gate, light, max_first):
     """(dx, dw1, db1, dw2, db2, dws, dbn_w, dbn_b) of cbam_forward's y, None for
-    absent parameters. Running statistics given: eval mode, with them as they
-    are now (kept by reference, not copied: eval forwards leave them alone, and
-    a copy per forward would cost a launch each on a GPU); absent: the batch's
-    statistics, nothing updated."""
+    absent parameters. Running statistics given: eval mode, normalized with
+    them (the autograd formulas pass the values the forward used: its
+    bn_stats output); absent: the batch's statistics, nothing updated."""
     def forward(x, w1, b1, w2, b2, ws, bn_w, bn_b):
         return reference.cbam(x, w1, b1, w2, b2, ws.unsqueeze(0), bn_weight=bn_w, bn_bias=bn_b,
                               bn_running_mean=bn_rm, bn_running_var=bn_rv, bn_training=False, bn_eps=eps, act=act,

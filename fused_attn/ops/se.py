@@ -130,7 +130,7 @@ def register_se_autograd(forward_op, backward_op):
     def backward(ctx, dy, *_unused):
         x, w1, w2, pooled, maxv, hidden, logits, b1, b2 = ctx.saved_tensors
         act, gate, pool, has_b1, has_b2 = ctx.variant
-        if torch.is_grad_enabled():   # create_graph=True: a graph to differentiate again
+        if torch.is_grad_enabled() and x.numel():   # create_graph=True: a graph to differentiate again
             from .graph_backward import se_graph_grads
 
             return (*se_graph_grads(dy, x, w1, b1, w2, b2, act, gate, pool), None, None, None)
