@@ -200,6 +200,11 @@ def variant_key(v, exact):
     return f"{v['module']}.{v['kernel']}(" + ", ".join(toks) + ")" + _options_label(v)
 
 
+def kernel_name(v):
+    """module.kernel of a variant, the module without its package: se._pool_kernel."""
+    return f"{v['module'].rsplit('.', 1)[-1]}.{v['kernel']}"
+
+
 def variant_label(v):
     """Short description: kernel, the runtime arguments' kinds (":D": an int divisible
     by 16; ":unaligned": a pointer that is not 16-byte aligned), then the constexprs."""
@@ -211,8 +216,7 @@ def variant_label(v):
 
     rt = [rt_token(n) for n in v["params"] if n not in v["constexprs"]]
     ce = [_token(n, v["args"][n], True, False) for n in v["params"] if n in v["constexprs"]]
-    mod = v["module"].rsplit(".", 1)[-1]
-    return f"{mod}.{v['kernel']}({', '.join(rt)} | {' '.join(ce)}{_options_label(v)})"
+    return f"{kernel_name(v)}({', '.join(rt)} | {' '.join(ce)}{_options_label(v)})"
 
 
 # ---- pass 1: record under the interpreter --------------------------------------
@@ -902,8 +906,7 @@ def _print_resources(comp, by_key, target_spec, fail):
         return
 
     def name(r):
-        v = by_key[r["key"]]
-        return f"{v['module'].rsplit('.', 1)[-1]}.{v['kernel']}"
+        return kernel_name(by_key[r["key"]])
 
     top = max(done, key=lambda r: r["shared"])
     limit = SHARED_LIMITS.get((target_spec[0], target_spec[1]))
@@ -942,7 +945,7 @@ def _print_summary(variants, info, out, args, total_s):
     by_key = {v["key"]: v for v in variants}
     comp = out["compile"]
     fails = [r for r in comp if not r["ok"]]
-    kernels = sorted({f"{v['module'].rsplit('.', 1)[-1]}.{v['kernel']}" for v in variants})
+    kernels = sorted({kernel_name(v) for v in variants})
     print(f"triton {out['triton']}, torch {out['torch']}, target {target_label(args.target)}")
     print(f"recorded: {info['calls']}, {info['launches']} launches"
           + (f" ({info['skipped']} on fake/traced tensors skipped)" if info["skipped"] else "")
@@ -953,7 +956,7 @@ def _print_summary(variants, info, out, args, total_s):
     if args.verbose or args.list:
         counts = {}
         for v in variants:
-            k = f"{v['module'].rsplit('.', 1)[-1]}.{v['kernel']}"
+            k = kernel_name(v)
             counts[k] = counts.get(k, 0) + 1
         for k in kernels:
             print(f"  {counts[k]:4d}  {k}")
@@ -972,7 +975,7 @@ def _print_summary(variants, info, out, args, total_s):
     groups = {}
 
     def fail(what, v, error):
-        kname = f"{v['module'].rsplit('.', 1)[-1]}.{v['kernel']}"
+        kname = kernel_name(v)
         group = groups.setdefault((what, kname, re.sub(r"\d+", "#", error)), [error, []])
         group[1].append(v)
 
@@ -995,7 +998,7 @@ def _print_summary(variants, info, out, args, total_s):
             seen = set()
             for r in mres:
                 v = by_key[r["key"]]
-                line = (f"  {v['module'].rsplit('.', 1)[-1]}.{v['kernel']}: stored {v['stored']}, "
+                line = (f"  {kernel_name(v)}: stored {v['stored']}, "
                         f"reported {r['mutated']}")
                 if line not in seen:
                     seen.add(line)
