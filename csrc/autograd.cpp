@@ -53,7 +53,8 @@ bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
 
 // Whether a backward of x's op must return its gradients as a graph: it runs
 // with create_graph=True, and y is not empty (when it is, nothing depends on
-// the gradients: the fused backward's constants stand).
+// the gradients: the fused backward's constants stand). The Triton ops'
+// autograd asks the same of fused_attn/ops/se.py's wants_graph.
 bool wants_graph(const at::Tensor& x) { return at::GradMode::is_enabled() && x.numel() > 0; }
 
 // --- SE ---------------------------------------------------------------------

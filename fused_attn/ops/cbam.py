@@ -16,7 +16,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from .._extension import HAS_C
-from .se import FLOAT_DTYPES, acc_dtype, check_names, check_se_args, no_autocast
+from .se import FLOAT_DTYPES, acc_dtype, check_names, check_se_args, no_autocast, wants_graph
 
 #: Largest spatial kernel the fused ops take (CBAM uses 7; 3 in small nets).
 MAX_SPATIAL_KERNEL = 15
@@ -103,7 +103,7 @@ def register_cbam_autograd(forward_op, backward_op):
     def backward(ctx, dy, *_unused):
         x, w1, b1, w2, b2, ws, bn_w, bn_b, pooled, logits, smap, z, stats = ctx.saved_tensors
         batch_stats, eps, act, gate, light, max_first = ctx.variant
-        if torch.is_grad_enabled() and x.numel():   # create_graph=True: a graph to differentiate again
+        if wants_graph(x):
             from .graph_backward import cbam_graph_grads
 
             # eval: the running statistics the forward normalized with (bn_stats)

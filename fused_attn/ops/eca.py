@@ -14,7 +14,7 @@ from torch._prims_common import suggest_memory_format
 from .._extension import HAS_C
 from ..reference.eca import PADDINGS
 from ..reference.se import GATES
-from .se import FLOAT_DTYPES, _check_param, acc_dtype, no_autocast
+from .se import FLOAT_DTYPES, _check_param, acc_dtype, no_autocast, wants_graph
 
 
 def check_eca_names(padding, gate):
@@ -80,7 +80,7 @@ def register_eca_autograd(forward_op, backward_op):
     def backward(ctx, dy, *_unused):
         x, w, pooled, logits, b = ctx.saved_tensors
         padding, gate, has_bias = ctx.variant
-        if torch.is_grad_enabled() and x.numel():   # create_graph=True: a graph to differentiate again
+        if wants_graph(x):
             from .graph_backward import eca_graph_grads
 
             return (*eca_graph_grads(dy, x, w, b, padding, gate), None, None)

@@ -77,6 +77,14 @@ def no_autocast(device_type):
     return torch.autocast(device_type, enabled=False)
 
 
+def wants_graph(x):
+    """Whether the backward of x's op must return its gradients as a graph
+    (fused_attn/ops/graph_backward.py): it runs with create_graph=True, and y
+    is not empty (when it is, nothing depends on the gradients: the fused
+    backward's constants stand). csrc/autograd.cpp's wants_graph is its twin."""
+    return torch.is_grad_enabled() and x.numel() > 0
+
+
 def acc_dtype(dtype):
     """The dtype pooling and the excitation accumulate in."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -130,7 +138,7 @@ def register_se_autograd(forward_op, backward_op):
     def backward(ctx, dy, *_unused):
         x, w1, w2, pooled, maxv, hidden, logits, b1, b2 = ctx.saved_tensors
         act, gate, pool, has_b1, has_b2 = ctx.variant
-        if torch.is_grad_enabled() and x.numel():   # create_graph=True: a graph to differentiate again
+        if wants_graph(x):
             from .graph_backward import se_graph_grads
 
             return (*se_graph_grads(dy, x, w1, b1, w2, b2, act, gate, pool), None, None, None)
