@@ -56,10 +56,43 @@ CASES = {
 }
 
 
+def _bind(args, kw, op):
+    """(the tensors among args, fn(*those tensors) calling op with args' Nones
+    and kw)."""
+    inputs = [a for a in args if a is not None]
+
+    def fn(*tensors):
+        it = iter(tensors)
+        return op(*[None if a is None else next(it) for a in args], **kw)
+
+    return inputs, fn
+
+
 def _second_derivative(fn, inputs, dy, v):
     """d/d(inputs, dy) of <grad(fn)(inputs)·dy, v>: one Hessian-vector product."""
     grads = torch.autograd.grad(fn(*inputs), inputs, dy, create_graph=True)
     return torch.autograd.grad(sum((g * w).sum() for g, w in zip(grads, v)), [*inputs, dy])
+
+
+def _check_graph_gradient(fn, inputs, dy):
+    """The create_graph gradient is a graph, and equals the fused backward's."""
+    plain = torch.autograd.grad(fn(*inputs), inputs, dy)
+    graph = torch.autograd.grad(fn(*inputs), inputs, dy, create_graph=True)
+    assert all(g.requires_grad for g in graph)
+    for g, p in zip(graph, plain):
+        assert_close(g.detach(), p, F64, grad=True)
+
+
+def _check_hvp_against_reference(fn, inputs, dy):
+    """A Hessian-vector product on the backend in force, nonzero and equal to
+    the reference backend's."""
+    v = [torch.randn_like(t) for t in inputs]
+    got = _second_derivative(fn, inputs, dy, v)
+    with fused_attn.use_backend("reference"):
+        want = _second_derivative(fn, inputs, dy, v)
+    for g, w in zip(got, want):
+        assert g.abs().max() > 0
+        assert_close(g, w, F64, grad=True)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -71,28 +104,13 @@ def test_gradgradcheck(backend, case):
     backend's (which the finite differences check) instead."""
     torch.manual_seed(0)
     args, kw, op = CASES[case]()
-    inputs = [a for a in args if a is not None]
-
-    def fn(*tensors):
-        it = iter(tensors)
-        return op(*[None if a is None else next(it) for a in args], **kw)
-
+    inputs, fn = _bind(args, kw, op)
     dy = torch.randn_like(args[0]).requires_grad_()
-    plain = torch.autograd.grad(fn(*inputs), inputs, dy)
-    graph = torch.autograd.grad(fn(*inputs), inputs, dy, create_graph=True)
-    assert all(g.requires_grad for g in graph)
-    for g, p in zip(graph, plain):
-        assert_close(g.detach(), p, F64, grad=True)
+    _check_graph_gradient(fn, inputs, dy)
     if backend != "triton":
         assert torch.autograd.gradgradcheck(fn, inputs, (dy,), atol=1e-6, rtol=1e-5)
-        return
-    v = [torch.randn_like(t) for t in inputs]
-    got = _second_derivative(fn, inputs, dy, v)
-    with fused_attn.use_backend("reference"):
-        want = _second_derivative(fn, inputs, dy, v)
-    for g, w in zip(got, want):
-        assert g.abs().max() > 0
-        assert_close(g, w, F64, grad=True)
+    else:
+        _check_hvp_against_reference(fn, inputs, dy)
 
 
 def test_gradient_penalty_on_a_converted_model(backend):
@@ -205,24 +223,8 @@ def test_second_derivative_on_gpu(gpu_backend, case):
     def to_gpu(a):
         return a.detach().cuda().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
 
-    args = [to_gpu(a) for a in args]
-    kw = {k: to_gpu(v) for k, v in kw.items()}
-    inputs = [a for a in args if a is not None]
-
-    def fn(*tensors):
-        it = iter(tensors)
-        return op(*[None if a is None else next(it) for a in args], **kw)
-
-    dy = torch.randn_like(args[0]).requires_grad_()
-    v = [torch.randn_like(t) for t in inputs]
+    inputs, fn = _bind([to_gpu(a) for a in args], {k: to_gpu(v) for k, v in kw.items()}, op)
+    dy = torch.randn_like(inputs[0]).requires_grad_()
     with fused_attn.use_backend(gpu_backend):
-        plain = torch.autograd.grad(fn(*inputs), inputs, dy)
-        graph = torch.autograd.grad(fn(*inputs), inputs, dy, create_graph=True)
-        got = _second_derivative(fn, inputs, dy, v)
-    for g, p in zip(graph, plain):
-        assert_close(g.detach(), p, F64, grad=True)
-    with fused_attn.use_backend("reference"):
-        want = _second_derivative(fn, inputs, dy, v)
-    for g, w in zip(got, want):
-        assert g.abs().max() > 0
-        assert_close(g, w, F64, grad=True)
+        _check_graph_gradient(fn, inputs, dy)
+        _check_hvp_against_reference(fn, inputs, dy)
