@@ -42,6 +42,10 @@ _FUSED = (SqueezeExcite, EfficientChannelAttention, CBAM)
 _LOOKALIKE = re.compile(r"(?i:squeeze|excit|eca|cbam|channel_?att|spatial_?att|channel_?gate|spatial_?gate)"
                         r"|(?-i:^SE(Module|Layer)?$|^se_?(module|layer)$)")
 
+# Children of query-key-value attention (davit's ChannelAttention, a
+# transformer block over channels): a lookalike by name only, not reported.
+_DOT_PRODUCT = {"qkv", "q", "kv"}
+
 
 @dataclasses.dataclass
 class Skipped:
@@ -107,7 +111,7 @@ def _try_fuse(m):
             # (a subclass or an unknown class with the same children): only
             # known classes and our own convert silently; others are reported.
             return fused, None
-    if _LOOKALIKE.search(name):
+    if _LOOKALIKE.search(name) and not _DOT_PRODUCT.intersection(dict(m.named_children())):
         return None, "not a layout fused_attn recognises (" + "; ".join(msg for _, msg in errors) + ")"
     return None, None
 

@@ -4,6 +4,7 @@ the report counts every attention block, state_dict keys and values are
 unchanged, and the conversion pickles and reverses."""
 import collections
 import copy
+import functools
 import io
 
 import pytest
@@ -227,3 +228,22 @@ def test_unknown_class_with_a_known_layout_is_reported_not_converted():
     assert report.total == 0 and "unknown class" in report.skipped[0].reason
     _, report = convert(model, strict_classes=False)
     assert report.total == 1
+
+
+def test_other_blocks_with_attention_like_names_are_left_unreported():
+    """timm's gMLP GatedMlp has fc1 / act / gate / fc2 children like an SE,
+    around Linear layers, and davit's ChannelAttention is a transformer over
+    channels: neither is an attention block of ours, so neither is swapped
+    nor listed as a lookalike (convert once listed 90 GatedMlp in gmlp_b16_224
+    under an 'unsupported gate' reason, and every davit ChannelAttention)."""
+    from timm.layers.mlp import GatedMlp
+    from timm.models.davit import ChannelAttention
+    from timm.models.mlp_mixer import SpatialGatingUnit
+
+    model = torch.nn.Sequential(GatedMlp(16, 32, gate_layer=functools.partial(SpatialGatingUnit, seq_len=4)),
+                                ChannelAttention(16, num_heads=2), timm.layers.SEModule(16))
+    _, report = convert(model)
+    assert report.total == 1 and report.skipped == [], str(report)
+    # A Conv2d SE that cannot be represented is still reported, with its reason.
+    _, report = convert(torch.nn.Sequential(timm.layers.SEModule(16, act_layer=torch.nn.LeakyReLU)))
+    assert report.total == 0 and "LeakyReLU" in report.skipped[0].reason

@@ -136,7 +136,14 @@ def _describe(m):
         out.update({role: m.part(role) for role in roles})
         return out
     names = set(dict(m.named_children()))
-    if {"fc1", "fc2", "act", "gate"} <= names:                     # timm SEModule (and SqueezeExciteCl)
+    for conv_name in ("fc", "fc1", "fc2", "conv_reduce", "conv_expand"):
+        # An SE's excitation convs are Conv2d; a block with the same child
+        # names around Linear layers (timm's GatedMlp, SqueezeExciteCl on
+        # NHWC tensors) is another family, whatever its activations are.
+        if conv_name in names and not isinstance(getattr(m, conv_name), nn.Conv2d):
+            raise TypeError(f"{kind} is not a Squeeze-and-Excitation module fused_attn knows "
+                            f"({conv_name} is a {type(getattr(m, conv_name)).__name__}, not a Conv2d)")
+    if {"fc1", "fc2", "act", "gate"} <= names:                     # timm SEModule
         out = {"fc1": m.fc1, "fc2": m.fc2, "act": activation_name(m.act, kind),
                "gate": gate_name(m.gate, kind), "pool": _pool_of(m)}
         bn = getattr(m, "bn", None)
