@@ -39,7 +39,7 @@ _NOT_YET = {
 _FUSED = (SqueezeExcite, EfficientChannelAttention, CBAM)
 # Names that suggest an attention block: a module whose class name matches and
 # that is not converted is reported as a lookalike, with the reason.
-_LOOKALIKE = re.compile(r"(?i:squeeze|excit|eca|cbam|channel_?att|spatial_?att|channel_?gate|spatial_?gate)"
+_LOOKALIKE = re.compile(r"(?i:excit|eca|cbam|channel_?att|spatial_?att|channel_?gate|spatial_?gate)"
                         r"|(?-i:^SE(Module|Layer)?$|^se_?(module|layer)$)")
 
 # Children of query-key-value attention (davit's ChannelAttention, a

@@ -244,6 +244,9 @@ def test_other_blocks_with_attention_like_names_are_left_unreported():
                                 ChannelAttention(16, num_heads=2), timm.layers.SEModule(16))
     _, report = convert(model)
     assert report.total == 1 and report.skipped == [], str(report)
+    # Nor is a SqueezeNet, whose class name once made it a lookalike.
+    _, report = convert(torchvision.models.squeezenet1_0())
+    assert report.total == 0 and report.skipped == [], str(report)
     # A Conv2d SE that cannot be represented is still reported, with its reason.
     _, report = convert(torch.nn.Sequential(timm.layers.SEModule(16, act_layer=torch.nn.LeakyReLU)))
     assert report.total == 0 and "LeakyReLU" in report.skipped[0].reason
