@@ -31,6 +31,9 @@
 #   make gpu-prebuild  the CUDA build for a lent GPU (torch 2.11 of the floor venv, sm_90) into
 #                .prebuilt/ with its stamp (tools/build_stamp.py): carry `.prebuilt` in the device
 #                call and bench/gpu_check.sh's build step uses it instead of compiling there
+#   make convert-sweep  fused_attn.convert and unconvert over every timm and torchvision model, built
+#                on the meta device: no exception, the report's counts, state_dict keys, classes restored
+#                (tools/convert_sweep.py; its summary: bench/results/convert_sweep.md)
 #   make clean
 
 PYTHON ?= python3
@@ -58,7 +61,7 @@ FLOOR_TESTS ?= tests
 # (the other-torch targets build there, leaving the main tree's extension alone).
 copy_tracked = rm -rf $(1) && mkdir -p $(1) && git ls-files -z | tar --null -T - -cf - | tar xf - -C $(1)
 
-.PHONY: bench test test-floor test-newest triton-check ptxas-report clang-check cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv floor-venv newest-venv
+.PHONY: convert-sweep bench test test-floor test-newest triton-check ptxas-report clang-check cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv floor-venv newest-venv
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -156,6 +159,9 @@ triton-check: $(FLOOR_VENV)/.deps
 # What each CUDA kernel takes in registers, spills and shared memory, as ptxas
 # reports it for sm_90 and sm_80 (needs nvcc only; ~4 minutes on 2 cores):
 # fails if the kernels that spill are not exactly the known ones.
+convert-sweep: $(VENV)/.deps
+	$(PY) tools/convert_sweep.py --check $(SWEEP_ARGS)
+
 ptxas-report:
 	python3 tools/ptxas_report.py --md bench/results/ptxas/ptxas_report.md --check
 
