@@ -36,9 +36,19 @@ MODELS = {
     "legacy_seresnet18": lambda: timm.create_model("legacy_seresnet18"),
     "resnet18_cbam": lambda: timm.create_model("resnet18", block_args=dict(attn_layer="cbam")),
     "resnet18_lcbam": lambda: timm.create_model("resnet18", block_args=dict(attn_layer="lcbam")),
+    "resnet18_ceca": lambda: timm.create_model("resnet18", block_args=dict(attn_layer="ceca")),
     "tv_mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(),
     "tv_efficientnet_b0": lambda: torchvision.models.efficientnet_b0(),
     "tv_regnet_y_400mf": lambda: torchvision.models.regnet_y_400mf(),
+}
+# One model for each (model family, block variant) pair of the timm models
+# that MODELS leaves out (tools/convert_sweep.py lists the pairs, over every
+# timm model): name -> image size (64 unless the model needs its own).
+VARIANT_MODELS = {
+    "mobilenetv3_rw": 64,     # timm SqueezeExcite, hard_swish / hard_sigmoid
+    "mnasnet_small": 64,      # timm SqueezeExcite, relu / sigmoid
+    "test_coatnet": 160,      # timm SEModule, silu (the MaxViT / CoAtNet family)
+    "gcvit_xxtiny": 224,      # timm SEModule, gelu (GCViT)
 }
 # The Triton interpreter is slow: it runs every model on smaller images
 # (the last stages of most models are then 1×1, an edge case of its own).
@@ -64,7 +74,7 @@ def _cases():
 
 def _build(name, seed=0):
     torch.manual_seed(seed)
-    model = MODELS[name]()
+    model = MODELS[name]() if name in MODELS else timm.create_model(name)
     # Random BatchNorm statistics and affine parameters, so eval mode is not
     # an identity and folded BNs are exercised.
     g = torch.Generator().manual_seed(seed + 1)
@@ -140,6 +150,31 @@ def test_converted_model_matches_original(name, backend, train, memory_format):
             if "running" in k:
                 torch.testing.assert_close(original.state_dict()[k], converted.state_dict()[k], atol=1e-4,
                                            rtol=1e-4)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", list(VARIANT_MODELS))
+def test_variant_model_matches_original(name, train):
+    """The rest of the block variants timm's models use, one model each: the
+    C++ backend in float64 (where a wrong term shows and conditioning does
+    not), NCHW; MODELS above runs the full matrix on fewer models."""
+    original = _build(name).double().train(train)
+    converted, report = convert(copy.deepcopy(original))
+    assert report.total == attention_count(original, FUSED_CLASSES) > 0 and not report.skipped, str(report)
+    size = VARIANT_MODELS[name]
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+    def run(model, backend):
+        with fused_attn.use_backend(backend):
+            y = model(x)
+            dy = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(4))
+            return [y] + list(torch.autograd.grad(y, list(model.parameters()), dy))
+
+    got, ref = run(converted, "cpu"), run(original, "reference")
+    names = ["output"] + [n for n, _ in original.named_parameters()]
+    for pname, g, r in zip(names, got, ref, strict=True):
+        scale = max(1.0, r.abs().max().item())
+        torch.testing.assert_close(g, r, atol=1e-6 * scale, rtol=1e-5, msg=lambda m: f"{pname}: {m}")
 
 
 def test_report_says_what_it_did():

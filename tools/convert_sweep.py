@@ -41,11 +41,12 @@ def _builders(pattern):
     for name in timm.list_models(pattern):
         yield "timm", name, lambda name=name: timm.create_model(name, pretrained=False)
     # Kinds no registered timm model uses by default, as create_attn builds them.
+    # (Labelled as tests/test_convert.py's MODELS name them.)
     for kind in ("se", "ese", "eca", "ceca", "cbam", "lcbam"):
-        label = f"resnet50(block_args=dict(attn_layer={kind!r}))"
+        label = f"resnet18_{kind}"
         if fnmatch.fnmatchcase(label, pattern):
             yield "timm", label, lambda kind=kind: timm.create_model(
-                "resnet50", pretrained=False, block_args=dict(attn_layer=kind))
+                "resnet18", pretrained=False, block_args=dict(attn_layer=kind))
     try:
         import torchvision
     except ImportError:
@@ -64,13 +65,29 @@ def _classes(model):
     return collections.Counter(_qualname(m) for m in model.modules())
 
 
+def variant(fused):
+    """What distinguishes one fused block's forward from another's (sizes apart)."""
+    if isinstance(fused, fused_attn.nn.SqueezeExcite):
+        bn = fused.part("bn")
+        return (("ese" if fused.effective else "se") + f" act={fused.act} gate={fused.gate} pool={fused.pool}"
+                + (" +bn" if bn is not None and not isinstance(bn, torch.nn.Identity) else ""))
+    if isinstance(fused, fused_attn.nn.EfficientChannelAttention):
+        return (f"eca padding={fused.padding} gate={fused.gate}"
+                + (" +bias" if fused.conv.bias is not None else ""))
+    return "lcbam" if fused.light else "cbam"
+
+
 def sweep_one(model):
-    """(report, problems) for one model built on the meta device; problems is a list of strings."""
+    """(report, problems, variants) for one model built on the meta device;
+    problems is a list of strings, variants the set of (original class, variant())
+    of the blocks it swapped."""
     keys = list(model.state_dict())
     before = _classes(model)
     known = sum(1 for m in model.modules() if _known_attention_class(m))
     problems = []
+    original = {path: _qualname(m) for path, m in model.named_modules()}
     model, report = fused_attn.convert(model)
+    variants = {(original[path], variant(model.get_submodule(path))) for path in report.paths}
     left = [path for path, m in model.named_modules() if _known_attention_class(m)]
     if report.total + len(left) != known:
         problems.append(f"the report counts {report.total} swapped; the model had {known} blocks of "
@@ -87,7 +104,7 @@ def sweep_one(model):
         problems.append("state_dict keys changed by unconvert")
     if _classes(model) != before:
         problems.append("unconvert did not restore the original classes")
-    return report, problems
+    return report, problems, variants
 
 
 def main():
@@ -107,6 +124,7 @@ def main():
     example = {}
     failures = []
     on_cpu = []
+    pairs = collections.defaultdict(list)   # (attention class, variant) -> [(parameters, model)]
     for lib, name, build in _builders(args.filter):
         try:
             try:
@@ -119,11 +137,14 @@ def main():
             failures.append((lib, name, f"not built: {type(e).__name__}: {e}"[:300]))
             continue
         try:
-            report, problems = sweep_one(model)
+            size = sum(p.numel() for p in model.parameters())
+            report, problems, variants = sweep_one(model)
         except Exception as e:
             failures.append((lib, name, f"convert / unconvert raised {type(e).__name__}: {e}"[:300]))
             continue
         built += 1
+        for pair in variants:
+            pairs[pair].append((size, name))
         for p in problems:
             failures.append((lib, name, p))
         if report.total:
@@ -155,6 +176,20 @@ def main():
               "| class | blocks | a model with it | reason |", "|---|---:|---|---|"]
     lines += [f"| `{c}` | {n} | {example[(c, r)]} | {r.replace('|', '/')} |"
               for (c, r), n in skipped.most_common()]
+    tested = _numerically_tested()
+    lines += ["", "Each class swapped, with each variant of its forward (activation, gate, pooling, norm, "
+              "padding, bias) found among the models, and the models of each that tests/test_convert.py runs "
+              "with real weights against the unconverted one (MODELS, VARIANT_MODELS); for an untested pair, "
+              "the smallest model that has it:", "",
+              "| class | variant | models | tested by |", "|---|---|---:|---|"]
+    uncovered = 0
+    for (cls, v), models in sorted(pairs.items()):
+        by = [name for _, name in sorted(models) if name in tested]
+        if not by:
+            uncovered += 1
+        cell = ", ".join(f"`{b}`" for b in by) if by else f"**not tested**: smallest `{min(models)[1]}`"
+        lines.append(f"| `{cls}` | {v} | {len(models)} | {cell} |")
+    lines += ["", f"{len(pairs) - uncovered} of {len(pairs)} (class, variant) pairs tested numerically."]
     if failures:
         lines += ["", "Failures:", ""] + [f"* {lib} {name}: {p}" for lib, name, p in failures]
     text = "\n".join(lines) + "\n"
@@ -164,6 +199,13 @@ def main():
             f.write(text)
     if args.check and any(not p.startswith("not built") for _, _, p in failures):
         sys.exit(1)
+
+
+def _numerically_tested():
+    """The models tests/test_convert.py converts and compares with real weights, by the names used here."""
+    from tests import test_convert
+    # MODELS' keys are the names here, torchvision's with a "tv_" prefix.
+    return set(test_convert.VARIANT_MODELS) | {k.removeprefix("tv_") for k in test_convert.MODELS}
 
 
 if __name__ == "__main__":
