@@ -285,3 +285,22 @@ def test_other_blocks_with_attention_like_names_are_left_unreported():
     # A Conv2d SE that cannot be represented is still reported, with its reason.
     _, report = convert(torch.nn.Sequential(timm.layers.SEModule(16, act_layer=torch.nn.LeakyReLU)))
     assert report.total == 0 and "LeakyReLU" in report.skipped[0].reason
+
+
+@pytest.mark.parametrize("name", ["seresnet18", "resnet18_cbam", "ecaresnet26t", "rexnet_100"])
+def test_convert_on_the_meta_device_then_load(name):
+    """Large-model initialisation: build and convert on the meta device, then
+    to_empty and load a checkpoint of the unconverted model. Nothing of the
+    fused modules may live outside their state_dict (a buffer left out of it
+    would keep to_empty's garbage)."""
+    original = _build(name).eval()
+    with torch.device("meta"):
+        model = MODELS[name]()
+    model, report = convert(model)
+    assert report.total == attention_count(original, FUSED_CLASSES) > 0
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(original.state_dict())
+    model.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), original(x), atol=1e-4, rtol=1e-4)
