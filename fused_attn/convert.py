@@ -39,8 +39,8 @@ _NOT_YET = {
 _FUSED = (SqueezeExcite, EfficientChannelAttention, CBAM)
 # Names that suggest an attention block: a module whose class name matches and
 # that is not converted is reported as a lookalike, with the reason.
-_LOOKALIKE = re.compile(r"(?i:excit|eca|cbam|channel_?att|spatial_?att|channel_?gate|spatial_?gate)"
-                        r"|(?-i:^SE(Module|Layer)?$|^se_?(module|layer)$)")
+_LOOKALIKE = re.compile(r"(?i:squeeze(?!net)|excit|eca|cbam|channel_?att|spatial_?att|channel_?gate|spatial_?gate)"
+                        r"|(?-i:(^|[a-z])SE(Module|Layer|Block)?$|^se_?(module|layer|block)$)")
 
 # Children of query-key-value attention (davit's ChannelAttention, a
 # transformer block over channels): a lookalike by name only, not reported.
@@ -111,7 +111,10 @@ def _try_fuse(m):
             # (a subclass or an unknown class with the same children): only
             # known classes and our own convert silently; others are reported.
             return fused, None
-    if _LOOKALIKE.search(name) and not _DOT_PRODUCT.intersection(dict(m.named_children())):
+    # A known class always says why it was left (a wrapped conv, say);
+    # others when their name suggests an attention block.
+    lookalike = _LOOKALIKE.search(name) and not _DOT_PRODUCT.intersection(dict(m.named_children()))
+    if lookalike or _known_attention_class(m):
         return None, "not a layout fused_attn recognises (" + "; ".join(msg for _, msg in errors) + ")"
     return None, None
 
@@ -138,7 +141,7 @@ def _known_attention_class(m):
         "timm.layers.squeeze_excite.SEModule", "timm.layers.squeeze_excite.EffectiveSEModule",
         "timm.models._efficientnet_blocks.SqueezeExcite", "timm.models.senet.SEModule",
         "torchvision.ops.misc.SqueezeExcitation", "timm.layers.eca.EcaModule", "timm.layers.eca.CecaModule",
-        "timm.layers.cbam.CbamModule", "timm.layers.cbam.LightCbamModule",
+        "timm.layers.cbam.CbamModule", "timm.layers.cbam.LightCbamModule", "timm.models.hgnet.EseModule",
     )
     # The official ECA and CBAM code is copied into projects, not installed:
     # known by class name (and, for CBAM, its ChannelGate / SpatialGate parts).

@@ -20,7 +20,7 @@ torchvision = pytest.importorskip("torchvision")
 
 ATTENTION_CLASSES = {
     "SEModule", "EffectiveSEModule", "SqueezeExcite", "SqueezeExcitation", "EcaModule", "CecaModule",
-    "CbamModule", "LightCbamModule",
+    "CbamModule", "LightCbamModule", "EseModule",
 }
 # Blocks fused today: all of them.
 FUSED_CLASSES = ATTENTION_CLASSES
@@ -49,6 +49,7 @@ VARIANT_MODELS = {
     "mnasnet_small": 64,      # timm SqueezeExcite, relu / sigmoid
     "test_coatnet": 160,      # timm SEModule, silu (the MaxViT / CoAtNet family)
     "gcvit_xxtiny": 224,      # timm SEModule, gelu (GCViT)
+    "hgnet_tiny": 64,         # HGNet's EseModule: effective SE, sigmoid
 }
 # The Triton interpreter is slow: it runs every model on smaller images
 # (the last stages of most models are then 1×1, an edge case of its own).
@@ -270,7 +271,8 @@ def test_other_blocks_with_attention_like_names_are_left_unreported():
     around Linear layers, and davit's ChannelAttention is a transformer over
     channels: neither is an attention block of ours, so neither is swapped
     nor listed as a lookalike (convert once listed 90 GatedMlp in gmlp_b16_224
-    under an 'unsupported gate' reason, and every davit ChannelAttention)."""
+    under an 'unsupported gate' reason, and every davit ChannelAttention).
+    What is an SE but cannot be fused is still listed."""
     from timm.layers.mlp import GatedMlp
     from timm.models.davit import ChannelAttention
     from timm.models.mlp_mixer import SpatialGatingUnit
@@ -282,6 +284,25 @@ def test_other_blocks_with_attention_like_names_are_left_unreported():
     # Nor is a SqueezeNet, whose class name once made it a lookalike.
     _, report = convert(torchvision.models.squeezenet1_0())
     assert report.total == 0 and report.skipped == [], str(report)
+    # Still reported, with the reason: a known class whose conv is wrapped,
+    # and user blocks named like an SE, whatever their layers.
+    wrapped = timm.layers.EffectiveSEModule(16)
+    wrapped.fc = torch.nn.Sequential(wrapped.fc)
+
+    class SEBlock(torch.nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.fc1, self.act, self.fc2 = torch.nn.Linear(c, 4), torch.nn.ReLU(), torch.nn.Linear(4, c)
+            self.gate = torch.nn.Sigmoid()
+
+    class SqueezeBlock(torch.nn.Module):   # MobileNetV3's SE in many reimplementations
+        def __init__(self, c):
+            super().__init__()
+            self.dense = torch.nn.Sequential(torch.nn.Linear(c, 4), torch.nn.ReLU(), torch.nn.Linear(4, c))
+
+    _, report = convert(torch.nn.Sequential(wrapped, SEBlock(16), SqueezeBlock(16)))
+    assert report.total == 0 and [s.path for s in report.skipped] == ["0", "1", "2"], str(report)
+    assert "fc must be a 1x1 Conv2d" in report.skipped[0].reason
     # A Conv2d SE that cannot be represented is still reported, with its reason.
     _, report = convert(torch.nn.Sequential(timm.layers.SEModule(16, act_layer=torch.nn.LeakyReLU)))
     assert report.total == 0 and "LeakyReLU" in report.skipped[0].reason
@@ -298,7 +319,14 @@ def test_convert_on_the_meta_device_then_load(name):
         model = MODELS[name]()
     model, report = convert(model)
     assert report.total == attention_count(original, FUSED_CLASSES) > 0
+    # Every tensor the fused modules hold is in their state_dict: no buffer
+    # beyond those the original model keeps out of it.
+    extra = {n for n, _ in model.named_buffers()} - set(model.state_dict())
+    assert extra == {n for n, _ in original.named_buffers()} - set(original.state_dict())
     model = model.to_empty(device="cpu")
+    with torch.no_grad():   # to_empty's memory is anything, often zeros: make what load misses show
+        for t in list(model.parameters()) + list(model.buffers()):
+            t.fill_(float("nan") if t.is_floating_point() else -1)
     model.load_state_dict(original.state_dict())
     model.eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))

@@ -99,8 +99,8 @@ class SqueezeExcite(nn.Module):
         """An equivalent fused module sharing ``m``'s parameters (and buffers),
         under ``m``'s own attribute names, so its ``state_dict`` has ``m``'s keys.
 
-        Accepts timm ``SEModule`` (also rexnet's, with BatchNorm) and
-        ``EffectiveSEModule``, timm's EfficientNet / MobileNetV3
+        Accepts timm ``SEModule`` (also rexnet's, with BatchNorm),
+        ``EffectiveSEModule`` and HGNet's ``EseModule``, timm's EfficientNet / MobileNetV3
         ``SqueezeExcite``, timm's legacy senet ``SEModule`` and torchvision
         ``ops.SqueezeExcitation``. Raises ``TypeError`` / ``ValueError``
         naming what it cannot represent exactly.
@@ -136,14 +136,19 @@ def _describe(m):
         out.update({role: m.part(role) for role in roles})
         return out
     names = set(dict(m.named_children()))
-    for conv_name in ("fc", "fc1", "fc2", "conv_reduce", "conv_expand"):
-        # An SE's excitation convs are Conv2d; a block with the same child
-        # names around Linear layers (timm's GatedMlp, SqueezeExciteCl on
-        # NHWC tensors) is another family, whatever its activations are.
-        if conv_name in names and not isinstance(getattr(m, conv_name), nn.Conv2d):
-            raise TypeError(f"{kind} is not a Squeeze-and-Excitation module fused_attn knows "
-                            f"({conv_name} is a {type(getattr(m, conv_name)).__name__}, not a Conv2d)")
-    if {"fc1", "fc2", "act", "gate"} <= names:                     # timm SEModule
+    linear = [n for n in ("fc", "fc1", "fc2") if n in names and isinstance(getattr(m, n), nn.Linear)]
+    if linear:
+        # The SE layouts here act on NCHW through 1x1 convs; the same child
+        # names around Linear layers are an MLP over the last dimension
+        # (timm's gMLP GatedMlp, SqueezeExciteCl on NHWC tensors), another
+        # family whatever its activations are. (Any other module in a conv's
+        # place, a wrapped conv say, is this family and refused below.)
+        raise TypeError(f"{kind} is not a Squeeze-and-Excitation module fused_attn knows "
+                        f"({', '.join(linear)}: Linear, not 1x1 Conv2d)")
+    if kind == "timm.models.hgnet.EseModule":                      # timm HGNet / HGNetV2: effective SE, sigmoid
+        out = {"fc": m.conv, "act": "relu", "gate": gate_name(m.sigmoid, kind), "pool": "avg",
+               "names": {"fc": "conv"}}
+    elif {"fc1", "fc2", "act", "gate"} <= names:                     # timm SEModule
         out = {"fc1": m.fc1, "fc2": m.fc2, "act": activation_name(m.act, kind),
                "gate": gate_name(m.gate, kind), "pool": _pool_of(m)}
         bn = getattr(m, "bn", None)
