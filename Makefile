@@ -156,12 +156,14 @@ triton-check: $(FLOOR_VENV)/.deps
 	$(FLOOR_PY) tools/triton_compile_check.py --mutation --save build/triton_variants.json
 	$(FLOOR_PY) tools/triton_compile_check.py --load build/triton_variants.json --target hip:gfx942
 
-# What each CUDA kernel takes in registers, spills and shared memory, as ptxas
-# reports it for sm_90 and sm_80 (needs nvcc only; ~4 minutes on 2 cores):
-# fails if the kernels that spill are not exactly the known ones.
+# convert over every timm and torchvision model, on the meta device (~3
+# minutes on 2 cores); SWEEP_ARGS="--filter 'se*'" narrows it.
 convert-sweep: $(VENV)/.deps
 	$(PY) tools/convert_sweep.py --check $(SWEEP_ARGS)
 
+# What each CUDA kernel takes in registers, spills and shared memory, as ptxas
+# reports it for sm_90 and sm_80 (needs nvcc only; ~4 minutes on 2 cores):
+# fails if the kernels that spill are not exactly the known ones.
 ptxas-report:
 	python3 tools/ptxas_report.py --md bench/results/ptxas/ptxas_report.md --check
 

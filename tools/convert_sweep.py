@@ -4,7 +4,7 @@
 
 Builds each architecture of `timm.list_models()` and
 `torchvision.models.list_models()` on the meta device (no memory, no
-weights; the few whose constructors read their weights on the CPU; ~4
+weights; the few whose constructors read their weights on the CPU; ~3
 minutes for the lot on 2 cores), converts it and converts it back, and checks
 what convert promises on each:
   * it does not raise;
@@ -14,7 +14,11 @@ what convert promises on each:
   * `state_dict()` keys, in order, are the same before, after convert and
     after unconvert, and unconvert puts every original class back.
 Then it writes what was swapped and what was left (with the reason and a
-model that has it), so a new timm release's attention blocks show up here.
+model that has it); each swapped class with each variant of its forward and
+the test model that checks it numerically; and the modules convert neither
+swapped nor reported that look like a gate over a projection (see
+unrecognised()), so that a new timm release's attention blocks show up here
+even when neither the class list nor the lookalike names know them.
 Numbers are not checked (meta tensors): tests/test_convert.py does that on
 real weights for a dozen models. --check exits 1 when any model breaks an
 invariant above (a model that cannot be built at all, say a timm
@@ -24,6 +28,7 @@ import argparse
 import collections
 import fnmatch
 import os
+import re
 import sys
 import time
 
@@ -68,19 +73,42 @@ def _classes(model):
 def variant(fused):
     """What distinguishes one fused block's forward from another's (sizes apart)."""
     if isinstance(fused, fused_attn.nn.SqueezeExcite):
+        if fused.effective:   # one conv, no activation
+            return f"ese gate={fused.gate} pool={fused.pool}" + ("" if fused.part("fc").bias is not None else " -bias")
         bn = fused.part("bn")
-        return (("ese" if fused.effective else "se") + f" act={fused.act} gate={fused.gate} pool={fused.pool}"
-                + (" +bn" if bn is not None and not isinstance(bn, torch.nn.Identity) else ""))
+        return (f"se act={fused.act} gate={fused.gate} pool={fused.pool}"
+                + (" +bn" if bn is not None and not isinstance(bn, torch.nn.Identity) else "")
+                + ("" if fused.part("fc1").bias is not None and fused.part("fc2").bias is not None else " -bias"))
     if isinstance(fused, fused_attn.nn.EfficientChannelAttention):
         return (f"eca padding={fused.padding} gate={fused.gate}"
                 + (" +bias" if fused.conv.bias is not None else ""))
     return "lcbam" if fused.light else "cbam"
 
 
+_GATE_NAMES = re.compile(r"(?i)sigmoid|gate")
+
+
+def unrecognised(model, report):
+    """Modules convert neither swapped nor reported that look like a gate over
+    a projection (a 1x1 conv or Linear child and a sigmoid-like child): the
+    blocks a class list and a name pattern would miss."""
+    seen = set(report.paths) | {s.path for s in report.skipped}
+    out = []
+    for path, m in model.named_modules():
+        # (A swapped or reported block's parts, timm CBAM's ChannelAttn say, are not blocks of their own.)
+        if any(path == p or path.startswith(p + ".") or not p for p in seen):
+            continue
+        children = list(m.children())
+        if (any(isinstance(c, (torch.nn.Conv2d, torch.nn.Linear)) for c in children)
+                and any(_GATE_NAMES.search(type(c).__name__) for c in children)):
+            out.append(_qualname(m))
+    return out
+
+
 def sweep_one(model):
-    """(report, problems, variants) for one model built on the meta device;
-    problems is a list of strings, variants the set of (original class, variant())
-    of the blocks it swapped."""
+    """(report, problems, variants, candidates) for one model built on the meta
+    device: problems, a list of strings; variants, the set of (original class,
+    variant()) of the blocks it swapped; candidates, unrecognised()."""
     keys = list(model.state_dict())
     before = _classes(model)
     known = sum(1 for m in model.modules() if _known_attention_class(m))
@@ -88,6 +116,7 @@ def sweep_one(model):
     original = {path: _qualname(m) for path, m in model.named_modules()}
     model, report = fused_attn.convert(model)
     variants = {(original[path], variant(model.get_submodule(path))) for path in report.paths}
+    candidates = unrecognised(model, report)
     left = [path for path, m in model.named_modules() if _known_attention_class(m)]
     if report.total + len(left) != known:
         problems.append(f"the report counts {report.total} swapped; the model had {known} blocks of "
@@ -104,7 +133,7 @@ def sweep_one(model):
         problems.append("state_dict keys changed by unconvert")
     if _classes(model) != before:
         problems.append("unconvert did not restore the original classes")
-    return report, problems, variants
+    return report, problems, variants, candidates
 
 
 def main():
@@ -124,7 +153,8 @@ def main():
     example = {}
     failures = []
     on_cpu = []
-    pairs = collections.defaultdict(list)   # (attention class, variant) -> [(parameters, model)]
+    pairs = collections.defaultdict(list)   # (attention class, variant) -> [(parameters, lib, model)]
+    candidates = collections.Counter()
     for lib, name, build in _builders(args.filter):
         try:
             try:
@@ -138,13 +168,16 @@ def main():
             continue
         try:
             size = sum(p.numel() for p in model.parameters())
-            report, problems, variants = sweep_one(model)
+            report, problems, variants, found = sweep_one(model)
         except Exception as e:
             failures.append((lib, name, f"convert / unconvert raised {type(e).__name__}: {e}"[:300]))
             continue
         built += 1
         for pair in variants:
-            pairs[pair].append((size, name))
+            pairs[pair].append((size, lib, name))
+        for cls in found:
+            candidates[cls] += 1
+            example.setdefault(cls, f"{lib} {name}")
         for p in problems:
             failures.append((lib, name, p))
         if report.total:
@@ -184,12 +217,17 @@ def main():
               "| class | variant | models | tested by |", "|---|---|---:|---|"]
     uncovered = 0
     for (cls, v), models in sorted(pairs.items()):
-        by = [name for _, name in sorted(models) if name in tested]
+        by = [f"{lib} {name}" for _, lib, name in sorted(models) if (lib, name) in tested]
         if not by:
             uncovered += 1
-        cell = ", ".join(f"`{b}`" for b in by) if by else f"**not tested**: smallest `{min(models)[1]}`"
+        smallest = min(models)
+        cell = ", ".join(f"`{b}`" for b in by) if by else f"**not tested**: smallest `{smallest[1]} {smallest[2]}`"
         lines.append(f"| `{cls}` | {v} | {len(models)} | {cell} |")
     lines += ["", f"{len(pairs) - uncovered} of {len(pairs)} (class, variant) pairs tested numerically."]
+    lines += ["", "Neither swapped nor reported, yet a gate over a projection (a 1x1 conv or Linear child and a "
+              "child named like a sigmoid or gate): blocks the class list and the lookalike names miss, to look "
+              "at by hand (not a failure):", "", "| class | modules | a model with it |", "|---|---:|---|"]
+    lines += [f"| `{c}` | {n} | {example[c]} |" for c, n in candidates.most_common()]
     if failures:
         lines += ["", "Failures:", ""] + [f"* {lib} {name}: {p}" for lib, name, p in failures]
     text = "\n".join(lines) + "\n"
@@ -204,8 +242,9 @@ def main():
 def _numerically_tested():
     """The models tests/test_convert.py converts and compares with real weights, by the names used here."""
     from tests import test_convert
-    # MODELS' keys are the names here, torchvision's with a "tv_" prefix.
-    return set(test_convert.VARIANT_MODELS) | {k.removeprefix("tv_") for k in test_convert.MODELS}
+    # (lib, name) as _builders yields them; MODELS marks torchvision's with "tv_".
+    return ({("timm", k) for k in test_convert.VARIANT_MODELS}
+            | {("torchvision", k[3:]) if k.startswith("tv_") else ("timm", k) for k in test_convert.MODELS})
 
 
 if __name__ == "__main__":
