@@ -136,6 +136,23 @@ def test_export_runs_and_keeps_the_ops(memory_format):
     assert_close(y, _eager_twin(block)(x2), torch.float32)
 
 
+@pytest.mark.skipif(not fused_attn.HAS_C, reason="export traces the compiled ops")
+def test_exported_program_runs_under_aot_inductor(tmp_path):
+    """Deployment: an exported block compiled ahead of time by AOTInductor
+    into a package (C++ compiled here, ~30 s), loaded back and run. The
+    package calls the custom ops through the dispatcher, by their schemas;
+    outputs as the eager reference's, the layout kept."""
+    block = _block(memory_format=torch.channels_last).eval()
+    x = torch.randn(2, 8, 9, 7).to(memory_format=torch.channels_last)
+    with fused_attn.use_backend("cpu"):
+        exported = torch.export.export(block, (x,))
+    package = torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp_path / "block.pt2"))
+    runner = torch._inductor.aoti_load_package(package)
+    x2 = torch.randn(2, 8, 9, 7).to(memory_format=torch.channels_last)
+    y = runner(x2)
+    assert_close(y, _eager_twin(block)(x2), torch.float32)
+
+
 @pytest.mark.skipif(not fused_attn.HAS_C, reason="needs the compiled ops")
 def test_compile_converted_timm_model_fullgraph_and_dynamic_batch():
     """A converted timm model traces whole (fullgraph=True: no graph break),
