@@ -150,6 +150,7 @@ def test_exported_program_runs_under_aot_inductor(tmp_path):
     runner = torch._inductor.aoti_load_package(package)
     x2 = torch.randn(2, 8, 9, 7).to(memory_format=torch.channels_last)
     y = runner(x2)
+    assert y.is_contiguous(memory_format=torch.channels_last)
     assert_close(y, _eager_twin(block)(x2), torch.float32)
 
 
