@@ -136,22 +136,49 @@ def test_export_runs_and_keeps_the_ops(memory_format):
     assert_close(y, _eager_twin(block)(x2), torch.float32)
 
 
+def _export_dynamic(block, memory_format):
+    """block exported with a dynamic batch, height and width (from 2: export
+    specializes sizes 0 and 1)."""
+    x = torch.randn(3, 8, 9, 7).to(memory_format=memory_format)
+    dims = {0: torch.export.Dim("n", min=2), 2: torch.export.Dim("h", min=2), 3: torch.export.Dim("w", min=2)}
+    with fused_attn.use_backend("cpu"):
+        return torch.export.export(block, (x,), dynamic_shapes={"input": dims})
+
+
+# Shapes other than the one exported: the fake kernels' output shapes and
+# layouts must hold for symbolic sizes.
+_DYNAMIC_SHAPES = [(2, 8, 5, 6), (4, 8, 11, 3), (2, 8, 16, 16)]
+
+
+@pytest.mark.skipif(not fused_attn.HAS_C, reason="export traces the compiled ops")
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "cl"])
+def test_export_with_dynamic_batch_and_size(memory_format):
+    block = _block(memory_format=memory_format).eval()
+    exported = _export_dynamic(block, memory_format)
+    for shape in _DYNAMIC_SHAPES:
+        x = torch.randn(shape).to(memory_format=memory_format)
+        with fused_attn.use_backend("cpu"):
+            y = exported.module()(x)
+        assert y.is_contiguous(memory_format=memory_format)
+        assert_close(y, _eager_twin(block)(x), torch.float32)
+
+
 @pytest.mark.skipif(not fused_attn.HAS_C, reason="export traces the compiled ops")
 def test_exported_program_runs_under_aot_inductor(tmp_path):
-    """Deployment: an exported block compiled ahead of time by AOTInductor
-    into a package (C++ compiled here, ~30 s), loaded back and run. The
-    package calls the custom ops through the dispatcher, by their schemas;
-    outputs as the eager reference's, the layout kept."""
+    """Deployment: an exported block (dynamic batch and size) compiled ahead
+    of time by AOTInductor into a package (C++ compiled here, ~30 s), loaded
+    back and run at several shapes. The package calls the custom ops through
+    the dispatcher, by their schemas; outputs as the eager reference's, the
+    layout kept."""
     block = _block(memory_format=torch.channels_last).eval()
-    x = torch.randn(2, 8, 9, 7).to(memory_format=torch.channels_last)
-    with fused_attn.use_backend("cpu"):
-        exported = torch.export.export(block, (x,))
+    exported = _export_dynamic(block, torch.channels_last)
     package = torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp_path / "block.pt2"))
     runner = torch._inductor.aoti_load_package(package)
-    x2 = torch.randn(2, 8, 9, 7).to(memory_format=torch.channels_last)
-    y = runner(x2)
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    assert_close(y, _eager_twin(block)(x2), torch.float32)
+    for shape in _DYNAMIC_SHAPES:
+        x = torch.randn(shape).to(memory_format=torch.channels_last)
+        y = runner(x)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert_close(y, _eager_twin(block)(x), torch.float32)
 
 
 @pytest.mark.skipif(not fused_attn.HAS_C, reason="needs the compiled ops")
