@@ -44,8 +44,10 @@ MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 export MAX_JOBS
 
 # One environment for everything: torch (the registry's default build), the
-# test and model dependencies, and the build tools.
-DEPS := torch torchvision timm numpy matplotlib pytest pytest-xdist hypothesis ninja setuptools wheel
+# test and model dependencies (onnx, onnxscript and onnxruntime for the ONNX
+# export test), and the build tools.
+DEPS := torch torchvision timm numpy matplotlib pytest pytest-xdist hypothesis ninja setuptools wheel \
+	onnx onnxscript onnxruntime
 
 # The support floor: torch 2.11 with the torchvision of its release. Its
 # triton (3.6) interpreter needs numpy < 2.4 (2.4 refuses int() of a 1-element

@@ -139,12 +139,21 @@ def under_torch_func():
     return torch._C._are_functorch_transforms_active()
 
 
+def in_onnx_export():
+    """Whether torch.onnx.export is tracing (either exporter). ONNX has no
+    operator for the fused ops: exported as the reference's ATen ops, the
+    blocks become standard ONNX (ReduceMean, Conv / Gemm, Sigmoid, Mul...)
+    that any ONNX runtime, TensorRT included, runs and may fuse itself."""
+    return torch.onnx.is_in_onnx_export()
+
+
 def resolve(device_type, missing=()):
     """The backend that runs an op on tensors of ``device_type``, or raises.
     ``missing``: {backend: why} for backends that lack this op (``auto`` skips
-    them; forcing one raises with the reason). Under a torch.func transform:
-    the reference, whatever was chosen (see under_torch_func)."""
-    if under_torch_func():
+    them; forcing one raises with the reason). Under a torch.func transform or
+    an ONNX export: the reference, whatever was chosen (see under_torch_func,
+    in_onnx_export)."""
+    if under_torch_func() or in_onnx_export():
         return "reference"
     choice = current_choice()
     missing = dict(missing)

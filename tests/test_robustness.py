@@ -181,6 +181,32 @@ def test_exported_program_runs_under_aot_inductor(tmp_path):
         assert_close(y, _eager_twin(block)(x), torch.float32)
 
 
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_onnx_export_gives_standard_operators(dynamo, tmp_path):
+    """torch.onnx.export of fused modules (either exporter): ONNX has no
+    operator for the fused ops, so under an export they run as the
+    reference's ATen ops (_backends.in_onnx_export), which become standard
+    ONNX; onnxruntime's output equals the eager reference's."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    block = _block().eval()
+    x = torch.randn(2, 8, 9, 7)
+    path = str(tmp_path / "block.onnx")
+    if dynamo:
+        torch.onnx.export(block, (x,), dynamo=True).save(path)
+    else:
+        torch.onnx.export(block, (x,), path, dynamo=False)
+    ops = {node.op_type for node in onnx.load(path).graph.node}
+    assert {"ReduceMean", "ReduceMax", "Sigmoid", "Conv"} <= ops, ops
+    assert all(node.domain in ("", "ai.onnx") for node in onnx.load(path).graph.node)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x2 = torch.randn(2, 8, 9, 7)
+    y = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x2.numpy()})[0])
+    assert_close(y, _eager_twin(block)(x2), torch.float32)
+
+
 @pytest.mark.skipif(not fused_attn.HAS_C, reason="needs the compiled ops")
 def test_compile_converted_timm_model_fullgraph_and_dynamic_batch():
     """A converted timm model traces whole (fullgraph=True: no graph break),
