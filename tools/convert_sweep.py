@@ -38,7 +38,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 import fused_attn  # noqa: E402
-from fused_attn.convert import _known_attention_class, _qualname  # noqa: E402
+from fused_attn.convert import _kind, _known_attention_class, _qualname  # noqa: E402
 
 
 def _builders(pattern):
@@ -71,18 +71,20 @@ def _classes(model):
 
 
 def variant(fused):
-    """What distinguishes one fused block's forward from another's (sizes apart)."""
-    if isinstance(fused, fused_attn.nn.SqueezeExcite):
-        if fused.effective:   # one conv, no activation
-            return f"ese gate={fused.gate} pool={fused.pool}" + ("" if fused.part("fc").bias is not None else " -bias")
+    """What distinguishes one fused block's forward from another's (sizes
+    apart): its kind as convert names it (se, ese, eca, ceca, cbam, lcbam),
+    then what else its forward varies by."""
+    kind = _kind(None, fused)
+    if kind == "ese":   # one conv, no activation
+        return f"ese gate={fused.gate} pool={fused.pool}" + ("" if fused.part("fc").bias is not None else " -bias")
+    if kind == "se":
         bn = fused.part("bn")
         return (f"se act={fused.act} gate={fused.gate} pool={fused.pool}"
                 + (" +bn" if bn is not None and not isinstance(bn, torch.nn.Identity) else "")
                 + ("" if fused.part("fc1").bias is not None and fused.part("fc2").bias is not None else " -bias"))
-    if isinstance(fused, fused_attn.nn.EfficientChannelAttention):
-        return (f"eca padding={fused.padding} gate={fused.gate}"
-                + (" +bias" if fused.conv.bias is not None else ""))
-    return "lcbam" if fused.light else "cbam"
+    if kind in ("eca", "ceca"):
+        return f"{kind} gate={fused.gate}" + (" +bias" if fused.conv.bias is not None else "")
+    return kind
 
 
 _GATE_NAMES = re.compile(r"(?i)sigmoid|gate")
@@ -154,7 +156,8 @@ def main():
     failures = []
     on_cpu = []
     pairs = collections.defaultdict(list)   # (attention class, variant) -> [(parameters, lib, model)]
-    candidates = collections.Counter()
+    candidates = collections.Counter()     # unrecognised() class -> modules
+    candidate_example = {}
     for lib, name, build in _builders(args.filter):
         try:
             try:
@@ -177,7 +180,7 @@ def main():
             pairs[pair].append((size, lib, name))
         for cls in found:
             candidates[cls] += 1
-            example.setdefault(cls, f"{lib} {name}")
+            candidate_example.setdefault(cls, f"{lib} {name}")
         for p in problems:
             failures.append((lib, name, p))
         if report.total:
@@ -227,7 +230,7 @@ def main():
     lines += ["", "Neither swapped nor reported, yet a gate over a projection (a 1x1 conv or Linear child and a "
               "child named like a sigmoid or gate): blocks the class list and the lookalike names miss, to look "
               "at by hand (not a failure):", "", "| class | modules | a model with it |", "|---|---:|---|"]
-    lines += [f"| `{c}` | {n} | {example[c]} |" for c, n in candidates.most_common()]
+    lines += [f"| `{c}` | {n} | {candidate_example[c]} |" for c, n in candidates.most_common()]
     if failures:
         lines += ["", "Failures:", ""] + [f"* {lib} {name}: {p}" for lib, name, p in failures]
     text = "\n".join(lines) + "\n"
