@@ -31,6 +31,7 @@
 #   make gpu-prebuild  the CUDA build for a lent GPU (torch 2.11 of the floor venv, sm_90) into
 #                .prebuilt/ with its stamp (tools/build_stamp.py): carry `.prebuilt` in the device
 #                call and bench/gpu_check.sh's build step uses it instead of compiling there
+#   make lint    ruff over every Python file and mypy over the package (pyproject.toml's settings)
 #   make convert-sweep  fused_attn.convert and unconvert over every timm and torchvision model, built
 #                on the meta device: no exception, the report's counts, state_dict keys, classes restored
 #                (tools/convert_sweep.py; its summary: bench/results/convert_sweep.md)
@@ -43,11 +44,13 @@ PIP := $(PY) -m pip
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 export MAX_JOBS
 
+# Pinned: a newer release's new checks would fail CI on code that did not change.
+LINT_DEPS := ruff==0.17.6 mypy==2.4.1
 # One environment for everything: torch (the registry's default build), the
 # test and model dependencies (onnx, onnxscript and onnxruntime for the ONNX
 # export test), and the build tools.
 DEPS := torch torchvision timm numpy matplotlib pytest pytest-xdist hypothesis ninja setuptools wheel \
-	onnx onnxscript onnxruntime
+	onnx onnxscript onnxruntime $(LINT_DEPS)
 
 # The support floor: torch 2.11 with the torchvision of its release. Its
 # triton (3.6) interpreter needs numpy < 2.4 (2.4 refuses int() of a 1-element
@@ -63,7 +66,7 @@ FLOOR_TESTS ?= tests
 # (the other-torch targets build there, leaving the main tree's extension alone).
 copy_tracked = rm -rf $(1) && mkdir -p $(1) && git ls-files -z | tar --null -T - -cf - | tar xf - -C $(1)
 
-.PHONY: convert-sweep bench test test-floor test-newest triton-check ptxas-report clang-check cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv floor-venv newest-venv
+.PHONY: lint convert-sweep bench test test-floor test-newest triton-check ptxas-report clang-check cuda-emu cuda-emu-glue gpu-prebuild build cmake clean venv floor-venv newest-venv
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -157,6 +160,12 @@ triton-check: $(FLOOR_VENV)/.deps
 	mkdir -p build
 	$(FLOOR_PY) tools/triton_compile_check.py --mutation --save build/triton_variants.json
 	$(FLOOR_PY) tools/triton_compile_check.py --load build/triton_variants.json --target hip:gfx942
+
+# ruff over every Python file (pyflakes, bugbear; pyproject.toml) and mypy over
+# the package, its compiled module typed by fused_attn/_C.pyi (~20 s; needs no build).
+lint: $(VENV)/.deps
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 # convert over every timm and torchvision model, on the meta device (~3
 # minutes on 2 cores); SWEEP_ARGS="--filter 'se*'" narrows it.

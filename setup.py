@@ -83,6 +83,9 @@ def extension():
 
 setup(
     packages=find_packages(include=["fused_attn", "fused_attn.*"]),
+    # PEP 561: the package's annotations, and the compiled module's stub, for
+    # users' type checkers.
+    package_data={"fused_attn": ["py.typed", "_C.pyi"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

@@ -49,6 +49,36 @@ def backward_args(a, out, dy):
             light, max_first)
 
 
+def site_row(N, C, H, dtype, fmt, args, names):
+    """One table row: every provider timed at one site (its tensors freed on return)."""
+    cuda = args.device == "cuda"
+    fwd, bwd = torch.ops.fused_attn.cbam_forward, torch.ops.fused_attn.cbam_backward
+    eval_args = site_args(N, C, H, dtype, fmt, args.device, train=False)
+    train_args = site_args(N, C, H, dtype, fmt, args.device, train=True)
+    x = eval_args[0]
+    y = torch.empty_like(x)
+    saved = fwd(*train_args)
+    dy = torch.randn_like(x)
+    bargs = backward_args(train_args, saved, dy)
+
+    def run(op, a, order):
+        os.environ[KEY] = order
+        return op(*a)
+
+    providers = {"copy": lambda i: y.copy_(x)}
+    for order in ORDERS:
+        providers[f"fwd {order}"] = lambda i, o=order: run(fwd, eval_args, o)
+    for order in ORDERS:
+        providers[f"bwd {order}"] = lambda i, o=order: run(bwd, bargs, o)
+    for fn in providers.values():
+        fn(0)  # warm
+    res = measure_ab(providers, cuda, rounds=args.rounds, reps=args.reps)
+    cells = [f"{res[n]['median_ms'] * 1e3:.1f}" for n in names]
+    layout = "cl" if fmt is torch.channels_last else "nchw"
+    mb = x.numel() * x.element_size() / 1e6
+    return f"| {N}×{C}×{H}×{H} | {str(dtype)[6:]} | {layout} | {mb:.1f} | " + " | ".join(cells) + " |"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
@@ -60,7 +90,6 @@ def main(argv=None):
     cuda = args.device == "cuda"
     grid = [(N, C, H) for N in args.batch for C, H in SITES] if cuda else [(2, 32, 7)]
     os.environ.pop("FUSED_ATTN_DEBUG_POISON", None)
-    fwd, bwd = torch.ops.fused_attn.cbam_forward, torch.ops.fused_attn.cbam_backward
     names = ["copy"] + [f"{d} {o}" for d in ("fwd", "bwd") for o in ORDERS]
     lines = ["| N×C×H×W | dtype | layout | x (MB) | " + " | ".join(names) + " |",
              "|---|---|---|---:|" + "---:|" * len(names)]
@@ -68,33 +97,8 @@ def main(argv=None):
         for N, C, H in grid:
             for dtype in (torch.bfloat16, torch.float32):
                 for fmt in (torch.channels_last, torch.contiguous_format):
-                    eval_args = site_args(N, C, H, dtype, fmt, args.device, train=False)
-                    train_args = site_args(N, C, H, dtype, fmt, args.device, train=True)
-                    x = eval_args[0]
-                    y = torch.empty_like(x)
-                    saved = fwd(*train_args)
-                    dy = torch.randn_like(x)
-                    bargs = backward_args(train_args, saved, dy)
-
-                    def run(op, a, order):
-                        os.environ[KEY] = order
-                        return op(*a)
-
-                    providers = {"copy": lambda i: y.copy_(x)}
-                    for order in ORDERS:
-                        providers[f"fwd {order}"] = lambda i, o=order: run(fwd, eval_args, o)
-                    for order in ORDERS:
-                        providers[f"bwd {order}"] = lambda i, o=order: run(bwd, bargs, o)
-                    for fn in providers.values():
-                        fn(0)  # warm
-                    res = measure_ab(providers, cuda, rounds=args.rounds, reps=args.reps)
-                    cells = [f"{res[n]['median_ms'] * 1e3:.1f}" for n in names]
-                    layout = "cl" if fmt is torch.channels_last else "nchw"
-                    mb = x.numel() * x.element_size() / 1e6
-                    lines.append(f"| {N}×{C}×{H}×{H} | {str(dtype)[6:]} | {layout} | {mb:.1f} | "
-                                 + " | ".join(cells) + " |")
+                    lines.append(site_row(N, C, H, dtype, fmt, args, names))
                     print(lines[-1], flush=True)
-                    del eval_args, train_args, saved, bargs, x, y, dy
     write_ab(args.out, "ab_cbam_order", "CBAM pass order", lines, cuda)
 
 

@@ -67,11 +67,14 @@ def main(argv=None):
             fused, report = fused_attn.convert(copy.deepcopy(model), inplace=True)
             x = torch.randn(args.batch, 3, args.image_size, args.image_size)
             providers = {"eager": lambda i: model(x)}
-            for t in args.thresholds.split(","):
-                def run(i, t=threshold_bytes(t)):
-                    os.environ[ENV] = t
+            def with_threshold(value):
+                def run(i):
+                    os.environ[ENV] = value
                     return fused(x)
-                providers[f"fused@{t}"] = run
+                return run
+
+            for t in args.thresholds.split(","):
+                providers[f"fused@{t}"] = with_threshold(threshold_bytes(t))
             with torch.no_grad():
                 out_e = model(x)
                 for p in providers.values():  # warm-up, and every provider's output checked

@@ -67,7 +67,7 @@ def main(argv=None):
                     y = torch.empty_like(x)
 
                     def run(*knobs):
-                        os.environ.update(zip(KNOBS, knobs))
+                        os.environ.update(zip(KNOBS, knobs, strict=True))
                         return op(x, w1, b1, w2, b2, "relu", "sigmoid", "avg")
 
                     providers = {"copy": lambda i: y.copy_(x)}

@@ -162,7 +162,8 @@ def main():
                 cells = [f"{c}={med[c]:.3f}{'m' if c == mc else ''}" for c in sizes]
                 print(f"{'cbam':<4} {'fwd':<4} {f'{C}x{H}x{H}':<11} {'cl' if cl else 'nchw':<6} " + "  ".join(cells),
                       flush=True)
-            del xs_, dys
+            xs_.clear()  # freed before the next layout's copies are made
+            dys.clear()
     os.environ.pop("FUSED_ATTN_CPU_CHUNK_SAMPLES", None)
 
 

@@ -405,7 +405,7 @@ def environment(device, args):
            "cpu_isa": getattr(fused_attn._extension, "CPU_ISA", None),
            "batch_inference": args.batch[0], "batch_train": args.batch[1], "image_size": args.image_size,
            "precision": args.precision, "layout": "channels_last" if args.channels_last else "nchw",
-           "compile": args.compile, "timing": dict(zip(("warmup", "rounds", "reps_per_round"), args.timing))}
+           "compile": args.compile, "timing": dict(zip(("warmup", "rounds", "reps_per_round"), args.timing, strict=True))}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, sm=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count,

@@ -448,7 +448,7 @@ def _errors(out, ref, backward, param_names):
     err = {"out": (y.double() - y_ref).abs().max().item(),
            "dx": (grads[0].double() - grads_ref[0]).abs().max().item()}
     rel = {}
-    for name, g, g_ref in zip(param_names, grads[1:], grads_ref[1:]):
+    for name, g, g_ref in zip(param_names, grads[1:], grads_ref[1:], strict=True):
         rel[name] = ((g.double() - g_ref).abs().max() / g_ref.abs().max().clamp_min(1e-30)).item()
     err["dweight_rel"] = max(rel.values()) if rel else 0.0
     return err

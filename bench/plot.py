@@ -30,7 +30,7 @@ def plot(path, env, rows):
     fig, axes = plt.subplots(len(groups), 2, figsize=(2 * width, 3.6 * len(groups)), squeeze=False)
     device = env.get("gpu") if env.get("device") == "cuda" else f"{env.get('cpu')} ({env.get('threads')} threads)"
     fig.suptitle(f"bench.ops — {device}, torch {env.get('torch')}, {env.get('date', '')[:10]}")
-    for ((op, pass_name), rs), (ax_speed, ax_bw) in zip(groups.items(), axes):
+    for ((op, pass_name), rs), (ax_speed, ax_bw) in zip(groups.items(), axes, strict=True):
         xs = list(range(len(rs)))
         labels = [_label(r) for r in rs]
         fused = []

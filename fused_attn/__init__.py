@@ -3,7 +3,7 @@
     y = fused_attn.squeeze_excitation(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     y = fused_attn.efficient_channel_attention(x, conv_weight, padding="zeros")
     se = fused_attn.nn.SqueezeExcite.from_module(timm_or_torchvision_se_module)
-    model, report = fused_attn.convert(timm_model)   # every SE / ECA block, in place
+    model, report = fused_attn.convert(timm_model)   # every SE / ECA / CBAM block, in place
 
 ``fused_attn.backends()`` tells which implementations can run here;
 ``fused_attn.use_backend(name)`` or ``FUSED_ATTN_BACKEND`` forces one.

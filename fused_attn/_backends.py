@@ -13,6 +13,7 @@ cannot run raises, naming the reason: it never falls back silently.
 import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -28,14 +29,14 @@ class BackendStatus:
     """Whether a backend can run here: on which device types, or why not."""
 
     name: str
-    devices: tuple
+    devices: tuple[str, ...]
     detail: str
 
     @property
-    def available(self):
+    def available(self) -> bool:
         return bool(self.devices)
 
-    def __str__(self):
+    def __str__(self) -> str:
         where = f"runs on {', '.join(self.devices)}" if self.devices else "unavailable"
         return f"{self.name:<9} {where}: {self.detail}"
 
@@ -96,7 +97,7 @@ def _probe():
 _STATUS = _probe()
 
 
-def backends():
+def backends() -> dict[str, BackendStatus]:
     """``{name: BackendStatus}`` for every backend: where it runs or why it can't.
 
     >>> for status in fused_attn.backends().values(): print(status)
@@ -111,11 +112,11 @@ def _validate(name):
 
 
 _ENV_CHOICE = _validate(os.environ.get("FUSED_ATTN_BACKEND", "auto") or "auto")
-_forced = []  # stack of use_backend() choices, innermost last
+_forced: list[str] = []  # stack of use_backend() choices, innermost last
 
 
 @contextlib.contextmanager
-def use_backend(name):
+def use_backend(name: str) -> Iterator[None]:
     """Run the ops in this block on backend ``name`` (or ``"auto"``)."""
     _forced.append(_validate(name))
     try:

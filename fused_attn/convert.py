@@ -18,6 +18,8 @@ import copy
 import dataclasses
 import fnmatch
 import re
+from collections.abc import Iterable
+from typing import Callable, Optional, Union
 
 from torch import nn
 
@@ -29,6 +31,9 @@ from .nn.se import SqueezeExcite
 _SE_KINDS = {"se", "ese"}
 _ECA_KINDS = {"eca", "ceca"}
 KINDS = ("se", "ese", "eca", "ceca", "cbam", "lcbam")
+#: What ``include`` / ``exclude`` take: a kind or a path pattern (fnmatch), a
+#: list of them, or a callable ``(path, kind) -> bool``.
+Selector = Union[str, Iterable[str], Callable[[str, str], bool]]
 
 # Class names of attention modules fused_attn does not fuse (yet), with the reason.
 _NOT_YET = {
@@ -59,16 +64,16 @@ class ConvertReport:
     """What ``convert`` / ``unconvert`` did: counts per (original class →
     fused class), the paths converted, and the lookalikes left alone."""
 
-    swapped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    paths: list = dataclasses.field(default_factory=list)
-    skipped: list = dataclasses.field(default_factory=list)
+    swapped: collections.Counter[tuple[str, str]] = dataclasses.field(default_factory=collections.Counter)
+    paths: list[str] = dataclasses.field(default_factory=list)
+    skipped: list[Skipped] = dataclasses.field(default_factory=list)
     already: int = 0
 
     @property
-    def total(self):
+    def total(self) -> int:
         return sum(self.swapped.values())
 
-    def __str__(self):
+    def __str__(self) -> str:
         lines = [f"fused_attn.convert: {self.total} module(s) swapped"
                  + (f", {self.already} already fused" if self.already else "")]
         for (src, dst), n in sorted(self.swapped.items()):
@@ -155,7 +160,8 @@ def _set_child(model, path, new):
     setattr(parent, name, new)
 
 
-def convert(model, *, inplace=True, include=None, exclude=None, strict_classes=True):
+def convert(model: nn.Module, *, inplace: bool = True, include: Optional[Selector] = None,
+            exclude: Optional[Selector] = None, strict_classes: bool = True) -> tuple[nn.Module, ConvertReport]:
     """Replace every SE / ECA / CBAM block of ``model`` that fused_attn represents
     exactly with its fused module. Returns ``(model, report)``.
 
@@ -180,7 +186,7 @@ def convert(model, *, inplace=True, include=None, exclude=None, strict_classes=T
     if not inplace:
         model = copy.deepcopy(model)
     report = ConvertReport()
-    done = set()   # paths already handled: nothing inside a converted block is visited
+    done: set[str] = set()   # paths already handled: nothing inside a converted block is visited
     root_replacement = None
     for path, m in list(model.named_modules()):
         if any(path.startswith(p + ".") for p in done):
@@ -215,7 +221,7 @@ def convert(model, *, inplace=True, include=None, exclude=None, strict_classes=T
     return (root_replacement if root_replacement is not None else model), report
 
 
-def unconvert(model, *, inplace=True):
+def unconvert(model: nn.Module, *, inplace: bool = True) -> tuple[nn.Module, ConvertReport]:
     """Put back the original modules ``convert`` replaced (they share the
     fused modules' parameters, so training since the conversion is kept).
     Returns ``(model, report)``."""

@@ -1,5 +1,8 @@
 """The public functions, one per attention block."""
+from typing import Optional
+
 import torch
+from torch import Tensor
 
 from . import _backends, reference
 from .ops import cbam as _cbam
@@ -33,8 +36,9 @@ def _autocast_weights(x, *weights):
                  else w for w in weights)
 
 
-def squeeze_excitation(x, fc1_weight, fc1_bias=None, fc2_weight=None, fc2_bias=None, *,
-                       act="relu", gate="sigmoid", pool="avg"):
+def squeeze_excitation(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor] = None,
+                       fc2_weight: Optional[Tensor] = None, fc2_bias: Optional[Tensor] = None, *,
+                       act: str = "relu", gate: str = "sigmoid", pool: str = "avg") -> Tensor:
     """Squeeze-and-Excitation, fused: one pass to pool, one to rescale.
 
     Args:
@@ -76,7 +80,8 @@ def squeeze_excitation(x, fc1_weight, fc1_bias=None, fc2_weight=None, fc2_bias=N
         return op(x, w1, fc1_bias, w2, fc2_bias, act, gate, pool)[0]
 
 
-def efficient_channel_attention(x, conv_weight, conv_bias=None, *, padding="zeros", gate="sigmoid"):
+def efficient_channel_attention(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor] = None, *,
+                                padding: str = "zeros", gate: str = "sigmoid") -> Tensor:
     """Efficient Channel Attention (ECA / CECA), fused: one pass to pool, one to rescale.
 
     Args:
@@ -156,9 +161,12 @@ def _bn_update(stats, running_mean, running_var, num_batches_tracked, momentum, 
             update(running_var, stats[1] * (count / max(count - 1, 1)))
 
 
-def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, *, bn_weight=None, bn_bias=None,
-         bn_running_mean=None, bn_running_var=None, bn_num_batches_tracked=None, bn_training=False,
-         bn_momentum=0.1, bn_eps=1e-5, act="relu", gate="sigmoid", light=False, pool_order="mean_max"):
+def cbam(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2_weight: Tensor, fc2_bias: Optional[Tensor],
+         spatial_weight: Tensor, *, bn_weight: Optional[Tensor] = None, bn_bias: Optional[Tensor] = None,
+         bn_running_mean: Optional[Tensor] = None, bn_running_var: Optional[Tensor] = None,
+         bn_num_batches_tracked: Optional[Tensor] = None, bn_training: bool = False,
+         bn_momentum: Optional[float] = 0.1, bn_eps: float = 1e-5, act: str = "relu", gate: str = "sigmoid",
+         light: bool = False, pool_order: str = "mean_max") -> Tensor:
     """CBAM (channel then spatial attention), fused.
 
     Args:

@@ -171,7 +171,7 @@ def test_bad_input_raises_clearly(case, backend):
     before = [a.clone() if isinstance(a, torch.Tensor) and a.device.type != "meta" else a for a in args]
     with fused_attn.use_backend(backend), pytest.raises(exc, match=match):
         fused_attn.squeeze_excitation(*args, **kwargs)
-    for a, b in zip(args, before):
+    for a, b in zip(args, before, strict=True):
         if isinstance(a, torch.Tensor) and a.device.type != "meta":
             assert torch.equal(a, b)
 

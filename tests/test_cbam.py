@@ -123,7 +123,7 @@ def check_inputs_against_reference(x, params, buffers, variant, *, seed=0):
     names = ["x"] + [k for k, v in leaves.items() if v is not None]
     grads = torch.autograd.grad(y, [x] + [v for v in leaves.values() if v is not None], dy)
     grads_ref = torch.autograd.grad(y_ref, [x64] + [v for v in leaves64.values() if v is not None], dy.double())
-    for name, gr, g_ref in zip(names, grads, grads_ref):
+    for name, gr, g_ref in zip(names, grads, grads_ref, strict=True):
         expected_dtype = torch.float32 if name.startswith("bn_") else dtype
         assert gr.dtype == expected_dtype and gr.shape == g_ref.shape, name
         # BN parameters stay float32 (as the module keeps them): at most fp32's precision.
@@ -221,7 +221,7 @@ def test_gradcheck_float64(backend, variant, memory_format):
 
     def f(x, *ws):
         fresh = {k: v.clone() for k, v in buffers.items()}   # train mode updates the running statistics
-        return run(fused_attn.cbam, x, {**params, **dict(zip(names, ws))}, fresh, variant)
+        return run(fused_attn.cbam, x, {**params, **dict(zip(names, ws, strict=True))}, fresh, variant)
 
     # (Triton: fast mode, a random projection of the Jacobian, few calls of the slow interpreter.)
     assert torch.autograd.gradcheck(f, wrt, eps=1e-6, atol=1e-7, fast_mode=backend == "triton")
@@ -238,7 +238,7 @@ def test_deterministic(backend):
         leaves = {k: (next(it) if v is not None else None) for k, v in params.items()}
         y = run(fused_attn.cbam, xx, leaves, {k: v.clone() for k, v in buffers.items()}, variant)
         outs.append([y] + list(torch.autograd.grad(y, [xx] + ps, torch.ones_like(y))))
-    for a, b in zip(*outs):
+    for a, b in zip(*outs, strict=True):
         assert torch.equal(a, b)
 
 
@@ -490,10 +490,10 @@ def test_from_module_matches_the_original(backend, case, train, memory_format):
     dy = torch.randn_like(y)
     grads_ref = torch.autograd.grad(y_ref, [xa] + list(original.parameters()), dy)
     grads = torch.autograd.grad(y, [xb] + list(fused.parameters()), dy)
-    for (name, _), g, g_ref in zip([("x", None)] + list(original.named_parameters()), grads, grads_ref):
+    for (name, _), g, g_ref in zip([("x", None)] + list(original.named_parameters()), grads, grads_ref, strict=True):
         tol = 1e-4 * max(1.0, g_ref.abs().max().item())
         torch.testing.assert_close(g, g_ref, atol=tol, rtol=1e-4, msg=lambda m: f"{name}: {m}")
-    for (name, b_ref), b in zip(original.named_buffers(), fused.buffers()):
+    for (name, b_ref), b in zip(original.named_buffers(), fused.buffers(), strict=True):
         torch.testing.assert_close(b, b_ref, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
 
 

@@ -66,7 +66,7 @@ def test_deterministic(backend, variant):
         wrt = [xin] + [v for v in leaves.values() if v is not None]
         return [y] + list(torch.autograd.grad(y, wrt, dy))
 
-    for a, b in zip(once(), once()):
+    for a, b in zip(once(), once(), strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
@@ -114,7 +114,7 @@ def test_cuda_graph_capture_and_replay(backend, memory_format):
         x.copy_(fresh)
     graph.replay()
     torch.cuda.synchronize()
-    for a, b in zip(out, step()):
+    for a, b in zip(out, step(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 

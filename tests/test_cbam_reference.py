@@ -98,9 +98,9 @@ def _compare(module, reference_fn, x, train):
     torch.testing.assert_close(y_ref, y, atol=1e-12, rtol=1e-10)
     dy = torch.randn_like(y)
     params, params_ref = [xa] + list(module.parameters()), [xb] + list(twin.parameters())
-    for g_ref, g in zip(torch.autograd.grad(y_ref, params_ref, dy), torch.autograd.grad(y, params, dy)):
+    for g_ref, g in zip(torch.autograd.grad(y_ref, params_ref, dy), torch.autograd.grad(y, params, dy), strict=True):
         torch.testing.assert_close(g_ref, g, atol=1e-10, rtol=1e-9)
-    for (name, b), b_ref in zip(module.named_buffers(), twin.buffers()):
+    for (name, b), b_ref in zip(module.named_buffers(), twin.buffers(), strict=True):
         torch.testing.assert_close(b_ref, b, atol=1e-12, rtol=1e-12, msg=lambda m: f"{name}: {m}")
 
 

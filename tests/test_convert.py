@@ -135,7 +135,7 @@ def test_converted_model_matches_original(name, backend, train, memory_format):
     # would test the network's conditioning, not the kernels.
     got, ref = run(converted, torch.float32, True, 4), run(original, torch.float32, False, 4)
     torch.testing.assert_close(got[0], ref[0], atol=1e-3, rtol=1e-3)
-    diff = torch.cat([(g - r).flatten() for g, r in zip(got[1:], ref[1:])]).norm()
+    diff = torch.cat([(g - r).flatten() for g, r in zip(got[1:], ref[1:], strict=True)]).norm()
     rel = (diff / torch.cat([r.flatten() for r in ref[1:]]).norm()).item()
     assert rel < 3e-2, f"fp32 gradients differ by {rel:.2e} (relative norm over all parameters)"
     # float64: every element of every gradient — what catches a subtly wrong
@@ -143,7 +143,7 @@ def test_converted_model_matches_original(name, backend, train, memory_format):
     # (fp32 across all models and modes moved by up to 1.2e-2 by that norm.)
     converted64, original64 = copy.deepcopy(converted).double(), copy.deepcopy(original).double()
     got, ref = run(converted64, torch.float64, True, 2), run(original64, torch.float64, False, 2)
-    for name, g, r in zip(names, got, ref):
+    for name, g, r in zip(names, got, ref, strict=True):
         scale = max(1.0, r.abs().max().item())
         torch.testing.assert_close(g, r, atol=1e-6 * scale, rtol=1e-5, msg=lambda m: f"{name}: {m}")
     if train:  # running statistics updated alike

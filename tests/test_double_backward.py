@@ -71,7 +71,7 @@ def _bind(args, kw, op):
 def _second_derivative(fn, inputs, dy, v):
     """d/d(inputs, dy) of <grad(fn)(inputs)·dy, v>: one Hessian-vector product."""
     grads = torch.autograd.grad(fn(*inputs), inputs, dy, create_graph=True)
-    return torch.autograd.grad(sum((g * w).sum() for g, w in zip(grads, v)), [*inputs, dy])
+    return torch.autograd.grad(sum((g * w).sum() for g, w in zip(grads, v, strict=True)), [*inputs, dy])
 
 
 def _check_graph_gradient(fn, inputs, dy):
@@ -79,7 +79,7 @@ def _check_graph_gradient(fn, inputs, dy):
     plain = torch.autograd.grad(fn(*inputs), inputs, dy)
     graph = torch.autograd.grad(fn(*inputs), inputs, dy, create_graph=True)
     assert all(g.requires_grad for g in graph)
-    for g, p in zip(graph, plain):
+    for g, p in zip(graph, plain, strict=True):
         assert_close(g.detach(), p, F64, grad=True)
 
 
@@ -90,7 +90,7 @@ def _check_hvp_against_reference(fn, inputs, dy):
     got = _second_derivative(fn, inputs, dy, v)
     with fused_attn.use_backend("reference"):
         want = _second_derivative(fn, inputs, dy, v)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.abs().max() > 0
         assert_close(g, w, F64, grad=True)
 
@@ -136,7 +136,7 @@ def test_gradient_penalty_on_a_converted_model(backend):
 
     want, got = penalty_grads(model), penalty_grads(fused)
     names = [n for n, _ in model.named_parameters()]
-    for name, g, w in zip(names, got, want):
+    for name, g, w in zip(names, got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6, msg=name)
     fc1 = names.index("2.fc1.weight")
     assert got[fc1].abs().max() > 1e-6   # the penalty reaches the SE weights
@@ -156,7 +156,7 @@ def test_cbam_eval_normalizes_as_its_forward_did(backend):
         op(*args, **dict(kw, bn_training=True))
     assert not torch.equal(kw["bn_running_mean"], torch.tensor([0.1], dtype=F64))   # updated in place
     graph = torch.autograd.grad(y, inputs, dy, create_graph=True)
-    for g, p in zip(graph, plain):
+    for g, p in zip(graph, plain, strict=True):
         assert_close(g.detach(), p, F64, grad=True)
 
 
@@ -177,12 +177,12 @@ def test_frozen_input_or_weights(backend, case, frozen):
 
     def hvp():
         grads = torch.autograd.grad(op(*args, **kw), live, dy, create_graph=True)
-        return torch.autograd.grad(sum((g * w).sum() for g, w in zip(grads, v)), live)
+        return torch.autograd.grad(sum((g * w).sum() for g, w in zip(grads, v, strict=True)), live)
 
     got = hvp()
     with fused_attn.use_backend("reference"):
         want = hvp()
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert_close(g, w, F64, grad=True)
 
 
@@ -203,7 +203,7 @@ def test_zero_size_create_graph(backend, case, shape):
     y = op(*args, **kw)
     plain = torch.autograd.grad(y, inputs, torch.ones_like(y), retain_graph=True, allow_unused=True)
     graph = torch.autograd.grad(y, inputs, torch.ones_like(y), create_graph=True, allow_unused=True)
-    for g, p, t in zip(graph, plain, inputs):
+    for g, p, t in zip(graph, plain, inputs, strict=True):
         assert g is not None and g.shape == t.shape
         torch.testing.assert_close(g, torch.zeros_like(t) if p is None else p, equal_nan=True)
 

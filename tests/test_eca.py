@@ -68,7 +68,8 @@ def check_eca_against_reference(shape, dtype, memory_format, variant, *, device=
     wrt = [t for t in inputs if t is not None]
     grads = torch.autograd.grad(y, wrt, dy)
     grads_ref = torch.autograd.grad(y_ref, [t for t in leaves if t is not None], dy.double())
-    for name, gr, g_ref, t in zip(("x", "conv_weight", "conv_bias"), grads, grads_ref, wrt):
+    names = [n for n, t in zip(("x", "conv_weight", "conv_bias"), inputs, strict=True) if t is not None]
+    for name, gr, g_ref, t in zip(names, grads, grads_ref, wrt, strict=True):
         assert gr.dtype == dtype and gr.shape == t.shape, name
         assert_close(gr, g_ref, dtype, grad=True)
 
@@ -138,7 +139,7 @@ def test_deterministic(backend):
         for _ in range(2):
             y = run_eca(*inputs, variant)
             runs.append([y] + list(torch.autograd.grad(y, wrt, dy)))
-        for a, b in zip(*runs):
+        for a, b in zip(*runs, strict=True):
             assert torch.equal(a, b)
 
 
@@ -205,7 +206,7 @@ def test_compile_fullgraph_no_recompile(memory_format):
             assert_close(y, y_eager, torch.float32)
             params = [x] + list(block.parameters())
             dy = torch.randn_like(y)
-            for g, g_eager in zip(torch.autograd.grad(y, params, dy), torch.autograd.grad(y_eager, params, dy)):
+            for g, g_eager in zip(torch.autograd.grad(y, params, dy), torch.autograd.grad(y_eager, params, dy), strict=True):
                 assert_close(g, g_eager, torch.float32, grad=True)
 
 
@@ -255,7 +256,7 @@ def test_from_module_matches_original(backend, index, memory_format):
     params = [x] + list(original.parameters())
     # 1e-7, not 1e-9: ATen's CPU hardsigmoid_backward (the original's, with
     # gate_layer="hard_sigmoid") multiplies by a float32 1/6 even in float64.
-    for g, g_ref in zip(torch.autograd.grad(y, params, dy), torch.autograd.grad(y_ref, params, dy)):
+    for g, g_ref in zip(torch.autograd.grad(y, params, dy), torch.autograd.grad(y_ref, params, dy), strict=True):
         torch.testing.assert_close(g, g_ref, atol=1e-7, rtol=1e-7)
 
 

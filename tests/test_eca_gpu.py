@@ -60,7 +60,7 @@ def test_cuda_paths_deterministic(cuda_path, shape):
 
     first = step()
     for _ in range(3):
-        for a, b in zip(first, step()):
+        for a, b in zip(first, step(), strict=True):
             assert torch.equal(a, b)
 
 
@@ -107,12 +107,12 @@ def test_cuda_graph_capture_and_replay(backend, memory_format):
         out = step()
     fresh = eca_sample((4, 64, 14, 14), torch.float32, memory_format, variant, seed=7, device="cuda")
     with torch.no_grad():
-        for s, f in zip(static, fresh):
+        for s, f in zip(static, fresh, strict=True):
             if s is not None:
                 s.copy_(f)
     graph.replay()
     torch.cuda.synchronize()
-    for a, b in zip(out, step()):
+    for a, b in zip(out, step(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 

@@ -23,7 +23,7 @@ backend = gpu_backend_fixture(force=False)
 
 def _rel(got, ref):
     """‖got − ref‖ / ‖ref‖ over a list of tensors together, in float64."""
-    diff = torch.cat([(g.double() - r.double()).flatten() for g, r in zip(got, ref)]).norm()
+    diff = torch.cat([(g.double() - r.double()).flatten() for g, r in zip(got, ref, strict=True)]).norm()
     return (diff / torch.cat([r.double().flatten() for r in ref]).norm().clamp_min(1e-30)).item()
 
 
@@ -46,7 +46,7 @@ def test_converted_model_bf16_autocast_matches_original(backend, name, train, me
 
     got, ref = run(converted, True), run(original, False)
     assert got[0].dtype == ref[0].dtype
-    assert all(g.dtype == r.dtype for g, r in zip(got[1:], ref[1:]))
+    assert all(g.dtype == r.dtype for g, r in zip(got[1:], ref[1:], strict=True))
     # A whole network in bf16: both sides round every activation to 8 bits of
     # mantissa, so compare by relative norms (per element, a flipped ReLU or a
     # moved max-pool tie shifts single values by O(value)). A wrong term in a

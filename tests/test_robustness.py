@@ -96,7 +96,7 @@ def autocast_block_outputs(backend, device, dtype, memory_format):
     # Relative norms: both sides round to low precision along the way, and
     # where a rounding creates or breaks a tie in CBAM's max pools one
     # element's gradient moves by a tie's share; the gradient as a whole does not.
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         assert g.dtype == torch.float32
         assert (g - g_ref).norm() <= 5e-2 * g_ref.norm() + 1e-6
     return y, y_ref
@@ -337,11 +337,11 @@ def test_torch_func_transforms_run_the_reference(backend):
         return torch.autograd.grad(block(xs).square().sum(), list(block.parameters()))
 
     got = grad(loss)(params, x)
-    for n, want in zip(names, autograd_grads(x)):
+    for n, want in zip(names, autograd_grads(x), strict=True):
         assert_close(got[n], want, F64, grad=True)
     per_sample = vmap(grad(lambda p, xi: loss(p, xi[None])), in_dims=(None, 0))(params, x)
     for i in range(x.shape[0]):
-        for n, want in zip(names, autograd_grads(x[i:i + 1])):
+        for n, want in zip(names, autograd_grads(x[i:i + 1]), strict=True):
             assert_close(per_sample[n][i], want, F64, grad=True)
 
     def pooled(xi):
@@ -352,7 +352,7 @@ def test_torch_func_transforms_run_the_reference(backend):
 
     torch._dynamo.reset()    # and compiled: the check is traced as the constant it is
     compiled = torch.compile(grad(loss), backend="aot_eager", fullgraph=True)(params, x)
-    for n, want in zip(names, autograd_grads(x)):
+    for n, want in zip(names, autograd_grads(x), strict=True):
         assert_close(compiled[n], want, F64, grad=True)
 
 
@@ -452,7 +452,7 @@ def test_deterministic_algorithms_mode(backend):
             runs.append([o.detach() for o in outs] + list(torch.autograd.grad(sum(o.sum() for o in outs), [x])))
     finally:
         torch.use_deterministic_algorithms(previous)
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
 
 
@@ -471,7 +471,7 @@ def test_deterministic_mode_poisons_scratch(backend, memory_format):
     torch.use_deterministic_algorithms(True)
     try:
         outs, refs = _both_ops(x)
-        for o, r in zip(outs, refs):
+        for o, r in zip(outs, refs, strict=True):
             assert_close(o, r, torch.float32)
             dy = torch.randn(o.shape, generator=g)
             gx, = torch.autograd.grad(o, [x], dy)
@@ -514,7 +514,7 @@ def test_thread_count_does_not_change_bits(backend, memory_format):
         two = run()
     finally:
         torch.set_num_threads(previous)
-    for i, (a, b) in enumerate(zip(one, two)):
+    for i, (a, b) in enumerate(zip(one, two, strict=True)):
         assert torch.equal(a, b), f"result {i} differs between 1 and 2 threads"
 
 
@@ -524,7 +524,7 @@ def test_permuted_views_neither_nchw_nor_channels_last(backend):
     assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
     x = x.requires_grad_()
     outs, refs = _both_ops(x)
-    for o, r in zip(outs, refs):
+    for o, r in zip(outs, refs, strict=True):
         assert_close(o, r, torch.float32)
         g, = torch.autograd.grad(o.sum(), [x])
         g_ref, = torch.autograd.grad(r.sum(), [x])
@@ -541,7 +541,7 @@ def test_size_one_dims_with_arbitrary_strides(backend, shape):
     assert x.shape == shape and x.is_contiguous()
     x = x.requires_grad_()
     outs, refs = _both_ops(x)
-    for o, r in zip(outs, refs):
+    for o, r in zip(outs, refs, strict=True):
         assert_close(o, r, torch.float32)
         g, = torch.autograd.grad(o.sum(), [x])
         g_ref, = torch.autograd.grad(r.sum(), [x])
@@ -583,7 +583,7 @@ def test_nan_and_inf_propagate_like_the_reference(backend):
     x[1, 7, 0, 1] = float("inf")
     x[1, 8, 4, 4] = float("-inf")
     outs, refs = _both_ops(x)
-    for o, r in zip(outs, refs):
+    for o, r in zip(outs, refs, strict=True):
         torch.testing.assert_close(o, r, equal_nan=True, atol=1e-5, rtol=1e-5)
 
 
@@ -595,7 +595,7 @@ def test_large_magnitudes_give_no_nan_where_the_reference_has_none(backend, dtyp
     outs, refs = _both_ops(x)
     # (At ±3e38 a float32 sum over H·W overflows: the reference's mean is
     # ±inf / NaN there too, and so must ours be — no more, no fewer.)
-    for o, r in zip(outs, refs):
+    for o, r in zip(outs, refs, strict=True):
         assert torch.equal(torch.isnan(o), torch.isnan(r))
         torch.testing.assert_close(o.float(), r.float(), atol=0, rtol=TOL[dtype]["rtol"] * 2, equal_nan=True)
 
@@ -752,7 +752,7 @@ def _check_fuzz(case, op):
     dy = torch.randn(y.shape, generator=g).to(dtype)
     wrt = [a for a in args if a is not None]
     for gr, g_ref, a in zip(torch.autograd.grad(y, wrt, dy),
-                            torch.autograd.grad(y_ref, [a for a in leaves if a is not None], dy.double()), wrt):
+                            torch.autograd.grad(y_ref, [a for a in leaves if a is not None], dy.double()), wrt, strict=True):
         # (CBAM's BatchNorm parameters stay float32: at most float32's precision)
         assert_close(gr, g_ref, torch.float32 if a.dtype == torch.float32 and dtype == torch.float64 else dtype,
                      grad=True)

@@ -82,7 +82,7 @@ def test_deterministic(backend):
         for _ in range(2):
             y = run_se(*inputs, variant)
             runs.append([y] + list(torch.autograd.grad(y, wrt, dy)))
-        for a, b in zip(*runs):
+        for a, b in zip(*runs, strict=True):
             assert torch.equal(a, b)
 
 
@@ -111,7 +111,7 @@ def test_cpu_chunking_does_not_change_results(monkeypatch):
     # Per-sample passes are the same; the chunk's matmuls (and the order the
     # weight gradients are summed in) change, so agreement is to fp32 rounding.
     for other in results[1:]:
-        for a, b in zip(results[0], other):
+        for a, b in zip(results[0], other, strict=True):
             assert_close(a, b, torch.float32, grad=True)
 
 
@@ -135,7 +135,7 @@ def test_cpu_streaming_stores(monkeypatch, dtype, memory_format):
         wrt = [t for t in inputs if t is not None]
         grads = torch.autograd.grad(y, wrt, dy)
         grads_ref = torch.autograd.grad(y_ref, [t for t in leaves if t is not None], dy.double())
-        for g, g_ref in zip(grads, grads_ref):
+        for g, g_ref in zip(grads, grads_ref, strict=True):
             assert_close(g, g_ref, dtype, grad=True)
 
 
@@ -196,7 +196,7 @@ def test_cpu_16bit_weights_read_as_their_float_values(monkeypatch, dtype, isa):
         se = torch.ops.fused_attn.se_forward
         out16, out32 = se(*args16, "silu", "sigmoid", "avg"), se(*args32, "silu", "sigmoid", "avg")
         if N <= 16:
-            for name, a, b in zip(["pooled", "maxv", "hidden", "logits"], out16[1:], out32[1:]):
+            for name, a, b in zip(["pooled", "maxv", "hidden", "logits"], out16[1:], out32[1:], strict=True):
                 assert torch.equal(a, b), (N, C, name)
         else:
             assert_close(out16[4], out32[4], torch.float32)

@@ -102,7 +102,7 @@ def test_cuda_paths_unaligned_x(se_cuda_path, memory_format):
         dy = torch.randn(y.shape, device="cuda").to(torch.bfloat16)
         grads = torch.autograd.grad(y, [xin, ws[0], ws[2]], dy)
         grads_ref = torch.autograd.grad(y_ref, [leaves[0], leaves[1], leaves[3]], dy.double())
-        for a, b in zip(grads, grads_ref):
+        for a, b in zip(grads, grads_ref, strict=True):
             assert_close(a, b, torch.bfloat16, grad=True)
 
 
@@ -114,7 +114,7 @@ def test_cuda_paths_deterministic(se_cuda_path, shape):
     dy = torch.randn(inputs[0].shape, device="cuda").to(torch.bfloat16).to(memory_format=torch.channels_last)
     first = _forward_backward(inputs, variant, dy)
     for _ in range(3):
-        for a, b in zip(first, _forward_backward(inputs, variant, dy)):
+        for a, b in zip(first, _forward_backward(inputs, variant, dy), strict=True):
             assert torch.equal(a, b)
 
 
@@ -169,7 +169,7 @@ def test_two_phase_forward_cooperative_excitation(monkeypatch, case):
         runs[mode + " launches"] = names
     assert len(runs["cooperative launches"]) == 3, runs["cooperative launches"]
     assert len(runs["launches launches"]) >= 3, runs["launches launches"]
-    for a, b in zip(runs["launches"], runs["cooperative"]):
+    for a, b in zip(runs["launches"], runs["cooperative"], strict=True):
         assert torch.equal(a, b)
     with fused_attn.use_backend("cuda"):  # cooperative (the default), forward and backward
         check_se_against_reference(shape, dtype, memory_format, variant, device="cuda", seed=12)
@@ -193,11 +193,11 @@ def test_two_phase_cooperative_excitation_in_a_cuda_graph(monkeypatch):
         static_out = torch.ops.fused_attn.se_forward(*static, *args)
     for seed in (22, 23):
         fresh = se_sample(shape, torch.float16, torch.channels_last, variant, seed=seed, device="cuda")
-        for s_, f_ in zip(static, fresh):
+        for s_, f_ in zip(static, fresh, strict=True):
             s_.copy_(f_)
         graph.replay()
         torch.cuda.synchronize()
-        for a, b in zip(static_out, torch.ops.fused_attn.se_forward(*static, *args)):
+        for a, b in zip(static_out, torch.ops.fused_attn.se_forward(*static, *args), strict=True):
             assert torch.equal(a, b)
 
 
@@ -282,7 +282,7 @@ def test_deterministic(backend, memory_format):
     dy = torch.randn(inputs[0].shape, device="cuda").to(memory_format=memory_format)
     first = _forward_backward(inputs, variant, dy)
     for _ in range(3):
-        for a, b in zip(first, _forward_backward(inputs, variant, dy)):
+        for a, b in zip(first, _forward_backward(inputs, variant, dy), strict=True):
             assert torch.equal(a, b)
 
 
@@ -307,13 +307,13 @@ def test_cuda_graph_capture_and_replay(backend, memory_format):
     for seed in (7, 8):
         fresh = se_sample((4, 64, 14, 14), torch.float32, memory_format, variant, seed=seed, device="cuda")
         with torch.no_grad():
-            for s, f in zip(static, fresh):
+            for s, f in zip(static, fresh, strict=True):
                 s.copy_(f)
             static_dy.copy_(torch.randn_like(static_dy))
         graph.replay()
         torch.cuda.synchronize()
         eager = _forward_backward(static, variant, static_dy)
-        for a, b in zip(static_out, eager):
+        for a, b in zip(static_out, eager, strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 

@@ -80,10 +80,10 @@ def test_from_module_matches_source(source, memory_format, training, backend):
     assert len(g) == len(g_src)
     # The source modules' float64 gradients are ATen's, whose CPU
     # hardsigmoid_backward multiplies by a float32 1/6: 2e-8 relative.
-    for a, b in zip(g, g_src):
+    for a, b in zip(g, g_src, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7 * max(1.0, b.abs().max().item()))
     # BatchNorm running statistics move exactly as the source module's do.
-    for (name, b_fused), (_, b_src) in zip(fused.named_buffers(), src.named_buffers()):
+    for (name, b_fused), (_, b_src) in zip(fused.named_buffers(), src.named_buffers(), strict=True):
         torch.testing.assert_close(b_fused, b_src, msg=name)
 
 
@@ -118,7 +118,7 @@ def test_state_dict_round_trip(make_src, make_fused):
     assert_close(fused(x), src(x), torch.float32)
     back = _randomize(make_src(), 2).eval()
     back.load_state_dict(fused.state_dict(), strict=True)
-    for (k, a), (k2, b) in zip(src.state_dict().items(), back.state_dict().items()):
+    for (k, a), (k2, b) in zip(src.state_dict().items(), back.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
 
 

@@ -68,7 +68,7 @@ def check_compile_fullgraph(backend, device, memory_format):
             assert_close(y, y_eager, torch.float32)
             params = [x] + list(block.parameters())
             dy = torch.randn_like(y)
-            for g, g_eager in zip(torch.autograd.grad(y, params, dy), torch.autograd.grad(y_eager, params, dy)):
+            for g, g_eager in zip(torch.autograd.grad(y, params, dy), torch.autograd.grad(y_eager, params, dy), strict=True):
                 assert_close(g, g_eager, torch.float32, grad=True)
 
 

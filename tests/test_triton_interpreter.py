@@ -57,6 +57,6 @@ def test_shortcut_is_installed_and_changes_no_bit(monkeypatch):
     monkeypatch.setattr(ti, "_patch_lang", plain)   # the interpreter as it ships, for the helpers' calls
     ref = _run_all_ops()
     plain_calls = calls["n"]
-    for a, b in zip(fast, ref):
+    for a, b in zip(fast, ref, strict=True):
         assert torch.equal(a, b)
     assert fast_calls * 5 < plain_calls, (fast_calls, plain_calls)

@@ -116,5 +116,5 @@ def test_se_max_pool_across_splits(nan):
             y = fused_attn.squeeze_excitation(xi, w1, None, w2, None, pool="avgmax")
         outs.append((y, *torch.autograd.grad(y, xi, dy)))
     assert outs[0][0].isnan().any() == nan
-    for a, b in zip(*outs):
+    for a, b in zip(*outs, strict=True):
         torch.testing.assert_close(a, b, equal_nan=True)

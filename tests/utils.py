@@ -126,7 +126,9 @@ def check_se_against_reference(shape, dtype, memory_format, variant, *, device="
     wrt = [t for t in inputs if t is not None]
     grads = torch.autograd.grad(y, wrt, dy)
     grads_ref = torch.autograd.grad(y_ref, [t for t in leaves if t is not None], dy.double())
-    for name, gr, g_ref, t in zip(("x", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"), grads, grads_ref, wrt):
+    names = [n for n, t in zip(("x", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"), inputs, strict=True)
+             if t is not None]
+    for name, gr, g_ref, t in zip(names, grads, grads_ref, wrt, strict=True):
         assert gr.dtype == dtype and gr.shape == t.shape, name
         assert_close(gr, g_ref, dtype, grad=True)
 
@@ -280,5 +282,5 @@ def check_zero_size(shape, device):
         y = run()
         assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device, name
         grads = torch.autograd.grad(y.sum(), [x, *weights])
-        for t, gr in zip([x, *weights], grads):
+        for t, gr in zip([x, *weights], grads, strict=True):
             assert gr.shape == t.shape, name

@@ -127,7 +127,7 @@ def parse(text, file):
                  f"but {len(used)} 'Used ... registers' lines parsed")
     names = demangle([u[0] for u in used])
     return [Kernel(file, arch, shorten(n), regs, smem, *props.get(mangled, (0, 0, 0)))
-            for (mangled, arch, regs, smem), n in zip(used, names)]
+            for (mangled, arch, regs, smem), n in zip(used, names, strict=True)]
 
 
 def main():
@@ -142,7 +142,7 @@ def main():
     jobs = [(s, a) for a in archs for s in sources]
     with ThreadPoolExecutor(max_workers=int(os.environ.get("MAX_JOBS", os.cpu_count() or 2))) as pool:
         texts = list(pool.map(lambda j: compile_one(j[0], j[1], args.nvcc), jobs))
-    kernels = [k for (s, _), t in zip(jobs, texts) for k in parse(t, os.path.relpath(s, ROOT))]
+    kernels = [k for (s, _), t in zip(jobs, texts, strict=True) for k in parse(t, os.path.relpath(s, ROOT))]
     if not kernels:
         sys.exit("ptxas_report: no kernel found in any csrc/cuda/*.cu")
     nvcc_version = subprocess.run([args.nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]

@@ -240,8 +240,8 @@ def _extent(t):
     """[start, end) bytes a tensor's elements span, or None if it has none."""
     if t.numel() == 0:
         return None
-    lo = sum(min(0, (s - 1) * st) for s, st in zip(t.shape, t.stride()))
-    hi = sum(max(0, (s - 1) * st) for s, st in zip(t.shape, t.stride()))
+    lo = sum(min(0, (s - 1) * st) for s, st in zip(t.shape, t.stride(), strict=True))
+    hi = sum(max(0, (s - 1) * st) for s, st in zip(t.shape, t.stride(), strict=True))
     size = t.element_size()
     return t.data_ptr() + lo * size, t.data_ptr() + (hi + 1) * size
 

@@ -1,6 +1,10 @@
 """``CBAM`` / ``LightCBAM``: drop-ins for timm ``CbamModule`` /
 ``LightCbamModule`` and the official CBAM (Jongchan/attention-module)."""
-from torch import nn
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.types import Device
 
 from .. import functional as F_fa
 from ..ops.cbam import MAX_SPATIAL_KERNEL, check_cbam_names
@@ -39,10 +43,12 @@ class CBAM(nn.Module):
 
     __prepare_scriptable__ = refuse_torchscript
 
-    def __init__(self, channels, rd_ratio=1.0 / 16, rd_channels=None, rd_divisor=1, spatial_kernel_size=7, *,
-                 act="relu", gate="sigmoid", mlp_bias=False, pool_order="mean_max", device=None, dtype=None):
+    def __init__(self, channels: int, rd_ratio: float = 1.0 / 16, rd_channels: Optional[int] = None,
+                 rd_divisor: int = 1, spatial_kernel_size: int = 7, *, act: str = "relu", gate: str = "sigmoid",
+                 mlp_bias: bool = False, pool_order: str = "mean_max", device: Device = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
         check_cbam_names(act, gate)
         if pool_order not in POOL_ORDERS:
             raise ValueError(f"pool_order must be one of {POOL_ORDERS}, got {pool_order!r}")
@@ -63,15 +69,15 @@ class CBAM(nn.Module):
     _paths = {"fc1": "channel.fc1", "fc2": "channel.fc2", "conv": "spatial.conv.conv", "bn": "spatial.conv.bn"}
 
     def part(self, role):
-        m = self
+        m: Optional[nn.Module] = self
         for name in self._paths[role].split("."):
-            m = m._modules[name]
+            m = m._modules[name]  # type: ignore[union-attr]  # every path is set by __init__ / from_module
         return m
 
     def extra_repr(self):
         return f"act={self.act!r}, gate={self.gate!r}, pool_order={self.pool_order!r}, light={self.light}"
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         fc1, fc2, conv, bn = self.part("fc1"), self.part("fc2"), self.part("conv"), self.part("bn")
         return F_fa.cbam(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, conv.weight, bn_weight=bn.weight,
                          bn_bias=bn.bias, bn_running_mean=bn.running_mean, bn_running_var=bn.running_var,
@@ -80,7 +86,7 @@ class CBAM(nn.Module):
                          pool_order=self.pool_order)
 
     @classmethod
-    def from_module(cls, m):
+    def from_module(cls, m: nn.Module) -> "CBAM":
         """An equivalent fused module sharing ``m``'s parameters and buffers
         under ``m``'s own attribute names.
 

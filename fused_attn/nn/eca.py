@@ -1,6 +1,10 @@
 """``EfficientChannelAttention``: a drop-in for timm ``EcaModule`` /
 ``CecaModule`` and the official ECANet ``eca_layer``."""
-from torch import nn
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.types import Device
 
 from .. import functional as F_fa
 from ..ops.eca import check_eca_names
@@ -24,8 +28,9 @@ class EfficientChannelAttention(nn.Module):
 
     __prepare_scriptable__ = refuse_torchscript
 
-    def __init__(self, channels=None, kernel_size=3, gamma=2, beta=1, *, padding="zeros", gate="sigmoid",
-                 bias=False, device=None, dtype=None):
+    def __init__(self, channels: Optional[int] = None, kernel_size: int = 3, gamma: float = 2, beta: float = 1, *,
+                 padding: str = "zeros", gate: str = "sigmoid", bias: bool = False, device: Device = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         check_eca_names(padding, gate)
         if channels is not None:
@@ -36,18 +41,18 @@ class EfficientChannelAttention(nn.Module):
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=0, bias=bias, device=device, dtype=dtype)
 
     @property
-    def kernel_size(self):
+    def kernel_size(self) -> int:
         return self.conv.kernel_size[0]
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, padding={self.padding!r}, gate={self.gate!r}"
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return F_fa.efficient_channel_attention(x, self.conv.weight, self.conv.bias, padding=self.padding,
                                                 gate=self.gate)
 
     @classmethod
-    def from_module(cls, m):
+    def from_module(cls, m: nn.Module) -> "EfficientChannelAttention":
         """An equivalent fused module sharing ``m``'s parameters.
 
         Accepts timm ``EcaModule`` (without its experimental ``use_mlp``),
@@ -56,6 +61,7 @@ class EfficientChannelAttention(nn.Module):
         """
         kind = f"{type(m).__module__}.{type(m).__qualname__}"
         names = set(dict(m.named_children()))
+        conv: Any  # any module here: _check_conv below says what it must be
         if isinstance(m, EfficientChannelAttention):
             conv, padding, gate = m.conv, m.padding, m.gate
         elif {"conv", "gate"} <= names and hasattr(m, "padding") and not isinstance(m.padding, nn.Module):
@@ -86,12 +92,13 @@ class EfficientChannelAttention(nn.Module):
 
 
 def _check_conv(conv, kind, zero_padded):
-    k = conv.kernel_size[0] if isinstance(conv, nn.Conv1d) else None
-    ok = (isinstance(conv, nn.Conv1d) and conv.in_channels == 1 and conv.out_channels == 1 and k % 2 == 1
-          and conv.stride == (1,) and conv.dilation == (1,) and conv.groups == 1)
-    if ok:
+    ok = False
+    if isinstance(conv, nn.Conv1d):
+        k = conv.kernel_size[0]
         want = ((k - 1) // 2,) if zero_padded else (0,)
-        ok = conv.padding == want and conv.padding_mode == "zeros"
+        ok = (conv.in_channels == 1 and conv.out_channels == 1 and k % 2 == 1 and conv.stride == (1,)
+              and conv.dilation == (1,) and conv.groups == 1 and conv.padding == want
+              and conv.padding_mode == "zeros")
     if not ok:
         raise ValueError(f"{kind}: conv must be Conv1d(1, 1, k odd, stride 1, no dilation) with 'same' zero "
                          f"padding (or none, outside the circular pad), got {conv}")

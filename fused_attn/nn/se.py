@@ -1,6 +1,9 @@
 """``SqueezeExcite``: a drop-in for the SE modules of timm and torchvision."""
+from typing import Any, Callable, Optional
+
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.types import Device
 
 from .. import functional as F_fa
 from .. import reference
@@ -40,11 +43,12 @@ class SqueezeExcite(nn.Module):
 
     __prepare_scriptable__ = refuse_torchscript
 
-    def __init__(self, channels, rd_channels=None, *, rd_ratio=1.0 / 16, rd_divisor=8, bias=True,
-                 act="relu", gate="sigmoid", pool="avg", effective=False, norm_layer=None,
-                 device=None, dtype=None):
+    def __init__(self, channels: int, rd_channels: Optional[int] = None, *, rd_ratio: float = 1.0 / 16,
+                 rd_divisor: int = 8, bias: bool = True, act: str = "relu", gate: str = "sigmoid", pool: str = "avg",
+                 effective: bool = False, norm_layer: Optional[Callable[..., nn.Module]] = None,
+                 device: Device = None, dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
         F_fa._se.check_names(act, gate, pool)
         self.act, self.gate, self.pool, self.effective = act, gate, pool, effective
         if effective:
@@ -59,7 +63,7 @@ class SqueezeExcite(nn.Module):
     #: Role ("fc", "fc1", "bn", "fc2") → attribute name, where from_module kept
     #: the original module's names (timm's EfficientNet SE: conv_reduce,
     #: conv_expand), so the state_dict keys stay the original's.
-    _roles = {}
+    _roles: dict[str, str] = {}
 
     def part(self, role):
         """The submodule playing ``role`` ("fc", "fc1", "bn", "fc2"), or None."""
@@ -81,7 +85,7 @@ class SqueezeExcite(nn.Module):
             shift = shift + bn.bias
         return w * scale[:, None], shift
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         if self.effective:
             fc = self.part("fc")
             return F_fa.squeeze_excitation(x, fc.weight, fc.bias, gate=self.gate, pool=self.pool)
@@ -95,7 +99,7 @@ class SqueezeExcite(nn.Module):
                                        act=self.act, gate=self.gate, pool=self.pool)
 
     @classmethod
-    def from_module(cls, m):
+    def from_module(cls, m: nn.Module) -> "SqueezeExcite":
         """An equivalent fused module sharing ``m``'s parameters (and buffers),
         under ``m``'s own attribute names, so its ``state_dict`` has ``m``'s keys.
 
@@ -130,6 +134,7 @@ def _pool_of(m):
 def _describe(m):
     """The parts of a known SE module: convs, norm, act / gate / pool names."""
     kind = f"{type(m).__module__}.{type(m).__qualname__}"
+    out: dict[str, Any]
     if isinstance(m, SqueezeExcite):
         out = {"act": m.act, "gate": m.gate, "pool": m.pool, "names": dict(m._roles)}
         roles = ("fc",) if m.effective else ("fc1", "bn", "fc2")

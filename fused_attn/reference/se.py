@@ -5,12 +5,13 @@ timm ``EffectiveSEModule`` (one layer), timm's EfficientNet / MobileNetV3
 ``SqueezeExcite`` and torchvision ``ops.SqueezeExcitation``.
 """
 import functools
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 #: Hidden activations, by name.
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "silu": F.silu,
     "gelu": F.gelu,
@@ -28,7 +29,7 @@ def hard_sigmoid(x):
 
 
 #: Gates, by name.
-GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": hard_sigmoid}
+GATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"sigmoid": torch.sigmoid, "hard_sigmoid": hard_sigmoid}
 #: Pooling: the spatial mean, or timm's ``add_maxpool`` mix 0.5·mean + 0.5·max.
 POOLS = ("avg", "avgmax")
 

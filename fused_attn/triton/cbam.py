@@ -396,7 +396,6 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
     x, strides = dense(x)
     N, C, H, W = x.shape
     HW = H * W
-    batch_stats = bn_running_mean is None or bn_running_var is None
     y = _new_output(x)
     if N == 0 or C == 0 or HW == 0:   # as the C++ op: zeros, and NaN statistics of nothing
         stats = x.new_zeros((2,), dtype=acc)
@@ -436,13 +435,13 @@ def cbam_forward(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[t
         x, g, smap, N * HW, C, HW, *strides, ACC=tacc, BLOCK_C=pc, BLOCK_HW=phw)
     ws = spatial_weight.to(acc).unsqueeze(0)                      # [1, maps, k, k]
     z = _conv(_conv_input(smap, light, max_first), ws, H, W)[:, 0]   # [N, H·W]
-    if batch_stats:
+    if bn_running_mean is not None and bn_running_var is not None:
+        stats_d = torch.cat([bn_running_mean.reshape(1).double(), bn_running_var.reshape(1).double()])
+    else:
         # Mean and biased variance over N·H·W in double, two passes (as the C++ op).
         zd = z.double()
         mean = zd.mean()
         stats_d = torch.stack([mean, (zd - mean).square().mean()])
-    else:
-        stats_d = torch.cat([bn_running_mean.reshape(1).double(), bn_running_var.reshape(1).double()])
     mu = stats_d[0].to(acc)
     invstd = _invstd(stats_d, bn_eps, acc)
     gamma, beta = _bn_affine(bn_weight, bn_bias, acc, x)

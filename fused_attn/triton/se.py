@@ -75,7 +75,7 @@ def on_tensor_device(fn):
     @functools.wraps(fn)
     def guarded(*args, **kwargs):
         t = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        ctx = contextlib.nullcontext()
+        ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
         if t is not None and t.is_cuda and t.device.index is not None and t.device.index != torch.cuda.current_device():
             ctx = torch.cuda.device(t.device)
         with ctx:

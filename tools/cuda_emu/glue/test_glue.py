@@ -51,7 +51,7 @@ def grad_like(y):
 
 def check_outputs(emu, cpu, dtype, grad=False):
     assert len(emu) == len(cpu)
-    for i, (e, c) in enumerate(zip(emu, cpu)):
+    for i, (e, c) in enumerate(zip(emu, cpu, strict=True)):
         assert e.shape == c.shape and e.dtype == c.dtype, (i, e.shape, c.shape, e.dtype, c.dtype)
         if i == 0 and e.dim() == 4:
             assert e.stride() == c.stride(), (e.stride(), c.stride())
@@ -154,7 +154,7 @@ def test_cbam_running_buffers(running):
     backend's."""
     variant = CBAMVariant(act="silu")
     args = list(_op_args(variant, torch.bfloat16, (2, 20, 6, 5), torch.channels_last))
-    for i, dt in zip((8, 9), RUNNING_DTYPES[running]):
+    for i, dt in zip((8, 9), RUNNING_DTYPES[running], strict=True):
         store = torch.full((3,), float("nan"), dtype=dt)
         store[1] = args[i].reshape(())
         args[i] = store[1:2]
@@ -215,7 +215,7 @@ def _run_watched(monkeypatch, order, watched, fn):
 
 def _same_bits(results):
     for order in ORDERS[1:]:
-        for i, (a, b) in enumerate(zip(results["forward"], results[order])):
+        for i, (a, b) in enumerate(zip(results["forward"], results[order], strict=True)):
             assert torch.equal(a, b), (order, i)
 
 
@@ -539,7 +539,7 @@ def test_eca_two_phase_launches(dt, fmt, monkeypatch):
         split = fmt == "cl" and name == "bwd"
         assert (names[1] == "combine_partials_kernel") == split, (name, names)
         names = names[:1] + names[1 + split:]
-        assert len(names) == len(want) and all(n.startswith(w_) for n, w_ in zip(names, want)), (name, names)
+        assert len(names) == len(want) and all(n.startswith(w_) for n, w_ in zip(names, want, strict=True)), (name, names)
         ours, aten, ops = launch_count.count(fn)
         assert (ours, aten) == (len(want) + split, 0), (name, ops)
 
@@ -730,7 +730,7 @@ def test_empty(shape):
     else:
         args = (x, *args[1:])
     emu, cpu = EMU.cbam_forward(*args), CPU.cbam_forward(*args)
-    for e, c in zip(emu, cpu):
+    for e, c in zip(emu, cpu, strict=True):
         assert e.shape == c.shape
         torch.testing.assert_close(e, c, equal_nan=True)
     xs, w1, b1, w2, b2 = se_sample((2, 16, 5, 5), torch.float32)
@@ -739,6 +739,6 @@ def test_empty(shape):
         w1, w2, b2 = w1[:, :0], w2[:0], None
     emu, cpu = EMU.se_forward(xs, w1, b1, w2, b2, "relu", "sigmoid", "avg"), \
         CPU.se_forward(xs, w1, b1, w2, b2, "relu", "sigmoid", "avg")
-    for e, c in zip(emu, cpu):
+    for e, c in zip(emu, cpu, strict=True):
         assert e.shape == c.shape
         torch.testing.assert_close(e, c, equal_nan=True)
