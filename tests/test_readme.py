@@ -1,0 +1,135 @@
+"""The README's examples, run as written: each test reads its snippet (and the
+output the README shows for it) from README.md itself, so an edit to either
+the README or the code that makes them disagree fails here."""
+import contextlib
+import io
+import os
+import re
+
+import pytest
+import torch
+
+import fused_attn
+
+timm = pytest.importorskip("timm")
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def blocks():
+    """Every fenced block of the README as (language, text), in order."""
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```$", text, re.M | re.S)]
+
+
+def block_after(marker, language):
+    """The first ``language`` block after the first line of the README holding
+    ``marker``, and the block that follows it."""
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    start = text.index(marker)
+    found = [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```$", text[start:], re.M | re.S)]
+    i = next(i for i, (lang, _) in enumerate(found) if lang == language)
+    return found[i][1], (found[i + 1] if i + 1 < len(found) else (None, None))
+
+
+def run_printing(code, namespace):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, README, "exec"), namespace)
+    return out.getvalue()
+
+
+def test_the_readme_has_the_blocks_these_tests_read():
+    langs = [lang for lang, _ in blocks()]
+    assert langs.count("python") >= 3 and "text" in langs
+
+
+def test_convert_a_timm_model_prints_what_the_readme_shows():
+    """The "Convert a timm model" snippet, run as written (efficientnet_b0 with
+    random weights): the report it prints is the README's text block."""
+    code, (lang, shown) = block_after("## Convert a timm model", "python")
+    assert lang == "text"
+    ns = {}
+    printed = run_printing(code, ns)
+    assert printed.strip() == shown.strip()
+    model = ns["model"]
+    assert isinstance(model.blocks[1][0].se, fused_attn.nn.SqueezeExcite)
+    x = torch.randn(1, 3, 64, 64)
+    # ...and the converted model gives the unconverted one's numbers.
+    with torch.no_grad():
+        fused = model.eval()(x)
+        original = fused_attn.unconvert(model)[0](x)
+    torch.testing.assert_close(fused, original, rtol=1e-4, atol=1e-5)
+
+
+def test_the_reason_the_readme_quotes_for_a_cbam_with_a_spatial_bias():
+    """The README quotes the report's line for a CBAM whose spatial conv has a
+    bias; a resnet18 with CBAM and such a conv gives that line."""
+    with open(README, encoding="utf-8") as f:
+        text = " ".join(f.read().split())
+    quote = re.search(r"e\.g\. a CBAM whose spatial conv has a bias: `([^`]*)`", text).group(1)
+    head, _, tail = quote.partition(" ... ")
+    assert head and tail, quote
+    model = timm.create_model("resnet18", block_args=dict(attn_layer="cbam"), num_classes=10)
+    conv = model.layer1[0].se.spatial.conv
+    conv.conv = torch.nn.Conv2d(2, 1, 7, padding=3, bias=True)
+    _, report = fused_attn.convert(model)
+    lines = [ln.strip() for ln in str(report).splitlines() if ln.strip().startswith(head)]
+    assert len(lines) == 1 and tail in lines[0], (quote, str(report))
+    assert report.total == 7   # the other seven CBAMs are converted
+
+
+def test_the_squeeze_excite_module_snippet():
+    """The `fused_attn.nn.SqueezeExcite` snippet, with the timm module it names:
+    the state_dict loads unchanged, and from_module shares the parameters."""
+    code, _ = block_after("### `fused_attn.nn.SqueezeExcite`", "python")
+    from timm.layers.squeeze_excite import SEModule
+    timm_se_module = SEModule(256, rd_channels=16)
+    ns = {"fused_attn": fused_attn, "timm_se_module": timm_se_module, "m": timm_se_module}
+    exec(compile(code, README, "exec"), ns)
+    x = torch.randn(2, 256, 5, 5)
+    with torch.no_grad():
+        want = timm_se_module(x)
+        torch.testing.assert_close(ns["se"](x), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ns["fused"](x), want, rtol=1e-5, atol=1e-6)
+    assert ns["fused"].fc1.weight is timm_se_module.fc1.weight
+
+
+def test_the_use_backend_snippet():
+    code, _ = block_after("### Backends", "python")
+    model = fused_attn.convert(timm.create_model("seresnet18", num_classes=10).eval())[0]
+    x = torch.randn(1, 3, 32, 32)
+    ns = {"fused_attn": fused_attn, "model": model, "x": x}
+    calls = []
+    with torch.no_grad():
+        with fused_attn.use_backend("cpu"):
+            want = model(x)
+        real = fused_attn.reference.squeeze_excitation
+
+        def counting(*args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
+
+        fused_attn.reference.squeeze_excitation = counting
+        try:
+            exec(compile(code, README, "exec"), ns)
+        finally:
+            fused_attn.reference.squeeze_excitation = real
+    torch.testing.assert_close(ns["y"], want, rtol=1e-5, atol=1e-6)
+    assert calls, "use_backend('reference') did not run the reference"
+
+
+def test_backends_prints_what_the_readme_shows():
+    """The `fused_attn.backends()` snippet, run as written: the README's backend
+    names, in its order, each with 'runs on' or 'unavailable:' (the reasons
+    are this machine's, so only their form is compared)."""
+    code, (lang, shown) = block_after("`fused_attn.backends()` says what can run", "python")
+    assert lang == "text"
+    printed = run_printing(code, {"fused_attn": fused_attn})
+    lines, shown_lines = printed.strip().splitlines(), shown.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == [ln.split()[0] for ln in shown_lines]
+    for ln in lines + shown_lines:
+        assert re.match(r"^\w+ +(runs on [\w, ]+: |unavailable: )", ln), ln
+    assert " ".join(lines[-1].split()).startswith("reference runs on cpu")
