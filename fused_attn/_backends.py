@@ -125,7 +125,7 @@ def use_backend(name: str) -> Iterator[None]:
         _forced.pop()
 
 
-def current_choice():
+def current_choice() -> str:
     """The requested backend: the innermost use_backend(), else FUSED_ATTN_BACKEND."""
     return _forced[-1] if _forced else _ENV_CHOICE
 

@@ -3,18 +3,14 @@
 Without it the package still imports and runs on the reference backend;
 ``fused_attn.backends()`` says why the compiled backends cannot run.
 """
-from types import ModuleType
-from typing import Optional
-
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
 BUILD_HINT = "build it from the repository root with: pip install --no-build-isolation -e ."
 
-_C: Optional[ModuleType]
 try:
     from fused_attn import _C
 except ImportError as exc:  # not built, or built against another torch
-    _C = None
+    _C = None  # type: ignore[assignment]  # (the constants below check it; _C.pyi types them)
     HAS_C = False
     LOAD_ERROR = f"fused_attn._C could not be loaded ({exc}); {BUILD_HINT}"
 else:

@@ -19,7 +19,7 @@ import dataclasses
 import fnmatch
 import re
 from collections.abc import Iterable
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
@@ -33,7 +33,7 @@ _ECA_KINDS = {"eca", "ceca"}
 KINDS = ("se", "ese", "eca", "ceca", "cbam", "lcbam")
 #: What ``include`` / ``exclude`` take: a kind or a path pattern (fnmatch), a
 #: list of them, or a callable ``(path, kind) -> bool``.
-Selector = Union[str, Iterable[str], Callable[[str, str], bool]]
+Selector = Union[str, Iterable[str], Callable[[str, str], object]]   # the callable's result: truthy or not
 
 # Class names of attention modules fused_attn does not fuse (yet), with the reason.
 _NOT_YET = {
@@ -160,8 +160,12 @@ def _set_child(model, path, new):
     setattr(parent, name, new)
 
 
+# The model comes back typed Any: it is the caller's own class (a ResNet stays
+# one), except where the root itself was an attention block and comes back
+# fused, so neither nn.Module (which would lose the caller's type) nor a type
+# variable (which would be wrong in that case) says what it is.
 def convert(model: nn.Module, *, inplace: bool = True, include: Optional[Selector] = None,
-            exclude: Optional[Selector] = None, strict_classes: bool = True) -> tuple[nn.Module, ConvertReport]:
+            exclude: Optional[Selector] = None, strict_classes: bool = True) -> tuple[Any, ConvertReport]:
     """Replace every SE / ECA / CBAM block of ``model`` that fused_attn represents
     exactly with its fused module. Returns ``(model, report)``.
 
@@ -221,7 +225,7 @@ def convert(model: nn.Module, *, inplace: bool = True, include: Optional[Selecto
     return (root_replacement if root_replacement is not None else model), report
 
 
-def unconvert(model: nn.Module, *, inplace: bool = True) -> tuple[nn.Module, ConvertReport]:
+def unconvert(model: nn.Module, *, inplace: bool = True) -> tuple[Any, ConvertReport]:
     """Put back the original modules ``convert`` replaced (they share the
     fused modules' parameters, so training since the conversion is kept).
     Returns ``(model, report)``."""

@@ -1,6 +1,9 @@
-"""The README's examples, run as written: each test reads its snippet (and the
+"""The README's examples (the convert, SqueezeExcite, use_backend and
+backends() snippets), run as written: each test reads its snippet (and the
 output the README shows for it) from README.md itself, so an edit to either
-the README or the code that makes them disagree fails here."""
+the README or the code that makes them disagree fails here. The convert
+report names timm's classes and counts its blocks, so a timm release that
+moves them fails here too: the README would then show a report no user sees."""
 import contextlib
 import io
 import os
@@ -14,13 +17,6 @@ import fused_attn
 timm = pytest.importorskip("timm")
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
-
-
-def blocks():
-    """Every fenced block of the README as (language, text), in order."""
-    with open(README, encoding="utf-8") as f:
-        text = f.read()
-    return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```$", text, re.M | re.S)]
 
 
 def block_after(marker, language):
@@ -39,11 +35,6 @@ def run_printing(code, namespace):
     with contextlib.redirect_stdout(out):
         exec(compile(code, README, "exec"), namespace)
     return out.getvalue()
-
-
-def test_the_readme_has_the_blocks_these_tests_read():
-    langs = [lang for lang, _ in blocks()]
-    assert langs.count("python") >= 3 and "text" in langs
 
 
 def test_convert_a_timm_model_prints_what_the_readme_shows():
@@ -97,7 +88,11 @@ def test_the_squeeze_excite_module_snippet():
     assert ns["fused"].fc1.weight is timm_se_module.fc1.weight
 
 
-def test_the_use_backend_snippet():
+def test_the_use_backend_snippet(monkeypatch):
+    """Run as written, the block runs the reference (counted), with the C++
+    backend's numbers."""
+    if not fused_attn.HAS_C:
+        pytest.skip("C++ extension not built")
     code, _ = block_after("### Backends", "python")
     model = fused_attn.convert(timm.create_model("seresnet18", num_classes=10).eval())[0]
     x = torch.randn(1, 3, 32, 32)
@@ -112,24 +107,20 @@ def test_the_use_backend_snippet():
             calls.append(1)
             return real(*args, **kwargs)
 
-        fused_attn.reference.squeeze_excitation = counting
-        try:
-            exec(compile(code, README, "exec"), ns)
-        finally:
-            fused_attn.reference.squeeze_excitation = real
+        monkeypatch.setattr(fused_attn.reference, "squeeze_excitation", counting)
+        exec(compile(code, README, "exec"), ns)
     torch.testing.assert_close(ns["y"], want, rtol=1e-5, atol=1e-6)
     assert calls, "use_backend('reference') did not run the reference"
 
 
 def test_backends_prints_what_the_readme_shows():
     """The `fused_attn.backends()` snippet, run as written: the README's backend
-    names, in its order, each with 'runs on' or 'unavailable:' (the reasons
-    are this machine's, so only their form is compared)."""
+    names, in its order. What each says is this machine's (CI's has no GPU, a
+    GPU machine's has), so only the names are compared, and the reference's
+    line, which is the same everywhere."""
     code, (lang, shown) = block_after("`fused_attn.backends()` says what can run", "python")
     assert lang == "text"
     printed = run_printing(code, {"fused_attn": fused_attn})
     lines, shown_lines = printed.strip().splitlines(), shown.strip().splitlines()
     assert [ln.split()[0] for ln in lines] == [ln.split()[0] for ln in shown_lines]
-    for ln in lines + shown_lines:
-        assert re.match(r"^\w+ +(runs on [\w, ]+: |unavailable: )", ln), ln
-    assert " ".join(lines[-1].split()).startswith("reference runs on cpu")
+    assert lines[-1] == shown_lines[-1]

@@ -17,7 +17,10 @@ the MLP and the spatial map are computed in float32 (float64 for float64 x);
 x1 and y are rounded to x's dtype once each, as the two multiplies of the
 modules are.
 """
+from typing import Optional
+
 import torch
+from torch import Tensor
 import torch.nn.functional as F
 
 from .se import ACTIVATIONS, GATES
@@ -30,10 +33,12 @@ def _mlp(v, w1, b1, w2, b2, act):
     return F.linear(ACTIVATIONS[act](F.linear(v, w1, b1)), w2, b2)
 
 
-def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, *, bn_weight=None, bn_bias=None,
-         bn_running_mean=None, bn_running_var=None, bn_num_batches_tracked=None, bn_training=False,
-         bn_momentum=0.1, bn_eps=1e-5,
-         act="relu", gate="sigmoid", light=False, pool_order="mean_max", x1_dtype=None):
+def cbam(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2_weight: Tensor, fc2_bias: Optional[Tensor],
+         spatial_weight: Tensor, *, bn_weight: Optional[Tensor] = None, bn_bias: Optional[Tensor] = None,
+         bn_running_mean: Optional[Tensor] = None, bn_running_var: Optional[Tensor] = None,
+         bn_num_batches_tracked: Optional[Tensor] = None, bn_training: bool = False,
+         bn_momentum: Optional[float] = 0.1, bn_eps: float = 1e-5, act: str = "relu", gate: str = "sigmoid",
+         light: bool = False, pool_order: str = "mean_max", x1_dtype: Optional[torch.dtype] = None) -> Tensor:
     """y = spatial_gate(channel_gate(x)).
 
     x: [N, C, H, W]. fc1_weight: [rd, C] (or [rd, C, 1, 1]), fc1_bias [rd] or
@@ -85,8 +90,10 @@ def cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, spatial_weight, *, bn_we
     z = F.batch_norm(z, rm, rv, None if bn_weight is None else bn_weight.to(acc),
                      None if bn_bias is None else bn_bias.to(acc), training=training, momentum=momentum or 0.0,
                      eps=bn_eps)
-    if training and rm is not None:
+    if training:
         with torch.no_grad():
-            bn_running_mean.copy_(rm)
-            bn_running_var.copy_(rv)
+            if bn_running_mean is not None and rm is not None:
+                bn_running_mean.copy_(rm)
+            if bn_running_var is not None and rv is not None:
+                bn_running_var.copy_(rv)
     return (x1 * GATES[gate](z)).to(x.dtype)

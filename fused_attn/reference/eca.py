@@ -7,6 +7,7 @@ optional conv bias).
     y = x · gate(z)[:, :, None, None]
 """
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from .se import GATES
 PADDINGS = ("zeros", "circular")
 
 
-def eca_kernel_size(channels, gamma=2, beta=1):
+def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
     """The kernel size ECA picks from C (timm ``EcaModule`` / ``CecaModule``
     with ``channels`` given): t = int(|log2(C) + beta| / gamma), made odd
     (t + 1 when even), at least 3."""
@@ -38,7 +39,8 @@ def pad_channels(p, pad, padding):
     raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
 
 
-def efficient_channel_attention(x, conv_weight, conv_bias=None, *, padding="zeros", gate="sigmoid"):
+def efficient_channel_attention(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor] = None,
+                                *, padding: str = "zeros", gate: str = "sigmoid") -> torch.Tensor:
     """y = x · gate(conv1d(pad(mean_hw(x)), conv_weight, conv_bias)).
 
     x: [N, C, H, W]; conv_weight: [k] or [1, 1, k] with k odd; conv_bias: [1]

@@ -5,7 +5,7 @@ timm ``EffectiveSEModule`` (one layer), timm's EfficientNet / MobileNetV3
 ``SqueezeExcite`` and torchvision ``ops.SqueezeExcitation``.
 """
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +34,10 @@ GATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"sigmoid": torch.sig
 POOLS = ("avg", "avgmax")
 
 
-def squeeze_excitation(x, fc1_weight, fc1_bias=None, fc2_weight=None, fc2_bias=None, *,
-                       act="relu", gate="sigmoid", pool="avg", norm=None):
+def squeeze_excitation(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: Optional[torch.Tensor] = None,
+                       fc2_weight: Optional[torch.Tensor] = None, fc2_bias: Optional[torch.Tensor] = None, *,
+                       act: str = "relu", gate: str = "sigmoid", pool: str = "avg",
+                       norm: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """y = x · gate(fc2(act(norm(fc1(pool(x)))))), broadcast over H and W.
 
     x: [N, C, H, W]. fc1_weight: [rd, C] (or [rd, C, 1, 1]); fc2_weight: [C, rd].
