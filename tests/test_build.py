@@ -113,6 +113,15 @@ def _tracked(root):
     return [p for p in out.decode().split("\0") if p]
 
 
+def _package_version(root):
+    """fused_attn.__version__, read as setuptools reads it (the package is not imported)."""
+    import ast
+    with open(os.path.join(root, "fused_attn", "__init__.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    return next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                and any(getattr(t, "id", None) == "__version__" for t in n.targets))
+
+
 def test_sdist_holds_what_the_build_reads(tmp_path):
     """`python -m build` (and pip given the .tar.gz) builds the wheel from the
     sdist, not from the tree. setuptools alone packs only the .cpp/.cu files
@@ -146,10 +155,13 @@ def test_sdist_holds_what_the_build_reads(tmp_path):
         # filter="data" where this Python has it (3.12, and 3.10.12 / 3.11.4 on)
         kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         tar.extractall(tmp_path / "unpacked", **kw)
-    needed = [p for p in files if p.startswith("csrc/")] + ["tools/build_env.py", "CMakeLists.txt", "setup.py"]
+    needed = [p for p in files if p.startswith("csrc/")] + ["tools/build_env.py", "CMakeLists.txt", "setup.py",
+                                                            "fused_attn/py.typed", "fused_attn/_C.pyi"]
     missing = [p for p in needed if p not in packed]
     assert not missing, f"the sdist lacks {missing}"
     # setup.py runs there: imports tools.build_env, finds the sources.
-    r = subprocess.run([sys.executable, "setup.py", "--name"], cwd=tmp_path / "unpacked" / top, env=env,
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "fused_attn", r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "setup.py", "--name", "--version"], cwd=tmp_path / "unpacked" / top,
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # The package's one version (pyproject.toml takes fused_attn.__version__).
+    assert r.stdout.strip().splitlines()[-2:] == ["fused_attn", _package_version(root)], r.stdout
