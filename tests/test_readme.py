@@ -124,3 +124,56 @@ def test_backends_prints_what_the_readme_shows():
     lines, shown_lines = printed.strip().splitlines(), shown.strip().splitlines()
     assert [ln.split()[0] for ln in lines] == [ln.split()[0] for ln in shown_lines]
     assert lines[-1] == shown_lines[-1]
+
+
+def _shown_signature(text):
+    """Parameters of a signature as the README writes it, ``name(a, b=1, *, c="x")``
+    (comments dropped): [(name, default text or None)], "*" as its own entry."""
+    text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    inner = text[text.index("(") + 1:text.rindex(")")]
+    params = []
+    for token in (t.strip() for t in inner.split(",")):
+        if not token:
+            continue
+        name, _, default = token.partition("=")
+        params.append((name.strip(), default.strip() or None))
+    return params
+
+
+def _check_signature(shown, fn, *, may_omit=()):
+    """The README's parameters are fn's, in order, keyword-only from the same
+    place, with the same defaults where it shows one; only ``may_omit`` (at
+    the end) may be left out."""
+    import inspect
+    sig = inspect.signature(fn)
+    actual = list(sig.parameters.values())
+    names = [n for n, _ in shown if n != "*"]
+    assert names == [p.name for p in actual][:len(names)], (names, list(sig.parameters))
+    assert {p.name for p in actual[len(names):]} <= set(may_omit), [p.name for p in actual[len(names):]]
+    star = [n for n, _ in shown].index("*") if ("*", None) in shown else len(shown)
+    for i, (name, default) in enumerate(n for n in shown if n[0] != "*"):
+        p = sig.parameters[name]
+        assert (p.kind == p.KEYWORD_ONLY) == (i >= star), (fn.__name__, name, p.kind)
+        if default is not None:
+            assert eval(default, {"__builtins__": {}}) == p.default, (fn.__name__, name, default, p.default)
+
+
+@pytest.mark.parametrize("name", ["squeeze_excitation", "efficient_channel_attention", "cbam"])
+def test_the_api_signatures_are_the_functions(name):
+    """Each function's README signature block (`y = fused_attn.NAME(...)`):
+    its parameters, their order, where keyword-only ones start, and every
+    default shown are the function's own."""
+    code, _ = block_after(f"### `fused_attn.{name}`", "python")
+    assert code.lstrip().startswith(f"y = fused_attn.{name}("), code
+    _check_signature(_shown_signature(code), getattr(fused_attn, name))
+
+
+@pytest.mark.parametrize("cls", ["EfficientChannelAttention", "CBAM"])
+def test_the_module_signatures_are_the_constructors(cls):
+    """The constructors the README writes out in its text (device and dtype,
+    which it leaves out, are the only parameters it may omit)."""
+    with open(README, encoding="utf-8") as f:
+        text = " ".join(f.read().split())
+    shown = re.search(rf"`{cls}\(([^`]*)\)`", text).group(0).strip("`")
+    # inspect.signature of a class: its __init__'s, without self.
+    _check_signature(_shown_signature(shown), getattr(fused_attn.nn, cls), may_omit=("device", "dtype"))
