@@ -642,7 +642,7 @@ def test_module_state_untouched_after_bad_input(backend):
     eca = fused_attn.nn.EfficientChannelAttention(kernel_size=3)
     state = copy.deepcopy({**se.state_dict(), **{f"eca.{k}": v for k, v in eca.state_dict().items()}})
     for m in (se, eca):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"x must be 4-D \[N, C, H, W\], got shape \[2, 8, 4\]"):
             m(torch.randn(2, 8, 4))
     with pytest.raises(ValueError, match="fc1_weight"):
         se(torch.randn(2, 9, 4, 4))
