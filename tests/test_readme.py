@@ -1,5 +1,5 @@
 """The README's examples (the convert, SqueezeExcite, use_backend and
-backends() snippets), run as written: each test reads its snippet (and the
+backends() snippets), run as written, and the signatures it writes out: each test reads its snippet (and the
 output the README shows for it) from README.md itself, so an edit to either
 the README or the code that makes them disagree fails here. The convert
 report names timm's classes and counts its blocks, so a timm release that
@@ -19,11 +19,18 @@ timm = pytest.importorskip("timm")
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
+def readme_text(flat=False):
+    """README.md; ``flat``: its whitespace runs as single spaces (prose quoted
+    across line breaks)."""
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    return " ".join(text.split()) if flat else text
+
+
 def block_after(marker, language):
     """The first ``language`` block after the first line of the README holding
     ``marker``, and the block that follows it."""
-    with open(README, encoding="utf-8") as f:
-        text = f.read()
+    text = readme_text()
     start = text.index(marker)
     found = [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```$", text[start:], re.M | re.S)]
     i = next(i for i, (lang, _) in enumerate(found) if lang == language)
@@ -58,9 +65,7 @@ def test_convert_a_timm_model_prints_what_the_readme_shows():
 def test_the_reason_the_readme_quotes_for_a_cbam_with_a_spatial_bias():
     """The README quotes the report's line for a CBAM whose spatial conv has a
     bias; a resnet18 with CBAM and such a conv gives that line."""
-    with open(README, encoding="utf-8") as f:
-        text = " ".join(f.read().split())
-    quote = re.search(r"e\.g\. a CBAM whose spatial conv has a bias: `([^`]*)`", text).group(1)
+    quote = re.search(r"e\.g\. a CBAM whose spatial conv has a bias: `([^`]*)`", readme_text(flat=True)).group(1)
     head, _, tail = quote.partition(" ... ")
     assert head and tail, quote
     model = timm.create_model("resnet18", block_args=dict(attn_layer="cbam"), num_classes=10)
@@ -128,15 +133,16 @@ def test_backends_prints_what_the_readme_shows():
 
 def _shown_signature(text):
     """Parameters of a signature as the README writes it, ``name(a, b=1, *, c="x")``
-    (comments dropped): [(name, default text or None)], "*" as its own entry."""
+    (comments dropped): [(name, default text or None, keyword-only)]."""
     text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
     inner = text[text.index("(") + 1:text.rindex(")")]
-    params = []
+    params, keyword_only = [], False
     for token in (t.strip() for t in inner.split(",")):
-        if not token:
-            continue
-        name, _, default = token.partition("=")
-        params.append((name.strip(), default.strip() or None))
+        if token == "*":
+            keyword_only = True
+        elif token:
+            name, _, default = token.partition("=")
+            params.append((name.strip(), default.strip() or None, keyword_only))
     return params
 
 
@@ -147,13 +153,12 @@ def _check_signature(shown, fn, *, may_omit=()):
     import inspect
     sig = inspect.signature(fn)
     actual = list(sig.parameters.values())
-    names = [n for n, _ in shown if n != "*"]
+    names = [n for n, _, _ in shown]
     assert names == [p.name for p in actual][:len(names)], (names, list(sig.parameters))
     assert {p.name for p in actual[len(names):]} <= set(may_omit), [p.name for p in actual[len(names):]]
-    star = [n for n, _ in shown].index("*") if ("*", None) in shown else len(shown)
-    for i, (name, default) in enumerate(n for n in shown if n[0] != "*"):
+    for name, default, keyword_only in shown:
         p = sig.parameters[name]
-        assert (p.kind == p.KEYWORD_ONLY) == (i >= star), (fn.__name__, name, p.kind)
+        assert (p.kind == p.KEYWORD_ONLY) == keyword_only, (fn.__name__, name, p.kind)
         if default is not None:
             assert eval(default, {"__builtins__": {}}) == p.default, (fn.__name__, name, default, p.default)
 
@@ -172,8 +177,6 @@ def test_the_api_signatures_are_the_functions(name):
 def test_the_module_signatures_are_the_constructors(cls):
     """The constructors the README writes out in its text (device and dtype,
     which it leaves out, are the only parameters it may omit)."""
-    with open(README, encoding="utf-8") as f:
-        text = " ".join(f.read().split())
-    shown = re.search(rf"`{cls}\(([^`]*)\)`", text).group(0).strip("`")
+    shown = re.search(rf"`{cls}\(([^`]*)\)`", readme_text(flat=True)).group(0).strip("`")
     # inspect.signature of a class: its __init__'s, without self.
     _check_signature(_shown_signature(shown), getattr(fused_attn.nn, cls), may_omit=("device", "dtype"))
