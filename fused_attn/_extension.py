@@ -11,11 +11,10 @@ try:
     from fused_attn import _C
 except ImportError as exc:  # not built, or built against another torch
     _C = None  # type: ignore[assignment]  # (the constants below check it; _C.pyi types them)
-    HAS_C = False
     LOAD_ERROR = f"fused_attn._C could not be loaded ({exc}); {BUILD_HINT}"
 else:
-    HAS_C = True
     LOAD_ERROR = ""
+HAS_C = _C is not None
 
 #: CUDA runtime version the extension was compiled with (e.g. 13000), 0 without CUDA.
 CUDA_VERSION = _C.CUDA_VERSION if _C is not None else 0
